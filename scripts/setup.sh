@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a fresh Debian machine: system packages and the project's virtualenv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+for cmd in nft:nftables iptables-restore:iptables ip:iproute2 iperf3:iperf3 conntrack:conntrack; do
+  command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd#*:}")
+done
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to install ${need[*]}" >&2; exit 1; fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'

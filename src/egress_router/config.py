@@ -1,0 +1,561 @@
+"""Parse and validate the egress router's configuration.
+
+Everything the router does starts from a `Config`; building one is the only
+place where user input is judged. Parsing happens before any side effect, so
+a bad variable or destination line is reported (variable, line number, the
+offending text and what was expected) while the rules already in the kernel
+keep working. The module is pure: its only I/O is reading the destination
+file that the environment names.
+
+The grammar is OpenShift's egress router (redirect mode), extended with IPv6,
+SCTP, dual stack, comments anywhere and a destination file.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+ENV_SOURCE = "EGRESS_SOURCE"
+ENV_GATEWAY = "EGRESS_GATEWAY"
+ENV_DESTINATION = "EGRESS_DESTINATION"
+ENV_DESTINATION_FILE = "EGRESS_DESTINATION_FILE"
+ENV_MODE = "EGRESS_ROUTER_MODE"
+ENV_BACKEND = "EGRESS_ROUTER_BACKEND"
+ENV_POD_INTERFACE = "EGRESS_POD_INTERFACE"
+ENV_INTERFACE = "EGRESS_INTERFACE"
+ENV_DEBUG = "EGRESS_ROUTER_DEBUG"
+ENV_ANNOUNCE_COUNT = "EGRESS_ANNOUNCE_COUNT"
+ENV_ANNOUNCE_INTERVAL = "EGRESS_ANNOUNCE_INTERVAL"
+
+DEFAULT_POD_INTERFACE = "eth0"
+DEFAULT_EGRESS_INTERFACE = "macvlan0"
+DEFAULT_ANNOUNCE_COUNT = 3
+DEFAULT_ANNOUNCE_INTERVAL = 1.0
+
+RULE_SYNTAX = "<port> <proto> <ip> [<remote_port>], or a last line <ip> (the fallback)"
+
+_IFNAME = re.compile(r"^[^\s/:]{1,15}$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+class ConfigError(ValueError):
+    """A configuration the router refuses, before touching anything.
+
+    ``variable`` names the input (an environment variable, a file, a CNI
+    field), ``line`` the 1-based line of a multi-line value (or None), and
+    ``text`` the offending text as the user wrote it.
+    """
+
+    def __init__(
+        self, variable: str, cause: str, *, line: int | None = None, text: str | None = None
+    ) -> None:
+        self.variable = variable
+        self.cause = cause
+        self.line = line
+        self.text = text
+        where = variable if line is None else f"{variable} line {line}"
+        shown = "" if text is None else f" {text!r}"
+        super().__init__(f"cannot parse {where}{shown}: {cause}")
+
+
+class Proto(enum.Enum):
+    """Transport protocols the router redirects."""
+
+    TCP = "tcp"
+    UDP = "udp"
+    SCTP = "sctp"
+
+
+class Mode(enum.Enum):
+    """What the entry point does after validation (``EGRESS_ROUTER_MODE``)."""
+
+    INIT = "init"
+    LEGACY = "legacy"
+    UNIT_TEST = "unit-test"
+
+
+class Backend(enum.Enum):
+    """Which kernel interface programs the data path (``EGRESS_ROUTER_BACKEND``)."""
+
+    NFTABLES = "nftables"
+    IPTABLES = "iptables"
+
+
+@dataclass(frozen=True)
+class PortRule:
+    """Redirect connections to local ``port``/``proto`` to ``address``:``remote_port``."""
+
+    port: int
+    proto: Proto
+    address: IPAddress
+    remote_port: int
+    line: int = field(default=0, compare=False)
+
+    @property
+    def family(self) -> int:
+        return self.address.version
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Redirect every other port of one family to the same port on ``address``."""
+
+    address: IPAddress
+    line: int = field(default=0, compare=False)
+
+    @property
+    def family(self) -> int:
+        return self.address.version
+
+
+@dataclass(frozen=True)
+class Destinations:
+    """The parsed ``EGRESS_DESTINATION``: port rules, then at most one fallback a family."""
+
+    rules: tuple[PortRule, ...]
+    fallbacks: tuple[Fallback, ...] = ()
+
+    def families(self) -> frozenset[int]:
+        return frozenset(r.family for r in self.rules) | frozenset(
+            f.family for f in self.fallbacks
+        )
+
+    def fallback(self, family: int) -> Fallback | None:
+        return next((f for f in self.fallbacks if f.family == family), None)
+
+    def rules_of(self, family: int) -> tuple[PortRule, ...]:
+        return tuple(r for r in self.rules if r.family == family)
+
+
+@dataclass(frozen=True)
+class Source:
+    """The reserved address; ``on_link`` when a prefix length was given (subnet route wanted)."""
+
+    interface: IPInterface
+    on_link: bool
+
+    @property
+    def address(self) -> IPAddress:
+        return self.interface.ip
+
+    @property
+    def family(self) -> int:
+        return self.interface.version
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the router needs, validated and normalised."""
+
+    sources: tuple[Source, ...]
+    gateways: tuple[IPAddress, ...]
+    destinations: Destinations
+    mode: Mode = Mode.LEGACY
+    backend: Backend = Backend.NFTABLES
+    pod_interface: str = DEFAULT_POD_INTERFACE
+    egress_interface: str = DEFAULT_EGRESS_INTERFACE
+    debug: bool = False
+    announce_count: int = DEFAULT_ANNOUNCE_COUNT
+    announce_interval: float = DEFAULT_ANNOUNCE_INTERVAL
+
+    def families(self) -> tuple[int, ...]:
+        return tuple(sorted(s.family for s in self.sources))
+
+    def source(self, family: int) -> Source | None:
+        return next((s for s in self.sources if s.family == family), None)
+
+    def gateway(self, family: int) -> IPAddress | None:
+        return next((g for g in self.gateways if g.version == family), None)
+
+
+def _strip_line(raw: str) -> str:
+    return raw.split("#", 1)[0].strip()
+
+
+def _unusable(address: IPAddress) -> str | None:
+    if address.is_unspecified:
+        return "the unspecified address"
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_multicast:
+        return "a multicast address"
+    if isinstance(address, ipaddress.IPv4Address) and address == ipaddress.IPv4Address(
+        "255.255.255.255"
+    ):
+        return "the broadcast address"
+    return None
+
+
+def parse_address(
+    text: str, variable: str, *, line: int | None = None, what: str = "address"
+) -> IPAddress:
+    """Parse one unicast IPv4 or IPv6 address, or raise a `ConfigError` naming it."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(
+            variable,
+            f"invalid {what} {text!r}; expected an IPv4 address such as 203.0.113.25 "
+            "or an IPv6 address such as 2001:db8::25",
+            line=line,
+            text=text if line is None else None,
+        ) from None
+    bad = _unusable(address)
+    if bad is not None:
+        raise ConfigError(
+            variable,
+            f"{what} {text!r} is {bad}; expected a unicast address",
+            line=line,
+            text=text if line is None else None,
+        )
+    return address
+
+
+def _parse_port(token: str, variable: str, line: int, what: str) -> int:
+    if not token.isdigit() or not token.isascii():
+        raise ConfigError(
+            variable, f"invalid {what} {token!r}; expected a number from 1 to 65535", line=line
+        )
+    port = int(token)
+    if not 1 <= port <= 65535:
+        raise ConfigError(
+            variable, f"{what} {port} is out of range; expected 1 to 65535", line=line
+        )
+    return port
+
+
+def _parse_proto(token: str, variable: str, line: int) -> Proto:
+    try:
+        return Proto(token.lower())
+    except ValueError:
+        raise ConfigError(
+            variable, f"unknown protocol {token!r}; expected tcp, udp or sctp", line=line
+        ) from None
+
+
+def _line_error(variable: str, number: int, raw: str, err: ConfigError) -> ConfigError:
+    return ConfigError(variable, err.cause, line=number, text=raw.strip())
+
+
+def parse_destinations(text: str, variable: str = ENV_DESTINATION) -> Destinations:
+    """Parse destination lines (the upstream grammar, plus IPv6, SCTP and comments).
+
+    Port rules come first; a fallback line (a bare address) may follow, at most
+    one per address family. The same local port may appear once per protocol
+    and family. An empty rule set is an error: the router would do nothing.
+    """
+    rules: list[PortRule] = []
+    fallbacks: dict[int, Fallback] = {}
+    seen: dict[tuple[int, Proto, int], int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        body = _strip_line(raw)
+        if not body:
+            continue
+        tokens = body.split()
+        try:
+            if len(tokens) == 1:
+                address = parse_address(tokens[0], variable, line=number, what="fallback address")
+                if address.version in fallbacks:
+                    first = fallbacks[address.version].line
+                    raise ConfigError(
+                        variable,
+                        f"a second IPv{address.version} fallback; line {first} already is the "
+                        f"IPv{address.version} fallback and only one is allowed per family",
+                        line=number,
+                    )
+                fallbacks[address.version] = Fallback(address, line=number)
+                continue
+            if len(tokens) not in (3, 4):
+                raise ConfigError(
+                    variable,
+                    f"expected {RULE_SYNTAX}, got {len(tokens)} fields",
+                    line=number,
+                )
+            if fallbacks:
+                first = min(f.line for f in fallbacks.values())
+                raise ConfigError(
+                    variable,
+                    f"a port rule after the fallback on line {first}; "
+                    "the fallback must come after all port rules",
+                    line=number,
+                )
+            port = _parse_port(tokens[0], variable, number, "port")
+            proto = _parse_proto(tokens[1], variable, number)
+            address = parse_address(tokens[2], variable, line=number, what="destination address")
+            remote = (
+                _parse_port(tokens[3], variable, number, "remote port")
+                if len(tokens) == 4
+                else port
+            )
+            key = (address.version, proto, port)
+            if key in seen:
+                raise ConfigError(
+                    variable,
+                    f"port {port}/{proto.value} is already redirected on line {seen[key]}; "
+                    "each local port may have one rule per protocol",
+                    line=number,
+                )
+            seen[key] = number
+            rules.append(PortRule(port, proto, address, remote, line=number))
+        except ConfigError as err:
+            raise _line_error(variable, number, raw, err) from None
+    if not rules and not fallbacks:
+        raise ConfigError(
+            variable, f"no destinations; expected at least one line: {RULE_SYNTAX}"
+        )
+    ordered = tuple(fallbacks[f] for f in sorted(fallbacks))
+    return Destinations(tuple(rules), ordered)
+
+
+def _split_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_sources(text: str, variable: str = ENV_SOURCE) -> tuple[Source, ...]:
+    """Parse ``EGRESS_SOURCE``: one address per family, each optionally ``/len``."""
+    parts = _split_list(text)
+    if not parts:
+        raise ConfigError(
+            variable, "is empty; expected the reserved address, e.g. 192.168.12.99/24"
+        )
+    sources: dict[int, Source] = {}
+    for part in parts:
+        address_text, slash, prefix_text = part.partition("/")
+        address = parse_address(address_text, variable, what="source address")
+        if slash:
+            if not prefix_text.isdigit():
+                raise ConfigError(
+                    variable,
+                    f"invalid prefix length {prefix_text!r}; expected a number "
+                    f"from 1 to {address.max_prefixlen}",
+                    text=part,
+                )
+            length = int(prefix_text)
+            if not 1 <= length <= address.max_prefixlen:
+                raise ConfigError(
+                    variable,
+                    f"prefix length {length} is out of range for IPv{address.version}; "
+                    f"expected 1 to {address.max_prefixlen}",
+                    text=part,
+                )
+            interface = ipaddress.ip_interface(f"{address}/{length}")
+            _check_host_address(interface, variable, part)
+        else:
+            interface = ipaddress.ip_interface(f"{address}/{address.max_prefixlen}")
+        if address.version in sources:
+            raise ConfigError(
+                variable,
+                f"two IPv{address.version} sources; expected at most one address per family",
+                text=text,
+            )
+        sources[address.version] = Source(interface, on_link=bool(slash))
+    return tuple(sources[f] for f in sorted(sources))
+
+
+def _check_host_address(interface: IPInterface, variable: str, text: str) -> None:
+    network = interface.network
+    if network.prefixlen >= network.max_prefixlen - 1:
+        return
+    if interface.ip == network.network_address:
+        raise ConfigError(
+            variable, f"{interface.ip} is the network address of {network}", text=text
+        )
+    if isinstance(network, ipaddress.IPv4Network) and interface.ip == network.broadcast_address:
+        raise ConfigError(
+            variable, f"{interface.ip} is the broadcast address of {network}", text=text
+        )
+
+
+def parse_gateways(text: str, variable: str = ENV_GATEWAY) -> tuple[IPAddress, ...]:
+    """Parse ``EGRESS_GATEWAY``: one gateway address per family."""
+    parts = _split_list(text)
+    if not parts:
+        raise ConfigError(variable, "is empty; expected the gateway address, e.g. 192.168.12.1")
+    gateways: dict[int, IPAddress] = {}
+    for part in parts:
+        gateway = parse_address(part, variable, what="gateway address")
+        if gateway.version in gateways:
+            raise ConfigError(
+                variable,
+                f"two IPv{gateway.version} gateways; expected at most one address per family",
+                text=text,
+            )
+        gateways[gateway.version] = gateway
+    return tuple(gateways[f] for f in sorted(gateways))
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _parse_choice(kind: type[_E], text: str, variable: str) -> _E:
+    try:
+        return kind(text.strip().lower())
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in kind)
+        raise ConfigError(variable, f"unknown value {text!r}; expected one of {choices}") from None
+
+
+def _parse_ifname(text: str, variable: str) -> str:
+    if not _IFNAME.match(text):
+        raise ConfigError(
+            variable,
+            f"invalid interface name {text!r}; expected 1 to 15 characters without "
+            "spaces, '/' or ':'",
+        )
+    return text
+
+
+def _parse_bool(text: str, variable: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(variable, f"invalid value {text!r}; expected true or false")
+
+
+def _parse_count(text: str, variable: str) -> int:
+    if not text.strip().isdigit() or not 0 <= int(text) <= 100:
+        raise ConfigError(variable, f"invalid value {text!r}; expected a whole number 0 to 100")
+    return int(text)
+
+
+def _parse_interval(text: str, variable: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 60.0:
+        raise ConfigError(variable, f"invalid value {text!r}; expected seconds from 0 to 60")
+    return value
+
+
+def read_destination_text(
+    env: Mapping[str, str], read_text: Callable[[str], str] | None = None
+) -> tuple[str, str]:
+    """Return (variable-or-path name for errors, destination text) from the environment."""
+    path = env.get(ENV_DESTINATION_FILE, "").strip()
+    inline = env.get(ENV_DESTINATION)
+    if path:
+        if inline is not None and inline.strip():
+            raise ConfigError(
+                ENV_DESTINATION_FILE,
+                f"is set together with {ENV_DESTINATION}; set only one of them",
+            )
+        reader = read_text or _read_file
+        try:
+            return path, reader(path)
+        except (OSError, UnicodeDecodeError) as err:
+            cause = getattr(err, "strerror", None) or str(err)
+            raise ConfigError(
+                ENV_DESTINATION_FILE,
+                f"cannot read destination file {path!r}: {cause}; "
+                "mount the ConfigMap or fix the path",
+            ) from None
+    if inline is None or not inline.strip():
+        raise ConfigError(
+            ENV_DESTINATION,
+            f"is not set; set it (or {ENV_DESTINATION_FILE}) to lines of {RULE_SYNTAX}",
+        )
+    return ENV_DESTINATION, inline
+
+
+def _read_file(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def load_config(
+    env: Mapping[str, str], read_text: Callable[[str], str] | None = None
+) -> Config:
+    """Build a `Config` from environment variables, exactly as the upstream image reads them."""
+    mode = _parse_choice(Mode, env.get(ENV_MODE, Mode.LEGACY.value) or "legacy", ENV_MODE)
+    backend = _parse_choice(
+        Backend, env.get(ENV_BACKEND, Backend.NFTABLES.value) or "nftables", ENV_BACKEND
+    )
+    debug = _parse_bool(env.get(ENV_DEBUG, ""), ENV_DEBUG)
+    pod_if = _parse_ifname(env.get(ENV_POD_INTERFACE, DEFAULT_POD_INTERFACE), ENV_POD_INTERFACE)
+    egress_if = _parse_ifname(env.get(ENV_INTERFACE, DEFAULT_EGRESS_INTERFACE), ENV_INTERFACE)
+    if pod_if == egress_if:
+        raise ConfigError(
+            ENV_INTERFACE,
+            f"is the same interface as {ENV_POD_INTERFACE} ({pod_if!r}); the router needs "
+            "a pod-side and a physical-side interface",
+        )
+    if ENV_SOURCE not in env:
+        raise ConfigError(ENV_SOURCE, "is not set; set it to the reserved address")
+    sources = parse_sources(env[ENV_SOURCE])
+    if ENV_GATEWAY not in env:
+        raise ConfigError(ENV_GATEWAY, "is not set; set it to the gateway's address")
+    gateways = parse_gateways(env[ENV_GATEWAY])
+    variable, text = read_destination_text(env, read_text)
+    destinations = parse_destinations(text, variable)
+    check_families(sources, gateways, destinations, destination_variable=variable)
+    return Config(
+        sources,
+        gateways,
+        destinations,
+        mode=mode,
+        backend=backend,
+        pod_interface=pod_if,
+        egress_interface=egress_if,
+        debug=debug,
+        announce_count=_parse_count(
+            env.get(ENV_ANNOUNCE_COUNT, str(DEFAULT_ANNOUNCE_COUNT)), ENV_ANNOUNCE_COUNT
+        ),
+        announce_interval=_parse_interval(
+            env.get(ENV_ANNOUNCE_INTERVAL, str(DEFAULT_ANNOUNCE_INTERVAL)), ENV_ANNOUNCE_INTERVAL
+        ),
+    )
+
+
+def check_families(
+    sources: tuple[Source, ...],
+    gateways: tuple[IPAddress, ...],
+    destinations: Destinations,
+    *,
+    destination_variable: str = ENV_DESTINATION,
+    source_variable: str = ENV_SOURCE,
+    gateway_variable: str = ENV_GATEWAY,
+) -> None:
+    """Check that sources, gateways and destinations agree on address families."""
+    source_families = {s.family for s in sources}
+    gateway_families = {g.version for g in gateways}
+    for family in sorted(source_families - gateway_families):
+        raise ConfigError(
+            gateway_variable,
+            f"has no IPv{family} gateway but {source_variable} has an IPv{family} address; "
+            f"add the IPv{family} gateway",
+        )
+    for family in sorted(gateway_families - source_families):
+        raise ConfigError(
+            source_variable,
+            f"has no IPv{family} address but {gateway_variable} has an IPv{family} gateway; "
+            f"add the IPv{family} source or remove that gateway",
+        )
+    for source in sources:
+        gateway = next(g for g in gateways if g.version == source.family)
+        if gateway == source.address:
+            raise ConfigError(
+                gateway_variable,
+                f"gateway {gateway} is the source address itself; expected the node's gateway",
+            )
+    items: list[PortRule | Fallback] = [*destinations.rules, *destinations.fallbacks]
+    for item in items:
+        if item.family not in source_families:
+            raise ConfigError(
+                destination_variable,
+                f"destination {item.address} is IPv{item.family} but {source_variable} has no "
+                f"IPv{item.family} address; add one (e.g. {source_variable}=<v4>,<v6>) "
+                "or remove the line",
+                line=item.line,
+            )

@@ -1,0 +1,147 @@
+"""The interface plan: which addresses, routes and sysctls the router needs.
+
+Kept as plain data so that ``unit-test`` mode can print it without privilege,
+tests can compare it, and the netlink layer only has to execute steps. Each
+step is idempotent by construction (replace, not add), which is what makes a
+re-run after a pod restart converge instead of failing on "File exists".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from egress_router import config
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    """Bring the interface up."""
+
+    ifname: str
+
+    def describe(self) -> str:
+        return f"ip link set {self.ifname} up"
+
+
+@dataclass(frozen=True)
+class SetAddress:
+    """Put ``interface`` on ``ifname``; other global addresses of its family there are removed."""
+
+    ifname: str
+    interface: config.IPInterface
+
+    def describe(self) -> str:
+        family = "-6 " if self.interface.version == 6 else ""
+        return (
+            f"ip {family}address replace {self.interface.with_prefixlen} dev {self.ifname} "
+            "(nodad; other global IPv{0} addresses on {1} removed)".format(
+                self.interface.version, self.ifname
+            )
+        )
+
+
+@dataclass(frozen=True)
+class SetRoute:
+    """Route ``destination`` out of ``ifname``, via ``gateway`` or on-link when None.
+
+    A default route replaces every other default route of its family in the
+    main table, so the router has exactly one way out.
+    """
+
+    ifname: str
+    destination: IPNetwork
+    gateway: config.IPAddress | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self.destination.prefixlen == 0
+
+    def describe(self) -> str:
+        family = "-6 " if self.destination.version == 6 else ""
+        dst = "default" if self.is_default else self.destination.with_prefixlen
+        via = f" via {self.gateway}" if self.gateway is not None else ""
+        scope = " scope link" if self.gateway is None else ""
+        note = " (other default routes removed)" if self.is_default else ""
+        return f"ip {family}route replace {dst}{via} dev {self.ifname}{scope}{note}"
+
+
+@dataclass(frozen=True)
+class EnableForwarding:
+    """Turn on forwarding for one address family (sysctl)."""
+
+    family: int
+
+    @property
+    def sysctl(self) -> str:
+        return "net.ipv4.ip_forward" if self.family == 4 else "net.ipv6.conf.all.forwarding"
+
+    def describe(self) -> str:
+        return f"sysctl -w {self.sysctl}=1"
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Tell the physical network who owns ``address`` now (gratuitous ARP / unsolicited NA)."""
+
+    ifname: str
+    address: config.IPAddress
+    count: int
+    interval: float
+
+    def describe(self) -> str:
+        kind = "gratuitous ARP" if self.address.version == 4 else "unsolicited neighbour advert"
+        return (
+            f"announce {self.address} on {self.ifname}: {kind} x{self.count}, "
+            f"every {self.interval:g}s"
+        )
+
+
+Step = LinkUp | SetAddress | SetRoute | EnableForwarding
+
+
+def plan_interfaces(cfg: config.Config) -> tuple[Step, ...]:
+    """The kernel state the egress side needs, in the order it must be applied.
+
+    The link goes up first (routes on a down link are refused for IPv6); the
+    gateway gets a host route so that it is reachable even when the source
+    has no prefix (upstream's behaviour); with ``/len`` the kernel adds the
+    subnet route itself when the address is added.
+    """
+    ifname = cfg.egress_interface
+    steps: list[Step] = [LinkUp(ifname)]
+    for source in cfg.sources:
+        gateway = cfg.gateway(source.family)
+        assert gateway is not None  # config.check_families guarantees one per source family
+        host = ipaddress.ip_network(f"{gateway}/{gateway.max_prefixlen}")
+        default = ipaddress.ip_network("0.0.0.0/0" if source.family == 4 else "::/0")
+        steps += [
+            SetAddress(ifname, source.interface),
+            SetRoute(ifname, host),
+            SetRoute(ifname, default, gateway),
+            EnableForwarding(source.family),
+        ]
+    return tuple(steps)
+
+
+def plan_announcements(cfg: config.Config) -> tuple[Announce, ...]:
+    """One announcement per reserved address."""
+    return tuple(
+        Announce(cfg.egress_interface, s.address, cfg.announce_count, cfg.announce_interval)
+        for s in cfg.sources
+    )
+
+
+def describe_plan(cfg: config.Config) -> str:
+    """Human-readable plan, as ``unit-test`` mode prints it."""
+    lines = [step.describe() for step in plan_interfaces(cfg)]
+    for source in cfg.sources:
+        if source.on_link:
+            lines.append(
+                f"# kernel adds the subnet route {source.interface.network} dev "
+                f"{cfg.egress_interface} with the address"
+            )
+    lines += [a.describe() for a in plan_announcements(cfg)]
+    return "\n".join(lines) + "\n"
