@@ -1,0 +1,126 @@
+"""The engine's order of operations and failure handling, driven through fakes."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from egress_router import announce, config, engine, iptables, netlink, nft, plan
+
+ENV = {
+    "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
+    "EGRESS_GATEWAY": "192.168.12.1,2001:db8:12::1",
+    "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n80 tcp 2001:db8:113::25\n203.0.113.27\n",
+    "EGRESS_ANNOUNCE_COUNT": "3",
+    "EGRESS_ANNOUNCE_INTERVAL": "0.5",
+}
+
+
+def make() -> tuple[config.Config, netlink.FakeNetlink, nft.FakeNft, announce.FakeAnnouncer]:
+    return (
+        config.load_config(ENV),
+        netlink.FakeNetlink(),
+        nft.FakeNft(),
+        announce.FakeAnnouncer(),
+    )
+
+
+def test_setup_checks_then_applies_then_configures_interfaces_then_announces() -> None:
+    cfg, links, runner, announcer = make()
+    slept: list[float] = []
+    report = engine.setup(
+        cfg, links, engine.NftablesFirewall(runner), announcer, sleep=slept.append
+    )
+    assert runner.checked == runner.applied == [engine.NftablesFirewall(runner).render(cfg)]
+    assert [type(s) for s in links.applied] == [
+        plan.LinkUp,
+        plan.SetAddress, plan.SetRoute, plan.SetRoute, plan.EnableForwarding,
+        plan.SetAddress, plan.SetRoute, plan.SetRoute, plan.EnableForwarding,
+    ]
+    assert announcer.sent == [
+        ("macvlan0", "192.168.12.99"), ("macvlan0", "2001:db8:12::99")
+    ] * 3
+    assert slept == [0.5, 0.5]
+    assert list(report.stages) == [
+        "check interfaces", "check nftables ruleset", "apply nftables ruleset",
+        "interface plan", "announce",
+    ]
+
+
+def test_missing_interface_fails_before_any_side_effect() -> None:
+    cfg, links, runner, announcer = make()
+    del links.links["macvlan0"]
+    with pytest.raises(engine.ApplyError, match="interface 'macvlan0' does not exist"):
+        engine.setup(cfg, links, engine.NftablesFirewall(runner), announcer)
+    assert runner.checked == runner.applied == links.applied == announcer.sent == []
+
+
+def test_refused_ruleset_changes_nothing_else() -> None:
+    cfg, links, runner, announcer = make()
+    runner.fail = "Error: syntax error"
+    with pytest.raises(engine.ApplyError, match="Error: syntax error"):
+        engine.setup(cfg, links, engine.NftablesFirewall(runner), announcer)
+    assert links.applied == []
+    assert announcer.sent == []
+
+
+def test_netlink_failure_is_reported_with_the_step() -> None:
+    cfg, links, runner, announcer = make()
+    links.fail_on = plan.SetRoute
+    with pytest.raises(engine.ApplyError, match=r"cannot ip route replace 192\.168\.12\.1/32"):
+        engine.setup(cfg, links, engine.NftablesFirewall(runner), announcer)
+
+
+def test_stale_backend_is_removed_after_ours_is_in_place() -> None:
+    cfg, links, runner, announcer = make()
+    old = iptables.FakeIptables(
+        saved={4: "*nat\n-A PREROUTING -j EGRESS-ROUTER-PREROUTING\nCOMMIT\n", 6: ""}
+    )
+    engine.setup(
+        cfg, links, engine.NftablesFirewall(runner), announcer,
+        sleep=lambda _s: None, stale=engine.IptablesFirewall(old),
+    )
+    assert any("-D PREROUTING -j EGRESS-ROUTER-PREROUTING" in p for _f, p in old.restored)
+
+
+def test_iptables_backend_checks_and_applies_each_family() -> None:
+    cfg, links, _runner, announcer = make()
+    fake = iptables.FakeIptables()
+    engine.setup(cfg, links, engine.IptablesFirewall(fake), announcer, sleep=lambda _s: None)
+    assert [f for f, _p in fake.tested] == [4, 6]
+    assert [f for f, _p in fake.restored] == [4, 6]
+    assert "--to-destination [2001:db8:113::25]:80" in fake.restored[1][1]
+
+
+def test_iptables_backend_unhooks_a_family_no_longer_configured() -> None:
+    cfg = config.load_config({
+        "EGRESS_SOURCE": "192.168.12.99", "EGRESS_GATEWAY": "192.168.12.1",
+        "EGRESS_DESTINATION": "80 tcp 203.0.113.25",
+    })
+    fake = iptables.FakeIptables(
+        saved={4: "", 6: "*filter\n-A INPUT -j EGRESS-ROUTER-INPUT\nCOMMIT\n"}
+    )
+    engine.IptablesFirewall(fake).apply(cfg)
+    assert fake.restored[1][0] == 6
+    assert "-D INPUT -j EGRESS-ROUTER-INPUT" in fake.restored[1][1]
+
+
+def test_announcement_failure_only_warns(caplog: pytest.LogCaptureFixture) -> None:
+    cfg, links, runner, _announcer = make()
+
+    class Broken:
+        def send(self, ifname: str, ifindex: int, mac: str, address: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+    engine.setup(cfg, links, engine.NftablesFirewall(runner), Broken(), sleep=lambda _s: None)
+    assert "cannot announce 192.168.12.99 on macvlan0" in caplog.text
+
+
+def test_plan_without_prefix_has_no_subnet_note() -> None:
+    cfg = config.load_config({**ENV, "EGRESS_SOURCE": "192.168.12.99,2001:db8:12::99"})
+    text = plan.describe_plan(cfg)
+    assert "kernel adds the subnet route" not in text
+    assert "ip route replace 192.168.12.1/32 dev macvlan0 scope link" in text
+    address = next(s for s in plan.plan_interfaces(cfg) if isinstance(s, plan.SetAddress))
+    assert address.interface == ipaddress.ip_interface("192.168.12.99/32")

@@ -1,0 +1,76 @@
+"""Property tests: any input is either a valid configuration or a ConfigError."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from egress_router import config, ruleset
+
+TOKENS = st.one_of(
+    st.integers(-5, 70000).map(str),
+    st.sampled_from(["tcp", "udp", "sctp", "TCP", "icmp", "#", "", "\t", "\r"]),
+    st.ip_addresses().map(str),
+    st.text(max_size=12),
+)
+LINES = st.lists(TOKENS, max_size=6).map(" ".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(LINES, max_size=12).map("\n".join))
+def test_parser_never_raises_anything_but_config_error(text: str) -> None:
+    try:
+        dest = config.parse_destinations(text)
+    except config.ConfigError as err:
+        assert err.variable == "EGRESS_DESTINATION"
+        assert str(err).startswith("cannot parse EGRESS_DESTINATION")
+        return
+    assert dest.rules or dest.fallbacks
+    keys = [(r.family, r.proto, r.port) for r in dest.rules]
+    assert len(keys) == len(set(keys))
+    assert all(1 <= r.port <= 65535 and 1 <= r.remote_port <= 65535 for r in dest.rules)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(
+    st.sampled_from([
+        "EGRESS_SOURCE", "EGRESS_GATEWAY", "EGRESS_DESTINATION", "EGRESS_ROUTER_MODE",
+        "EGRESS_ROUTER_BACKEND", "EGRESS_INTERFACE", "EGRESS_ROUTER_DEBUG",
+    ]),
+    st.one_of(st.text(max_size=30), st.ip_addresses().map(str), LINES),
+))
+def test_environment_never_raises_anything_but_config_error(env: dict[str, str]) -> None:
+    try:
+        config.load_config(env)
+    except config.ConfigError:
+        pass
+
+
+RULES = st.lists(
+    st.tuples(
+        st.integers(1, 65535),
+        st.sampled_from(list(config.Proto)),
+        st.ip_addresses(v=4).filter(lambda a: a.is_global and not a.is_multicast),
+        st.integers(1, 65535),
+    ),
+    min_size=1,
+    max_size=40,
+    unique_by=lambda r: (r[0], r[1]),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(RULES)
+def test_every_valid_rule_becomes_exactly_one_map_element(
+    rules: list[tuple[int, config.Proto, object, int]],
+) -> None:
+    text = "\n".join(f"{p} {proto.value} {a} {rp}" for p, proto, a, rp in rules)
+    cfg = config.load_config(
+        {"EGRESS_SOURCE": "192.168.12.99", "EGRESS_GATEWAY": "192.168.12.1",
+         "EGRESS_DESTINATION": text}
+    )
+    rendered = ruleset.render_nftables(cfg)
+    for port, proto, address, remote in rules:
+        assert f"\t\t\t{proto.value} . {port} : {address} . {remote}," in rendered
+    elements = [line for line in rendered.splitlines() if line.startswith("\t\t\t")]
+    assert len(elements) == len(rules)

@@ -1,0 +1,90 @@
+"""Golden rulesets: the exact text each backend gets, reviewed as readable files.
+
+Regenerate after an intended change with ``UPDATE_GOLDEN=1 pytest tests/unit``
+and review the diff like code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from egress_router import config, engine, ruleset
+
+GOLDEN = Path(__file__).parent / "golden"
+
+SEED_ENV = {
+    "EGRESS_SOURCE": "192.168.12.99/24",
+    "EGRESS_GATEWAY": "192.168.12.1",
+    "EGRESS_DESTINATION": (
+        "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n8443 tcp 203.0.113.26 443\n"
+        "53 udp 203.0.113.25\n203.0.113.27\n"
+    ),
+}
+DUAL_ENV = {
+    "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
+    "EGRESS_GATEWAY": "192.168.12.1,2001:db8:12::1",
+    "EGRESS_DESTINATION": (
+        "80 tcp 203.0.113.25\n5000 sctp 203.0.113.25\n80 tcp 2001:db8:113::25\n"
+        "53 udp 2001:db8:113::25 5353\n2001:db8:113::27\n"
+    ),
+    "EGRESS_POD_INTERFACE": "eth0",
+    "EGRESS_INTERFACE": "net1",
+}
+NO_FALLBACK_ENV = {**SEED_ENV, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n"}
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1 and review it"
+    assert text == path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "env"),
+    [("seed", SEED_ENV), ("dual", DUAL_ENV), ("no-fallback", NO_FALLBACK_ENV)],
+)
+def test_nftables_golden(name: str, env: dict[str, str]) -> None:
+    check_golden(f"{name}.nft", ruleset.render_nftables(config.load_config(env)))
+
+
+@pytest.mark.parametrize(("name", "env"), [("seed", SEED_ENV), ("dual", DUAL_ENV)])
+def test_iptables_golden(name: str, env: dict[str, str]) -> None:
+    cfg = config.load_config(env)
+    text = "".join(ruleset.render_iptables(cfg, family) for family in cfg.families())
+    check_golden(f"{name}.iptables", text)
+
+
+def test_unit_test_mode_report_golden() -> None:
+    check_golden("seed.unit-test", engine.unit_test_report(config.load_config(SEED_ENV)))
+
+
+def test_map_elements_are_sorted_and_one_per_rule() -> None:
+    rules = "\n".join(f"{port} tcp 203.0.113.25" for port in range(10000, 0, -1))
+    cfg = config.load_config({**SEED_ENV, "EGRESS_DESTINATION": rules})
+    text = ruleset.render_nftables(cfg)
+    elements = [line for line in text.splitlines() if line.startswith("\t\t\ttcp . ")]
+    assert len(elements) == 10000
+    assert elements[0] == "\t\t\ttcp . 1 : 203.0.113.25 . 1,"
+    assert elements[-1] == "\t\t\ttcp . 10000 : 203.0.113.25 . 10000,"
+    # One map lookup, however many rules: the chain does not grow.
+    assert text.count("dnat ip to") == 1
+
+
+def test_iptables_jumps_are_added_only_when_missing() -> None:
+    cfg = config.load_config(SEED_ENV)
+    fresh = ruleset.render_iptables(cfg, 4)
+    assert "-I PREROUTING 1 -j EGRESS-ROUTER-PREROUTING" in fresh
+    rerun = ruleset.render_iptables(cfg, 4, set(ruleset.IPT_JUMPS))
+    assert "-I " not in rerun
+    assert rerun.count("-A EGRESS-ROUTER-PREROUTING") == fresh.count("-A EGRESS-ROUTER-PREROUTING")
+
+
+def test_removal_touches_only_our_table() -> None:
+    assert ruleset.render_nftables_removal() == (
+        "add table inet egress_router\ndelete table inet egress_router\n"
+    )
