@@ -41,6 +41,8 @@ def _setup_logging(debug: bool) -> None:
         format="egress-router: %(levelname)s: %(message)s",
         force=True,
     )
+    # pyroute2 logs every netlink message at DEBUG: far too much for EGRESS_ROUTER_DEBUG.
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 
 def _fail(message: str, code: int) -> None:
