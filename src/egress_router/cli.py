@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from egress_router import announce, config, engine, netlink, ruleset
+from egress_router import lab as lab_module
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
@@ -210,8 +211,6 @@ _PREFIX = click.option(
 @_PREFIX
 def lab_up(prefix: str) -> None:
     """Build the lab (no router configuration yet)."""
-    from egress_router import lab as lab_module
-
     built = lab_module.up(prefix)
     click.echo(f"lab {prefix!r} is up: namespaces {', '.join(built.namespaces)}")
 
@@ -221,8 +220,6 @@ def lab_up(prefix: str) -> None:
 @click.option("--keep", is_flag=True, help="Leave the lab running afterwards.")
 def lab_demo(prefix: str, keep: bool) -> None:
     """Build the lab, configure the router with the seed example, send real traffic."""
-    from egress_router import lab as lab_module
-
     sys.exit(lab_module.demo(prefix, keep=keep))
 
 
@@ -230,8 +227,6 @@ def lab_demo(prefix: str, keep: bool) -> None:
 @_PREFIX
 def lab_down(prefix: str) -> None:
     """Remove the lab (also after a crash)."""
-    from egress_router import lab as lab_module
-
     lab_module.down(prefix)
     click.echo(f"lab {prefix!r} is down")
 

@@ -41,9 +41,14 @@ def test_parser_never_raises_anything_but_config_error(text: str) -> None:
 ))
 def test_environment_never_raises_anything_but_config_error(env: dict[str, str]) -> None:
     try:
-        config.load_config(env)
-    except config.ConfigError:
-        pass
+        cfg = config.load_config(env)
+    except config.ConfigError as err:
+        assert str(err).startswith(f"cannot parse {err.variable}")
+        assert err.variable.startswith("EGRESS_")
+        return
+    assert cfg.sources
+    assert {s.family for s in cfg.sources} == {g.version for g in cfg.gateways}
+    assert cfg.destinations.families() <= {s.family for s in cfg.sources}
 
 
 RULES = st.lists(
