@@ -1,0 +1,326 @@
+"""The router end to end in the lab: real packets, asserted from the far side.
+
+Each test builds a fresh lab, runs the product in the router namespace as the
+init container would, sends real TCP and UDP traffic from the client pod, and
+checks what the destination server recorded (which destination answered,
+which source address it saw). Kernel state is read back through `ip -j` and
+`nft -j`, a handle independent of the product's pyroute2 code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from egress_router import lab as labmod
+
+pytestmark = pytest.mark.privileged
+
+ROUTER4 = "10.128.0.2"
+ROUTER6 = "fd00:128::2"
+SOURCE4 = "192.168.12.99"
+SOURCE6 = "2001:db8:12::99"
+
+SEED = {
+    "EGRESS_SOURCE": "192.168.12.99/24",
+    "EGRESS_GATEWAY": "192.168.12.1",
+    "EGRESS_DESTINATION": (
+        "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n8443 tcp 203.0.113.26 443\n"
+        "53 udp 203.0.113.25\n203.0.113.27\n"
+    ),
+    "EGRESS_ROUTER_MODE": "init",
+    "EGRESS_ANNOUNCE_INTERVAL": "0.1",
+}
+DUAL = {
+    **SEED,
+    "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
+    "EGRESS_GATEWAY": "192.168.12.1,2001:db8:12::1",
+    "EGRESS_DESTINATION": (
+        "80 tcp 203.0.113.25\n80 tcp 2001:db8:113::25\n8443 tcp 2001:db8:113::26 443\n"
+        "53 udp 2001:db8:113::25\n5000 sctp 2001:db8:113::25\n"
+        "203.0.113.27\n2001:db8:113::27\n"
+    ),
+}
+
+# (proto, dialled port, expected destination) for the seed example over IPv4.
+SEED_DIALS = [
+    ("tcp", 80, "203.0.113.25:80"),
+    ("tcp", 8080, "203.0.113.26:80"),
+    ("tcp", 8443, "203.0.113.26:443"),
+    ("tcp", 9000, "203.0.113.27:9000"),
+    ("udp", 53, "203.0.113.25:53"),
+    ("udp", 9000, "203.0.113.27:9000"),
+]
+
+
+def init(lab: labmod.Lab, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    done = labmod.router_command(lab, env)
+    assert done.returncode == 0, f"router init failed ({done.returncode}): {done.stderr}"
+    return done
+
+
+def ip_json(ns: str, *args: str) -> Any:
+    done = labmod.run_in(ns, ["ip", "-j", *args], timeout=10)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout or "[]")
+
+
+def nft_table(ns: str) -> list[dict[str, Any]] | None:
+    done = labmod.run_in(ns, ["nft", "-j", "list", "table", "inet", "egress_router"], timeout=10)
+    if done.returncode != 0:
+        return None
+    items: list[dict[str, Any]] = json.loads(done.stdout)["nftables"]
+
+    def strip(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if k != "handle"}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    # Handles are renumbered when the table is replaced; what matters is the content.
+    return [strip(item) for item in items if "metainfo" not in item]
+
+
+def kernel_state(lab: labmod.Lab) -> dict[str, Any]:
+    addrs = [
+        (a["family"], a["local"], a["prefixlen"])
+        for link in ip_json(lab.router, "addr", "show", "dev", "macvlan0")
+        for a in link["addr_info"]
+        if a.get("scope") == "global"
+    ]
+    return {
+        "addresses": sorted(addrs),
+        "link_up": "UP" in ip_json(lab.router, "link", "show", "dev", "macvlan0")[0]["flags"],
+        "routes4": ip_json(lab.router, "-4", "route", "show", "table", "main"),
+        "routes6": [
+            r for r in ip_json(lab.router, "-6", "route", "show", "table", "main")
+            if not r["dst"].startswith("fe80")
+        ],
+        "nft": nft_table(lab.router),
+        "forwarding": labmod.run_in(
+            lab.router, ["sysctl", "-n", "net.ipv4.ip_forward"], timeout=10
+        ).stdout.strip(),
+    }
+
+
+def assert_redirected(
+    lab: labmod.Lab, proto: str, host: str, port: int, expected: str, source: str
+) -> None:
+    result = labmod.dial(lab, proto, host, port, timeout=3.0)
+    assert result.ok, f"{proto} {host}:{port}: {result.error} {result.detail}"
+    assert result.server == expected
+    assert str(result.peer_ip) == source
+    # The destination's own log (not the client's view) records the source it saw.
+    seen = [e for e in labmod.served(lab) if e.get("server") == expected and e.get("proto") == proto]
+    assert seen, f"{expected} recorded nothing"
+    assert str(labmod._host_of(seen[-1]["peer"])) == source
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_seed_example_end_to_end(lab: labmod.Lab, backend: str) -> None:
+    init(lab, {**SEED, "EGRESS_ROUTER_BACKEND": backend})
+    for proto, port, expected in SEED_DIALS:
+        assert_redirected(lab, proto, ROUTER4, port, expected, SOURCE4)
+
+
+def test_without_fallback_other_ports_are_refused_promptly(lab: labmod.Lab) -> None:
+    init(lab, {**SEED, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n53 udp 203.0.113.25\n"})
+    assert_redirected(lab, "tcp", ROUTER4, 80, "203.0.113.25:80", SOURCE4)
+    for proto in ("tcp", "udp"):
+        started = time.monotonic()
+        result = labmod.dial(lab, proto, ROUTER4, 9000, timeout=3.0)
+        assert result.error == "refused", result
+        assert time.monotonic() - started < 2.5  # a refusal, not the 3 s timeout
+    assert not [e for e in labmod.served(lab) if e.get("server") == "203.0.113.27:9000"]
+
+
+def test_dual_stack(lab: labmod.Lab) -> None:
+    init(lab, DUAL)
+    assert_redirected(lab, "tcp", ROUTER6, 80, "[2001:db8:113::25]:80", SOURCE6)
+    assert_redirected(lab, "tcp", ROUTER6, 8443, "[2001:db8:113::26]:443", SOURCE6)
+    assert_redirected(lab, "udp", ROUTER6, 53, "[2001:db8:113::25]:53", SOURCE6)
+    assert_redirected(lab, "tcp", ROUTER6, 9000, "[2001:db8:113::27]:9000", SOURCE6)
+    assert_redirected(lab, "tcp", ROUTER4, 80, "203.0.113.25:80", SOURCE4)
+    assert_redirected(lab, "tcp", ROUTER4, 9000, "203.0.113.27:9000", SOURCE4)
+    elements = json.dumps(nft_table(lab.router))
+    assert '"sctp"' in elements  # the SCTP rule is in the kernel's map (no SCTP sockets here)
+
+
+def test_init_three_times_gives_identical_kernel_state(lab: labmod.Lab) -> None:
+    states = []
+    for _ in range(3):
+        init(lab, DUAL)
+        states.append(kernel_state(lab))
+    assert states[0] == states[1] == states[2]
+    state = states[0]
+    assert state["addresses"] == [("inet", SOURCE4, 24), ("inet6", SOURCE6, 64)]
+    assert state["link_up"]
+    assert state["forwarding"] == "1"
+    defaults4 = [r for r in state["routes4"] if r["dst"] == "default"]
+    assert defaults4 == [
+        {"dst": "default", "gateway": "192.168.12.1", "dev": "macvlan0", "protocol": "static",
+         "flags": []}
+    ]
+    assert [r["dst"] for r in state["routes6"] if r["dst"] == "default"] == ["default"]
+    assert state["nft"] is not None
+    chains = [i["chain"]["name"] for i in state["nft"] if "chain" in i]
+    assert sorted(chains) == ["forward", "input", "postrouting", "prerouting"]
+    assert_redirected(lab, "tcp", ROUTER4, 80, "203.0.113.25:80", SOURCE4)
+
+
+def test_bad_config_after_good_changes_nothing(lab: labmod.Lab) -> None:
+    init(lab, SEED)
+    before = kernel_state(lab)
+    bad = {**SEED, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n8080 tcp 999.999.999.999 80\n"}
+    done = labmod.router_command(lab, bad)
+    assert done.returncode == 1
+    assert "EGRESS_DESTINATION line 2 '8080 tcp 999.999.999.999 80'" in done.stderr
+    assert "Traceback" not in done.stderr
+    missing = labmod.router_command(lab, {**SEED, "EGRESS_INTERFACE": "net9"})
+    assert missing.returncode == 3
+    assert "interface 'net9' does not exist" in missing.stderr
+    assert kernel_state(lab) == before
+    assert_redirected(lab, "tcp", ROUTER4, 8080, "203.0.113.26:80", SOURCE4)
+
+
+def _start_listener(
+    ns: str, endpoints: list[str], log: Path, tmp: Path
+) -> subprocess.Popen[bytes]:
+    ready = tmp / f"ready-{ns}"
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "egress_router.labserver", "serve",
+         "--ready", str(ready), "--log", str(log), *endpoints],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "listener did not start"
+        time.sleep(0.05)
+    return proc
+
+
+def _arrived(log: Path) -> list[dict[str, Any]]:
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def test_one_way_door_from_the_physical_side(lab: labmod.Lab, tmp_path: Path) -> None:
+    init(lab, SEED)
+    log = tmp_path / "client-pod.log"
+    listener = _start_listener(
+        lab.client, ["tcp:10.128.0.10:2222", "udp:10.128.0.10:2222"], log, tmp_path
+    )
+    try:
+        # The physical side cannot use a redirect: the reserved address's port 80 is closed.
+        served_before = len(labmod.served(lab))
+        for proto, port in (("tcp", 80), ("udp", 53), ("tcp", 9000)):
+            result = labmod.dial(lab, proto, SOURCE4, port, timeout=1.0, ns=lab.gw)
+            assert not result.ok, result
+        assert len(labmod.served(lab)) == served_before
+        # Nor reach the pod network through the router, even with a route pointing at it:
+        # nothing arrives in the client pod.
+        labmod.run_in(lab.gw, ["ip", "route", "replace", "10.128.0.0/24", "via", SOURCE4])
+        blocked = labmod.dial(lab, "tcp", "10.128.0.10", 2222, timeout=1.0, ns=lab.gw)
+        assert not blocked.ok
+        labmod.dial(lab, "udp", "10.128.0.10", 2222, timeout=1.0, ns=lab.gw)
+        assert _arrived(log) == []
+        # Control: without our table the same datagram does arrive, so it is the policy that
+        # blocks it, not the topology.
+        labmod.run_in(lab.router, ["nft", "delete", "table", "inet", "egress_router"])
+        labmod.dial(lab, "udp", "10.128.0.10", 2222, timeout=1.0, ns=lab.gw)
+        arrived = _arrived(log)
+        assert [e["peer"].split(":")[0] for e in arrived] == ["192.168.12.1"]
+    finally:
+        listener.terminate()
+        listener.wait(timeout=10)
+
+
+def test_ten_thousand_rules_from_a_file(lab: labmod.Lab, tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    lines = [f"{port} tcp 203.0.113.25 80" for port in range(10000, 19999)]
+    lines += ["19999 tcp 203.0.113.26 443", "# fallback-free: other ports refused"]
+    rules.write_text("\n".join(lines) + "\n")
+    env = {k: v for k, v in SEED.items() if k != "EGRESS_DESTINATION"}
+    env |= {"EGRESS_DESTINATION_FILE": str(rules), "EGRESS_ROUTER_DEBUG": "true",
+            "EGRESS_ANNOUNCE_COUNT": "1"}
+    done = init(lab, env)
+    stages = dict(re.findall(r"DEBUG: (.+?): ([0-9.]+)s$", done.stderr, re.MULTILINE))
+    apply_seconds = float(stages["check nftables ruleset"]) + float(stages["apply nftables ruleset"])
+    print(f"check+apply of 10000 rules: {apply_seconds:.3f}s; stages {stages}")
+    assert apply_seconds < 3.0
+    table = nft_table(lab.router)
+    assert table is not None
+    (redirect,) = [i["map"] for i in table if "map" in i]
+    assert len(redirect["elem"]) == 10000
+    assert_redirected(lab, "tcp", ROUTER4, 19999, "203.0.113.26:443", SOURCE4)
+    assert_redirected(lab, "tcp", ROUTER4, 10000, "203.0.113.25:80", SOURCE4)
+
+
+def _neighbour(lab: labmod.Lab, address: str) -> str | None:
+    for entry in ip_json(lab.gw, "neigh", "show", "dev", "lan0"):
+        if entry["dst"] == address:
+            return str(entry.get("lladdr"))
+    return None
+
+
+@pytest.mark.parametrize(("count", "learns"), [("0", False), ("3", True)])
+def test_announcement_updates_stale_neighbours(
+    lab: labmod.Lab, count: str, learns: bool
+) -> None:
+    stale = "02:00:00:00:de:ad"
+    for address in (SOURCE4, SOURCE6):
+        labmod.run_in(lab.gw, ["ip", "neigh", "replace", address, "lladdr", stale,
+                               "dev", "lan0", "nud", "stale"])
+    init(lab, {**DUAL, "EGRESS_ANNOUNCE_COUNT": count})
+    mac = ip_json(lab.router, "link", "show", "dev", "macvlan0")[0]["address"]
+    expected = mac if learns else stale
+    assert _neighbour(lab, SOURCE4) == expected
+    assert _neighbour(lab, SOURCE6) == expected
+
+
+def test_legacy_mode_waits_and_exits_on_sigterm(lab: labmod.Lab) -> None:
+    proc = labmod.spawn_router(lab, {**SEED, "EGRESS_ROUTER_MODE": "legacy"})
+    try:
+        deadline = time.monotonic() + 20
+        while nft_table(lab.router) is None or not labmod.dial(
+            lab, "tcp", ROUTER4, 80, timeout=1.0
+        ).ok:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "legacy mode never became ready"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert proc.poll() is None  # still waiting after setup
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - started < 1.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def test_iptables_backend_converges_without_duplicates(lab: labmod.Lab) -> None:
+    env = {**DUAL, "EGRESS_ROUTER_BACKEND": "iptables"}
+    for _ in range(3):
+        init(lab, env)
+    for save in ("iptables-save", "ip6tables-save"):
+        dump = labmod.run_in(lab.router, [save], timeout=10).stdout
+        assert dump.count("-A PREROUTING -j EGRESS-ROUTER-PREROUTING") == 1, dump
+        assert dump.count("-A FORWARD -j EGRESS-ROUTER-FORWARD") == 1
+    assert_redirected(lab, "tcp", ROUTER6, 80, "[2001:db8:113::25]:80", SOURCE6)
+    # Switching back to nftables removes the iptables rules (no double NAT, no stale policy).
+    init(lab, DUAL)
+    dump = labmod.run_in(lab.router, ["iptables-save"], timeout=10).stdout
+    assert "EGRESS-ROUTER" not in dump.replace(":EGRESS-ROUTER", "")
+    assert_redirected(lab, "tcp", ROUTER4, 80, "203.0.113.25:80", SOURCE4)
