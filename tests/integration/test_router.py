@@ -29,16 +29,8 @@ ROUTER6 = "fd00:128::2"
 SOURCE4 = "192.168.12.99"
 SOURCE6 = "2001:db8:12::99"
 
-SEED = {
-    "EGRESS_SOURCE": "192.168.12.99/24",
-    "EGRESS_GATEWAY": "192.168.12.1",
-    "EGRESS_DESTINATION": (
-        "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n8443 tcp 203.0.113.26 443\n"
-        "53 udp 203.0.113.25\n203.0.113.27\n"
-    ),
-    "EGRESS_ROUTER_MODE": "init",
-    "EGRESS_ANNOUNCE_INTERVAL": "0.1",
-}
+# The demo's own configuration (the seed example plus a UDP rule), so the demo is what is tested.
+SEED = {**labmod.DEMO_ENV, "EGRESS_ROUTER_MODE": "init", "EGRESS_ANNOUNCE_INTERVAL": "0.1"}
 DUAL = {
     **SEED,
     "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
@@ -50,15 +42,6 @@ DUAL = {
     ),
 }
 
-# (proto, dialled port, expected destination) for the seed example over IPv4.
-SEED_DIALS = [
-    ("tcp", 80, "203.0.113.25:80"),
-    ("tcp", 8080, "203.0.113.26:80"),
-    ("tcp", 8443, "203.0.113.26:443"),
-    ("tcp", 9000, "203.0.113.27:9000"),
-    ("udp", 53, "203.0.113.25:53"),
-    ("udp", 9000, "203.0.113.27:9000"),
-]
 
 
 def init(lab: labmod.Lab, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -130,7 +113,7 @@ def assert_redirected(
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])
 def test_seed_example_end_to_end(lab: labmod.Lab, backend: str) -> None:
     init(lab, {**SEED, "EGRESS_ROUTER_BACKEND": backend})
-    for proto, port, expected in SEED_DIALS:
+    for proto, port, expected in labmod.DEMO_DIALS:
         assert_redirected(lab, proto, ROUTER4, port, expected=expected, source=SOURCE4)
 
 
