@@ -205,22 +205,31 @@ def lab() -> None:
 _PREFIX = click.option(
     "--prefix", default="erlab", show_default=True, help="Namespace name prefix of the lab."
 )
+_MACVLAN = click.option(
+    "--macvlan",
+    default="true",
+    show_default=True,
+    help="The pod's assign-macvlan annotation: 'true' (the node's default-route interface) "
+    "or the name of the node interface to use as the macvlan parent.",
+)
 
 
 @lab.command("up")
 @_PREFIX
-def lab_up(prefix: str) -> None:
+@_MACVLAN
+def lab_up(prefix: str, macvlan: str) -> None:
     """Build the lab (no router configuration yet)."""
-    built = lab_module.up(prefix)
+    built = lab_module.up(prefix, macvlan=macvlan)
     click.echo(f"lab {prefix!r} is up: namespaces {', '.join(built.namespaces)}")
 
 
 @lab.command("demo")
 @_PREFIX
+@_MACVLAN
 @click.option("--keep", is_flag=True, help="Leave the lab running afterwards.")
-def lab_demo(prefix: str, keep: bool) -> None:
+def lab_demo(prefix: str, macvlan: str, keep: bool) -> None:
     """Build the lab, configure the router with the seed example, send real traffic."""
-    sys.exit(lab_module.demo(prefix, keep=keep))
+    sys.exit(lab_module.demo(prefix, keep=keep, macvlan=macvlan))
 
 
 @lab.command("down")

@@ -940,8 +940,8 @@ DEMO_DIALS: tuple[tuple[str, int, str], ...] = (
 
 
 @contextlib.contextmanager
-def _lab_for_demo(prefix: str, keep: bool, console: Console) -> Iterator[Lab]:
-    lab = up(prefix)
+def _lab_for_demo(prefix: str, keep: bool, console: Console, macvlan: str) -> Iterator[Lab]:
+    lab = up(prefix, macvlan=macvlan)
     try:
         yield lab
     finally:
@@ -954,18 +954,20 @@ def _lab_for_demo(prefix: str, keep: bool, console: Console) -> Iterator[Lab]:
             down(prefix)
 
 
-def demo(prefix: str, keep: bool = False, console: Console | None = None) -> int:
+def demo(
+    prefix: str, keep: bool = False, console: Console | None = None, macvlan: str = "true"
+) -> int:
     """Build the lab, set up the router with the classic example, dial through it.
 
     Prints a table of what the client dialled, who answered and which source
     the destination saw. Returns 0 if every dial left from the reserved source
     and reached the expected destination, else 1. Tears the lab down unless
-    ``keep``.
+    ``keep``. ``macvlan`` is the annotation's value, as for :func:`up`.
     """
     console = console or Console()
     console.print(f"building lab [bold]{prefix}[/] (namespaces {prefix}-*) ...")
     try:
-        with _lab_for_demo(prefix, keep, console) as lab:
+        with _lab_for_demo(prefix, keep, console, macvlan) as lab:
             console.print(f"setting up the router in [bold]{lab.router}[/]:")
             for name, value in DEMO_ENV.items():
                 first, *more = value.splitlines()
