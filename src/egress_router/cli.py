@@ -7,7 +7,8 @@ serve a person at a terminal. This module only parses arguments, calls the
 core and maps failures to exit codes; it holds no logic of its own.
 
 Exit codes: 0 success, 1 invalid configuration (nothing was changed),
-2 wrong usage, 3 the kernel refused the setup.
+2 wrong usage, 3 the kernel refused the setup, 4 (``status``) the kernel
+does not match the configuration.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from pathlib import Path
 from types import FrameType
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from egress_router import announce, config, engine, netlink, ruleset
-from egress_router import lab as lab_module
+
+# rich and the lab (asyncio) are imported by the commands that use them: the
+# waiting container runs through this module too, and every MiB it imports
+# counts against its memory budget.
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
@@ -92,6 +94,10 @@ def run_from_environment(env: Mapping[str, str]) -> int:
     if cfg.mode is config.Mode.UNIT_TEST:
         click.echo(engine.unit_test_report(cfg), nl=False)
         return EXIT_OK
+    if cfg.mode is config.Mode.LEGACY:
+        del cfg  # the waiting container parses it again; 10,000 rules should not live twice
+        return _run_wait(env)  # set up, then keep the router right: `egress-router wait`
+    cfg = _resolve_names(cfg)
     stop = _Stop()
     stop.install()
     firewall = engine.make_firewall(cfg.backend)
@@ -120,9 +126,36 @@ def run_from_environment(env: Mapping[str, str]) -> int:
         ", ".join(str(g) for g in cfg.gateways),
         len(cfg.destinations.rules) + len(cfg.destinations.fallbacks),
     )
-    if cfg.mode is config.Mode.LEGACY:
-        stop.event.wait()
     return EXIT_OK
+
+
+def _resolve_names(cfg: config.Config) -> config.Config:
+    """Resolve DNS-named destinations now, or exit 1 naming the one that failed."""
+    if not cfg.destinations.hosts():
+        return cfg
+    from egress_router import resolve  # noqa: PLC0415 (dnspython only when names are used)
+
+    try:
+        return resolve.resolve_now(cfg, resolve.DnsResolver())
+    except resolve.ResolveError as err:
+        _fail(
+            f"{err}; check the name and the pod's DNS (/etc/resolv.conf), or write the address",
+            EXIT_CONFIG,
+        )
+        raise AssertionError("unreachable") from err
+
+
+def _run_wait(env: Mapping[str, str]) -> int:
+    """Run the waiting container (``wait``, ``legacy`` mode); map failures to exit codes."""
+    from egress_router import wait as wait_module  # noqa: PLC0415 (init needs none of it)
+
+    try:
+        return wait_module.run(env)
+    except config.ConfigError as err:
+        _fail(str(err), EXIT_CONFIG)
+    except (engine.ApplyError, wait_module.WaitError) as err:
+        _fail(str(err), EXIT_APPLY)
+    return EXIT_APPLY
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,6 +189,9 @@ def validate(path: Path | None) -> None:
     Reads the same environment as the entry point; without EGRESS_SOURCE and
     EGRESS_GATEWAY only the destination grammar is checked.
     """
+    from rich.console import Console  # noqa: PLC0415 (see the imports)
+    from rich.table import Table  # noqa: PLC0415
+
     env = _env_with_file(os.environ, path)
     console = Console()
     try:
@@ -219,6 +255,8 @@ _MACVLAN = click.option(
 @_MACVLAN
 def lab_up(prefix: str, macvlan: str) -> None:
     """Build the lab (no router configuration yet)."""
+    from egress_router import lab as lab_module  # noqa: PLC0415 (see the imports)
+
     built = lab_module.up(prefix, macvlan=macvlan)
     click.echo(f"lab {prefix!r} is up: namespaces {', '.join(built.namespaces)}")
 
@@ -229,6 +267,8 @@ def lab_up(prefix: str, macvlan: str) -> None:
 @click.option("--keep", is_flag=True, help="Leave the lab running afterwards.")
 def lab_demo(prefix: str, macvlan: str, keep: bool) -> None:
     """Build the lab, configure the router with the seed example, send real traffic."""
+    from egress_router import lab as lab_module  # noqa: PLC0415
+
     sys.exit(lab_module.demo(prefix, keep=keep, macvlan=macvlan))
 
 
@@ -236,8 +276,159 @@ def lab_demo(prefix: str, macvlan: str, keep: bool) -> None:
 @_PREFIX
 def lab_down(prefix: str) -> None:
     """Remove the lab (also after a crash)."""
+    from egress_router import lab as lab_module  # noqa: PLC0415
+
     lab_module.down(prefix)
     click.echo(f"lab {prefix!r} is down")
+
+
+_INPUT = click.Path(dir_okay=False, exists=True, allow_dash=True, path_type=Path)
+
+
+@cli.command("render")
+@click.argument("config_file", required=False, type=_INPUT)
+@click.option(
+    "--from-egressrouter",
+    "egressrouter",
+    type=_INPUT,
+    help="Read an OpenShift EgressRouter (network.operator.openshift.io/v1) instead.",
+)
+@click.option(
+    "--output-dir",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write one file per object into this directory instead of YAML to stdout.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Validate every object offline against the Kubernetes OpenAPI schemas (the "
+    "NetworkAttachmentDefinition against its CRD) and the Service ports against the rules.",
+)
+@click.option(
+    "--kubernetes-version",
+    metavar="X.Y",
+    default=None,
+    help="The Kubernetes version whose schemas --check uses (default: the newest shipped).",
+)
+@click.option("--image", default=None, help="The egress-router image (overrides the config's).")
+@click.option(
+    "--extra-port",
+    "extra_ports",
+    multiple=True,
+    metavar="PORT/PROTO",
+    help="A Service port served by the fallback, e.g. 9000/tcp (repeatable).",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port of the health/readiness/metrics server (default 9090; 0: off).",
+)
+def render_command(
+    *,
+    config_file: Path | None,
+    egressrouter: Path | None,
+    output_dir: Path | None,
+    check: bool,
+    kubernetes_version: str | None,
+    image: str | None,
+    extra_ports: tuple[str, ...],
+    http_port: int | None,
+) -> None:
+    """Render the Kubernetes objects of one egress router from one config file.
+
+    A ConfigMap with the rules, a Service with one port per rule, a Deployment
+    (one replica, Recreate) and, for the cni attachment, a
+    NetworkAttachmentDefinition for the egress-router CNI plugin.
+    """
+    # Imported here: every start of the init container would pay ~0.1 s for the schema libraries.
+    from egress_router import manifest  # noqa: PLC0415
+    from egress_router import render as render_module  # noqa: PLC0415
+
+    if (config_file is None) == (egressrouter is None):
+        raise click.UsageError("give either a config file or --from-egressrouter FILE")
+    path = config_file or egressrouter
+    assert path is not None
+    source = "<stdin>" if str(path) == "-" else str(path)
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        _fail(f"cannot read {source}: {getattr(err, 'strerror', None) or err}", EXIT_CONFIG)
+    overrides = manifest.Overrides(image=image, extra_ports=extra_ports, http_port=http_port)
+    try:
+        if egressrouter is not None:
+            spec = manifest.load_egressrouter_text(text, source, overrides)
+        else:
+            spec = manifest.load_config_text(text, source, overrides)
+    except config.ConfigError as err:
+        _fail(str(err), EXIT_CONFIG)
+    result = render_module.render(spec)
+    for warning in result.warnings:
+        click.echo(f"egress-router: warning: {warning}", err=True)
+    if check:
+        try:
+            checked = render_module.check(
+                result.objects, kubernetes_version or render_module.KUBERNETES_VERSION
+            )
+        except render_module.CheckError as err:
+            _fail(str(err), EXIT_CONFIG)
+        for line in checked:
+            click.echo(f"egress-router: checked {line}", err=True)
+    if output_dir is None:
+        click.echo(render_module.to_yaml(result.objects), nl=False)
+        return
+    names = render_module.file_names(result.objects)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for name, obj in zip(names, result.objects, strict=True):
+            (output_dir / name).write_text(render_module.to_yaml([obj]), encoding="utf-8")
+    except OSError as err:
+        _fail(f"cannot write {output_dir}: {err.strerror or err}; check the path", EXIT_CONFIG)
+    click.echo(f"egress-router: wrote {', '.join(names)} to {output_dir}", err=True)
+
+
+@cli.command("wait")
+@_FILE
+def wait_command(path: Path | None) -> None:
+    """Run the router pod's main container: apply, then keep the router right.
+
+    Reads the same EGRESS_* environment as the entry point (usually with
+    EGRESS_DESTINATION_FILE pointing at a mounted ConfigMap). Re-applies the
+    file when it changes (a bad edit is reported, the running rules stay),
+    repairs drift every EGRESS_ROUTER_RECONCILE_SECONDS (default 10),
+    re-resolves DNS names on their TTL, announces the address again on SIGHUP
+    and serves /healthz, /readyz and /metrics on EGRESS_ROUTER_HTTP_PORT
+    (default 9090, 0: off). Exits 0 on SIGTERM, leaving the rules in place.
+    """
+    env = _env_with_file(os.environ, path)
+    # Parsed (and refused with exit 1) by the waiting container itself, once.
+    _setup_logging(env.get(config.ENV_DEBUG, "").strip().lower() in ("1", "true", "yes", "on"))
+    sys.exit(_run_wait(env))
+
+
+@cli.command("status")
+@_FILE
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+def status_command(path: Path | None, as_json: bool) -> None:
+    """Show the configuration, the interface state and every rule with its counters.
+
+    Reads the kernel of this network namespace (run it in the router pod).
+    Exit 0 when the kernel matches the configuration, 4 when it does not,
+    1 when the configuration is invalid.
+    """
+    from rich.console import Console  # noqa: PLC0415
+
+    from egress_router import status as status_module  # noqa: PLC0415
+
+    env = _env_with_file(os.environ, path)
+    cfg = _load(env)
+    report = status_module.collect(cfg)
+    if as_json:
+        click.echo(status_module.to_json(report))
+    else:
+        status_module.show(report, Console())
+    sys.exit(EXIT_OK if report.matches else status_module.EXIT_DRIFT)
 
 
 def main() -> None:

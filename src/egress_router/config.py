@@ -35,15 +35,18 @@ ENV_INTERFACE = "EGRESS_INTERFACE"
 ENV_DEBUG = "EGRESS_ROUTER_DEBUG"
 ENV_ANNOUNCE_COUNT = "EGRESS_ANNOUNCE_COUNT"
 ENV_ANNOUNCE_INTERVAL = "EGRESS_ANNOUNCE_INTERVAL"
+ENV_HTTP_PORT = "EGRESS_ROUTER_HTTP_PORT"
 
 DEFAULT_POD_INTERFACE = "eth0"
 DEFAULT_EGRESS_INTERFACE = "macvlan0"
 DEFAULT_ANNOUNCE_COUNT = 3
 DEFAULT_ANNOUNCE_INTERVAL = 1.0
+DEFAULT_HTTP_PORT = 9090
 
 RULE_SYNTAX = "<port> <proto> <ip> [<remote_port>], or a last line <ip> (the fallback)"
 
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -100,6 +103,7 @@ class PortRule:
     address: IPAddress
     remote_port: int
     line: int = field(default=0, compare=False)
+    host: str | None = None  # set when ``address`` is an answer for this DNS name
 
     @property
     def family(self) -> int:
@@ -112,10 +116,34 @@ class Fallback:
 
     address: IPAddress
     line: int = field(default=0, compare=False)
+    host: str | None = None  # set when ``address`` is an answer for this DNS name
 
     @property
     def family(self) -> int:
         return self.address.version
+
+
+@dataclass(frozen=True)
+class NamedRule:
+    """A port rule whose destination is a DNS name, resolved when the rules are applied.
+
+    It becomes one `PortRule` per address of the answer (``host`` set) in
+    every family the router has a source for.
+    """
+
+    port: int
+    proto: Proto
+    host: str
+    remote_port: int
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class NamedFallback:
+    """A fallback whose destination is a DNS name; it must be the only fallback."""
+
+    host: str
+    line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -124,6 +152,8 @@ class Destinations:
 
     rules: tuple[PortRule, ...]
     fallbacks: tuple[Fallback, ...] = ()
+    named: tuple[NamedRule, ...] = ()
+    named_fallbacks: tuple[NamedFallback, ...] = ()
 
     def families(self) -> frozenset[int]:
         return frozenset(r.family for r in self.rules) | frozenset(
@@ -135,6 +165,11 @@ class Destinations:
 
     def rules_of(self, family: int) -> tuple[PortRule, ...]:
         return tuple(r for r in self.rules if r.family == family)
+
+    def hosts(self) -> tuple[str, ...]:
+        """The DNS names to resolve, each once, in order of appearance."""
+        names = [n.host for n in self.named] + [f.host for f in self.named_fallbacks]
+        return tuple(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)
@@ -167,6 +202,7 @@ class Config:
     debug: bool = False
     announce_count: int = DEFAULT_ANNOUNCE_COUNT
     announce_interval: float = DEFAULT_ANNOUNCE_INTERVAL
+    http_port: int = 0  # the wait container's HTTP port, accepted on the pod interface; 0: none
 
     def families(self) -> tuple[int, ...]:
         return tuple(sorted(s.family for s in self.sources))
@@ -247,24 +283,57 @@ def _line_error(variable: str, number: int, raw: str, err: ConfigError) -> Confi
     return ConfigError(variable, err.cause, line=number, text=raw.strip())
 
 
-def parse_destinations(text: str, variable: str = ENV_DESTINATION) -> Destinations:
+def _strip_host_prefix(token: str, variable: str, line: int) -> str:
+    """``203.0.113.25/32`` -> ``203.0.113.25``; any other prefix length is refused."""
+    address, slash, length = token.partition("/")
+    if not slash:
+        return token
+    full = 128 if ":" in address else 32
+    if length != str(full):
+        raise ConfigError(
+            variable,
+            f"destination {token!r} is a network, not one address; write {address} "
+            f"(or {address}/{full})",
+            line=line,
+        )
+    return address
+
+
+def parse_destinations(
+    text: str, variable: str = ENV_DESTINATION, *, host_prefix: bool = False
+) -> Destinations:
     """Parse destination lines (the upstream grammar, plus IPv6, SCTP and comments).
 
     Port rules come first; a fallback line (a bare address) may follow, at most
     one per address family. The same local port may appear once per protocol
     and family. An empty rule set is an error: the router would do nothing.
+    ``host_prefix`` accepts a ``/32`` (``/128``) suffix on addresses, as
+    upstream's CNI configuration writes them.
     """
     rules: list[PortRule] = []
     fallbacks: dict[int, Fallback] = {}
     seen: dict[tuple[int, Proto, int], int] = {}
+    named: list[NamedRule] = []
+    named_fallbacks: list[NamedFallback] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         body = _strip_line(raw)
         if not body:
             continue
         tokens = body.split()
         try:
+            if host_prefix and len(tokens) in (1, 3, 4):
+                index = 0 if len(tokens) == 1 else 2
+                tokens[index] = _strip_host_prefix(tokens[index], variable, number)
+            if _names_a_host(tokens):
+                _add_named(
+                    tokens, variable, number, seen=seen, fallbacks=fallbacks, named=named,
+                    named_fallbacks=named_fallbacks,
+                )
+                continue
             if len(tokens) == 1:
                 address = parse_address(tokens[0], variable, line=number, what="fallback address")
+                if named_fallbacks:
+                    raise _second_fallback(variable, named_fallbacks[0].line, number)
                 if address.version in fallbacks:
                     first = fallbacks[address.version].line
                     raise ConfigError(
@@ -281,8 +350,8 @@ def parse_destinations(text: str, variable: str = ENV_DESTINATION) -> Destinatio
                     f"expected {RULE_SYNTAX}, got {len(tokens)} fields",
                     line=number,
                 )
-            if fallbacks:
-                first = min(f.line for f in fallbacks.values())
+            if fallbacks or named_fallbacks:
+                first = min(_fallback_lines(fallbacks, named_fallbacks))
                 raise ConfigError(
                     variable,
                     f"a port rule after the fallback on line {first}; "
@@ -309,12 +378,108 @@ def parse_destinations(text: str, variable: str = ENV_DESTINATION) -> Destinatio
             rules.append(PortRule(port, proto, address, remote, line=number))
         except ConfigError as err:
             raise _line_error(variable, number, raw, err) from None
-    if not rules and not fallbacks:
+    if not rules and not fallbacks and not named and not named_fallbacks:
         raise ConfigError(
             variable, f"no destinations; expected at least one line: {RULE_SYNTAX}"
         )
     ordered = tuple(fallbacks[f] for f in sorted(fallbacks))
-    return Destinations(tuple(rules), ordered)
+    return Destinations(tuple(rules), ordered, tuple(named), tuple(named_fallbacks))
+
+
+def _names_a_host(tokens: list[str]) -> bool:
+    """Whether the destination token of a rule or fallback line is meant as a DNS name.
+
+    Anything with a letter and without ``:`` or ``/`` is; digits-and-dots and
+    IPv6 text stay addresses, so their errors keep talking about addresses.
+    """
+    if len(tokens) not in (1, 3, 4):
+        return False
+    token = tokens[0] if len(tokens) == 1 else tokens[2]
+    return any(c.isascii() and c.isalpha() for c in token) and not set(token) & set(":/")
+
+
+def parse_host(text: str, variable: str, *, line: int | None = None, what: str) -> str:
+    """Validate a DNS name (RFC 1123 labels); return it lower-cased."""
+    name = text.lower()
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    # At least two labels: a lone word is far more often a typo than a DNS name
+    # (and a Kubernetes service is written service.namespace or fully qualified).
+    valid = (
+        len(labels) >= 2
+        and len(name.rstrip(".")) <= 253
+        and all(_HOST_LABEL.match(label) for label in labels)
+        and not labels[-1].isdigit()
+    )
+    if not valid:
+        raise ConfigError(
+            variable,
+            f"invalid {what} {text!r}; expected an IPv4 address such as 203.0.113.25, an IPv6 "
+            "address such as 2001:db8::25 or a host name such as api.example.com",
+            line=line,
+            text=text if line is None else None,
+        )
+    return name
+
+
+def _fallback_lines(fallbacks: Mapping[int, Fallback], named: list[NamedFallback]) -> list[int]:
+    return [f.line for f in fallbacks.values()] + [n.line for n in named]
+
+
+def _second_fallback(variable: str, first: int, number: int) -> ConfigError:
+    return ConfigError(
+        variable,
+        f"a second fallback; line {first} already is a fallback, and a fallback given as a "
+        "host name must be the only one",
+        line=number,
+    )
+
+
+def _add_named(
+    tokens: list[str],
+    variable: str,
+    number: int,
+    *,
+    seen: dict[tuple[int, Proto, int], int],
+    fallbacks: Mapping[int, Fallback],
+    named: list[NamedRule],
+    named_fallbacks: list[NamedFallback],
+) -> None:
+    """Parse a rule or fallback line whose destination is a DNS name (same checks as addresses).
+
+    The name's family is only known once it is resolved, so a named rule takes
+    its local port in both families.
+    """
+    if len(tokens) == 1:
+        host = parse_host(tokens[0], variable, line=number, what="fallback address")
+        earlier = _fallback_lines(fallbacks, named_fallbacks)
+        if earlier:
+            raise _second_fallback(variable, min(earlier), number)
+        named_fallbacks.append(NamedFallback(host, line=number))
+        return
+    earlier = _fallback_lines(fallbacks, named_fallbacks)
+    if earlier:
+        raise ConfigError(
+            variable,
+            f"a port rule after the fallback on line {min(earlier)}; "
+            "the fallback must come after all port rules",
+            line=number,
+        )
+    port = _parse_port(tokens[0], variable, number, "port")
+    proto = _parse_proto(tokens[1], variable, number)
+    host = parse_host(tokens[2], variable, line=number, what="destination address")
+    remote = _parse_port(tokens[3], variable, number, "remote port") if len(tokens) == 4 else port
+    keys = [(family, proto, port) for family in (4, 6)]
+    for key in keys:
+        if key in seen:
+            raise ConfigError(
+                variable,
+                f"port {port}/{proto.value} is already redirected on line {seen[key]}; "
+                "each local port may have one rule per protocol",
+                line=number,
+            )
+    for key in keys:
+        seen[key] = number
+    named.append(NamedRule(port, proto, host, remote, line=number))
 
 
 def _split_list(text: str) -> list[str]:
@@ -491,6 +656,7 @@ def load_config(
             f"is the same interface as {ENV_POD_INTERFACE} ({pod_if!r}); the router needs "
             "a pod-side and a physical-side interface",
         )
+    http_port = parse_http_port(env.get(ENV_HTTP_PORT, str(DEFAULT_HTTP_PORT)))
     if ENV_SOURCE not in env:
         raise ConfigError(ENV_SOURCE, "is not set; set it to the reserved address")
     sources = parse_sources(env[ENV_SOURCE])
@@ -500,6 +666,7 @@ def load_config(
     variable, text = read_destination_text(env, read_text)
     destinations = parse_destinations(text, variable)
     check_families(sources, gateways, destinations, destination_variable=variable)
+    check_http_port(destinations, http_port, variable, text)
     return Config(
         sources,
         gateways,
@@ -515,7 +682,41 @@ def load_config(
         announce_interval=_parse_interval(
             env.get(ENV_ANNOUNCE_INTERVAL, str(DEFAULT_ANNOUNCE_INTERVAL)), ENV_ANNOUNCE_INTERVAL
         ),
+        http_port=http_port,
     )
+
+
+def parse_http_port(text: str, variable: str = ENV_HTTP_PORT) -> int:
+    """``EGRESS_ROUTER_HTTP_PORT``: the wait container's HTTP port, 0 for none."""
+    value = text.strip()
+    if not value.isascii() or not value.isdigit() or int(value) > 65535:
+        raise ConfigError(
+            variable,
+            f"invalid value {text!r}; expected a port from 1 to 65535, or 0 to turn the "
+            "HTTP server (/healthz, /readyz, /metrics) off",
+        )
+    return int(value)
+
+
+def check_http_port(
+    destinations: Destinations, http_port: int, variable: str, text: str = ""
+) -> None:
+    """A TCP rule on the HTTP port would be shadowed by the port's accept rule: refuse it."""
+    if not http_port:
+        return
+    lines = text.splitlines()
+    rules: list[PortRule | NamedRule] = [*destinations.rules, *destinations.named]
+    for rule in rules:
+        if rule.proto is Proto.TCP and rule.port == http_port:
+            raw = lines[rule.line - 1].strip() if 0 < rule.line <= len(lines) else None
+            raise ConfigError(
+                variable,
+                f"port {http_port}/tcp is the router's own HTTP port ({ENV_HTTP_PORT}, "
+                f"/healthz, /readyz, /metrics); use another local port, or set {ENV_HTTP_PORT} "
+                "to a free port (0 turns the HTTP server off)",
+                line=rule.line or None,
+                text=raw,
+            )
 
 
 def check_families(

@@ -41,6 +41,14 @@ class Firewall(Protocol):
 
     def remove(self) -> None: ...
 
+    def update(self, old: config.Config, new: config.Config) -> bool:
+        """Change the rules in place from ``old`` to ``new``; False: only `apply` can."""
+        ...
+
+    def fingerprint(self) -> str | None:
+        """A digest of our rules as the kernel holds them (None: not there), for drift checks."""
+        ...
+
 
 class NftablesFirewall:
     """The default backend: one ``nft -f`` transaction replacing our table."""
@@ -61,6 +69,19 @@ class NftablesFirewall:
 
     def remove(self) -> None:
         self.runner.run(ruleset.render_nftables_removal())
+
+    def update(self, old: config.Config, new: config.Config) -> bool:
+        script = ruleset.render_nftables_update(old, new)
+        if script is None:
+            return False
+        # No separate check: the kernel validates the whole transaction before it
+        # commits any of it, and it fails as a whole if the table is not old's.
+        self.runner.run(script)
+        return True
+
+    def fingerprint(self) -> str | None:
+        listing = self.runner.list_table_text(stateless=True)
+        return None if listing is None else ruleset.fingerprint_nftables(listing)
 
 
 class IptablesFirewall:
@@ -108,6 +129,15 @@ class IptablesFirewall:
             jumps = self._jumps(family)
             self.runner.restore(family, ruleset.render_iptables_removal(family, jumps))
             self.runner.delete_chains(family)
+
+    def update(self, old: config.Config, new: config.Config) -> bool:
+        return False  # our chains are always replaced whole (atomically per table)
+
+    def fingerprint(self) -> str | None:
+        dumps = [
+            self.runner.save(family, table) for family in (4, 6) for table in ("nat", "filter")
+        ]
+        return ruleset.fingerprint_iptables(dumps)
 
 
 def make_firewall(backend: config.Backend) -> Firewall:

@@ -466,6 +466,7 @@ def _netns_pids(ns: str) -> list[int]:
 def _remove(prefix: str, namespaces: Sequence[str]) -> list[str]:
     """Stop the lab's processes, delete the given namespaces and the state."""
     _stop_server(prefix)
+    _stop_dns(prefix)
     # Processes inside a namespace keep it (and its links) alive after
     # `ip netns del`, so end them first. Only lab code starts processes there.
     pids = [pid for ns in namespaces for pid in _netns_pids(ns)]
@@ -479,6 +480,9 @@ def _remove(prefix: str, namespaces: Sequence[str]) -> list[str]:
         except LabError as exc:
             errors.append(str(exc))
     shutil.rmtree(STATE_ROOT / prefix, ignore_errors=True)
+    for ns in {*namespaces, f"{prefix}-router"}:
+        if ns and "/" not in ns:
+            shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
     if errors:
         raise LabError("; ".join(errors))
     return removed
@@ -627,7 +631,7 @@ def _default_route(ns: str, via: IPv4Interface | IPv6Interface) -> None:
     )
 
 
-def _build(lab: Lab, macvlan: str | None, phys_mtu: int) -> None:
+def _build(lab: Lab, macvlan: str | None, phys_mtu: int, router_eth0: bool = True) -> None:
     for role, ns in zip(ROLES, lab.namespaces, strict=True):
         _run(["ip", "netns", "add", ns], f"create namespace {ns}")
         forwarding = "1" if role in _FORWARDING_ROLES else "0"
@@ -636,7 +640,8 @@ def _build(lab: Lab, macvlan: str | None, phys_mtu: int) -> None:
 
     _veth(lab.node, NODE_NIC, lab.gw, GW_LAN, phys_mtu)
     _veth(lab.client, POD_IF, lab.node, CLIENT_VETH)
-    _veth(lab.router, POD_IF, lab.node, ROUTER_VETH)
+    if router_eth0:
+        _veth(lab.router, POD_IF, lab.node, ROUTER_VETH)
     _veth(lab.ext, EXT_IF, lab.gw, GW_WAN)
     # Without a multicast querier, snooping can starve IPv6 neighbour discovery.
     _ip(
@@ -650,7 +655,7 @@ def _build(lab: Lab, macvlan: str | None, phys_mtu: int) -> None:
         "0",
         what=f"create bridge {BRIDGE}",
     )
-    for port in (CLIENT_VETH, ROUTER_VETH):
+    for port in (CLIENT_VETH, ROUTER_VETH) if router_eth0 else (CLIENT_VETH,):
         _ip(lab.node, "link", "set", port, "master", BRIDGE, what=f"attach {port} to {BRIDGE}")
 
     up_links = {
@@ -660,6 +665,9 @@ def _build(lab: Lab, macvlan: str | None, phys_mtu: int) -> None:
         lab.gw: (GW_LAN, GW_WAN),
         lab.ext: (EXT_IF,),
     }
+    if not router_eth0:  # a CNI plugin (e.g. bridge) gives the router pod its eth0 later
+        up_links[lab.node] = (BRIDGE, CLIENT_VETH, NODE_NIC)
+        del up_links[lab.router]
     for ns, devs in up_links.items():
         for dev in devs:
             _ip(ns, "link", "set", dev, "up", what=f"bring up {ns}/{dev}")
@@ -680,7 +688,8 @@ def _build(lab: Lab, macvlan: str | None, phys_mtu: int) -> None:
         *((lab.ext, EXT_IF, addr) for addr in (*DESTINATIONS4, *DESTINATIONS6)),
     ]
     for ns, dev, addr in addresses:
-        _address(ns, dev, addr)
+        if router_eth0 or ns != lab.router:
+            _address(ns, dev, addr)
 
     for ns, via4, via6 in (
         (lab.node, GATEWAY4, GATEWAY6),
@@ -688,6 +697,8 @@ def _build(lab: Lab, macvlan: str | None, phys_mtu: int) -> None:
         (lab.router, NODE_POD4, NODE_POD6),
         (lab.ext, EXT_GATEWAY4, EXT_GATEWAY6),
     ):
+        if ns == lab.router and not router_eth0:
+            continue
         _default_route(ns, via4)
         _default_route(ns, via6)
 
@@ -702,6 +713,7 @@ def up(
     endpoints: Sequence[str] = DEFAULT_ENDPOINTS,
     *,
     phys_mtu: int = DEFAULT_MTU,
+    router_eth0: bool = True,
 ) -> Lab:
     """Build the lab, start the destination server and wait until it is ready.
 
@@ -709,7 +721,10 @@ def up(
     annotation: ``"true"`` puts macvlan0 on the node's default-route
     interface, an interface name on that interface, and None or ``"false"``
     gives the router no macvlan (as for a CNI plugin that creates it).
-    ``phys_mtu`` is the MTU of the node's physical NIC. An existing lab with
+    ``phys_mtu`` is the MTU of the node's physical NIC. ``router_eth0=False``
+    leaves the router pod without its pod-network interface (an empty
+    namespace, as a runtime creates it) for a CNI plugin such as Debian's
+    ``bridge`` to attach it to the node's ``cbr0``. An existing lab with
     the same prefix is replaced. On any failure everything built so far is
     removed and :class:`LabError` raised.
     """
@@ -723,7 +738,7 @@ def up(
     try:
         lab.state_dir.mkdir(parents=True, exist_ok=True)
         (lab.state_dir / OWNER_FILE).write_text(_process_record(os.getpid()), encoding="utf-8")
-        _build(lab, macvlan, phys_mtu)
+        _build(lab, macvlan, phys_mtu, router_eth0)
         _start_server(lab, endpoints)
     except BaseException as exc:
         with contextlib.suppress(Exception):
@@ -753,13 +768,16 @@ def router_command(
     )
 
 
-def spawn_router(lab: Lab, env: Mapping[str, str]) -> subprocess.Popen[str]:
+def spawn_router(
+    lab: Lab, env: Mapping[str, str], args: Sequence[str] = ()
+) -> subprocess.Popen[str]:
     """Start the product in the router pod without waiting (``legacy`` mode).
 
-    The caller ends it; :func:`down` ends it anyway.
+    ``args`` are command-line arguments (e.g. ``["wait"]``). The caller ends
+    it; :func:`down` ends it anyway.
     """
     return subprocess.Popen(
-        _netns_exec(lab.router, [sys.executable, "-m", "egress_router"]),
+        _netns_exec(lab.router, [sys.executable, "-m", "egress_router", *args]),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -909,6 +927,96 @@ def open_stream(
         start_new_session=True,
     )
     return Stream(proc, what)
+
+
+# --------------------------------------------------------------------------- DNS for the router
+
+# `ip netns exec NS` bind-mounts every file of /etc/netns/NS over /etc in the
+# process it starts: a resolv.conf there is the namespace's resolver, as a
+# pod's /etc/resolv.conf is the pod's.
+NETNS_ETC = Path("/etc/netns")
+DNS_RECORDS_FILE = "dns.json"
+DNS_LOG_FILE = "dns.jsonl"
+DNS_READY_FILE = "dns.ready"
+LAB_RESOLVER = "127.0.0.1"
+
+_DNS_SERVERS: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def set_dns_records(lab: Lab, records: Mapping[str, Mapping[str, Any]]) -> None:
+    """Replace the lab resolver's records: ``{name: {"A": [...], "AAAA": [...], "ttl": s}}``."""
+    _write_atomic(lab.state_dir / DNS_RECORDS_FILE, json.dumps(records))
+
+
+def start_dns(lab: Lab, records: Mapping[str, Mapping[str, Any]]) -> None:
+    """Give the router pod a DNS resolver whose answers the test controls.
+
+    Starts `labdns` on 127.0.0.1:53 inside the router namespace and writes
+    ``/etc/netns/<router>/resolv.conf`` pointing at it, so every process
+    started in the router pod from now on (`router_command`, `spawn_router`)
+    resolves through it. :func:`down` stops it and removes the file.
+    """
+    set_dns_records(lab, records)
+    etc = NETNS_ETC / lab.router
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text(
+        f"# egress-router lab {lab.prefix}: removed by `lab down`\n"
+        f"nameserver {LAB_RESOLVER}\noptions timeout:1 attempts:2\n",
+        encoding="utf-8",
+    )
+    ready = lab.state_dir / DNS_READY_FILE
+    ready.unlink(missing_ok=True)
+    argv = _netns_exec(
+        lab.router,
+        [
+            sys.executable, "-m", "egress_router.labdns",
+            "--listen", LAB_RESOLVER,
+            "--records", str(lab.state_dir / DNS_RECORDS_FILE),
+            "--log", str(lab.state_dir / DNS_LOG_FILE),
+            "--ready", str(ready),
+        ],
+    )
+    output = (lab.state_dir / "dns.out").open("wb")
+    with output:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            env=_base_env(), start_new_session=True,
+        )
+    _DNS_SERVERS[lab.prefix] = proc
+    deadline = time.monotonic() + SERVER_READY_TIMEOUT
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            text = (lab.state_dir / "dns.out").read_text(errors="replace").strip()
+            _stop_dns(lab.prefix)
+            raise LabError(f"cannot start the lab DNS server in {lab.router}: {text}")
+        time.sleep(POLL_INTERVAL)
+
+
+def dns_queries(lab: Lab) -> list[dict[str, Any]]:
+    """The lab resolver's log: one dict per query (``name``, ``type``, ``answer``, ``ts``)."""
+    try:
+        text = (lab.state_dir / DNS_LOG_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+def _stop_dns(prefix: str) -> None:
+    proc = _DNS_SERVERS.pop(prefix, None)
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(STOP_TIMEOUT)
 
 
 # --------------------------------------------------------------------------- the demo

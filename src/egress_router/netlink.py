@@ -3,6 +3,11 @@
 This is one of the two modules that touch the kernel (with `nft`/`iptables`).
 Every operation is a replace or a check-then-delete, so running the same plan
 again converges instead of failing with "File exists".
+
+pyroute2 is imported on first use, not with this module: it costs about
+20 MiB, which the long-running ``wait`` process (it watches kernel state
+through the small read-only `linkstate` module) only pays once it has to
+repair something.
 """
 
 from __future__ import annotations
@@ -15,9 +20,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from egress_router import plan
 
@@ -85,6 +87,8 @@ class PyrouteNetlink:
 
     @contextmanager
     def _ipr(self) -> Iterator[Any]:
+        from pyroute2 import IPRoute  # noqa: PLC0415 (lazy: see the module docstring)
+
         ipr = IPRoute(netns=self._netns) if self._netns else IPRoute()
         try:
             yield ipr
@@ -111,6 +115,8 @@ class PyrouteNetlink:
             return index, str(link.get("IFLA_ADDRESS"))
 
     def apply(self, step: plan.Step) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415 (lazy)
+
         try:
             if isinstance(step, plan.EnableForwarding):
                 self._forwarding(step)
@@ -175,6 +181,8 @@ class PyrouteNetlink:
 
     @staticmethod
     def _delete_route(ipr: Any, route: Any) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415 (lazy)
+
         try:
             ipr.route("del", **{
                 "dst": "0.0.0.0/0" if route["family"] == AF_INET else "::/0",

@@ -32,6 +32,10 @@ class Nft(Protocol):
         """``nft -j list table`` of our table, or None when it does not exist."""
         ...
 
+    def list_table_text(self, *, stateless: bool = False) -> str | None:
+        """``nft list table`` of our table as text (``stateless``: ``-s``), or None."""
+        ...
+
 
 @dataclass
 class FakeNft:
@@ -48,6 +52,9 @@ class FakeNft:
 
     def list_table(self) -> dict[str, Any] | None:
         return {"script": self.applied[-1]} if self.applied else None
+
+    def list_table_text(self, *, stateless: bool = False) -> str | None:
+        return self.applied[-1] if self.applied else None
 
 
 class NftCommand:
@@ -88,3 +95,19 @@ class NftCommand:
             return None
         parsed: dict[str, Any] = json.loads(done.stdout)
         return parsed
+
+    def list_table_text(self, *, stateless: bool = False) -> str | None:
+        """``nft list table`` of our table as text (``stateless``: without counter values).
+
+        Text rather than JSON: for 10,000 rules it is a few hundred kilobytes
+        of one string instead of tens of thousands of Python objects, which
+        matters to the long-running ``wait`` process that reads it every few
+        seconds. None when the table does not exist.
+        """
+        args = ["-s"] if stateless else []
+        done = self._exec([*args, "list", "table", ruleset.TABLE_FAMILY, ruleset.TABLE])
+        if done.returncode != 0:
+            if "No such file or directory" in done.stderr:
+                return None
+            raise NftError(f"cannot list the nftables table: {done.stderr.strip()}")
+        return done.stdout

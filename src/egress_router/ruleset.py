@@ -26,6 +26,8 @@ not the fast one.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterable
 
 from egress_router import config
@@ -58,6 +60,35 @@ _NFPROTO = {4: "ipv4", 6: "ipv6"}
 _IP = {4: "ip", 6: "ip6"}
 _MAP = {4: MAP_V4, 6: MAP_V6}
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+_KEY_TYPE = "inet_proto . inet_service"
+
+Key = tuple[config.Proto, int]
+Target = tuple[config.IPAddress, int]
+
+
+def conns_set(family: int) -> str:
+    """Set of rule keys, looked up in the nat chain: its element counters count connections."""
+    return f"conns_v{family}"
+
+
+def traffic_set(family: int) -> str:
+    """Set of rule keys, looked up for every forwarded packet: element counters count traffic."""
+    return f"traffic_v{family}"
+
+
+def redirect_map(family: int) -> str:
+    """Map of rules with one destination address: key to address . port."""
+    return _MAP[family]
+
+
+def spread_map(family: int) -> str:
+    """Verdict map of rules whose DNS name has several addresses: key to a jump."""
+    return f"spread_v{family}"
+
+
+def spread_chain(family: int, key: Key) -> str:
+    """The chain that spreads one rule's new connections over its addresses."""
+    return f"spread_v{family}_{key[0].value}_{key[1]}"
 
 
 def _sorted_rules(rules: Iterable[config.PortRule]) -> list[config.PortRule]:
@@ -68,50 +99,157 @@ def _endpoint(address: config.IPAddress, port: int) -> str:
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
+def rule_label(rule: config.PortRule | config.NamedRule) -> str:
+    """The destination as configured: ``203.0.113.25:80`` or ``api.example.com:443``."""
+    if isinstance(rule, config.NamedRule) or rule.host is not None:
+        return f"{rule.host}:{rule.remote_port}"
+    return _endpoint(rule.address, rule.remote_port)
+
+
+def _family_list(cfg: config.Config) -> list[int]:
+    return sorted({s.family for s in cfg.sources} | cfg.destinations.families())
+
+
+def group_rules(cfg: config.Config, family: int) -> dict[Key, list[Target]]:
+    """The rules of one family by key (protocol, local port), sorted; targets sorted too.
+
+    A key has several targets only when a DNS name answered with several
+    addresses (the parser allows one rule per key).
+    """
+    groups: dict[Key, list[Target]] = {}
+    for rule in _sorted_rules(cfg.destinations.rules_of(family)):
+        groups.setdefault((rule.proto, rule.port), []).append((rule.address, rule.remote_port))
+    for targets in groups.values():
+        targets.sort(key=lambda t: (int(t[0]), t[1]))
+    return groups
+
+
+def _keys_text(keys: Iterable[Key]) -> str:
+    return ", ".join(f"{proto.value} . {port}" for proto, port in keys)
+
+
+def _target_text(target: Target) -> str:
+    return f"{target[0]} . {target[1]}"
+
+
+def _spread_rule(family: int, key: Key, targets: list[Target]) -> str:
+    # numgen inc: round robin over the addresses, one map lookup per new connection.
+    spread = ", ".join(f"{i} : {_target_text(t)}" for i, t in enumerate(targets))
+    return (
+        f"meta l4proto {key[0].value} dnat {_IP[family]} to "
+        f"numgen inc mod {len(targets)} map {{ {spread} }}"
+    )
+
+
+def _set_lines(name: str, keys: list[Key], what: str) -> list[str]:
+    # Elements of the counting sets go on one line: one rule per map element
+    # stays the only line-per-rule block, which keeps the ruleset readable.
+    lines = [f"\tset {name} {{  # {what}", f"\t\ttype {_KEY_TYPE}", "\t\tcounter"]
+    if keys:
+        lines.append(f"\t\telements = {{ {_keys_text(keys)} }}")
+    return [*lines, "\t}", ""]
+
+
+def _prerouting_rules(
+    cfg: config.Config, families: list[int], groups: dict[int, dict[Key, list[Target]]]
+) -> list[str]:
+    rules = [
+        f'iifname != "{cfg.pod_interface}" return',
+        "fib daddr type != local return",
+    ]
+    if cfg.http_port:
+        rules.append(f"tcp dport {cfg.http_port} return")
+    for family in families:
+        nfproto = f"meta nfproto {_NFPROTO[family]}"
+        rules.append(f"{nfproto} meta l4proto . th dport @{conns_set(family)}")
+        if any(len(t) > 1 for t in groups[family].values()):
+            rules.append(f"{nfproto} meta l4proto . th dport vmap @{spread_map(family)}")
+        rules.append(
+            f"{nfproto} dnat {_IP[family]} to meta l4proto . th dport map @{redirect_map(family)}"
+        )
+        addresses = _fallbacks_of(cfg, family)
+        if addresses:
+            rules.append(_fallback_rule(family, addresses))
+    return rules
+
+
+def _fallbacks_of(cfg: config.Config, family: int) -> list[config.IPAddress]:
+    return sorted((f.address for f in cfg.destinations.fallbacks if f.family == family), key=int)
+
+
+def _fallback_rule(family: int, addresses: list[config.IPAddress]) -> str:
+    head = (
+        f"meta nfproto {_NFPROTO[family]} meta l4proto {{ {L4_PROTOS} }} dnat {_IP[family]} to "
+    )
+    if len(addresses) == 1:
+        return head + str(addresses[0])
+    spread = ", ".join(f"{i} : {address}" for i, address in enumerate(addresses))
+    return head + f"numgen inc mod {len(addresses)} map {{ {spread} }}"
+
+
 def render_nftables(cfg: config.Config) -> str:
     """The whole ruleset as one ``nft -f`` transaction that replaces our table atomically."""
     pod = cfg.pod_interface
     egress = cfg.egress_interface
     out: list[str] = [
         "# egress-router ruleset: generated, do not edit (re-run egress-router instead)",
+    ]
+    out += [
+        f"# line {n.line}: {n.port} {n.proto.value} {n.host} {n.remote_port}: "
+        "a host name, resolved when the rules are applied"
+        for n in cfg.destinations.named
+    ]
+    out += [
+        f"# line {f.line}: fallback {f.host}: a host name, resolved when the rules are applied"
+        for f in cfg.destinations.named_fallbacks
+    ]
+    out += [
         f"add table {TABLE_FAMILY} {TABLE}",
         f"delete table {TABLE_FAMILY} {TABLE}",
         f"table {TABLE_FAMILY} {TABLE} {{",
     ]
-    families = sorted(cfg.destinations.families())
+    families = _family_list(cfg)
+    groups = {family: group_rules(cfg, family) for family in families}
     for family in families:
-        rules = _sorted_rules(cfg.destinations.rules_of(family))
-        if not rules:
-            continue
+        keys = list(groups[family])
+        out += _set_lines(conns_set(family), keys, "new connections per rule")
+        out += _set_lines(traffic_set(family), keys, "packets and bytes per rule")
         out += [
-            f"\tmap {_MAP[family]} {{",
-            f"\t\ttype inet_proto . inet_service : {_ADDR_TYPE[family]} . inet_service",
-            "\t\telements = {",
+            f"\tmap {redirect_map(family)} {{",
+            f"\t\ttype {_KEY_TYPE} : {_ADDR_TYPE[family]} . inet_service",
         ]
-        out += [
-            f"\t\t\t{r.proto.value} . {r.port} : {r.address} . {r.remote_port},"
-            for r in rules
-        ]
-        out += ["\t\t}", "\t}", ""]
+        single = [(key, targets[0]) for key, targets in groups[family].items() if len(targets) == 1]
+        if single:
+            out.append("\t\telements = {")
+            out += [
+                f"\t\t\t{proto.value} . {port} : {_target_text(target)},"
+                for (proto, port), target in single
+            ]
+            out.append("\t\t}")
+        out += ["\t}", ""]
+        multi = [(key, targets) for key, targets in groups[family].items() if len(targets) > 1]
+        if multi:
+            out += [
+                f"\tmap {spread_map(family)} {{",
+                f"\t\ttype {_KEY_TYPE} : verdict",
+                "\t\telements = {",
+            ]
+            out += [
+                f"\t\t\t{key[0].value} . {key[1]} : jump {spread_chain(family, key)},"
+                for key, _ in multi
+            ]
+            out += ["\t\t}", "\t}", ""]
+            for key, targets in multi:
+                out += [
+                    f"\tchain {spread_chain(family, key)} {{",
+                    f"\t\t{_spread_rule(family, key, targets)}",
+                    "\t}",
+                    "",
+                ]
 
-    out += [
-        f"\tchain {CHAIN_PREROUTING} {{",
-        "\t\ttype nat hook prerouting priority dstnat; policy accept;",
-        f'\t\tiifname != "{pod}" return',
-        "\t\tfib daddr type != local return",
-    ]
-    for family in families:
-        nfproto = f"meta nfproto {_NFPROTO[family]}"
-        if cfg.destinations.rules_of(family):
-            out.append(
-                f"\t\t{nfproto} dnat {_IP[family]} to meta l4proto . th dport map @{_MAP[family]}"
-            )
-        fallback = cfg.destinations.fallback(family)
-        if fallback is not None:
-            out.append(
-                f"\t\t{nfproto} meta l4proto {{ {L4_PROTOS} }} "
-                f"dnat {_IP[family]} to {fallback.address}"
-            )
+    out.append(f"\tchain {CHAIN_PREROUTING} {{")
+    out.append("\t\ttype nat hook prerouting priority dstnat; policy accept;")
+    out += [f"\t\t{rule}" for rule in _prerouting_rules(cfg, families, groups)]
     out += ["\t}", ""]
 
     out += [
@@ -128,6 +266,15 @@ def render_nftables(cfg: config.Config) -> str:
     out += [
         f"\tchain {CHAIN_FORWARD} {{",
         "\t\ttype filter hook forward priority filter; policy drop;",
+    ]
+    # Count before the accepts: both directions of every redirected connection,
+    # keyed by the local port the client dialled (the conntrack original tuple).
+    out += [
+        f"\t\tmeta nfproto {_NFPROTO[family]} meta l4proto {{ {L4_PROTOS} }} "
+        f"meta l4proto . ct original proto-dst @{traffic_set(family)}"
+        for family in families
+    ]
+    out += [
         "\t\tct state established,related accept",
         f'\t\tiifname "{pod}" oifname "{egress}" ct state new ct status dnat accept',
         '\t\tcounter comment "not a redirected connection: dropped"',
@@ -135,6 +282,10 @@ def render_nftables(cfg: config.Config) -> str:
         "",
         f"\tchain {CHAIN_INPUT} {{",
         "\t\ttype filter hook input priority filter; policy accept;",
+    ]
+    if cfg.http_port:
+        out.append(f'\t\tiifname "{pod}" tcp dport {cfg.http_port} accept')
+    out += [
         f'\t\tiifname "{pod}" ct state new meta l4proto tcp reject with tcp reset',
         f'\t\tiifname "{pod}" ct state new meta l4proto {{ udp, sctp }} '
         "reject with icmpx type port-unreachable",
@@ -148,6 +299,136 @@ def render_nftables(cfg: config.Config) -> str:
 def render_nftables_removal() -> str:
     """Remove our table (and nothing else); succeeds when it is already gone."""
     return f"add table {TABLE_FAMILY} {TABLE}\ndelete table {TABLE_FAMILY} {TABLE}\n"
+
+
+_ELEMENTS = re.compile(r"elements = \{([^}]*)\}")
+
+
+def fingerprint_nftables(listing: str) -> str:
+    """A digest of ``nft -s list table`` output that changes only when the rules do.
+
+    Elements of hash sets are listed in hash order, which may change while the
+    content does not (rehashing as the set grows), so they are sorted first.
+    """
+
+    def ordered(match: re.Match[str]) -> str:
+        items = sorted(item.strip() for item in match.group(1).split(","))
+        return "elements = { " + ", ".join(items) + " }"
+
+    return hashlib.sha256(_ELEMENTS.sub(ordered, listing).encode()).hexdigest()
+
+
+def fingerprint_iptables(dumps: Iterable[str]) -> str | None:
+    """A digest of our chains and jumps in ``iptables-save`` dumps (None: no rules of ours)."""
+    ours = [
+        re.sub(r"^\[\d+:\d+\] ", "", line)
+        for dump in dumps
+        for line in dump.splitlines()
+        if line.startswith("*") or ("EGRESS-ROUTER-" in line and line.startswith(("-A ", "[")))
+    ]
+    if not any("EGRESS-ROUTER-" in line for line in ours):
+        return None
+    return hashlib.sha256("\n".join(ours).encode()).hexdigest()
+
+
+def _static_part(cfg: config.Config) -> tuple[object, ...]:
+    return (
+        tuple(_family_list(cfg)),
+        cfg.sources,
+        cfg.pod_interface,
+        cfg.egress_interface,
+        cfg.http_port,
+    )
+
+
+def render_nftables_update(old: config.Config, new: config.Config) -> str | None:
+    """A transaction that turns the table of ``old`` into that of ``new`` in place.
+
+    Unlike a whole replacement it keeps the element counters of rules that stay
+    the same (a rule is the same when its key and configured destination are),
+    so per-rule metrics do not drop back to zero on every reload. Only what
+    changed is deleted and added; the prerouting chain, which holds no state,
+    is rewritten. Returns None when the two differ in more than rules and
+    fallbacks (families, sources, interfaces, HTTP port): replace the table then.
+    The transaction fails as a whole when the kernel's table is not ``old``'s.
+    """
+    if _static_part(old) != _static_part(new):
+        return None
+    table = f"{TABLE_FAMILY} {TABLE}"
+    families = _family_list(new)
+    old_groups = {f: group_rules(old, f) for f in families}
+    new_groups = {f: group_rules(new, f) for f in families}
+    head = [f"flush chain {table} {CHAIN_PREROUTING}"]
+    deletes: list[str] = []
+    adds: list[str] = []
+    for family in families:
+        before, after = old_groups[family], new_groups[family]
+        old_labels, new_labels = _labels(old, family), _labels(new, family)
+        # Counting elements: a key whose destination (as configured) changed starts at zero.
+        gone = [k for k in before if k not in after or old_labels[k] != new_labels[k]]
+        fresh = [k for k in after if k not in before or old_labels[k] != new_labels[k]]
+        for name in (conns_set(family), traffic_set(family)):
+            if gone:
+                deletes.append(f"delete element {table} {name} {{ {_keys_text(gone)} }}")
+            if fresh:
+                adds.append(f"add element {table} {name} {{ {_keys_text(fresh)} }}")
+        deletes_f, adds_f = _update_redirects(table, family, before, after)
+        deletes += deletes_f
+        adds += adds_f
+    tail = [
+        f"add rule {table} {CHAIN_PREROUTING} {rule}"
+        for rule in _prerouting_rules(new, families, new_groups)
+    ]
+    lines = ["# egress-router update: generated", *head, *deletes, *adds, *tail]
+    return "\n".join(lines) + "\n"
+
+
+def _labels(cfg: config.Config, family: int) -> dict[Key, str]:
+    return {(r.proto, r.port): rule_label(r) for r in cfg.destinations.rules_of(family)}
+
+
+def _update_redirects(
+    table: str,
+    family: int,
+    before: dict[Key, list[Target]],
+    after: dict[Key, list[Target]],
+) -> tuple[list[str], list[str]]:
+    redirect, spread = redirect_map(family), spread_map(family)
+    deletes: list[str] = []
+    adds: list[str] = []
+    old_single = {k: t[0] for k, t in before.items() if len(t) == 1}
+    new_single = {k: t[0] for k, t in after.items() if len(t) == 1}
+    old_multi = {k: t for k, t in before.items() if len(t) > 1}
+    new_multi = {k: t for k, t in after.items() if len(t) > 1}
+    drop = [k for k, t in old_single.items() if new_single.get(k) != t]
+    put = [(k, t) for k, t in new_single.items() if old_single.get(k) != t]
+    if drop:
+        deletes.append(f"delete element {table} {redirect} {{ {_keys_text(drop)} }}")
+    if put:
+        elements = ", ".join(f"{p.value} . {n} : {_target_text(t)}" for (p, n), t in put)
+        adds.append(f"add element {table} {redirect} {{ {elements} }}")
+    if not old_multi and not new_multi:
+        return deletes, adds
+    if new_multi:
+        adds.insert(0, f"add map {table} {spread} {{ type {_KEY_TYPE} : verdict; }}")
+    for key in old_multi:
+        if key not in new_multi:
+            deletes.append(f"delete element {table} {spread} {{ {_keys_text([key])} }}")
+            deletes.append(f"delete chain {table} {spread_chain(family, key)}")
+    if not new_multi:
+        deletes.append(f"delete map {table} {spread}")
+    for key, targets in new_multi.items():
+        chain = spread_chain(family, key)
+        if old_multi.get(key) == targets:
+            continue
+        if key not in old_multi:
+            adds.append(f"add chain {table} {chain}")
+        else:
+            adds.append(f"flush chain {table} {chain}")
+        adds.append(f"add rule {table} {chain} {_spread_rule(family, key, targets)}")
+        if key not in old_multi:
+            adds.append(f"add element {table} {spread} {{ {_keys_text([key])} : jump {chain} }}")
+    return deletes, adds
 
 
 def render_iptables(
@@ -178,20 +459,31 @@ def render_iptables(
         f":{IPT_PREROUTING} - [0:0]",
         f":{IPT_POSTROUTING} - [0:0]",
     ]
-    for rule in cfg.destinations.rules:
-        if rule.family != family:
-            continue
-        nat.append(
-            f"-A {IPT_PREROUTING} {local} -p {rule.proto.value} --dport {rule.port} "
-            f"-j DNAT --to-destination {_endpoint(rule.address, rule.remote_port)}"
-        )
-    fallback = cfg.destinations.fallback(family)
-    if fallback is not None:
-        target = f"[{fallback.address}]" if family == 6 else str(fallback.address)
-        nat += [
-            f"-A {IPT_PREROUTING} {local} -p {proto.value} -j DNAT --to-destination {target}"
-            for proto in config.Proto
-        ]
+    if cfg.http_port:
+        nat.append(f"-A {IPT_PREROUTING} {local} -p tcp --dport {cfg.http_port} -j RETURN")
+    in_order = sorted(cfg.destinations.rules_of(family), key=lambda r: r.line)
+    groups = group_rules(cfg, family)
+    for key in dict.fromkeys((r.proto, r.port) for r in in_order):
+        proto, port = key
+        targets = groups[key]
+        for index, (address, remote) in enumerate(targets):
+            # Several addresses (a DNS name): round robin, as kube-proxy's iptables mode does.
+            left = len(targets) - index
+            nth = f"-m statistic --mode nth --every {left} --packet 0 " if left > 1 else ""
+            nat.append(
+                f"-A {IPT_PREROUTING} {local} -p {proto.value} --dport {port} {nth}"
+                f"-j DNAT --to-destination {_endpoint(address, remote)}"
+            )
+    fallbacks = _fallbacks_of(cfg, family)
+    for proto in config.Proto if fallbacks else ():
+        for index, address in enumerate(fallbacks):
+            target = f"[{address}]" if family == 6 else str(address)
+            left = len(fallbacks) - index
+            nth = f"-m statistic --mode nth --every {left} --packet 0 " if left > 1 else ""
+            nat.append(
+                f"-A {IPT_PREROUTING} {local} -p {proto.value} {nth}"
+                f"-j DNAT --to-destination {target}"
+            )
     if source is not None:
         nat.append(f"-A {IPT_POSTROUTING} -o {egress} -j SNAT --to-source {source.address}")
     nat += jumps("nat")
@@ -207,6 +499,10 @@ def render_iptables(
         f"-A {IPT_FORWARD} -i {pod} -o {egress} -m conntrack --ctstate NEW "
         "-m conntrack --ctstate DNAT -j ACCEPT",
         f"-A {IPT_FORWARD} -j DROP",
+    ]
+    if cfg.http_port:
+        filt.append(f"-A {IPT_INPUT} -i {pod} -p tcp --dport {cfg.http_port} -j ACCEPT")
+    filt += [
         f"-A {IPT_INPUT} -i {pod} -p tcp {new} -j REJECT --reject-with tcp-reset",
         f"-A {IPT_INPUT} -i {pod} -p udp {new} -j REJECT --reject-with {unreachable}",
         f"-A {IPT_INPUT} -i {pod} -p sctp {new} -j REJECT --reject-with {unreachable}",
@@ -235,12 +531,32 @@ def render_iptables_removal(family: int, present_jumps: Iterable[tuple[str, str,
 
 def describe_rules(cfg: config.Config) -> list[tuple[str, str, str, str]]:
     """The normalised rule table: (local, protocol, destination, line) rows for people."""
-    rows = [
-        (str(r.port), r.proto.value, _endpoint(r.address, r.remote_port), str(r.line))
+    ports: list[tuple[int, tuple[str, str, str, str]]] = [
+        (r.line, (str(r.port), r.proto.value, _described(r), str(r.line)))
         for r in cfg.destinations.rules
     ]
+    ports += [
+        (n.line, (str(n.port), n.proto.value, f"{rule_label(n)} (DNS name)", str(n.line)))
+        for n in cfg.destinations.named
+    ]
+    rows = [row for _, row in sorted(ports, key=lambda item: item[0])]
     rows += [
-        (f"* (IPv{f.family})", L4_PROTOS, f"{f.address} (same port)", str(f.line))
+        (f"* (IPv{f.family})", L4_PROTOS, f"{_fallback_text(f)} (same port)", str(f.line))
         for f in cfg.destinations.fallbacks
     ]
+    rows += [
+        ("*", L4_PROTOS, f"{f.host} (DNS name, same port)", str(f.line))
+        for f in cfg.destinations.named_fallbacks
+    ]
     return rows
+
+
+def _described(rule: config.PortRule) -> str:
+    endpoint = _endpoint(rule.address, rule.remote_port)
+    return endpoint if rule.host is None else f"{rule_label(rule)} = {endpoint}"
+
+
+def _fallback_text(fallback: config.Fallback) -> str:
+    if fallback.host is None:
+        return str(fallback.address)
+    return f"{fallback.host} = {fallback.address}"

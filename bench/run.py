@@ -1,0 +1,331 @@
+"""``python -m bench.run``: the data-path benchmark, one command, results under bench/results/.
+
+It builds the lab, then for several rounds measures every (path, rule count,
+figure) in a shuffled order, each against freshly applied rules, and finally
+the setup timings (with ``EGRESS_ROUTER_DEBUG`` stage timings) and the memory
+of the waiting process. The results are a JSON document (every sample), a
+markdown report, a PNG chart and optionally the README's summary section.
+
+Needs root (network namespaces). Installs missing Debian tools (ab, nginx,
+sockperf, iperf3) with apt-get unless ``--no-install``. ``--quick`` is a short
+development run; a full run takes about 15 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import harness, report, stats, workload
+from bench.workload import DataPath, Figure
+from egress_router import lab as labmod
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+README = REPO / "README.md"
+PREFIX_START = "ertbench"
+POLICY_RC = Path("/usr/sbin/policy-rc.d")
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Defaults of a full or a quick run."""
+
+    rounds: int
+    counts: str
+    flow_counts: str
+    seconds: int  # per measurement: ab rate, iperf3, sockperf, calibration
+    setup_reps: int
+
+
+FULL = Preset(rounds=4, counts="1,100,1000,10000", flow_counts="1,10000", seconds=2,
+              setup_reps=3)
+QUICK = Preset(rounds=2, counts="1,1000", flow_counts="1000", seconds=1, setup_reps=1)
+
+
+class Clock:
+    """Progress lines on stderr with the seconds since the start."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def log(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+def _counts(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 1 <= v <= workload.MAX_RULES for v in values):
+        raise SystemExit(
+            f"bench: error: cannot use {option} {text!r}: give rule counts from 1 to "
+            f"{workload.MAX_RULES} separated by commas, e.g. 1,100,1000,10000"
+        )
+    return sorted(set(values))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Benchmark the egress router's data path against plain forwarding.",
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="short development run (2 rounds, 1 and 1000 rules, 1 s each)")
+    parser.add_argument("--rounds", type=int, help="rounds over every configuration (full: 4)")
+    parser.add_argument("--counts", help="rule counts for new connections (full: 1,100,1000,10000)")
+    parser.add_argument("--flow-counts",
+                        help="rule counts for throughput and request/response (full: 1,10000)")
+    parser.add_argument("--seconds", type=int,
+                        help="seconds per measurement (default: 2 full, 1 quick)")
+    parser.add_argument("--setup-reps", type=int, help="debug init runs per backend and count")
+    parser.add_argument("--seed", type=int, default=6, help="seed of the shuffled order")
+    parser.add_argument("--no-calibration", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-install", action="store_true",
+                        help="do not apt-get install missing tools")
+    parser.add_argument("--out", type=Path,
+                        help="results directory (default bench/results; quick: a temp dir)")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="replace the summary between the README's benchmark markers")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="only re-render the report, chart (and README) from a results file")
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    args.rounds = args.rounds or preset.rounds
+    args.counts = _counts(args.counts or preset.counts, "--counts")
+    args.flow_counts = _counts(args.flow_counts or preset.flow_counts, "--flow-counts")
+    args.setup_reps = preset.setup_reps if args.setup_reps is None else args.setup_reps
+    seconds = args.seconds or preset.seconds
+    args.durations = harness.Durations(conn=seconds, latency=1, flow=seconds,
+                                       calibration=seconds)
+    if args.rounds < 1 or min(vars(args.durations).values()) < 1:
+        raise SystemExit("bench: error: cannot run: --rounds and --seconds must be at least 1")
+    return args
+
+
+def _missing_tools() -> dict[str, str]:
+    return {tool: pkg for tool, pkg in harness.REQUIRED_TOOLS.items() if not shutil.which(tool)}
+
+
+def ensure_tools(install: bool, log: Callable[[str], None]) -> None:
+    """Install missing Debian tools; no service may start in the root namespace meanwhile."""
+    missing = _missing_tools()
+    if not missing:
+        return
+    packages = sorted(set(missing.values()))
+    if not install:
+        raise SystemExit(
+            f"bench: error: cannot run: missing {', '.join(sorted(missing))}; install the "
+            f"Debian packages {' '.join(packages)} or drop --no-install"
+        )
+    log(f"installing {' '.join(packages)} with apt-get")
+    # Debian starts a freshly installed nginx unless policy-rc.d forbids it; the
+    # benchmark runs its own nginx inside the lab, never one in the root namespace.
+    own_policy = not POLICY_RC.exists()
+    if own_policy:
+        POLICY_RC.write_text("#!/bin/sh\nexit 101\n", encoding="ascii")
+        POLICY_RC.chmod(0o755)
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for argv in (["apt-get", "update", "-qq"],
+                     ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+            cp = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600,
+                                check=False)
+            if cp.returncode != 0:
+                raise SystemExit(
+                    f"bench: error: cannot install {' '.join(packages)}: "
+                    f"{cp.stderr.strip()[-400:]}"
+                )
+    finally:
+        if own_policy:
+            POLICY_RC.unlink(missing_ok=True)
+    if _missing_tools():
+        raise SystemExit(f"bench: error: cannot find {', '.join(_missing_tools())} after install")
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        cp = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "?"
+    text = (cp.stdout + cp.stderr).strip().splitlines()
+    return next((line.strip() for line in text if line.strip()), "?")[:100]
+
+
+def tool_versions() -> dict[str, str]:
+    return {
+        "ab": _version(["ab", "-V"]),
+        "nginx": _version(["nginx", "-v"]),
+        "sockperf": _version(["sockperf", "--version"]),
+        "iperf3": _version(["iperf3", "--version"]),
+        "nft": _version(["nft", "--version"]),
+        "iptables": _version(["iptables", "-V"]),
+    }
+
+
+def estimate_seconds(args: argparse.Namespace, units: int) -> float:
+    """A rough duration, printed up front (sockperf sleeps ~2 s per run by itself)."""
+    d: harness.Durations = args.durations
+    per_unit = (d.conn + d.latency + 2 * (d.flow + 2.3) + d.flow) / 4 + 1.2
+    return float(args.rounds * units * per_unit + 20 * args.setup_reps + 40)
+
+
+def run(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
+    """The whole benchmark; the run document (JSON-ready)."""
+    units = workload.plan_units(args.counts, args.flow_counts)
+    clock.log(
+        f"{len(units)} measurements x {args.rounds} rounds, rule counts {args.counts} "
+        f"(flows: {args.flow_counts}); about {estimate_seconds(args, len(units)) / 60:.0f} min"
+    )
+    started = datetime.datetime.now(datetime.UTC)
+    load_start = harness.loadavg()
+    samples: list[stats.Sample] = []
+    calibration: list[dict[str, Any]] = []
+    labmod.sweep(PREFIX_START)  # leftovers of an earlier, crashed run (not a live one)
+    prefix = PREFIX_START + secrets.token_hex(2)
+    workdir = Path(tempfile.mkdtemp(prefix="egress-router-bench-"))
+    try:
+        with harness.Harness(prefix, workdir, args.durations, clock.log) as h:
+            if not args.no_calibration:
+                clock.log("calibration: how fast are the clients?")
+                calibration = h.calibrate()
+            for round_index in range(args.rounds):
+                order = workload.round_order(units, args.seed, round_index)
+                for number, unit in enumerate(order, 1):
+                    sample = h.measure(unit, round_index)
+                    samples.append(sample)
+                    if sample.error is None:
+                        shown = report.fmt_value(sample.value, unit.figure.value)
+                        clock.log(f"round {round_index + 1}/{args.rounds} {number}/{len(order)}"
+                                  f" {unit.key}: {shown} {unit.figure.unit}"
+                                  f" (load {sample.load1:.2f})")
+            clock.log("setup timings with EGRESS_ROUTER_DEBUG=true")
+            for _ in range(args.setup_reps):
+                for path in (DataPath.NFTABLES, DataPath.IPTABLES):
+                    for count in args.counts:
+                        h.flush_router()
+                        h.run_product(path, count, Figure.CONN, debug=True)
+            if not args.no_memory:
+                count = max(args.counts)
+                entry = h.measure_memory(count)
+                clock.log(f"memory, legacy mode, {count} rules: {entry['rss_kib'] / 1024:.1f} MiB")
+                if wait_command_exists():
+                    entry = h.measure_memory(count, ["wait"])
+                    clock.log(f"memory, wait, {count} rules: {entry['rss_kib'] / 1024:.1f} MiB")
+                else:
+                    h.records.notes.append(
+                        "`egress-router wait` did not exist when this run was made; only the "
+                        "legacy-mode waiting process was measured.")
+            records = h.records
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    finished = datetime.datetime.now(datetime.UTC)
+    loads = [s.load1 for s in samples if s.load1 is not None]
+    load_summary = stats.Summary.of(loads)
+    doc: dict[str, Any] = {
+        "schema": 1,
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "duration_s": (finished - started).total_seconds(),
+        "host": {
+            "nproc": os.cpu_count(), "kernel": platform.release(),
+            "loadavg_start": list(load_start), "loadavg_end": list(harness.loadavg()),
+            "load1": dataclasses.asdict(load_summary) if load_summary else None,
+        },
+        "settings": {
+            "command": "python -m bench.run " + " ".join(sys.argv[1:]),
+            "quick": args.quick, "rounds": args.rounds, "counts": args.counts,
+            "flow_counts": args.flow_counts, "seed": args.seed,
+            "durations_s": dataclasses.asdict(args.durations), "setup_reps": args.setup_reps,
+            "ab": f"{harness.AB_PROCESSES} processes x concurrency {harness.AB_CONCURRENCY}, "
+                  "no keep-alive",
+            "pinning": "client CPU 0, servers CPU 1 (flows and latency)",
+            "tools": tool_versions(),
+        },
+        "calibration": {"runs": calibration},
+        "samples": [dataclasses.asdict(s) for s in samples],
+        "init": records.init,
+        "stages": records.stages,
+        "upstream_apply": records.upstream_apply,
+        "memory": records.memory,
+        "notes": records.notes,
+    }
+    doc["summary"] = [dataclasses.asdict(u) for u in stats.summarize(samples)]
+    doc["targets"] = [
+        {**dataclasses.asdict(t), "met": t.met} for t in report.targets_from(doc)
+    ]
+    return doc
+
+
+def wait_command_exists() -> bool:
+    cp = subprocess.run([sys.executable, "-m", "egress_router", "wait", "--help"],
+                        capture_output=True, text=True, timeout=30, check=False,
+                        env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    return cp.returncode == 0
+
+
+def write_outputs(doc: dict[str, Any], out: Path, update_readme: bool,
+                  log: Callable[[str], None]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(report.render_markdown(doc), encoding="utf-8")
+    report.plot(doc, out / "conn_rate.png")
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'conn_rate.png'}")
+    if update_readme:
+        text = README.read_text(encoding="utf-8")
+        README.write_text(report.replace_between_markers(text, report.render_summary(doc)),
+                          encoding="utf-8")
+        log(f"updated the benchmark summary in {README}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    clock = Clock()
+    if args.render is not None:
+        doc = json.loads(args.render.read_text(encoding="utf-8"))
+        write_outputs(doc, args.out or args.render.parent, args.update_readme, clock.log)
+        return 0
+    problem = labmod.check_host()
+    if problem is not None:
+        print(f"bench: error: cannot run the benchmark: {problem}", file=sys.stderr)
+        return 1
+    ensure_tools(not args.no_install, clock.log)
+    if "nf_tables" not in _version(["iptables", "-V"]):
+        print("bench: error: cannot run the benchmark: iptables is not the nf_tables variant "
+              "(the router namespace is reset with `nft flush ruleset`)", file=sys.stderr)
+        return 1
+    out = args.out or (Path(tempfile.gettempdir()) / "egress-router-bench-quick"
+                       if args.quick else RESULTS)
+    try:
+        with harness.terminating_on_signals():
+            doc = run(args, clock)
+    except (harness.BenchError, labmod.LabError) as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; the lab was removed", file=sys.stderr)
+        return 130
+    write_outputs(doc, out, args.update_readme, clock.log)
+    with contextlib.suppress(BrokenPipeError):
+        print(report.render_summary(doc), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,553 @@
+"""The plugin's side effects: the macvlan on the node, and everything inside the pod.
+
+The plugin runs in the node's network namespace. Work on the node (find the
+master, create the macvlan under a temporary name, move it) goes through
+pyroute2 directly; work in the pod (rename, the engine's ruleset, plan and
+announcements, CHECK's inspection, DEL's teardown) runs in a forked child
+that entered ``CNI_NETNS`` (see `egress_router.netns`), so the ``nft``
+binary and the raw sockets the engine uses act there too.
+
+Everything the command layer needs is behind the `Kernel` protocol; unit
+tests drive ADD/DEL/CHECK and their rollbacks with a fake.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from egress_router import announce, config, engine, netlink, netns, ruleset
+from egress_router.cni import drift, errors
+from egress_router.cni.errors import CniError
+from egress_router.cni.result import Link
+
+log = logging.getLogger(__name__)
+
+AF_INET = 2
+AF_INET6 = 10
+MAIN_TABLE = 254
+RTN_UNICAST = 1
+SCOPE_UNIVERSE = 0
+IFF_UP = 0x1
+TEMP_PREFIX = "egr"
+_TEMP_NAME = re.compile(rf"^{TEMP_PREFIX}[0-9a-f]{{12}}$")
+NFT_TIMEOUT = 30.0
+POD_TIMEOUT = 30.0
+TABLE = f"{ruleset.TABLE_FAMILY} {ruleset.TABLE}"
+_TRANSIENT = (errno.EBUSY, errno.EAGAIN)
+
+
+def temp_name(container_id: str, ifname: str) -> str:
+    """The macvlan's name on the node before it moves: stable per attachment, 15 characters.
+
+    Stable, so that a leftover of a crashed ADD is found again by the next
+    ADD, DEL or GC of the same attachment.
+    """
+    digest = hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()
+    return f"{TEMP_PREFIX}{digest[:12]}"
+
+
+def is_temp_name(name: str) -> bool:
+    return bool(_TEMP_NAME.match(name))
+
+
+@dataclass(frozen=True)
+class HostLink:
+    """A link in the node's namespace."""
+
+    name: str
+    index: int
+    mtu: int
+    up: bool
+
+
+@dataclass(frozen=True)
+class PodProbe:
+    """The pod before ADD touches it: what must not exist, what must, and what to restore."""
+
+    ifname_exists: bool
+    pod_interface_exists: bool
+    default_routes: tuple[dict[str, Any], ...] = ()
+    forwarding: tuple[tuple[int, str], ...] = ()
+    table_exists: bool = False
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A child's result: either ``value`` or a CNI error (code, msg)."""
+
+    value: Any = None
+    code: int = 0
+    msg: str = ""
+
+
+class Kernel(Protocol):
+    """Every side effect (and every read of kernel state) the plugin needs."""
+
+    def netns_exists(self, path: str) -> bool: ...
+
+    def default_route_interface(self) -> str | None: ...
+
+    def host_link(self, name: str) -> HostLink | None: ...
+
+    def host_link_names(self) -> list[str]: ...
+
+    def nft_problem(self) -> str | None: ...
+
+    def create_macvlan(self, name: str, master: HostLink, mode: str, mtu: int) -> None: ...
+
+    def delete_host_macvlan(self, name: str) -> bool: ...
+
+    def host_macvlans(self) -> list[str]: ...
+
+    def move_to_netns(self, name: str, path: str) -> None: ...
+
+    def probe_pod(self, path: str, ifname: str, pod_interface: str) -> PodProbe: ...
+
+    def setup_pod(self, path: str, temp: str, cfg: config.Config) -> Link: ...
+
+    def undo_pod(self, path: str, names: Sequence[str], probe: PodProbe) -> None: ...
+
+    def teardown_pod(self, path: str, ifname: str) -> list[str]: ...
+
+    def inspect_pod(self, path: str, ifname: str, pod_interface: str) -> drift.Observed: ...
+
+    def ruleset_listing(self, cfg: config.Config) -> str: ...
+
+
+def _netlink_error(err: NetlinkError, what: str, code: int) -> CniError:
+    transient = err.code in _TRANSIENT
+    return CniError(
+        errors.TRY_AGAIN_LATER if transient else code,
+        f"cannot {what}: {os.strerror(err.code) if err.code else err}"
+        + ("; try again" if transient else ""),
+    )
+
+
+@contextmanager
+def _ipr() -> Iterator[Any]:
+    ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _kind(link: Any) -> tuple[str | None, str | None]:
+    info = link.get("IFLA_LINKINFO")
+    if not info:
+        return None, None
+    kind = info.get("IFLA_INFO_KIND")
+    data = info.get("IFLA_INFO_DATA")
+    mode = data.get("IFLA_MACVLAN_MODE") if kind == "macvlan" and data else None
+    return kind, mode
+
+
+def _lookup(ipr: Any, name: str) -> Any | None:
+    found = ipr.link_lookup(ifname=name)
+    return ipr.get_links(found[0])[0] if found else None
+
+
+def _delete_macvlan(ipr: Any, name: str) -> bool:
+    link = _lookup(ipr, name)
+    if link is None:
+        return False
+    kind, _ = _kind(link)
+    if kind != "macvlan":
+        log.warning("not deleting %s: it is a %s link, not a macvlan", name, kind or "plain")
+        return False
+    try:
+        ipr.link("del", index=link["index"])
+    except NetlinkError as err:
+        if err.code == errno.ENODEV:
+            return False
+        raise
+    return True
+
+
+def _nft(args: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("nft") or "nft"
+    return subprocess.run(
+        [binary, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=NFT_TIMEOUT,
+        check=False,
+    )
+
+
+def _listing() -> str | None:
+    done = _nft(["list", "table", ruleset.TABLE_FAMILY, ruleset.TABLE])
+    return done.stdout if done.returncode == 0 else None
+
+
+def _forwarding_path(family: int) -> str:
+    if family == 4:
+        return "/proc/sys/net/ipv4/ip_forward"
+    return "/proc/sys/net/ipv6/conf/all/forwarding"
+
+
+def _read_forwarding() -> tuple[tuple[int, str], ...]:
+    values = []
+    for family in (4, 6):
+        try:
+            with open(_forwarding_path(family), encoding="ascii") as fh:
+                values.append((family, fh.read().strip()))
+        except OSError:
+            continue
+    return tuple(values)
+
+
+def _default_routes(ipr: Any) -> tuple[dict[str, Any], ...]:
+    routes = []
+    for family in (AF_INET, AF_INET6):
+        for route in ipr.get_routes(family=family, table=MAIN_TABLE):
+            if route["dst_len"] != 0 or route["type"] != RTN_UNICAST:
+                continue
+            spec: dict[str, Any] = {
+                "dst": "0.0.0.0/0" if family == AF_INET else "::/0",
+                "family": family,
+                "table": MAIN_TABLE,
+                "oif": route.get("RTA_OIF"),
+                "proto": route["proto"],
+            }
+            if route.get("RTA_GATEWAY"):
+                spec["gateway"] = route.get("RTA_GATEWAY")
+            if route.get("RTA_PRIORITY"):
+                spec["priority"] = route.get("RTA_PRIORITY")
+            routes.append(spec)
+    return tuple(routes)
+
+
+@dataclass
+class RealKernel:
+    """The node's namespace through pyroute2, the pod's through forked children."""
+
+    pod_timeout: float = POD_TIMEOUT
+
+    # ------------------------------------------------------------------ the node
+
+    def netns_exists(self, path: str) -> bool:
+        return netns.is_netns(path)
+
+    def default_route_interface(self) -> str | None:
+        with _ipr() as ipr:
+            for family in (AF_INET, AF_INET6):
+                for route in ipr.get_routes(family=family, table=MAIN_TABLE):
+                    if route["dst_len"] != 0 or route["type"] != RTN_UNICAST:
+                        continue
+                    index = route.get("RTA_OIF")
+                    if index is None:
+                        hops = route.get("RTA_MULTIPATH") or []
+                        index = hops[0]["oif"] if hops else None
+                    if index is None:
+                        continue
+                    links = ipr.get_links(index)
+                    if links:
+                        return str(links[0].get("IFLA_IFNAME"))
+        return None
+
+    def host_link(self, name: str) -> HostLink | None:
+        with _ipr() as ipr:
+            link = _lookup(ipr, name)
+            if link is None:
+                return None
+            return HostLink(
+                name=name,
+                index=int(link["index"]),
+                mtu=int(link.get("IFLA_MTU")),
+                up=bool(link["flags"] & IFF_UP),
+            )
+
+    def host_link_names(self) -> list[str]:
+        with _ipr() as ipr:
+            return sorted(str(link.get("IFLA_IFNAME")) for link in ipr.get_links())
+
+    def nft_problem(self) -> str | None:
+        if shutil.which("nft") is None:
+            return "the nft binary is not on the node; install nftables (apt install nftables)"
+        return None
+
+    def create_macvlan(self, name: str, master: HostLink, mode: str, mtu: int) -> None:
+        with _ipr() as ipr:
+            try:
+                ipr.link(
+                    "add",
+                    ifname=name,
+                    kind="macvlan",
+                    link=master.index,
+                    macvlan_mode=mode,
+                    mtu=mtu,
+                )
+            except NetlinkError as err:
+                raise _netlink_error(
+                    err,
+                    f"create a {mode} macvlan on {master.name!r} (MTU {mtu})",
+                    errors.INTERFACE_SETUP_FAILED,
+                ) from None
+        log.debug("created macvlan %s on %s (mode %s, MTU %d)", name, master.name, mode, mtu)
+
+    def delete_host_macvlan(self, name: str) -> bool:
+        with _ipr() as ipr:
+            deleted = _delete_macvlan(ipr, name)
+        if deleted:
+            log.info("deleted macvlan %s from the node", name)
+        return deleted
+
+    def host_macvlans(self) -> list[str]:
+        with _ipr() as ipr:
+            return sorted(
+                str(link.get("IFLA_IFNAME"))
+                for link in ipr.get_links()
+                if _kind(link)[0] == "macvlan"
+            )
+
+    def move_to_netns(self, name: str, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise CniError(
+                errors.CONTAINER_UNKNOWN,
+                f"cannot open network namespace {path!r}: {err.strerror or err}",
+            ) from None
+        try:
+            with _ipr() as ipr:
+                found = ipr.link_lookup(ifname=name)
+                if not found:
+                    raise CniError(
+                        errors.INTERFACE_SETUP_FAILED,
+                        f"cannot move macvlan {name}: it vanished from the node",
+                    )
+                ipr.link("set", index=found[0], net_ns_fd=fd)
+        except NetlinkError as err:
+            raise _netlink_error(
+                err, f"move macvlan {name} into {path}", errors.INTERFACE_SETUP_FAILED
+            ) from None
+        finally:
+            os.close(fd)
+        log.debug("moved %s into %s", name, path)
+
+    # ------------------------------------------------------------------ the pod
+
+    def _in_pod(self, path: str, fn: Any, what: str, timeout: float | None = None) -> Any:
+        try:
+            answer: _Answer = netns.run(path, fn, timeout=timeout or self.pod_timeout)
+        except netns.NamespaceGoneError as err:
+            raise CniError(errors.CONTAINER_UNKNOWN, f"cannot {what}: {err}") from None
+        except netns.NetnsError as err:
+            if err.details:
+                log.debug("%s", err.details)
+            code = errors.TIMED_OUT if "no answer within" in str(err) else errors.INTERNAL
+            raise CniError(code, f"cannot {what}: {err}") from None
+        if answer.code:
+            raise CniError(answer.code, answer.msg)
+        return answer.value
+
+    def probe_pod(self, path: str, ifname: str, pod_interface: str) -> PodProbe:
+        def probe() -> _Answer:
+            with _ipr() as ipr:
+                return _Answer(
+                    PodProbe(
+                        ifname_exists=bool(ipr.link_lookup(ifname=ifname)),
+                        pod_interface_exists=bool(ipr.link_lookup(ifname=pod_interface)),
+                        default_routes=_default_routes(ipr),
+                        forwarding=_read_forwarding(),
+                        table_exists=_listing() is not None,
+                    )
+                )
+
+        probe_result: PodProbe = self._in_pod(path, probe, f"inspect the container {path}")
+        return probe_result
+
+    def setup_pod(self, path: str, temp: str, cfg: config.Config) -> Link:
+        ifname = cfg.egress_interface
+
+        def setup() -> _Answer:
+            with _ipr() as ipr:
+                found = ipr.link_lookup(ifname=temp)
+                if not found:
+                    return _Answer(
+                        code=errors.INTERFACE_SETUP_FAILED,
+                        msg=f"cannot rename {temp} to {ifname}: it is not in {path}",
+                    )
+                try:
+                    ipr.link("set", index=found[0], ifname=ifname)
+                except NetlinkError as err:
+                    # EEXIST: the name was taken between the probe and now.
+                    code = (
+                        errors.INTERFACE_EXISTS
+                        if err.code == errno.EEXIST
+                        else errors.INTERFACE_SETUP_FAILED
+                    )
+                    failure = _netlink_error(err, f"rename {temp} to {ifname} in {path}", code)
+                    return _Answer(code=failure.code, msg=failure.msg)
+            try:
+                report = engine.setup(
+                    cfg,
+                    netlink.PyrouteNetlink(),
+                    engine.make_firewall(config.Backend.NFTABLES),
+                    announce.SocketAnnouncer(),
+                )
+            except engine.ApplyError as err:
+                return _Answer(
+                    code=errors.ROUTER_SETUP_FAILED,
+                    msg=f"cannot set up the egress router on {ifname} in {path}: {err}",
+                )
+            for stage, seconds in report.stages.items():
+                log.debug("%s: %.3fs", stage, seconds)
+            with _ipr() as ipr:
+                link = _lookup(ipr, ifname)
+                assert link is not None
+                return _Answer(
+                    Link(
+                        name=ifname,
+                        mac=str(link.get("IFLA_ADDRESS")),
+                        mtu=int(link.get("IFLA_MTU")),
+                        sandbox=path,
+                    )
+                )
+
+        announcing = cfg.announce_count * cfg.announce_interval
+        link: Link = self._in_pod(
+            path, setup, f"set up the egress router in {path}", self.pod_timeout + announcing
+        )
+        return link
+
+    def undo_pod(self, path: str, names: Sequence[str], probe: PodProbe) -> None:
+        def undo() -> _Answer:
+            undone: list[str] = []
+            with _ipr() as ipr:
+                for name in names:
+                    if _delete_macvlan(ipr, name):
+                        undone.append(f"deleted {name}")
+                present = _default_routes(ipr)
+                for route in probe.default_routes:
+                    if route in present:
+                        continue
+                    try:
+                        ipr.route("add", **route)
+                        undone.append(f"restored default route via {route.get('gateway')}")
+                    except NetlinkError as err:
+                        log.warning("cannot restore default route %s: %s", route, err)
+            if _listing() is not None:
+                done = _nft(["-f", "-"], ruleset.render_nftables_removal())
+                if done.returncode == 0:
+                    undone.append(f"removed table {TABLE}")
+            for family, value in probe.forwarding:
+                if dict(_read_forwarding()).get(family) != value:
+                    with open(_forwarding_path(family), "w", encoding="ascii") as fh:
+                        fh.write(f"{value}\n")
+                    undone.append(f"IPv{family} forwarding back to {value}")
+            return _Answer(undone)
+
+        undone: list[str] = self._in_pod(path, undo, f"undo the partial setup in {path}")
+        if undone:
+            log.info("rolled back in %s: %s", path, ", ".join(undone))
+
+    def teardown_pod(self, path: str, ifname: str) -> list[str]:
+        def teardown() -> _Answer:
+            removed: list[str] = []
+            try:
+                present = _listing() is not None
+            except OSError as err:  # no nft: there can be no table to remove either
+                log.warning("cannot look for table %s: %s", TABLE, err.strerror or err)
+                present = False
+            if present:
+                done = _nft(["-f", "-"], ruleset.render_nftables_removal())
+                if done.returncode != 0:
+                    return _Answer(
+                        code=errors.ROUTER_SETUP_FAILED,
+                        msg=f"cannot remove table {TABLE} from {path}: {done.stderr.strip()}",
+                    )
+                removed.append(f"table {TABLE}")
+            with _ipr() as ipr:
+                try:
+                    if _delete_macvlan(ipr, ifname):
+                        removed.append(f"macvlan {ifname}")
+                except NetlinkError as err:
+                    failure = _netlink_error(
+                        err, f"delete {ifname} in {path}", errors.INTERFACE_SETUP_FAILED
+                    )
+                    return _Answer(code=failure.code, msg=failure.msg)
+            return _Answer(removed)
+
+        removed: list[str] = self._in_pod(path, teardown, f"remove the egress router from {path}")
+        return removed
+
+    def inspect_pod(self, path: str, ifname: str, pod_interface: str) -> drift.Observed:
+        def inspect() -> _Answer:
+            with _ipr() as ipr:
+                raw = _lookup(ipr, ifname)
+                link: drift.LinkState | None = None
+                addresses: list[str] = []
+                routes: list[drift.Route] = []
+                if raw is not None:
+                    kind, mode = _kind(raw)
+                    link = drift.LinkState(
+                        name=ifname,
+                        kind=kind,
+                        mode=mode,
+                        mtu=int(raw.get("IFLA_MTU")),
+                        mac=str(raw.get("IFLA_ADDRESS")),
+                        up=bool(raw["flags"] & IFF_UP),
+                        parent_index=raw.get("IFLA_LINK"),
+                    )
+                    index = raw["index"]
+                    for addr in ipr.get_addr(index=index):
+                        if addr["scope"] == SCOPE_UNIVERSE:
+                            addresses.append(f"{addr.get('IFA_ADDRESS')}/{addr['prefixlen']}")
+                    for family in (AF_INET, AF_INET6):
+                        for route in ipr.get_routes(family=family, table=MAIN_TABLE):
+                            if route.get("RTA_OIF") != index or route["type"] != RTN_UNICAST:
+                                continue
+                            dst = route.get("RTA_DST") or ("0.0.0.0" if family == AF_INET
+                                                           else "::")
+                            routes.append(
+                                drift.Route(f"{dst}/{route['dst_len']}", route.get("RTA_GATEWAY"))
+                            )
+                observed = drift.Observed(
+                    link=link,
+                    pod_interface=bool(ipr.link_lookup(ifname=pod_interface)),
+                    addresses=tuple(addresses),
+                    routes=tuple(routes),
+                    forwarding=_read_forwarding(),
+                    ruleset=_listing(),
+                )
+            return _Answer(observed)
+
+        observed: drift.Observed = self._in_pod(path, inspect, f"inspect {ifname} in {path}")
+        return observed
+
+    def ruleset_listing(self, cfg: config.Config) -> str:
+        script = ruleset.render_nftables(cfg)
+
+        def render() -> _Answer:
+            done = _nft(["-f", "-"], script)
+            if done.returncode != 0:
+                return _Answer(
+                    code=errors.INTERNAL,
+                    msg=f"cannot render the expected ruleset: {done.stderr.strip()}",
+                )
+            return _Answer(_listing() or "")
+
+        try:
+            answer: _Answer = netns.run(None, render, timeout=self.pod_timeout)
+        except netns.NetnsError as err:
+            raise CniError(errors.INTERNAL, f"cannot render the expected ruleset: {err}") from None
+        if answer.code:
+            raise CniError(answer.code, answer.msg)
+        listing: str = answer.value
+        return listing

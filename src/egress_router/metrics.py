@@ -1,0 +1,197 @@
+"""Prometheus metrics of the waiting container: what the router did and is doing.
+
+Two kinds. What the process itself decides (applies and their failures, drift
+repairs, DNS failures, the configuration generation, readiness) are
+prometheus-client counters and gauges in a private registry. What the data
+path does per rule (new connections, packets and bytes, live connections)
+lives in the kernel: in the element counters of the ``conns_v4``/``traffic_v4``
+sets (one lookup per connection or packet, whatever the number of rules) and
+in the conntrack table. Those are read at scrape time and written straight
+out in the text format, line by line. With 10,000 rules that is 40,000
+samples; as prometheus-client objects they would cost about 20 MiB on every
+scrape, which the waiting container cannot afford.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client import generate_latest as _generate_latest
+
+from egress_router import config, conntrack, ruleset
+
+PREFIX = "egress_router"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+FAMILY_LABEL = {4: "ipv4", 6: "ipv6"}
+
+_SET_BLOCK = re.compile(r"\bset (\w+) \{[^}]*?elements = \{([^}]*)\}")
+_ELEMENT = re.compile(r"(tcp|udp|sctp) \. (\d+) counter packets (\d+) bytes (\d+)")
+
+# (name, type, help) of the per-rule families, in the order they are written.
+RULE_FAMILIES = (
+    (
+        f"{PREFIX}_rule_connections_total",
+        "counter",
+        "New connections redirected by the rule (first packets seen by the nat hook).",
+    ),
+    (
+        f"{PREFIX}_rule_packets_total",
+        "counter",
+        "Packets of the rule's connections forwarded, both directions.",
+    ),
+    (
+        f"{PREFIX}_rule_bytes_total",
+        "counter",
+        "Bytes of the rule's connections forwarded, both directions.",
+    ),
+    (
+        f"{PREFIX}_rule_active_connections",
+        "gauge",
+        "Connections of the rule in the conntrack table, not counting closing TCP ones.",
+    ),
+)
+
+Counters = dict[str, dict[ruleset.Key, tuple[int, int]]]
+
+
+class Metrics:
+    """The process-level metrics, registered in their own registry."""
+
+    def __init__(self) -> None:
+        # The *_created series double the output and say only when the process started.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        ProcessCollector(namespace=PREFIX, registry=registry)
+        self.applies = Counter(
+            f"{PREFIX}_applies", "Rule applies by result: ok, invalid (configuration refused, "
+            "running rules kept) or failed (the kernel refused, running rules kept).",
+            ["result"], registry=registry,
+        )
+        self.repairs = Counter(
+            f"{PREFIX}_drift_repairs", "Drift found in the kernel and repaired, by kind: "
+            "ruleset, link, address, route, forwarding.", ["kind"], registry=registry,
+        )
+        self.repair_failures = Counter(
+            f"{PREFIX}_drift_repair_failures", "Drift found that could not be repaired, by kind.",
+            ["kind"], registry=registry,
+        )
+        self.reconciles = Counter(
+            f"{PREFIX}_reconciles", "Comparisons of the kernel's state with the desired state.",
+            registry=registry,
+        )
+        self.dns_failures = Counter(
+            f"{PREFIX}_dns_resolution_failures", "Failed lookups of DNS-named destinations.",
+            ["name"], registry=registry,
+        )
+        self.dns_changes = Counter(
+            f"{PREFIX}_dns_changes", "Answers of DNS-named destinations that changed the rules.",
+            ["name"], registry=registry,
+        )
+        self.announcements = Counter(
+            f"{PREFIX}_announcements", "Rounds of gratuitous ARP / unsolicited NA sent.",
+            registry=registry,
+        )
+        self.connections_cut = Counter(
+            f"{PREFIX}_connections_cut", "Connections of removed rules cut (conntrack entries "
+            "deleted).", registry=registry,
+        )
+        self.generation = Gauge(
+            f"{PREFIX}_config_generation", "Destination configurations applied since the "
+            "process started (1: the first one).", registry=registry,
+        )
+        self.last_apply = Gauge(
+            f"{PREFIX}_last_apply_timestamp_seconds", "When rules were last applied "
+            "successfully (Unix time).", registry=registry,
+        )
+        self.ready = Gauge(
+            f"{PREFIX}_ready", "1 when the kernel matched the desired state at the last check.",
+            registry=registry,
+        )
+        self.rules = Gauge(
+            f"{PREFIX}_rules", "Port rules in the applied ruleset (one per address of a name).",
+            registry=registry,
+        )
+
+    def generate(self) -> bytes:
+        return _generate_latest(self.registry)
+
+
+def read_counters(listing: str) -> Counters:
+    """Element counters of every set in ``nft list table`` text: set -> key -> (packets, bytes)."""
+    found: Counters = {}
+    for block in _SET_BLOCK.finditer(listing):
+        found[block.group(1)] = {
+            (config.Proto(m.group(1)), int(m.group(2))): (int(m.group(3)), int(m.group(4)))
+            for m in _ELEMENT.finditer(block.group(2))
+        }
+    return found
+
+
+def count_active(flows: Iterable[conntrack.Flow]) -> Tally[tuple[int, str, int]]:
+    """Live redirected connections per (family, protocol, local port)."""
+    return Tally((f.family, f.proto, f.port) for f in flows if f.live)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def rule_rows(cfg: config.Config) -> list[tuple[int, config.Proto, int, str]]:
+    """(family, protocol, port, destination label) of every rule key, in a stable order."""
+    rows: list[tuple[int, config.Proto, int, str]] = []
+    for family in sorted(cfg.destinations.families() | set(cfg.families())):
+        labels = {
+            (r.proto, r.port): ruleset.rule_label(r) for r in cfg.destinations.rules_of(family)
+        }
+        ordered = sorted(labels.items(), key=lambda item: (item[0][0].value, item[0][1]))
+        rows += [(family, proto, port, label) for (proto, port), label in ordered]
+    return rows
+
+
+def write_rule_metrics(
+    write: Callable[[str], object],
+    cfg: config.Config,
+    counters: Counters | None,
+    active: Mapping[tuple[int, str, int], int],
+    *,
+    chunk: int = 500,
+) -> None:
+    """Write the per-rule families for the rules of ``cfg`` in the text format.
+
+    Lines are handed to ``write`` ``chunk`` at a time, so the output is never
+    held whole. A rule missing from the kernel's sets reports zero; without
+    ``counters`` (the iptables backend) only live connections are written.
+    """
+    rows = rule_rows(cfg)
+    for index, (name, kind, help_text) in enumerate(RULE_FAMILIES):
+        if counters is None and index < 3:
+            continue
+        write(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        lines: list[str] = []
+        for family, proto, port, label in rows:
+            if index == 3:
+                value = active.get((family, proto.value, port), 0)
+            else:
+                assert counters is not None
+                table = ruleset.conns_set(family) if index == 0 else ruleset.traffic_set(family)
+                packets, octets = counters.get(table, {}).get((proto, port), (0, 0))
+                value = octets if index == 2 else packets
+            lines.append(
+                f'{name}{{family="{FAMILY_LABEL[family]}",protocol="{proto.value}",'
+                f'port="{port}",destination="{_escape(label)}"}} {value}\n'
+            )
+            if len(lines) >= chunk:
+                write("".join(lines))
+                lines.clear()
+        if lines:
+            write("".join(lines))

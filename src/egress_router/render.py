@@ -1,0 +1,564 @@
+"""Render the Kubernetes objects of one egress router from one `manifest.RouterSpec`.
+
+Written by hand, the router pod and its Service drift apart: a rule without a
+Service port is unreachable, a Service port without a rule is silently
+refused, and a changed ConfigMap needs a manual restart. Here everything is
+derived from the one spec: the ConfigMap holds the rules the router reads,
+the Service has exactly one named port per rule and protocol (plus the
+fallback's ``extraPorts``), the pod template carries a checksum of the
+configuration so that a change rolls the pod, and `check` re-derives those
+invariants from the rendered objects and validates every object offline
+against the Kubernetes OpenAPI schemas (``kubernetes-validate``) or, for the
+NetworkAttachmentDefinition, against a schema written from its CRD.
+
+Everything here is pure: objects are plain dicts, YAML is text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import kubernetes_validate.utils
+import yaml
+
+from egress_router import config, manifest
+
+# The newest Kubernetes release whose schemas the pinned kubernetes-validate ships.
+KUBERNETES_VERSION = "1.37"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+APP = "egress-router"
+
+ANNOTATION_MACVLAN = "pod.network.openshift.io/assign-macvlan"
+ANNOTATION_NETWORKS = "k8s.v1.cni.cncf.io/networks"
+ANNOTATION_CHECKSUM = "egress-router/config-sha256"
+
+NAD_API_VERSION = "k8s.cni.cncf.io/v1"
+NAD_KIND = "NetworkAttachmentDefinition"
+CNI_VERSION = "1.0.0"
+CNI_TYPE = "egress-router"  # the plugin's file name in the node's CNI bin directory
+
+INIT_CONTAINER = "setup"
+MAIN_CONTAINER = "egress-router"
+VOLUME = "destinations"
+HTTP_PORT_NAME = "http"
+READY_PATH = "/readyz"
+HEALTH_PATH = "/healthz"
+WAIT_ARGS = ("wait",)
+# What `egress-router wait` needs; NET_RAW for the address announcements.
+MAIN_CAPABILITIES = ("NET_ADMIN", "NET_RAW")
+
+HEADER = "# Rendered by `egress-router render`: change the configuration and render again.\n"
+
+
+class CheckError(ValueError):
+    """A rendered object failed validation; the message names the object and the field."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The objects in apply order, and warnings for the person rendering them."""
+
+    objects: tuple[dict[str, Any], ...]
+    warnings: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def _labels(spec: manifest.RouterSpec) -> dict[str, str]:
+    return {LABEL_NAME: APP, LABEL_INSTANCE: spec.name}
+
+
+def _metadata(spec: manifest.RouterSpec, *, managed: bool = True) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": spec.name}
+    if spec.namespace is not None:
+        meta["namespace"] = spec.namespace
+    labels = _labels(spec)
+    if managed:
+        labels[LABEL_MANAGED_BY] = "egress-router-render"
+    meta["labels"] = labels
+    return meta
+
+
+def port_name(port: int, proto: config.Proto) -> str:
+    """A Service port name: a valid IANA service name (at most 15 characters, a letter)."""
+    return f"{proto.value}-{port}"
+
+
+def service_ports(spec: manifest.RouterSpec) -> list[dict[str, Any]]:
+    """One named port per rule and protocol (both families share it), then the extra ports."""
+    keys: list[tuple[int, config.Proto]] = []
+    for rule in manifest.port_rules(spec.destinations):
+        if (rule.port, rule.proto) not in keys:
+            keys.append((rule.port, rule.proto))
+    keys += [(p.port, p.proto) for p in spec.extra_ports]
+    return [
+        {
+            "name": port_name(port, proto),
+            "protocol": proto.value.upper(),
+            "port": port,
+            "targetPort": port,
+        }
+        for port, proto in keys
+    ]
+
+
+def cni_config(spec: manifest.RouterSpec) -> dict[str, Any]:
+    """The network configuration our CNI plugin reads (upstream's format)."""
+    args: dict[str, str] = {}
+    if spec.master is not None:
+        args["master"] = spec.master
+    args["mode"] = spec.macvlan_mode
+    if spec.mtu is not None:
+        args["mtu"] = str(spec.mtu)
+    gateways = [str(g) for g in spec.gateways]
+    conf: dict[str, Any] = {
+        "cniVersion": CNI_VERSION,
+        "name": spec.name,
+        "type": CNI_TYPE,
+        "ip": {
+            "addresses": [manifest.source_text(s) for s in spec.sources],
+            "gateway": gateways[0] if len(gateways) == 1 else gateways,
+            "destinations": manifest.rule_lines(spec.destinations),
+        },
+        "interfaceType": "macvlan",
+        "interfaceArgs": args,
+    }
+    if spec.pod_interface != config.DEFAULT_POD_INTERFACE:
+        conf["podInterface"] = spec.pod_interface
+    if spec.debug:
+        conf["log_level"] = "debug"
+    return conf
+
+
+def _config_map(spec: manifest.RouterSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(spec),
+        "data": {manifest.DESTINATIONS_KEY: spec.destination_text},
+    }
+
+
+def _network_attachment(spec: manifest.RouterSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": NAD_API_VERSION,
+        "kind": NAD_KIND,
+        "metadata": _metadata(spec),
+        "spec": {"config": json.dumps(cni_config(spec), indent=2) + "\n"},
+    }
+
+
+def _service(spec: manifest.RouterSpec) -> dict[str, Any]:
+    dest = spec.destinations
+    families = {r.family for r in dest.rules} | {f.family for f in dest.fallbacks}
+    if dest.named or dest.named_fallbacks:
+        # A DNS name is resolved in every family the router has a source for.
+        families |= {s.family for s in spec.sources}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _labels(spec),
+            "ipFamilyPolicy": "RequireDualStack" if len(families) > 1 else "SingleStack",
+            "ipFamilies": [f"IPv{f}" for f in sorted(families)],
+            "ports": service_ports(spec),
+        },
+    }
+
+
+def _env(pairs: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"name": name, "value": value} for name, value in pairs]
+
+
+def _container_common(spec: manifest.RouterSpec) -> dict[str, Any]:
+    common: dict[str, Any] = {"image": spec.image}
+    if spec.image_pull_policy is not None:
+        common["imagePullPolicy"] = spec.image_pull_policy
+    return common
+
+
+def _mounts() -> list[dict[str, Any]]:
+    return [{"name": VOLUME, "mountPath": manifest.DESTINATIONS_DIR, "readOnly": True}]
+
+
+def _resources(spec: manifest.RouterSpec) -> dict[str, Any]:
+    if not spec.resources:
+        return {}
+    return {"resources": {k: dict(v) for k, v in spec.resources.items()}}
+
+
+def _init_container(spec: manifest.RouterSpec) -> dict[str, Any]:
+    # As upstream: privileged, because the setup writes the pod's net sysctls
+    # (forwarding), which a container only may with a writable /proc/sys.
+    return {
+        "name": INIT_CONTAINER,
+        **_container_common(spec),
+        "env": _env([*spec.environment(), (config.ENV_MODE, config.Mode.INIT.value)]),
+        "securityContext": {"privileged": True, "runAsUser": 0, "runAsNonRoot": False},
+        "volumeMounts": _mounts(),
+        **_resources(spec),
+    }
+
+
+def _main_container(spec: manifest.RouterSpec) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": MAIN_CONTAINER,
+        **_container_common(spec),
+        "args": list(WAIT_ARGS),
+        "env": _env(spec.environment()),
+    }
+    if spec.http_port:
+        container["ports"] = [
+            {"name": HTTP_PORT_NAME, "containerPort": spec.http_port, "protocol": "TCP"}
+        ]
+        container["readinessProbe"] = {
+            "httpGet": {"path": READY_PATH, "port": HTTP_PORT_NAME},
+            "periodSeconds": 5,
+        }
+        container["livenessProbe"] = {
+            "httpGet": {"path": HEALTH_PATH, "port": HTTP_PORT_NAME},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        }
+    # Root with two capabilities, not a non-root user: Kubernetes cannot grant
+    # ambient capabilities, so a non-root process would not hold them.
+    container["securityContext"] = {
+        "runAsUser": 0,
+        "runAsNonRoot": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], "add": list(MAIN_CAPABILITIES)},
+    }
+    container["volumeMounts"] = _mounts()
+    container.update(_resources(spec))
+    return container
+
+
+def checksum(objects: Iterable[Mapping[str, Any]]) -> str:
+    """SHA-256 of what the pod reads but its template does not show: ConfigMap data, CNI config."""
+    content = [
+        obj.get("data") if obj["kind"] == "ConfigMap" else obj.get("spec")
+        for obj in objects
+        if obj["kind"] in ("ConfigMap", NAD_KIND)
+    ]
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _deployment(spec: manifest.RouterSpec, config_sha: str) -> dict[str, Any]:
+    annotations: dict[str, str] = {}
+    if spec.attachment is manifest.Attachment.ANNOTATION:
+        annotations[ANNOTATION_MACVLAN] = spec.macvlan
+    else:
+        network: dict[str, str] = {"name": spec.name}
+        if spec.namespace is not None:
+            network["namespace"] = spec.namespace
+        network["interface"] = spec.cni_interface
+        annotations[ANNOTATION_NETWORKS] = json.dumps([network])
+    annotations[ANNOTATION_CHECKSUM] = config_sha
+    pod: dict[str, Any] = {
+        # The router needs no API access, and no service variables in its environment.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.attachment is manifest.Attachment.ANNOTATION:
+        # With Multus, the plugin configures the router before any container starts.
+        pod["initContainers"] = [_init_container(spec)]
+    pod["containers"] = [_main_container(spec)]
+    pod["volumes"] = [{"name": VOLUME, "configMap": {"name": spec.name}}]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(spec),
+        "spec": {
+            "replicas": 1,
+            # Only one pod may hold the reserved address at a time.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": _labels(spec)},
+            "template": {
+                "metadata": {"labels": _labels(spec), "annotations": annotations},
+                "spec": pod,
+            },
+        },
+    }
+
+
+def _warnings(spec: manifest.RouterSpec) -> list[str]:
+    if not manifest.has_fallback(spec.destinations) or spec.extra_ports:
+        return []
+    fallbacks = [str(f.address) for f in spec.destinations.fallbacks]
+    fallbacks += [f.host for f in spec.destinations.named_fallbacks]
+    ports = ", ".join(f"{p['port']}/{p['protocol'].lower()}" for p in service_ports(spec))
+    return [
+        f"the fallback ({', '.join(fallbacks)}) serves every other port, but a Service cannot "
+        f"expose \"every other port\": Service {spec.name} gets only the rules' ports "
+        f"({ports}); list the ports your clients use through the fallback in extraPorts "
+        "(e.g. extraPorts: [9000/tcp]) or with --extra-port 9000/tcp, and they become "
+        "Service ports"
+    ]
+
+
+def render(spec: manifest.RouterSpec) -> Rendered:
+    """All objects of one router, in the order to apply them."""
+    objects: list[dict[str, Any]] = [_config_map(spec)]
+    if spec.attachment is manifest.Attachment.CNI:
+        objects.append(_network_attachment(spec))
+    objects.append(_service(spec))
+    objects.append(_deployment(spec, checksum(objects)))
+    return Rendered(tuple(objects), tuple(_warnings(spec)))
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style throughout, multi-line strings as literal blocks (readable rules and JSON)."""
+
+
+def _represent_str(dumper: _Dumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def to_yaml(objects: Sequence[Mapping[str, Any]], *, header: bool = True) -> str:
+    """The objects as one multi-document YAML stream, ready for ``kubectl apply -f -``."""
+    documents = [
+        yaml.dump(dict(obj), Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
+        for obj in objects
+    ]
+    return (HEADER if header else "") + "---\n" + "---\n".join(documents)
+
+
+def file_names(objects: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One file per object, numbered so that ``kubectl apply -f DIR`` keeps the order."""
+    return [f"{i:02d}-{obj['kind'].lower()}.yaml" for i, obj in enumerate(objects, start=1)]
+
+
+# --------------------------------------------------------------------------- check
+
+# Written from the CRD network-attachment-definitions.k8s.cni.cncf.io (v1),
+# stricter where the CRD is silent: metadata names, no unknown fields.
+NAD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": NAD_API_VERSION},
+        "kind": {"const": NAD_KIND},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                         "maxLength": 253},
+                "namespace": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                              "maxLength": 63},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"config": {"type": "string"}},
+        },
+    },
+}
+
+_STRINGS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+
+# The configuration our plugin (egress_router.cni.netconf) accepts, as we render it.
+CNI_CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["cniVersion", "name", "type", "ip", "interfaceType", "interfaceArgs"],
+    "properties": {
+        "cniVersion": {"enum": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]},
+        "name": {"type": "string", "minLength": 1},
+        "type": {"const": CNI_TYPE},
+        "ip": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["addresses", "gateway", "destinations"],
+            "properties": {
+                "addresses": {**_STRINGS, "maxItems": 2},
+                "gateway": {"anyOf": [{"type": "string"}, {**_STRINGS, "maxItems": 2}]},
+                "destinations": _STRINGS,
+            },
+        },
+        "interfaceType": {"const": "macvlan"},
+        "interfaceArgs": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "master": {"type": "string", "minLength": 1, "maxLength": 15},
+                "mode": {"enum": list(manifest.MACVLAN_MODES)},
+                "mtu": {"type": "string", "pattern": "^[0-9]+$"},
+            },
+        },
+        "podInterface": {"type": "string", "minLength": 1, "maxLength": 15},
+        "log_level": {"enum": ["debug", "verbose", "info", "warning", "error", "panic"]},
+    },
+}
+
+
+def kubernetes_versions() -> list[str]:
+    """The Kubernetes versions whose schemas the installed kubernetes-validate ships."""
+    return [kubernetes_validate.utils.major_minor(v)
+            for v in kubernetes_validate.utils.all_versions()]
+
+
+def _describe(obj: Mapping[str, Any]) -> str:
+    return f"{obj.get('kind', '?')} {obj.get('metadata', {}).get('name', '?')}"
+
+
+def _validate_schema(obj: Mapping[str, Any], version: str) -> None:
+    if obj.get("kind") == NAD_KIND:
+        _validate_json(NAD_SCHEMA, obj, f"{_describe(obj)} against the {NAD_KIND} CRD")
+        try:
+            conf = json.loads(obj["spec"]["config"])
+        except (KeyError, json.JSONDecodeError) as err:
+            raise CheckError(
+                f"cannot validate {_describe(obj)}: spec.config is not JSON: {err}"
+            ) from None
+        _validate_json(CNI_CONFIG_SCHEMA, conf, f"{_describe(obj)} spec.config (CNI)")
+        return
+    try:
+        kubernetes_validate.validate(dict(obj), version, strict=True)
+    except kubernetes_validate.ValidationError as err:
+        raise CheckError(
+            f"cannot validate {_describe(obj)} against Kubernetes {version}: "
+            f"{manifest.json_path(list(err.path))}: {err.message}"
+        ) from None
+    except kubernetes_validate.SchemaNotFoundError as err:
+        raise CheckError(f"cannot validate {_describe(obj)}: {err.message}") from None
+
+
+def _validate_json(schema: Mapping[str, Any], obj: object, what: str) -> None:
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors(obj)
+    )
+    if error is not None:
+        raise CheckError(
+            f"cannot validate {what}: {manifest.json_path(list(error.absolute_path))}: "
+            f"{error.message}"
+        )
+
+
+def _one(objects: Sequence[Mapping[str, Any]], kind: str) -> Mapping[str, Any]:
+    found = [o for o in objects if o.get("kind") == kind]
+    if len(found) != 1:
+        raise CheckError(f"cannot check the router: expected one {kind}, found {len(found)}")
+    return found[0]
+
+
+def _env_of(container: Mapping[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def _check_router(objects: Sequence[Mapping[str, Any]]) -> None:
+    """Re-derive the invariants from the rendered objects, independently of how they were built.
+
+    Every rule has exactly one Service port (targetPort = the rule's port) and
+    every other Service port is served by a fallback and is not the HTTP port;
+    each container reads the ConfigMap through the file it mounts; the
+    CNI configuration holds the same rules as the ConfigMap.
+    """
+    config_map = _one(objects, "ConfigMap")
+    service = _one(objects, "Service")
+    deployment = _one(objects, "Deployment")
+    name = _describe(service)
+    text = config_map["data"][manifest.DESTINATIONS_KEY]
+    try:
+        destinations = config.parse_destinations(text, f"{_describe(config_map)} destinations")
+    except config.ConfigError as err:
+        raise CheckError(str(err)) from None
+    ports = {(p["port"], p["protocol"].lower()): p for p in service["spec"]["ports"]}
+    rules = {(r.port, r.proto.value) for r in manifest.port_rules(destinations)}
+    for port, proto in sorted(rules):
+        found = ports.get((port, proto))
+        if found is None:
+            raise CheckError(
+                f"cannot check {name}: the rule for {port}/{proto} has no Service port"
+            )
+        if found["targetPort"] != port:
+            raise CheckError(
+                f"cannot check {name}: port {found['name']} targets {found['targetPort']}, "
+                f"but the rule listens on {port}"
+            )
+    pod = deployment["spec"]["template"]["spec"]
+    containers = [*pod.get("initContainers", []), *pod["containers"]]
+    http_ports = {int(_env_of(c).get(config.ENV_HTTP_PORT, "0")) for c in containers}
+    for port, proto in sorted(set(ports) - rules):
+        if not manifest.has_fallback(destinations):
+            raise CheckError(
+                f"cannot check {name}: Service port {port}/{proto} has no rule and there is "
+                "no fallback; it would be refused"
+            )
+        if proto == "tcp" and port in http_ports:
+            raise CheckError(
+                f"cannot check {name}: Service port {port}/tcp is the router's HTTP port"
+            )
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for container in containers:
+        env = _env_of(container)
+        path = env.get(config.ENV_DESTINATION_FILE, "")
+        mounted = [
+            m for m in container.get("volumeMounts", [])
+            if path == f"{m['mountPath'].rstrip('/')}/{manifest.DESTINATIONS_KEY}"
+            and volumes.get(m["name"], {}).get("configMap", {}).get("name")
+            == config_map["metadata"]["name"]
+        ]
+        if not mounted:
+            raise CheckError(
+                f"cannot check {_describe(deployment)}: container {container['name']} reads "
+                f"{config.ENV_DESTINATION_FILE}={path!r}, which is not the mounted ConfigMap"
+            )
+    nads = [o for o in objects if o.get("kind") == NAD_KIND]
+    for nad in nads:
+        conf = json.loads(nad["spec"]["config"])
+        lines = "\n".join(conf["ip"]["destinations"])
+        theirs = config.parse_destinations(lines, f"{_describe(nad)} ip.destinations")
+        if manifest.rule_lines(theirs) != manifest.rule_lines(destinations):
+            raise CheckError(
+                f"cannot check {_describe(nad)}: its destinations differ from the ConfigMap's"
+            )
+
+
+def check(objects: Sequence[Mapping[str, Any]], version: str = KUBERNETES_VERSION) -> list[str]:
+    """Validate every object offline and the router's invariants; what was checked, per object.
+
+    Raises `CheckError` naming the object and the field.
+    """
+    if version not in kubernetes_versions():
+        raise CheckError(
+            f"cannot validate against Kubernetes {version}: kubernetes-validate "
+            f"{kubernetes_validate.__version__} ships {', '.join(kubernetes_versions())}"
+        )
+    checked = []
+    for obj in objects:
+        _validate_schema(obj, version)
+        against = (
+            f"the {NAD_KIND} CRD and the plugin's configuration"
+            if obj.get("kind") == NAD_KIND else f"Kubernetes {version}"
+        )
+        checked.append(f"{_describe(obj)}: valid against {against}")
+    _check_router(objects)
+    checked.append("Service ports match the rules one to one; the pod reads the ConfigMap")
+    return checked

@@ -1,0 +1,414 @@
+"""``egress-router status``: what the router is doing, for a person at the terminal.
+
+Someone paged about egress at night wants one screen: the configuration,
+whether the macvlan, its address and routes are in place, and for every
+rule where the kernel sends it, how many connections and bytes went through
+and how many are open now. ``--json`` gives scripts the same document. The
+exit status says whether the kernel matches the configuration, so the
+command doubles as a probe.
+
+Everything is read from the kernel of the current network namespace
+(``nft list table``, rtnetlink, the conntrack table), never from the waiting
+container's memory: the command also works where only the init container
+ran. DNS-named rules are checked for presence (the addresses are whatever
+the waiting container last resolved), address rules for their exact target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from egress_router import (
+    config,
+    conntrack,
+    iptables,
+    linkstate,
+    metrics,
+    nft,
+    plan,
+    ruleset,
+)
+
+EXIT_DRIFT = 4
+
+_BLOCK = re.compile(r"^\t(set|map|chain) (\S+) \{")
+_ELEMENTS = re.compile(r"elements = \{([^}]*)\}")
+_TARGET = re.compile(r"(\d+) : ([0-9a-fA-F.:]+)(?: \. (\d+))?")
+_DNAT = re.compile(r"dnat ip6? to (?:numgen inc mod \d+ map \{ ([^}]*) \}|([0-9a-fA-F.:]+))")
+_PROTOCOLS = {p.value for p in config.Proto}
+
+
+@dataclass
+class RuleStatus:
+    """One rule (or fallback, port ``*``) as configured and as the kernel holds it."""
+
+    family: str
+    protocol: str
+    port: str
+    destination: str
+    kernel: list[str] = field(default_factory=list)
+    connections: int | None = None
+    packets: int | None = None
+    bytes: int | None = None
+    active: int | None = None
+    problem: str | None = None
+
+
+@dataclass
+class Report:
+    """Everything ``status`` shows; ``matches`` is the verdict."""
+
+    configuration: dict[str, Any]
+    interfaces: list[dict[str, Any]]
+    ruleset: dict[str, Any]
+    rules: list[RuleStatus]
+    problems: list[str]
+
+    @property
+    def matches(self) -> bool:
+        return not self.problems
+
+
+def parse_blocks(listing: str) -> dict[str, list[str]]:
+    """``nft list table`` text as ``{name: body lines}`` for every set, map and chain."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in listing.splitlines():
+        start = _BLOCK.match(line)
+        if start:
+            current = blocks.setdefault(start.group(2), [])
+            continue
+        if line == "\t}":
+            current = None
+        elif current is not None:
+            current.append(line.strip())
+    return blocks
+
+
+def _elements(body: list[str]) -> list[str]:
+    found = _ELEMENTS.search(" ".join(body))
+    if not found:
+        return []
+    return [item.strip() for item in found.group(1).split(",") if item.strip()]
+
+
+def _key(text: str) -> ruleset.Key | None:
+    parts = text.split()
+    if len(parts) >= 3 and parts[0] in _PROTOCOLS and parts[1] == "." and parts[2].isdigit():
+        return config.Proto(parts[0]), int(parts[2])
+    return None
+
+
+def _endpoint(address: str, port: str | None) -> str:
+    if port is None:
+        return address
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def kernel_targets(blocks: dict[str, list[str]], family: int) -> dict[ruleset.Key, list[str]]:
+    """Where the kernel sends each rule key of ``family``: redirect map and spread chains."""
+    found: dict[ruleset.Key, list[str]] = {}
+    for element in _elements(blocks.get(ruleset.redirect_map(family), [])):
+        key_text, _, value = element.partition(" : ")
+        key = _key(key_text)
+        address, _, port = value.partition(" . ")
+        if key is not None:
+            found[key] = [_endpoint(address.strip(), port.strip() or None)]
+    for element in _elements(blocks.get(ruleset.spread_map(family), [])):
+        key_text, _, verdict = element.partition(" : ")
+        key = _key(key_text)
+        chain = verdict.replace("jump", "").strip()
+        if key is None:
+            continue
+        rule = " ".join(blocks.get(chain, []))
+        found[key] = [_endpoint(a, p or None) for _i, a, p in _TARGET.findall(rule)]
+    return found
+
+
+def kernel_fallback(blocks: dict[str, list[str]], family: int) -> list[str]:
+    """The fallback addresses of ``family`` in the prerouting chain."""
+    nfproto = f"meta nfproto ipv{family} meta l4proto"
+    for line in blocks.get(ruleset.CHAIN_PREROUTING, []):
+        if line.startswith(nfproto) and "dnat" in line and "th dport map" not in line:
+            match = _DNAT.search(line)
+            if match is None:
+                return []
+            if match.group(2):
+                return [match.group(2)]
+            return [a for _i, a, _p in _TARGET.findall(match.group(1))]
+    return []
+
+
+def _rule_counts(text: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name, body in parse_blocks(text).items():
+        if name in (
+            ruleset.CHAIN_PREROUTING,
+            ruleset.CHAIN_POSTROUTING,
+            ruleset.CHAIN_FORWARD,
+            ruleset.CHAIN_INPUT,
+        ):
+            counts[name] = len([line for line in body if line and not line.startswith("type ")])
+    return counts
+
+
+def _configuration(cfg: config.Config) -> dict[str, Any]:
+    return {
+        "sources": [str(s.interface) for s in cfg.sources],
+        "gateways": [str(g) for g in cfg.gateways],
+        "pod_interface": cfg.pod_interface,
+        "egress_interface": cfg.egress_interface,
+        "backend": cfg.backend.value,
+        "http_port": cfg.http_port,
+        "rules": len(cfg.destinations.rules) + len(cfg.destinations.named),
+        "fallbacks": len(cfg.destinations.fallbacks) + len(cfg.destinations.named_fallbacks),
+        "dns_names": list(cfg.destinations.hosts()),
+    }
+
+
+def _interfaces(
+    cfg: config.Config, read: Callable[[], linkstate.Snapshot]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    try:
+        snapshot = read()
+    except OSError as err:
+        return [], [f"cannot read the interfaces: {err}"]
+    rows = []
+    problems = []
+    for step in plan.plan_interfaces(cfg):
+        problem = linkstate.problem(step, snapshot)
+        rows.append({"step": step.describe(), "ok": problem is None, "problem": problem})
+        if problem is not None:
+            problems.append(problem)
+    return rows, problems
+
+
+def _configured_rules(cfg: config.Config) -> list[tuple[int, config.Proto, int, str, str | None]]:
+    """(family, proto, port, destination label, exact endpoint or None for a name)."""
+    rows: list[tuple[int, config.Proto, int, str, str | None]] = []
+    families = cfg.families()
+    for rule in cfg.destinations.rules:
+        endpoint = _endpoint(str(rule.address), str(rule.remote_port))
+        rows.append((rule.family, rule.proto, rule.port, ruleset.rule_label(rule), endpoint))
+    for named in cfg.destinations.named:
+        rows += [
+            (family, named.proto, named.port, ruleset.rule_label(named), None)
+            for family in families
+        ]
+    return sorted(rows, key=lambda r: (r[0], r[1].value, r[2]))
+
+
+def _active(cfg: config.Config, tracker: conntrack.Conntrack) -> dict[tuple[int, str, int], int]:
+    try:
+        return dict(
+            metrics.count_active(f for family in cfg.families() for f in tracker.flows(family))
+        )
+    except conntrack.ConntrackError:
+        return {}
+
+
+def collect_nftables(
+    cfg: config.Config,
+    listing: str | None,
+    active: dict[tuple[int, str, int], int],
+) -> tuple[dict[str, Any], list[RuleStatus], list[str]]:
+    """Compare ``nft list table`` text with the configuration (pure, for tests)."""
+    if listing is None:
+        absent = [
+            RuleStatus(f"ipv{f}", p.value, str(port), label, problem="no table")
+            for f, p, port, label, _e in _configured_rules(cfg)
+        ]
+        missing = f"table {ruleset.TABLE_FAMILY} {ruleset.TABLE} is missing"
+        return {"present": False}, absent, [missing]
+    blocks = parse_blocks(listing)
+    counters = metrics.read_counters(listing)
+    problems: list[str] = []
+    rules: list[RuleStatus] = []
+    configured = _configured_rules(cfg)
+    by_family: dict[int, dict[ruleset.Key, list[str]]] = {
+        f: kernel_targets(blocks, f) for f in cfg.families()
+    }
+    for family, proto, port, label, exact in configured:
+        key = (proto, port)
+        found = by_family.get(family, {}).pop(key, None)
+        conns = counters.get(ruleset.conns_set(family), {}).get(key)
+        traffic = counters.get(ruleset.traffic_set(family), {}).get(key)
+        row = RuleStatus(
+            f"ipv{family}", proto.value, str(port), label, kernel=found or [],
+            connections=conns[0] if conns else None,
+            packets=traffic[0] if traffic else None,
+            bytes=traffic[1] if traffic else None,
+            active=active.get((family, proto.value, port), 0),
+        )
+        if found is None:
+            named = exact is None
+            row.problem = "not resolved yet" if named else "missing in the kernel"
+        elif exact is not None and found != [exact]:
+            row.problem = f"the kernel sends it to {', '.join(found)}"
+        elif conns is None or traffic is None:
+            row.problem = "its counters are missing"
+        if row.problem is not None:
+            problems.append(f"{proto.value} port {port} (IPv{family}): {row.problem}")
+        rules.append(row)
+    for family, left in by_family.items():
+        for (proto, port), targets in sorted(left.items(), key=lambda i: (i[0][0].value, i[0][1])):
+            rules.append(RuleStatus(
+                f"ipv{family}", proto.value, str(port), "-", kernel=targets,
+                problem="in the kernel but not in the configuration",
+            ))
+            problems.append(f"{proto.value} port {port} (IPv{family}) is not configured")
+    for family in cfg.families():
+        wanted = [str(f.address) for f in cfg.destinations.fallbacks if f.family == family]
+        names = [f.host for f in cfg.destinations.named_fallbacks]
+        present = kernel_fallback(blocks, family)
+        if not wanted and not names and not present:
+            continue
+        label = ", ".join(wanted + names) or "(none)"
+        row = RuleStatus(f"ipv{family}", ruleset.L4_PROTOS, "*", label, kernel=present)
+        if wanted and present != wanted:
+            row.problem = "missing in the kernel" if not present else "a different fallback"
+        elif names and not present:
+            row.problem = "not resolved yet"
+        elif not wanted and not names:
+            row.problem = "in the kernel but not in the configuration"
+        if row.problem:
+            problems.append(f"IPv{family} fallback: {row.problem}")
+        rules.append(row)
+    expected = _rule_counts(ruleset.render_nftables(cfg))
+    actual = _rule_counts(listing)
+    chains: dict[str, Any] = {}
+    for chain, count in expected.items():
+        have = actual.get(chain)
+        chains[chain] = have
+        if have is None:
+            problems.append(f"chain {chain} is missing")
+        elif chain != ruleset.CHAIN_PREROUTING and have != count:
+            problems.append(f"chain {chain} has {have} rules, expected {count}")
+    for source in cfg.sources:
+        if not any(f"snat {'ip6' if source.family == 6 else 'ip'} to {source.address}" in line
+                   for line in blocks.get(ruleset.CHAIN_POSTROUTING, [])):
+            problems.append(f"no SNAT to {source.address}")
+    return {"present": True, "chains": chains}, rules, problems
+
+
+def collect_iptables(
+    cfg: config.Config, dumps: dict[int, str], active: dict[tuple[int, str, int], int]
+) -> tuple[dict[str, Any], list[RuleStatus], list[str]]:
+    """Check the compatibility backend: jumps in place and one DNAT line per rule target."""
+    problems: list[str] = []
+    rules: list[RuleStatus] = []
+    present = all(
+        iptables.present_jumps(dumps.get(family, "")) == set(ruleset.IPT_JUMPS)
+        for family in cfg.families()
+    )
+    if not present:
+        problems.append("the jumps to our iptables chains are missing")
+    for family, proto, port, label, exact in _configured_rules(cfg):
+        lines = [
+            line for line in dumps.get(family, "").splitlines()
+            if line.startswith(f"-A {ruleset.IPT_PREROUTING} ")
+            and f"-p {proto.value}" in line and f"--dport {port} " in line
+        ]
+        found = [line.rsplit("--to-destination ", 1)[-1] for line in lines]
+        row = RuleStatus(f"ipv{family}", proto.value, str(port), label, kernel=found,
+                         active=active.get((family, proto.value, port), 0))
+        if not found:
+            row.problem = "not resolved yet" if exact is None else "missing in the kernel"
+        elif exact is not None and found != [exact]:
+            row.problem = f"the kernel sends it to {', '.join(found)}"
+        if row.problem:
+            problems.append(f"{proto.value} port {port} (IPv{family}): {row.problem}")
+        rules.append(row)
+    return {"present": present}, rules, problems
+
+
+def collect(
+    cfg: config.Config,
+    *,
+    runner: nft.Nft | None = None,
+    xtables: iptables.Iptables | None = None,
+    read_links: Callable[[], linkstate.Snapshot] = linkstate.read_snapshot,
+    tracker: conntrack.Conntrack | None = None,
+) -> Report:
+    """Read the kernel and compare it with ``cfg``."""
+    tracker = tracker or conntrack.ConntrackTool()
+    interfaces, problems = _interfaces(cfg, read_links)
+    active = _active(cfg, tracker)
+    try:
+        if cfg.backend is config.Backend.NFTABLES:
+            runner = runner or nft.NftCommand()
+            listing = runner.list_table_text()
+            state, rules, found = collect_nftables(cfg, listing, active)
+        else:
+            xtables = xtables or iptables.IptablesCommand()
+            dumps = {f: xtables.save(f, "nat") + xtables.save(f, "filter") for f in cfg.families()}
+            state, rules, found = collect_iptables(cfg, dumps, active)
+    except (nft.NftError, iptables.IptablesError) as err:
+        state, rules, found = {"present": None}, [], [str(err)]
+    state["backend"] = cfg.backend.value
+    return Report(_configuration(cfg), interfaces, state, rules, problems + found)
+
+
+def to_json(report: Report) -> str:
+    """The report as one JSON document (``--json``)."""
+    data = {
+        "matches": report.matches,
+        "problems": report.problems,
+        "configuration": report.configuration,
+        "interfaces": report.interfaces,
+        "ruleset": report.ruleset,
+        "rules": [dataclasses.asdict(r) for r in report.rules],
+    }
+    return json.dumps(data, indent=2)
+
+
+def _number(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def show(report: Report, console: Console) -> None:
+    """The report as tables on a terminal."""
+    verdict = (
+        "[green]the kernel matches the configuration[/]"
+        if report.matches
+        else f"[red]the kernel does not match the configuration ({len(report.problems)} "
+        "problem(s))[/]"
+    )
+    console.print(f"[bold]egress-router status[/]: {verdict}")
+    settings = Table(title="configuration", show_header=False)
+    settings.add_column("setting")
+    settings.add_column("value")
+    for name, value in report.configuration.items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        settings.add_row(name.replace("_", " "), shown or "-")
+    console.print(settings)
+    links = Table(title="interfaces, addresses, routes")
+    links.add_column("plan step")
+    links.add_column("state")
+    for row in report.interfaces:
+        links.add_row(row["step"], "[green]ok[/]" if row["ok"] else f"[red]{row['problem']}[/]")
+    console.print(links)
+    rules = Table(title=f"rules ({report.ruleset.get('backend', '?')})")
+    for column in ("port", "proto", "family", "destination", "kernel sends to", "connections",
+                   "packets", "bytes", "live", "state"):
+        rules.add_column(column, justify="right" if column in (
+            "port", "connections", "packets", "bytes", "live") else "left")
+    for rule in report.rules:
+        rules.add_row(
+            rule.port, rule.protocol, rule.family, rule.destination,
+            ", ".join(rule.kernel) or "-", _number(rule.connections), _number(rule.packets),
+            _number(rule.bytes), _number(rule.active),
+            "[green]ok[/]" if rule.problem is None else f"[red]{rule.problem}[/]",
+        )
+    console.print(rules)
+    for problem in report.problems:
+        console.print(f"[red]problem:[/] {problem}", highlight=False)
+

@@ -1,0 +1,790 @@
+"""``egress-router wait``: the router pod's main container, which keeps the router right.
+
+Upstream's main container is a pause image: once the init container has
+run, nobody watches, and a flushed table, a deleted route, an edited
+ConfigMap or a destination that moved leave the router silently wrong. This
+process owns the router for as long as the pod lives:
+
+* it applies the configuration at start (converging, like ``init``) and
+  announces the reserved address; SIGHUP announces it again;
+* it watches ``EGRESS_DESTINATION_FILE`` (a ConfigMap the kubelet swaps in
+  through a symlink, so the file is polled by inode, size and mtime, not
+  watched with inotify) and applies an edit after validating it: a bad edit
+  is reported and counted and the running rules stay; a good one becomes one
+  transaction, and the connections of rules it removed are cut;
+* every ``EGRESS_ROUTER_RECONCILE_SECONDS`` it compares the kernel with the
+  desired state (our table as it was right after the last apply, links,
+  addresses, routes, forwarding) and repairs what drifted, counting each repair;
+* it re-resolves DNS-named destinations when their TTL runs out;
+* it serves ``/healthz``, ``/readyz`` and ``/metrics`` on ``EGRESS_ROUTER_HTTP_PORT``;
+* it stops within a second on SIGTERM and leaves the rules in place.
+
+One process per network namespace: the lock is an abstract Unix socket,
+whose namespace *is* the network namespace. Two containers of one pod share
+it (a file under /run would not be shared between containers), while routers
+in other namespaces (other pods, parallel test labs) never see each other's.
+A second instance waits until the first exits, then takes over.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.server
+import logging
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import FrameType
+
+from egress_router import (
+    announce,
+    config,
+    conntrack,
+    engine,
+    iptables,
+    linkstate,
+    metrics,
+    netlink,
+    nft,
+    plan,
+    resolve,
+)
+
+log = logging.getLogger(__name__)
+
+ENV_RECONCILE = "EGRESS_ROUTER_RECONCILE_SECONDS"
+ENV_WATCH = "EGRESS_ROUTER_WATCH_SECONDS"
+ENV_DNS_MIN_TTL = "EGRESS_ROUTER_DNS_MIN_TTL"
+ENV_DNS_MAX_TTL = "EGRESS_ROUTER_DNS_MAX_TTL"
+
+DEFAULT_RECONCILE = 10.0
+DEFAULT_WATCH = 1.0
+LOCK_NAME = b"\0egress-router-wait"
+LOCK_POLL = 1.0
+WAIT_SLICE = 0.5  # the loop's longest sleep: a safety net should a signal miss the wait
+HEALTH_GRACE = 30.0  # /healthz fails when the loop has not turned for this long (+ intervals)
+
+_KERNEL_FAILURES = (
+    nft.NftError,
+    iptables.IptablesError,
+    netlink.KernelRefusedError,
+    engine.ApplyError,
+    OSError,
+)
+
+
+class WaitError(RuntimeError):
+    """The waiting container cannot run (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How often the waiting container looks, from ``EGRESS_ROUTER_*`` variables."""
+
+    reconcile: float = DEFAULT_RECONCILE
+    watch: float = DEFAULT_WATCH
+    dns_min_ttl: float = resolve.DEFAULT_MIN_TTL
+    dns_max_ttl: float = resolve.DEFAULT_MAX_TTL
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise config.ConfigError(
+            name, f"invalid value {text!r}; expected seconds from {low:g} to {high:g}"
+        )
+    return value
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Parse the waiting container's own variables (all optional)."""
+    settings = Settings(
+        reconcile=_seconds(env, ENV_RECONCILE, DEFAULT_RECONCILE, 0.2, 3600),
+        watch=_seconds(env, ENV_WATCH, DEFAULT_WATCH, 0.1, 60),
+        dns_min_ttl=_seconds(env, ENV_DNS_MIN_TTL, resolve.DEFAULT_MIN_TTL, 0.5, 86400),
+        dns_max_ttl=_seconds(env, ENV_DNS_MAX_TTL, resolve.DEFAULT_MAX_TTL, 0.5, 86400),
+    )
+    if settings.dns_max_ttl < settings.dns_min_ttl:
+        raise config.ConfigError(
+            ENV_DNS_MAX_TTL,
+            f"is below {ENV_DNS_MIN_TTL} ({settings.dns_max_ttl:g} < "
+            f"{settings.dns_min_ttl:g}); raise it or lower the minimum",
+        )
+    return settings
+
+
+@dataclass
+class Kernel:
+    """The edges the router drives; tests replace them with fakes."""
+
+    firewall: engine.Firewall
+    links: netlink.Netlink
+    announcer: announce.Announcer
+    conntrack: conntrack.Conntrack
+    resolver: resolve.Resolver
+    drift: Callable[[config.Config], list[tuple[plan.Step, str]]] = linkstate.drift
+    counters: Callable[[], str | None] | None = None  # nft list table (None: no counters)
+    stale: engine.Firewall | None = None  # the other backend, cleaned up at start
+
+
+def real_kernel(backend: config.Backend, settings: Settings) -> Kernel:
+    """The kernel of the current network namespace."""
+    other = (
+        config.Backend.IPTABLES
+        if backend is config.Backend.NFTABLES
+        else config.Backend.NFTABLES
+    )
+    counters: Callable[[], str | None] | None = None
+    if backend is config.Backend.NFTABLES:
+        lister = nft.NftCommand()
+        firewall: engine.Firewall = engine.NftablesFirewall(lister)
+
+        def counters() -> str | None:
+            return lister.list_table_text()
+    else:
+        firewall = engine.make_firewall(backend)
+    return Kernel(
+        firewall=firewall,
+        links=linkstate.CheckedNetlink(),
+        announcer=announce.SocketAnnouncer(),
+        conntrack=conntrack.ConntrackTool(),
+        resolver=resolve.DnsResolver(min_ttl=settings.dns_min_ttl, max_ttl=settings.dns_max_ttl),
+        counters=counters,
+        stale=engine.make_firewall(other),
+    )
+
+
+def _kind(step: plan.Step) -> str:
+    if isinstance(step, plan.LinkUp):
+        return "link"
+    if isinstance(step, plan.SetAddress):
+        return "address"
+    if isinstance(step, plan.SetRoute):
+        return "route"
+    return "forwarding"
+
+
+def _identity(rule: config.PortRule | config.NamedRule) -> tuple[str, int, str, int]:
+    """What makes a rule the same rule across an edit: local port and the destination as written."""
+    if isinstance(rule, config.NamedRule) or rule.host is not None:
+        target = str(rule.host)
+    else:
+        target = str(rule.address)
+    return (rule.proto.value, rule.port, target, rule.remote_port)
+
+
+class Router:
+    """The desired state, what the kernel holds, and what to do about the difference.
+
+    The main loop calls `poll_file`, `refresh_dns`, `reconcile` and `announce`;
+    the HTTP threads call `readiness` and `write_rule_metrics`. A lock keeps
+    kernel work of the two apart.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        settings: Settings,
+        kernel: Kernel,
+        registry: metrics.Metrics,
+        *,
+        sleep: Callable[[float], object] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.env = dict(env)
+        self.settings = settings
+        self.kernel = kernel
+        self.metrics = registry
+        self._sleep = sleep
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.RLock()
+        self.dns = resolve.Cache(kernel.resolver, retry=settings.dns_min_ttl, clock=clock)
+        self.parsed: config.Config | None = None  # the configuration, names unresolved
+        self.applied: config.Config | None = None  # what the kernel got, names resolved
+        self.expected: str | None = None  # fingerprint of our rules right after that apply
+        self.problems: list[str] = ["not started"]
+        self._source: tuple[int, int, int, int] | None = None
+        self._digest: str | None = None
+        self.generation = 0
+
+    # ------------------------------------------------------------------ start
+
+    @property
+    def path(self) -> str | None:
+        return self.env.get(config.ENV_DESTINATION_FILE, "").strip() or None
+
+    def load(self) -> config.Config:
+        """Read and validate the configuration; `config.ConfigError` when it is bad."""
+        if self.path is not None:
+            self._source = self._stat(self.path)
+        text = self._read() if self.path is not None else None
+        cfg = config.load_config(self.env, None if text is None else lambda _path: text)
+        if text is not None:
+            self._digest = hashlib.sha256(text.encode()).hexdigest()
+        self.parsed = cfg
+        return cfg
+
+    def start(self) -> None:
+        """Apply the loaded configuration (as ``init`` would) and announce.
+
+        Raises `engine.ApplyError` when the kernel refuses: the container then
+        exits and is restarted.
+        """
+        cfg = self.parsed if self.parsed is not None else self.load()
+        self._refresh_names(cfg, force=True)
+        desired = resolve.resolve_config(cfg, self.dns.answers())
+        with self._lock:
+            engine.setup(
+                desired,
+                self.kernel.links,
+                self.kernel.firewall,
+                self.kernel.announcer,
+                sleep=self._sleep,
+                stale=self.kernel.stale,
+            )
+            self.metrics.announcements.inc()
+            self._applied(desired)
+            self.problems = []
+            self.metrics.ready.set(1)
+        log.info(
+            "egress router ready: %s via %s, %d rules%s; HTTP port %s",
+            ", ".join(str(s.interface) for s in cfg.sources),
+            ", ".join(str(g) for g in cfg.gateways),
+            len(desired.destinations.rules) + len(desired.destinations.fallbacks),
+            f", watching {self.path}" if self.path else "",
+            cfg.http_port or "off",
+        )
+
+    def _applied(self, desired: config.Config) -> None:
+        self.applied = desired
+        self.expected = self.kernel.firewall.fingerprint()
+        self.generation += 1
+        self.metrics.generation.set(self.generation)
+        self.metrics.last_apply.set(self._wall())
+        self.metrics.rules.set(len(desired.destinations.rules))
+        self.metrics.applies.labels(result="ok").inc()
+
+    # ------------------------------------------------------------------ the destination file
+
+    @staticmethod
+    def _stat(path: str) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(path)  # follows the ConfigMap's ..data symlink
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _read(self) -> str:
+        assert self.path is not None
+        _variable, text = config.read_destination_text(self.env)
+        return text
+
+    def poll_file(self) -> bool:
+        """Apply the destination file if it changed; True if new rules were applied."""
+        if self.path is None:
+            return False
+        source = self._stat(self.path)
+        if source == self._source:
+            return False
+        self._source = source
+        try:
+            text = self._read()
+        except config.ConfigError as err:
+            return self._refuse(err)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if digest == self._digest:
+            return False
+        self._digest = digest
+        try:
+            cfg = config.load_config(self.env, lambda _path: text)
+        except config.ConfigError as err:
+            return self._refuse(err)
+        log.info("%s changed: applying the new rules", self.path)
+        self.parsed = cfg
+        self._refresh_names(cfg)
+        return self._apply(resolve.resolve_config(cfg, self.dns.answers()), edited=True)
+
+    def _refuse(self, err: config.ConfigError) -> bool:
+        log.error("%s; the running rules stay", err)
+        self.metrics.applies.labels(result="invalid").inc()
+        return False
+
+    # ------------------------------------------------------------------ applying
+
+    def _apply(self, desired: config.Config, *, edited: bool) -> bool:
+        """Bring the kernel to ``desired`` in one transaction.
+
+        After an ``edited`` configuration the connections of removed rules are
+        cut; after a changed DNS answer they are not (the old address did not
+        stop being the service's just because DNS now names another).
+        """
+        with self._lock:
+            old = self.applied
+            if desired == old:
+                log.info("no change to the rules")
+                return False
+            try:
+                self._transaction(old, desired)
+            except _KERNEL_FAILURES as err:
+                log.error("cannot apply the new rules: %s; the running rules stay", err)
+                self.metrics.applies.labels(result="failed").inc()
+                return False
+            self._applied(desired)
+        if edited and old is not None and self.parsed is not None:
+            self._cut_removed(old, self.parsed)
+        return True
+
+    def _transaction(self, old: config.Config | None, desired: config.Config) -> None:
+        firewall = self.kernel.firewall
+        if old is not None and firewall.fingerprint() == self.expected:
+            try:
+                if firewall.update(old, desired):
+                    return
+            except _KERNEL_FAILURES as err:
+                log.warning("cannot update the rules in place (%s); replacing them whole", err)
+        elif old is not None:
+            self.metrics.repairs.labels(kind="ruleset").inc()
+            log.warning("our rules in the kernel had drifted; replacing them whole")
+        firewall.check(desired)
+        firewall.apply(desired)
+
+    def _cut_removed(self, old: config.Config, new_parsed: config.Config) -> None:
+        """Delete the conntrack entries of rules (and fallbacks) the edit took away."""
+        keep = {_identity(r) for r in new_parsed.destinations.rules}
+        keep |= {_identity(n) for n in new_parsed.destinations.named}
+        targets = {
+            (r.family, r.proto, r.port, r.address, r.remote_port)
+            for r in old.destinations.rules
+            if _identity(r) not in keep
+        }
+        kept_fallbacks = {str(f.address) for f in new_parsed.destinations.fallbacks} | {
+            f.host for f in new_parsed.destinations.named_fallbacks
+        }
+        new_keys = {(r.family, r.proto.value, r.port) for r in new_parsed.destinations.rules}
+        for fallback in old.destinations.fallbacks:
+            if (fallback.host or str(fallback.address)) in kept_fallbacks:
+                continue
+            try:
+                flows = list(self.kernel.conntrack.flows(fallback.family))
+            except conntrack.ConntrackError as err:
+                log.warning("%s", err)
+                break
+            for flow in flows:
+                key = (flow.family, flow.proto, flow.port)
+                if flow.destination == fallback.address and key not in new_keys:
+                    targets.add((flow.family, config.Proto(flow.proto), flow.port,
+                                 flow.destination, flow.remote_port))
+        cut = 0
+        for family, proto, port, address, remote in sorted(targets, key=str):
+            try:
+                cut += self.kernel.conntrack.cut(family, proto, port, address, remote)
+            except conntrack.ConntrackError as err:
+                log.warning("%s", err)
+                break
+        if cut:
+            log.info("cut %d connection(s) of removed rules", cut)
+            self.metrics.connections_cut.inc(cut)
+
+    # ------------------------------------------------------------------ DNS
+
+    def _refresh_names(self, cfg: config.Config, *, force: bool = False) -> resolve.Refresh:
+        hosts = cfg.destinations.hosts()
+        if not hosts:
+            self.dns.refresh((), cfg.families())
+            return resolve.Refresh()
+        result = self.dns.refresh(hosts, cfg.families(), force=force)
+        for host, _why in result.failed:
+            self.metrics.dns_failures.labels(name=host).inc()
+        return result
+
+    def refresh_dns(self) -> bool:
+        """Look up names whose TTL ran out; apply when an answer changed."""
+        if self.parsed is None:
+            return False
+        due = self.dns.next_due()
+        if due is None or due > self._clock():
+            return False
+        result = self._refresh_names(self.parsed)
+        if not result.changed:
+            return False
+        for host in result.changed:
+            self.metrics.dns_changes.labels(name=host).inc()
+        desired = resolve.resolve_config(self.parsed, self.dns.answers())
+        return self._apply(desired, edited=False)
+
+    def next_dns(self) -> float | None:
+        return self.dns.next_due()
+
+    # ------------------------------------------------------------------ drift
+
+    def reconcile(self) -> list[str]:
+        """Compare the kernel with the desired state and repair drift; the problems left."""
+        self.metrics.reconciles.inc()
+        problems: list[str] = []
+        announce_again = False
+        with self._lock:
+            desired = self.applied
+            if desired is None:
+                return ["no rules applied yet"]
+            firewall = self.kernel.firewall
+            try:
+                current = firewall.fingerprint()
+            except _KERNEL_FAILURES as err:
+                current = None
+                log.warning("cannot read our rules back: %s", err)
+            if current != self.expected:
+                what = "missing" if current is None else "changed from outside"
+                log.warning("drift: our %s rules are %s; re-applying", firewall.name, what)
+                try:
+                    firewall.check(desired)
+                    firewall.apply(desired)
+                    self.expected = firewall.fingerprint()
+                    self.metrics.repairs.labels(kind="ruleset").inc()
+                except _KERNEL_FAILURES as err:
+                    log.error("cannot repair the %s rules: %s", firewall.name, err)
+                    self.metrics.repair_failures.labels(kind="ruleset").inc()
+                    problems.append(f"ruleset: {err}")
+            try:
+                drifted = self.kernel.drift(desired)
+            except OSError as err:
+                drifted = []
+                problems.append(str(err))
+            for step, reason in drifted:
+                kind = _kind(step)
+                log.warning("drift: %s; repairing: %s", reason, step.describe())
+                try:
+                    self.kernel.links.apply(step)
+                except _KERNEL_FAILURES as err:
+                    log.error("cannot repair %s: %s", kind, err)
+                    self.metrics.repair_failures.labels(kind=kind).inc()
+                    problems.append(f"{reason} ({err})")
+                    continue
+                self.metrics.repairs.labels(kind=kind).inc()
+                announce_again |= kind in ("link", "address")
+            self.problems = problems
+            self.metrics.ready.set(0 if problems else 1)
+        if announce_again:
+            self.announce()
+        return problems
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the kernel holds the desired state right now (checked, not repaired)."""
+        with self._lock:
+            if self.applied is None:
+                return False, "rules not applied yet"
+            try:
+                if self.kernel.firewall.fingerprint() != self.expected:
+                    return False, "our rules in the kernel differ from the applied ones"
+                drifted = self.kernel.drift(self.applied)
+            except _KERNEL_FAILURES as err:
+                return False, f"cannot read the kernel's state: {err}"
+            if drifted:
+                return False, "; ".join(reason for _step, reason in drifted)
+            if self.problems:
+                return False, "; ".join(self.problems)
+            return True, "ok"
+
+    # ------------------------------------------------------------------ announcements
+
+    def announce(self) -> None:
+        """Announce the reserved address(es) again (SIGHUP, and after an address repair)."""
+        cfg = self.applied
+        if cfg is None:
+            return
+        log.info("announcing %s", ", ".join(str(s.address) for s in cfg.sources))
+        engine.announce_all(cfg, self.kernel.links, self.kernel.announcer, sleep=self._sleep)
+        self.metrics.announcements.inc()
+
+    # ------------------------------------------------------------------ metrics
+
+    def write_rule_metrics(self, write: Callable[[str], object]) -> None:
+        """The per-rule metric families, read from the kernel now."""
+        cfg = self.applied
+        if cfg is None:
+            return
+        counters: metrics.Counters | None = None
+        if self.kernel.counters is not None:
+            try:
+                listing = self.kernel.counters()
+            except _KERNEL_FAILURES as err:
+                log.warning("cannot read rule counters: %s", err)
+                listing = None
+            counters = metrics.read_counters(listing) if listing else {}
+        try:
+            active = metrics.count_active(
+                flow for family in cfg.families() for flow in self.kernel.conntrack.flows(family)
+            )
+        except conntrack.ConntrackError as err:
+            log.debug("cannot count live connections: %s", err)
+            active = metrics.count_active(())
+        metrics.write_rule_metrics(write, cfg, counters, active)
+
+
+# ---------------------------------------------------------------------- HTTP
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    router: Router
+    registry: metrics.Metrics
+    heartbeat: Callable[[], float]
+    stale_after: float
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # One socket for both families: kubelet probes and scrapes come over either.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "egress-router"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            age = time.monotonic() - self.server.heartbeat()
+            if age > self.server.stale_after:
+                self._text(500, f"main loop has not run for {age:.0f}s\n")
+            else:
+                self._text(200, "ok\n")
+        elif path == "/readyz":
+            ready, why = self.server.router.readiness()
+            self._text(200 if ready else 503, f"{why}\n")
+        elif path == "/metrics":
+            self.send_response(200)
+            self.send_header("Content-Type", metrics.CONTENT_TYPE)
+            self.end_headers()
+            self.wfile.write(self.server.registry.generate())
+            self.server.router.write_rule_metrics(lambda text: self.wfile.write(text.encode()))
+        else:
+            self._text(404, "not found: try /healthz, /readyz or /metrics\n")
+
+    def _text(self, code: int, body: str) -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("http: %s", format % args)
+
+
+def serve_http(
+    port: int, router: Router, registry: metrics.Metrics, heartbeat: Callable[[], float],
+    stale_after: float,
+) -> _Server:
+    """Start the HTTP server in a thread (all addresses, both families when possible)."""
+    server: _Server | None = None
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        _Server.address_family = family
+        try:
+            server = _Server((host, port), _Handler)
+            break
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise WaitError(
+                    f"cannot serve HTTP on port {port}: it is in use; set "
+                    f"{config.ENV_HTTP_PORT} to a free port (0 turns the server off)"
+                ) from None
+            if family == socket.AF_INET:
+                raise WaitError(f"cannot serve HTTP on port {port}: {err}") from None
+    assert server is not None
+    server.router = router
+    server.registry = registry
+    server.heartbeat = heartbeat
+    server.stale_after = stale_after
+    thread = threading.Thread(target=_serve, args=(server,), name="http", daemon=True)
+    thread.start()
+    return server
+
+
+def _serve(server: _Server) -> None:
+    # The kernel hands a process-directed signal to any thread that does not block
+    # it; Python only runs handlers in the main thread, and only wakes it if the
+    # signal landed there. Blocked here (and inherited by the request threads),
+    # SIGTERM always interrupts the main loop's wait at once.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    server.serve_forever(poll_interval=0.1)
+
+
+# ---------------------------------------------------------------------- lock and signals
+
+
+class NamespaceLock:
+    """Held by at most one waiting process per network namespace (see the module docstring)."""
+
+    def __init__(self, name: bytes = LOCK_NAME) -> None:
+        self._name = name
+        self._sock: socket.socket | None = None
+
+    def try_acquire(self) -> bool:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self._name)
+            sock.listen(1)
+        except OSError as err:
+            sock.close()
+            if err.errno == errno.EADDRINUSE:
+                return False
+            raise WaitError(f"cannot take the wait lock: {err}") from None
+        self._sock = sock
+        return True
+
+    def holder(self) -> int | None:
+        """The process id of the holder (0 or None when it is in another PID namespace)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            try:
+                sock.connect(self._name)
+                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            except OSError:
+                return None
+            pid: int = struct.unpack("3i", creds)[0]
+            return pid or None
+
+    def release(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+class Signals:
+    """SIGTERM/SIGINT stop, SIGHUP asks for an announcement; both wake the loop."""
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.stopping = False
+        self.hup = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._hup)
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s, exiting", signal.Signals(signum).name)
+        self.stopping = True
+        self.wake.set()
+
+    def _hup(self, signum: int, frame: FrameType | None) -> None:
+        self.hup = True
+        self.wake.set()
+
+    def sleep(self, seconds: float) -> None:
+        """An interruptible sleep (announcement spacing): ends at once when stopping."""
+        if not self.stopping:
+            end = time.monotonic() + seconds
+            while not self.stopping and (left := end - time.monotonic()) > 0:
+                self.wake.wait(left)
+                if self.hup or self.stopping:
+                    break
+
+
+def _loop(router: Router, settings: Settings, signals: Signals, beat: list[float]) -> None:
+    now = time.monotonic()
+    next_watch = now + settings.watch
+    next_reconcile = now + settings.reconcile
+    while not signals.stopping:
+        now = time.monotonic()
+        beat[0] = now
+        if signals.hup:
+            signals.hup = False
+            router.announce()
+        if now >= next_watch:
+            router.poll_file()
+            next_watch = time.monotonic() + settings.watch
+        router.refresh_dns()
+        if now >= next_reconcile:
+            router.reconcile()
+            next_reconcile = time.monotonic() + settings.reconcile
+        deadlines = [next_watch, next_reconcile]
+        due = router.next_dns()
+        if due is not None:
+            deadlines.append(due)
+        timeout = max(0.0, min(deadlines) - time.monotonic())
+        signals.wake.wait(min(timeout, WAIT_SLICE))
+        signals.wake.clear()
+
+
+def _backend(env: Mapping[str, str]) -> config.Backend:
+    try:
+        return config.Backend((env.get(config.ENV_BACKEND) or "nftables").strip().lower())
+    except ValueError:
+        return config.Backend.NFTABLES  # Router.load reports the bad value
+
+
+def run(env: Mapping[str, str], kernel: Kernel | None = None) -> int:
+    """Take the lock, apply, serve and watch until SIGTERM; the exit code (0).
+
+    Raises `config.ConfigError` (exit 1) for a bad configuration and
+    `engine.ApplyError` or `WaitError` (exit 3) when the router cannot run.
+    """
+    settings = load_settings(env)
+    http_port = config.parse_http_port(
+        env.get(config.ENV_HTTP_PORT, str(config.DEFAULT_HTTP_PORT))
+    )
+    signals = Signals()
+    signals.install()
+    lock = NamespaceLock()
+    if not lock.try_acquire():
+        holder = lock.holder()
+        who = f"process {holder}" if holder else "a process in another container"
+        log.warning(
+            "another egress-router wait (%s) runs in this network namespace; "
+            "standing by until it exits",
+            who,
+        )
+        while not lock.try_acquire():
+            if signals.stopping:
+                return 0
+            signals.wake.wait(LOCK_POLL)
+            signals.wake.clear()
+        log.info("the other instance exited; taking over")
+    try:
+        registry = metrics.Metrics()
+        router = Router(
+            env, settings, kernel or real_kernel(_backend(env), settings), registry,
+            sleep=signals.sleep,
+        )
+        router.load()  # parsed once, here: 10,000 rules are worth not parsing twice
+        beat = [time.monotonic()]
+        server = None
+        if http_port:
+            server = serve_http(
+                http_port, router, registry, lambda: beat[0],
+                HEALTH_GRACE + settings.reconcile + settings.watch,
+            )
+        try:
+            router.start()
+            if signals.stopping:
+                return 0
+            _loop(router, settings, signals, beat)
+        finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+    finally:
+        lock.release()
+    return 0
+

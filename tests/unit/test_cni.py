@@ -1,0 +1,607 @@
+"""The CNI plugin without privilege: configuration, results, CHECK's comparison, the commands.
+
+The commands run against a fake kernel that records every side effect, so
+the order of operations and the rollback of a failed ADD are asserted
+exactly; the console script itself runs for VERSION and for bad
+configurations (which fail before any side effect, so need no root).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from egress_router import cnirun, config
+from egress_router.cni import drift, errors, kernel, netconf, plugin, result
+from egress_router.cni.errors import CniError
+
+NETNS = "/var/run/netns/pod"
+ENV = {
+    "CNI_COMMAND": "ADD",
+    "CNI_CONTAINERID": "c0ffee",
+    "CNI_NETNS": NETNS,
+    "CNI_IFNAME": "net1",
+    "CNI_PATH": "/opt/cni/bin",
+}
+CONF: dict[str, Any] = {
+    "cniVersion": "1.0.0",
+    "name": "egress",
+    "type": "egress-router",
+    "ip": {
+        "addresses": ["192.168.12.99/24"],
+        "gateway": "192.168.12.1",
+        "destinations": ["80 tcp 203.0.113.25", "8080 tcp 203.0.113.26/32 80", "203.0.113.27"],
+    },
+    "interfaceType": "macvlan",
+    "interfaceArgs": {"master": "ens3", "mode": "private", "mtu": "1500"},
+}
+MAC = "02:00:c0:a8:0c:63"
+LISTING = """table inet egress_router {
+\tset conns_v4 {
+\t\ttype inet_proto . inet_service
+\t\tcounter
+\t\telements = { tcp . 80 counter packets 3 bytes 180,
+\t\t\t     tcp . 8080 counter packets 0 bytes 0 }
+\t}
+
+\tmap redirect_v4 {
+\t\ttype inet_proto . inet_service : ipv4_addr . inet_service
+\t\telements = { tcp . 80 : 203.0.113.25 . 80,
+\t\t\t     tcp . 8080 : 203.0.113.26 . 80 }
+\t}
+
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tct state established,related accept
+\t\tcounter packets 12 bytes 720 comment "not a redirected connection: dropped"
+\t}
+}
+"""
+
+
+# ------------------------------------------------------------------ the fake kernel
+
+
+@dataclass
+class FakeKernel:
+    """Records side effects; ``fail`` names a method that raises (to test rollbacks)."""
+
+    namespaces: set[str] = field(default_factory=lambda: {NETNS})
+    host: dict[str, kernel.HostLink] = field(
+        default_factory=lambda: {
+            "ens3": kernel.HostLink("ens3", 2, 1500, True),
+            "lo": kernel.HostLink("lo", 1, 65536, True),
+        }
+    )
+    host_macvlan_names: list[str] = field(default_factory=list)
+    pod_links: set[str] = field(default_factory=lambda: {"lo", "eth0"})
+    default_iface: str | None = "ens3"
+    ops: list[str] = field(default_factory=list)
+    fail: str | None = None
+    observed: drift.Observed | None = None
+    nft_missing: bool = False
+
+    def _maybe_fail(self, name: str) -> None:
+        if self.fail == name:
+            raise CniError(errors.ROUTER_SETUP_FAILED, f"cannot {name}: injected failure")
+
+    def netns_exists(self, path: str) -> bool:
+        return path in self.namespaces
+
+    def default_route_interface(self) -> str | None:
+        return self.default_iface
+
+    def host_link(self, name: str) -> kernel.HostLink | None:
+        return self.host.get(name)
+
+    def host_link_names(self) -> list[str]:
+        return sorted(self.host)
+
+    def nft_problem(self) -> str | None:
+        return "the nft binary is not on the node" if self.nft_missing else None
+
+    def create_macvlan(self, name: str, master: kernel.HostLink, mode: str, mtu: int) -> None:
+        self._maybe_fail("create_macvlan")
+        self.ops.append(f"create {name} on {master.name} {mode} {mtu}")
+        self.host_macvlan_names.append(name)
+
+    def delete_host_macvlan(self, name: str) -> bool:
+        if name in self.host_macvlan_names:
+            self.host_macvlan_names.remove(name)
+            self.ops.append(f"delete {name} from node")
+            return True
+        return False
+
+    def host_macvlans(self) -> list[str]:
+        return list(self.host_macvlan_names)
+
+    def move_to_netns(self, name: str, path: str) -> None:
+        self._maybe_fail("move_to_netns")
+        self.host_macvlan_names.remove(name)
+        self.ops.append(f"move {name}")
+
+    def probe_pod(self, path: str, ifname: str, pod_interface: str) -> kernel.PodProbe:
+        self.ops.append("probe")
+        return kernel.PodProbe(ifname in self.pod_links, pod_interface in self.pod_links)
+
+    def setup_pod(self, path: str, temp: str, cfg: config.Config) -> result.Link:
+        self._maybe_fail("setup_pod")
+        self.ops.append(f"setup {cfg.egress_interface} pod={cfg.pod_interface}")
+        self.pod_links.add(cfg.egress_interface)
+        return result.Link(cfg.egress_interface, MAC, 1500, path)
+
+    def undo_pod(self, path: str, names: Sequence[str], probe: kernel.PodProbe) -> None:
+        self.ops.append(f"undo {','.join(names)}")
+
+    def teardown_pod(self, path: str, ifname: str) -> list[str]:
+        self.ops.append(f"teardown {ifname}")
+        if ifname in self.pod_links:
+            self.pod_links.remove(ifname)
+            return [f"macvlan {ifname}"]
+        return []
+
+    def inspect_pod(self, path: str, ifname: str, pod_interface: str) -> drift.Observed:
+        assert self.observed is not None
+        return self.observed
+
+    def ruleset_listing(self, cfg: config.Config) -> str:
+        return LISTING
+
+
+def invoke(
+    conf: dict[str, Any] | str | bytes,
+    fake: FakeKernel,
+    **env: str,
+) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    data = conf if isinstance(conf, bytes) else (
+        conf.encode() if isinstance(conf, str) else json.dumps(conf).encode()
+    )
+    code = plugin.run({**ENV, **env}, data, out, err, fake)
+    return code, out.getvalue(), err.getvalue()
+
+
+def error_of(stdout: str) -> tuple[int, str]:
+    obj = json.loads(stdout)
+    assert set(obj) <= {"cniVersion", "code", "msg", "details"}
+    return obj["code"], obj["msg"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Any:
+    yield
+    logging.getLogger("egress_router").handlers.clear()
+    logging.getLogger("egress_router").propagate = True
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def test_upstreams_configuration_becomes_the_engines() -> None:
+    conf = netconf.parse(CONF, "net1")
+    cfg = conf.router_config("net1")
+    assert conf.macvlan == netconf.Macvlan("ens3", "private", 1500)
+    assert [str(s.interface) for s in cfg.sources] == ["192.168.12.99/24"]
+    assert [str(g) for g in cfg.gateways] == ["192.168.12.1"]
+    assert [(r.port, r.proto.value, str(r.address), r.remote_port) for r in
+            cfg.destinations.rules] == [(80, "tcp", "203.0.113.25", 80),
+                                        (8080, "tcp", "203.0.113.26", 80)]
+    assert [str(f.address) for f in cfg.destinations.fallbacks] == ["203.0.113.27"]
+    assert (cfg.pod_interface, cfg.egress_interface, cfg.mode) == (
+        "eth0", "net1", config.Mode.INIT)
+    assert cfg.http_port == config.DEFAULT_HTTP_PORT
+
+
+def test_defaults_follow_upstream_and_dual_stack_is_honoured() -> None:
+    conf = netconf.parse({
+        "cniVersion": "0.4.0", "name": "n", "type": "egress-router",
+        "ip": {"addresses": ["192.168.12.99", "2001:db8:12::99/64"],
+               "gateway": ["192.168.12.1", "2001:db8:12::1"],
+               "destinations": ["80 tcp 2001:db8:113::25/128", "203.0.113.27/32"]},
+        "podInterface": "ens5", "log_level": "verbose",
+    }, "net1")
+    assert conf.macvlan == netconf.Macvlan(None, "bridge", None)
+    assert conf.pod_interface == "ens5"
+    assert conf.log_level == logging.INFO
+    assert [s.on_link for s in conf.sources] == [False, True]
+    assert [str(r.address) for r in conf.destinations.rules] == ["2001:db8:113::25"]
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        ({"ip": {**CONF["ip"], "destinations": ["80 tcp 203.0.113.0/24"]}}, 7,
+         "cannot parse ip.destinations line 1 '80 tcp 203.0.113.0/24': destination "
+         "'203.0.113.0/24' is a network, not one address; write 203.0.113.0 (or "
+         "203.0.113.0/32)"),
+        ({"ip": {**CONF["ip"], "destinations": ["80 tcp 203.0.113.25\n81 tcp 203.0.113.25"]}}, 7,
+         "cannot parse ip.destinations line 1 '80 tcp 203.0.113.25\\n81 tcp 203.0.113.25': one "
+         "entry holds several values; put each in its own list entry"),
+        ({"ip": {**CONF["ip"], "gateway": ""}}, 7,
+         "cannot parse ip.gateway: is missing; expected the physical network's gateway, e.g. "
+         "\"192.168.12.1\" (dual stack: \"192.168.12.1,2001:db8:12::1\")"),
+        ({"ip": {**CONF["ip"], "destinations": ["80 tcp 2001:db8:113::25"]}}, 7,
+         "cannot parse ip.destinations line 1: destination 2001:db8:113::25 is IPv6 but "
+         "ip.addresses has no IPv6 address; add one (e.g. ip.addresses=<v4>,<v6>) or remove "
+         "the line"),
+        ({"ip": {**CONF["ip"], "destinations": ["80 tcp api.example.com"]}}, 2,
+         "cannot use host name 'api.example.com' in ip.destinations: the CNI plugin configures "
+         "the router once, at ADD, so it takes IP addresses only"),
+        ({"ip": "192.168.12.99"}, 7,
+         "cannot parse ip: is missing or not an object; expected {\"addresses\": [...], "
+         "\"gateway\": \"...\", \"destinations\": [...]}"),
+        ({"interfaceArgs": {"mode": "shared"}}, 7,
+         "cannot parse interfaceArgs.mode: unknown macvlan mode 'shared'; expected one of "
+         "bridge, private, vepa, passthru"),
+        ({"interfaceArgs": {"mtu": "jumbo"}}, 7,
+         "cannot parse interfaceArgs.mtu: invalid MTU 'jumbo'; expected a number from 68 to "
+         "65535 (or leave it out to use the master's MTU)"),
+        ({"podIP": {"db": {}}}, 2,
+         "cannot use podIP {\"db\": {}}: per-pod addresses are not supported; give one "
+         "NetworkAttachmentDefinition per router with \"ip\""),
+        ({"podInterface": "net1"}, 7,
+         "cannot parse podInterface: is 'net1', the same as CNI_IFNAME; the router needs its "
+         "pod interface and the macvlan the plugin creates"),
+        ({"log_level": "loud"}, 7,
+         "cannot parse log_level 'loud': expected one of debug, verbose, info, warning, error, "
+         "panic"),
+        ({"cniVersion": "0.2.0"}, 1,
+         "cannot use cniVersion '0.2.0': this plugin supports 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"),
+        ({"announceCount": "3"}, 7,
+         "cannot parse announceCount: invalid value '3'; expected a whole number 0 to 100"),
+    ],
+)
+def test_bad_configuration_names_the_field(
+    change: dict[str, Any], code: int, message: str
+) -> None:
+    with pytest.raises(CniError) as caught:
+        netconf.parse({**CONF, **change}, "net1")
+    assert (caught.value.code, caught.value.msg) == (code, message)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CNI_COMMAND": ""}, "cannot run the egress-router CNI plugin: CNI_COMMAND is not set"),
+        ({"CNI_COMMAND": "ATTACH"}, "CNI_COMMAND is 'ATTACH'; expected one of ADD, DEL, CHECK"),
+        ({"CNI_NETNS": ""}, "cannot run CNI ADD: CNI_NETNS not set; the runtime must set "
+         "CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME"),
+        ({"CNI_CONTAINERID": "-x"}, "CNI_CONTAINERID '-x' is not a valid container ID"),
+        ({"CNI_IFNAME": "a" * 16}, f"cannot use interface name '{'a' * 16}' from CNI_IFNAME"),
+    ],
+)
+def test_bad_environment_is_code_4(env: dict[str, str], message: str) -> None:
+    code, out, err = invoke(CONF, FakeKernel(), **env)
+    assert code == 1
+    assert error_of(out)[0] == errors.INVALID_ENVIRONMENT
+    assert message in error_of(out)[1]
+    assert "Traceback" not in out + err
+
+
+def test_undecodable_stdin_is_code_6() -> None:
+    for data in (b"\xff\xfe", b"[1, 2]", b""):
+        code, out, _ = invoke(data, FakeKernel())
+        assert code == 1
+        assert error_of(out)[0] == errors.DECODE_FAILURE
+
+
+# ------------------------------------------------------------------ results
+
+
+def test_result_for_each_version() -> None:
+    link = result.Link("net1", MAC, 1400, NETNS)
+    new = result.build(netconf.parse({**CONF, "cniVersion": "1.1.0"}), link)
+    assert new == {
+        "cniVersion": "1.1.0",
+        "interfaces": [{"name": "net1", "mac": MAC, "mtu": 1400, "sandbox": NETNS}],
+        "ips": [{"address": "192.168.12.99/24", "gateway": "192.168.12.1", "interface": 0}],
+        "routes": [{"dst": "192.168.12.1/32"}, {"dst": "0.0.0.0/0", "gw": "192.168.12.1"}],
+    }
+    old = result.build(netconf.parse({**CONF, "cniVersion": "0.4.0", "dns": {"nameservers":
+                                                                             ["10.0.0.10"]}}),
+                       link)
+    assert old["interfaces"] == [{"name": "net1", "mac": MAC, "sandbox": NETNS}]
+    assert old["ips"][0]["version"] == "4"
+    assert old["dns"] == {"nameservers": ["10.0.0.10"]}
+
+
+def test_result_chains_onto_prev_result() -> None:
+    prev = {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "cbr0", "mac": "aa:aa:aa:aa:aa:aa"},
+                       {"name": "eth0", "mac": "bb:bb:bb:bb:bb:bb", "sandbox": NETNS}],
+        "ips": [{"address": "10.128.0.2/24", "gateway": "10.128.0.1", "interface": 1}],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dns": {"nameservers": ["10.0.0.10"]},
+    }
+    chained = result.build(netconf.parse(CONF), result.Link("net1", MAC, 1500, NETNS), prev)
+    assert chained["interfaces"][:2] == prev["interfaces"]
+    assert chained["interfaces"][2]["name"] == "net1"
+    assert chained["ips"] == [
+        prev["ips"][0],
+        {"address": "192.168.12.99/24", "gateway": "192.168.12.1", "interface": 2},
+    ]
+    assert chained["routes"][0] == {"dst": "0.0.0.0/0"}
+    assert chained["dns"] == prev["dns"]
+    recorded = result.recorded(chained, "net1", NETNS)
+    assert recorded is not None
+    assert recorded.mac == MAC
+    assert [str(a) for a in recorded.addresses] == ["192.168.12.99/24"]
+    assert result.recorded(chained, "net2", NETNS) is None
+
+
+# ------------------------------------------------------------------ CHECK's comparison
+
+
+def test_listing_ignores_counters_and_line_wrapping() -> None:
+    blocks = drift.parse_listing(LISTING)
+    assert blocks["set conns_v4"].elements == {"tcp . 80 counter", "tcp . 8080 counter"}
+    assert blocks["map redirect_v4"].elements == {
+        "tcp . 80 : 203.0.113.25 . 80", "tcp . 8080 : 203.0.113.26 . 80"}
+    assert blocks["chain forward"].lines[-1] == (
+        'counter comment "not a redirected connection: dropped"')
+    rewrapped = LISTING.replace(",\n\t\t\t     tcp . 8080 : ", ", tcp . 8080 : ").replace(
+        "packets 12 bytes 720", "packets 0 bytes 0")
+    assert drift.ruleset_differences(LISTING, rewrapped, "inet egress_router") == []
+
+
+def test_ruleset_differences_in_nfts_words() -> None:
+    tampered = (
+        LISTING.replace("tcp . 8080 : 203.0.113.26 . 80", "tcp . 8080 : 198.51.100.9 . 80")
+        .replace("policy drop;", "policy accept;")
+    )
+    assert drift.ruleset_differences(LISTING, tampered, "inet egress_router") == [
+        "nftables map redirect_v4: missing element 'tcp . 8080 : 203.0.113.26 . 80'",
+        "nftables map redirect_v4: unexpected element 'tcp . 8080 : 198.51.100.9 . 80'",
+        "nftables chain forward: missing 'type filter hook forward priority filter; policy "
+        "drop;'",
+        "nftables chain forward: unexpected 'type filter hook forward priority filter; policy "
+        "accept;'",
+    ]
+    assert drift.ruleset_differences(LISTING, None, "inet egress_router") == [
+        "nftables table inet egress_router is missing"
+    ]
+
+
+def _expected(conf: netconf.NetConf) -> drift.Expected:
+    cfg = conf.router_config("net1")
+    return drift.Expected(
+        ifname="net1", pod_interface="eth0", mode="private",
+        addresses=tuple(s.interface for s in cfg.sources), routes=drift.expected_routes(cfg),
+        families=cfg.families(), ruleset=LISTING, mtu=1500, mac=MAC, parent_index=2,
+        master="ens3",
+    )
+
+
+def _healthy() -> drift.Observed:
+    return drift.Observed(
+        link=drift.LinkState("net1", "macvlan", "private", 1500, MAC, True, 2),
+        pod_interface=True,
+        addresses=("192.168.12.99/24",),
+        routes=(drift.Route("192.168.12.1/32"), drift.Route("0.0.0.0/0", "192.168.12.1"),
+                drift.Route("192.168.12.0/24")),
+        forwarding=((4, "1"), (6, "0")),
+        ruleset=LISTING,
+    )
+
+
+def test_differences_name_what_drifted() -> None:
+    expected = _expected(netconf.parse(CONF))
+    assert drift.differences(expected, _healthy(), kernel.TABLE) == []
+    broken = drift.Observed(
+        link=drift.LinkState("net1", "macvlan", "bridge", 1400, "02:00:00:00:00:01", False, 2),
+        pod_interface=False,
+        addresses=("192.168.12.98/24",),
+        routes=(drift.Route("192.168.12.1/32"),),
+        forwarding=((4, "0"),),
+        ruleset=LISTING,
+    )
+    assert drift.differences(expected, broken, kernel.TABLE) == [
+        "pod interface 'eth0' is missing",
+        "macvlan 'net1' is in bridge mode, expected private",
+        f"interface 'net1' has MAC 02:00:00:00:00:01, but ADD reported {MAC}",
+        "interface 'net1' has MTU 1400, expected 1500",
+        "interface 'net1' is down",
+        "address 192.168.12.99/24 is missing from 'net1'",
+        "unexpected address 192.168.12.98/24 on 'net1'",
+        "route missing: ip route default via 192.168.12.1 dev net1",
+        "forwarding is off (net.ipv4.ip_forward=0)",
+    ]
+    gone = drift.Observed(link=None, pod_interface=True, forwarding=((4, "1"),), ruleset=None)
+    assert drift.differences(expected, gone, kernel.TABLE) == [
+        "interface 'net1' is missing from the container",
+        "nftables table inet egress_router is missing",
+    ]
+
+
+# ------------------------------------------------------------------ the commands
+
+
+def test_version() -> None:
+    code, out, _ = invoke({"cniVersion": "0.4.0"}, FakeKernel(), CNI_COMMAND="VERSION")
+    assert code == 0
+    assert json.loads(out) == {"cniVersion": "0.4.0",
+                               "supportedVersions": list(netconf.SUPPORTED_VERSIONS)}
+
+
+def test_add_creates_moves_then_sets_up_and_prints_the_result() -> None:
+    fake = FakeKernel()
+    code, out, err = invoke(CONF, fake)
+    assert code == 0, out + err
+    temp = kernel.temp_name("c0ffee", "net1")
+    assert fake.ops == ["probe", f"create {temp} on ens3 private 1500", f"move {temp}",
+                        "setup net1 pod=eth0"]
+    assert fake.host_macvlan_names == []
+    assert json.loads(out)["interfaces"] == [{"name": "net1", "mac": MAC, "sandbox": NETNS}]
+
+
+@pytest.mark.parametrize("step", ["create_macvlan", "move_to_netns", "setup_pod"])
+def test_failed_add_undoes_everything_it_did(step: str) -> None:
+    fake = FakeKernel(fail=step)
+    code, out, err = invoke(CONF, fake)
+    assert code == 1
+    assert error_of(out) == (errors.ROUTER_SETUP_FAILED, f"cannot {step}: injected failure")
+    temp = kernel.temp_name("c0ffee", "net1")
+    undone = {
+        "create_macvlan": ["probe"],
+        "move_to_netns": ["probe", f"create {temp} on ens3 private 1500",
+                          f"undo {temp},net1", f"delete {temp} from node"],
+        "setup_pod": ["probe", f"create {temp} on ens3 private 1500", f"move {temp}",
+                      f"undo {temp},net1"],
+    }[step]
+    assert fake.ops == undone
+    assert fake.host_macvlan_names == []
+    assert "Traceback" not in out + err
+
+
+def test_add_refuses_before_any_side_effect() -> None:
+    cases: list[tuple[FakeKernel, dict[str, Any], int, str]] = [
+        (FakeKernel(namespaces=set()), CONF, errors.CONTAINER_UNKNOWN,
+         f"network namespace '{NETNS}' does not exist"),
+        (FakeKernel(), {**CONF, "interfaceArgs": {"master": "ens9"}}, errors.MASTER_NOT_FOUND,
+         "master interface 'ens9' (from interfaceArgs.master) does not exist on this node; "
+         "set interfaceArgs.master to one of: ens3"),
+        (FakeKernel(default_iface=None), {**CONF, "interfaceArgs": {}}, errors.MASTER_NOT_FOUND,
+         "the node has no default route; set interfaceArgs.master"),
+        (FakeKernel(pod_links={"lo", "eth0", "net1"}), CONF, errors.INTERFACE_EXISTS,
+         "an interface named 'net1' already exists"),
+        (FakeKernel(pod_links={"lo"}), CONF, errors.INVALID_CONFIG,
+         "cannot parse podInterface: 'eth0' does not exist"),
+        (FakeKernel(nft_missing=True), CONF, errors.ROUTER_SETUP_FAILED,
+         "the nft binary is not on the node"),
+    ]
+    for fake, conf, want_code, fragment in cases:
+        code, out, _ = invoke(conf, fake)
+        assert code == 1
+        got_code, msg = error_of(out)
+        assert got_code == want_code, msg
+        assert fragment in msg
+        assert not [op for op in fake.ops if op != "probe"]
+
+
+def test_add_removes_its_own_leftover_from_an_interrupted_add() -> None:
+    temp = kernel.temp_name("c0ffee", "net1")
+    fake = FakeKernel(host_macvlan_names=[temp])
+    assert invoke(CONF, fake)[0] == 0
+    assert fake.ops[:2] == ["probe", f"delete {temp} from node"]
+
+
+def test_del_is_idempotent_and_tolerates_what_add_refused() -> None:
+    fake = FakeKernel(pod_links={"lo", "eth0", "net1"})
+    for _ in range(2):
+        code, out, _ = invoke(CONF, fake, CNI_COMMAND="DEL")
+        assert (code, out) == (0, "")
+    assert fake.ops == ["teardown net1", "teardown net1"]
+    assert "net1" not in fake.pod_links
+    bad = {**CONF, "ip": {"addresses": ["nope"]}}
+    code, out, _ = invoke(bad, FakeKernel(), CNI_COMMAND="DEL")
+    assert (code, out) == (0, "")
+    gone = FakeKernel(namespaces=set())
+    assert invoke(CONF, gone, CNI_COMMAND="DEL", CNI_NETNS=NETNS)[:2] == (0, "")
+    assert invoke(CONF, gone, CNI_COMMAND="DEL", CNI_NETNS="")[:2] == (0, "")
+    assert gone.ops == []
+
+
+def test_check_passes_and_reports_drift() -> None:
+    prev = result.build(netconf.parse(CONF), result.Link("net1", MAC, 1500, NETNS))
+    fake = FakeKernel(observed=_healthy())
+    fake.host["ens3"] = kernel.HostLink("ens3", 2, 1500, True)
+    conf = {**CONF, "prevResult": prev}
+    assert invoke(conf, fake, CNI_COMMAND="CHECK")[:2] == (0, "")
+    fake.observed = drift.Observed(**{**_healthy().__dict__, "ruleset": None})
+    code, out, _ = invoke(conf, fake, CNI_COMMAND="CHECK")
+    assert code == 1
+    obj = json.loads(out)
+    assert obj["code"] == errors.CHECK_FAILED
+    assert obj["details"] == "nftables table inet egress_router is missing"
+    assert obj["msg"] == (
+        f"egress router net1 in {NETNS} differs from its configuration: nftables table "
+        "inet egress_router is missing; run DEL and ADD again (restart the pod) to repair"
+    )
+    code, out, _ = invoke({**CONF, "cniVersion": "0.3.1", "prevResult": prev}, fake,
+                          CNI_COMMAND="CHECK")
+    assert error_of(out)[0] == errors.INCOMPATIBLE_VERSION
+
+
+def test_status_and_gc() -> None:
+    new = {**CONF, "cniVersion": "1.1.0"}
+    assert invoke(new, FakeKernel(), CNI_COMMAND="STATUS")[:2] == (0, "")
+    _, out, _ = invoke(new, FakeKernel(nft_missing=True), CNI_COMMAND="STATUS")
+    assert error_of(out)[0] == errors.PLUGIN_NOT_AVAILABLE
+    _, out, _ = invoke(CONF, FakeKernel(), CNI_COMMAND="STATUS")
+    assert error_of(out) == (errors.INCOMPATIBLE_VERSION,
+                             "cannot run STATUS with cniVersion 1.0.0: it needs 1.1.0 or "
+                             "later; raise cniVersion in the configuration")
+    stale, live = kernel.temp_name("old", "net1"), kernel.temp_name("live", "net1")
+    fake = FakeKernel(host_macvlan_names=[stale, live, "macvlan-user"])
+    gc = {**new, "cni.dev/valid-attachments": [{"containerID": "live", "ifname": "net1"}]}
+    assert invoke(gc, fake, CNI_COMMAND="GC")[:2] == (0, "")
+    assert fake.host_macvlan_names == [live, "macvlan-user"]
+    _, out, _ = invoke(new, fake, CNI_COMMAND="GC")
+    assert error_of(out)[0] == errors.INVALID_CONFIG
+
+
+def test_a_bug_is_code_100_without_a_traceback_on_stdout() -> None:
+    class Broken(FakeKernel):
+        def probe_pod(self, path: str, ifname: str, pod_interface: str) -> kernel.PodProbe:
+            raise KeyError("index")
+
+    code, out, err = invoke({**CONF, "log_level": "debug"}, Broken())
+    assert code == 1
+    assert error_of(out) == (
+        errors.INTERNAL,
+        "cannot complete CNI ADD: unexpected KeyError: 'index'; run with \"log_level\": "
+        "\"debug\" and report the log",
+    )
+    assert "Traceback" not in out
+    assert "Traceback" in err  # the debug log keeps it for the bug report
+
+
+def test_log_file_receives_the_log(tmp_path: Path) -> None:
+    log_file = tmp_path / "egress.log"
+    invoke({**CONF, "log_file": str(log_file), "interfaceArgs": {"master": "ens9"}},
+           FakeKernel())
+    text = log_file.read_text()
+    assert "ERROR [ADD c0ffee net1] cannot create the macvlan: master interface 'ens9'" in text
+
+
+# ------------------------------------------------------------------ the helper and the script
+
+
+def test_cnirun_reads_a_network_attachment_definition(tmp_path: Path) -> None:
+    nad = tmp_path / "nad.yaml"
+    nad.write_text(
+        "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\n"
+        "metadata:\n  name: egress\nspec:\n  config: '" + json.dumps(CONF) + "'\n"
+    )
+    assert cnirun.load_config(nad) == CONF
+    conflist = tmp_path / "list.conflist"
+    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "l", "plugins": [
+        {"type": "egress-router", "ip": CONF["ip"]}]}))
+    assert cnirun.load_config(conflist) == {"type": "egress-router", "ip": CONF["ip"],
+                                            "cniVersion": "1.0.0", "name": "l"}
+
+
+def test_console_script_version_and_bad_config_need_no_privilege() -> None:
+    version = cnirun.invoke("egress-router-cni", "VERSION", {"cniVersion": "1.0.0"})
+    assert version.ok
+    assert version.json == {"cniVersion": "1.0.0",
+                            "supportedVersions": list(netconf.SUPPORTED_VERSIONS)}
+    bad = {**CONF, "ip": {**CONF["ip"], "destinations": ["80 tcp 203.0.113.25",
+                                                         "80 tcp 203.0.113.26"]}}
+    outcome = cnirun.invoke("egress-router-cni", "ADD", bad, netns=NETNS, ifname="net1")
+    assert outcome.returncode == 1
+    assert outcome.code == errors.INVALID_CONFIG
+    assert outcome.json is not None
+    assert outcome.json["msg"] == (
+        "cannot parse ip.destinations line 2 '80 tcp 203.0.113.26': port 80/tcp is already "
+        "redirected on line 1; each local port may have one rule per protocol"
+    )
+    assert "Traceback" not in outcome.stderr
