@@ -176,7 +176,6 @@ class Harness:
         self._servers: list[subprocess.Popen[bytes]] = []
         self._route: DataPath | None = None
         self._pin = (os.cpu_count() or 1) >= 2
-        self._init_count = 0
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -190,12 +190,13 @@ def render_setup_table(doc: Mapping[str, Any]) -> str:
         else:
             apply_cell = fmt_seconds(stats.Summary.of(
                 float(e["apply_s"]) for e in stages if e.get("apply_s") is not None))
-            check_cell = " / ".join(
-                fmt_seconds(stats.Summary.of(
+            medians = [
+                stats.Summary.of(
                     float(e["stages"][name]) for e in stages if name in e.get("stages", {})
-                )).split(" ")[0]
+                )
                 for name in (f"check {path} ruleset", f"apply {path} ruleset")
-            )
+            ]
+            check_cell = " / ".join("-" if m is None else f"{m.median:.3f}" for m in medians)
 
         def col(name: str, rows_: list[dict[str, Any]] = inits) -> str:
             return fmt_seconds(stats.Summary.of(
@@ -340,8 +341,11 @@ def plot(doc: Mapping[str, Any], out: Path) -> None:
                      label=f"target {stats.CONN_VS_FORWARD_MIN} of forwarding")
     for ax in (ax_rate, ax_ratio):
         ax.set_xscale("log")
+        if counts:
+            ax.set_xticks(counts, [f"{c:,}" for c in counts])
+            ax.minorticks_off()
         ax.set_xlabel("rules in the configuration (matched port last)")
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, alpha=0.3)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     ax_rate.set_ylabel("new connections per second")

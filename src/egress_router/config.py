@@ -94,7 +94,8 @@ class Backend(enum.Enum):
     IPTABLES = "iptables"
 
 
-@dataclass(frozen=True)
+# slots: a configuration may hold 10,000 rules for as long as the router runs.
+@dataclass(frozen=True, slots=True)
 class PortRule:
     """Redirect connections to local ``port``/``proto`` to ``address``:``remote_port``."""
 
@@ -123,7 +124,7 @@ class Fallback:
         return self.address.version
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NamedRule:
     """A port rule whose destination is a DNS name, resolved when the rules are applied.
 
@@ -315,6 +316,7 @@ def parse_destinations(
     seen: dict[tuple[int, Proto, int], int] = {}
     named: list[NamedRule] = []
     named_fallbacks: list[NamedFallback] = []
+    interned: dict[IPAddress, IPAddress] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         body = _strip_line(raw)
         if not body:
@@ -361,6 +363,7 @@ def parse_destinations(
             port = _parse_port(tokens[0], variable, number, "port")
             proto = _parse_proto(tokens[1], variable, number)
             address = parse_address(tokens[2], variable, line=number, what="destination address")
+            address = interned.setdefault(address, address)  # many rules, few destinations
             remote = (
                 _parse_port(tokens[3], variable, number, "remote port")
                 if len(tokens) == 4

@@ -483,6 +483,8 @@ def _remove(prefix: str, namespaces: Sequence[str]) -> list[str]:
     for ns in {*namespaces, f"{prefix}-router"}:
         if ns and "/" not in ns:
             shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        NETNS_ETC.rmdir()  # only when empty: start_dns may have created it
     if errors:
         raise LabError("; ".join(errors))
     return removed
@@ -753,16 +755,17 @@ def up(
 
 
 def router_command(
-    lab: Lab, env: Mapping[str, str], timeout: float = 60
+    lab: Lab, env: Mapping[str, str], timeout: float = 60, args: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
     """Run the product in the router pod as its init container would.
 
     ``env`` (EGRESS_SOURCE, EGRESS_ROUTER_MODE, ...) is merged over a minimal
-    environment; nothing else of the caller's environment leaks in.
+    environment; nothing else of the caller's environment leaks in. ``args``
+    are command-line arguments (e.g. ``["status", "--json"]``).
     """
     return run_in(
         lab.router,
-        [sys.executable, "-m", "egress_router"],
+        [sys.executable, "-m", "egress_router", *args],
         env={**_base_env(), **env},
         timeout=timeout,
     )

@@ -9,20 +9,27 @@ module speaks just enough rtnetlink to *read* (``RTM_GETLINK``,
 ``RTM_GETADDR`` and ``RTM_GETROUTE`` dumps) and nothing to write.
 
 `CheckedNetlink` puts the two together behind the engine's `netlink.Netlink`
-protocol: a step that already holds is skipped, so pyroute2 is only loaded
-when something really has to be changed.
+protocol: a step that already holds is skipped, and a step that must change
+is executed by `netlink.PyrouteNetlink` in a short-lived child process
+(``python -m egress_router.linkstate``), so the long-running process never
+loads pyroute2 at all. Changes are rare (start-up, repairs); a child costs
+a few tenths of a second each time, and nothing in between.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import os
 import socket
 import struct
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from egress_router import config, netlink, plan
 
@@ -300,11 +307,82 @@ def drift(cfg: config.Config, snapshot: Snapshot | None = None) -> list[tuple[pl
     return found
 
 
-class CheckedNetlink:
-    """The engine's `netlink.Netlink`: reads here, writes through pyroute2 only when needed."""
+def encode_step(step: plan.Step) -> dict[str, Any]:
+    """A plan step as JSON-able data (for the child process)."""
+    if isinstance(step, plan.EnableForwarding):
+        return {"step": "forwarding", "family": step.family}
+    if isinstance(step, plan.LinkUp):
+        return {"step": "link", "ifname": step.ifname}
+    if isinstance(step, plan.SetAddress):
+        return {"step": "address", "ifname": step.ifname, "interface": str(step.interface)}
+    gateway = None if step.gateway is None else str(step.gateway)
+    return {"step": "route", "ifname": step.ifname, "destination": str(step.destination),
+            "gateway": gateway}
 
-    def __init__(self) -> None:
-        self._writer: netlink.PyrouteNetlink | None = None
+
+def decode_step(data: dict[str, Any]) -> plan.Step:
+    """The inverse of `encode_step`."""
+    kind = data["step"]
+    if kind == "forwarding":
+        return plan.EnableForwarding(int(data["family"]))
+    if kind == "link":
+        return plan.LinkUp(str(data["ifname"]))
+    if kind == "address":
+        return plan.SetAddress(str(data["ifname"]), ipaddress.ip_interface(data["interface"]))
+    gateway = data.get("gateway")
+    return plan.SetRoute(
+        str(data["ifname"]),
+        ipaddress.ip_network(data["destination"]),
+        None if gateway is None else ipaddress.ip_address(gateway),
+    )
+
+
+CHILD_TIMEOUT = 60.0
+
+
+def apply_in_child(steps: Sequence[plan.Step]) -> None:
+    """Execute ``steps`` in order through pyroute2 in a child process (same namespace).
+
+    Raises `netlink.KernelRefusedError` with the child's message when a step
+    fails; the steps after it are not attempted.
+    """
+    if not steps:
+        return
+    payload = json.dumps([encode_step(s) for s in steps])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "egress_router.linkstate"],
+            input=payload,
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise netlink.KernelRefusedError(
+            f"cannot run the interface helper ({sys.executable} -m egress_router.linkstate): {err}"
+        ) from None
+    if done.returncode != 0:
+        message = done.stderr.strip().splitlines()
+        raise netlink.KernelRefusedError(
+            message[-1] if message else f"interface helper exit status {done.returncode}"
+        )
+
+
+def main() -> int:
+    """The child: read steps as JSON on stdin, execute them, report the first failure."""
+    writer = netlink.PyrouteNetlink()
+    try:
+        for data in json.load(sys.stdin):
+            writer.apply(decode_step(data))
+    except (netlink.KernelRefusedError, ValueError, KeyError) as err:
+        print(err, file=sys.stderr)
+        return 3
+    return 0
+
+
+class CheckedNetlink:
+    """The engine's `netlink.Netlink`: reads here, changes through pyroute2 in a child."""
 
     def has_link(self, ifname: str) -> bool:
         return read_snapshot().link(ifname) is not None
@@ -319,8 +397,33 @@ class CheckedNetlink:
         return link.index, link.mac
 
     def apply(self, step: plan.Step) -> None:
-        if problem(step, read_snapshot()) is None:
+        snapshot = read_snapshot()
+        if problem(step, snapshot) is None:
             return
-        if self._writer is None:
-            self._writer = netlink.PyrouteNetlink()
-        self._writer.apply(step)
+        if not isinstance(step, plan.EnableForwarding) and snapshot.link(step.ifname) is None:
+            raise netlink.KernelRefusedError(
+                f"cannot {step.describe()}: interface {step.ifname} does not exist in this "
+                "network namespace; the platform (or the CNI plugin) has to create it again"
+            )
+        if isinstance(step, plan.EnableForwarding):
+            netlink.PyrouteNetlink().apply(step)  # a /proc write: no pyroute2 involved
+            return
+        apply_in_child([step])
+
+    def prepare(self, steps: Sequence[plan.Step]) -> None:
+        """Bring every drifted step but forwarding in place at once (one child).
+
+        Forwarding is left to the engine, which switches it on only after the
+        ruleset is in place.
+        """
+        snapshot = read_snapshot()
+        apply_in_child([
+            step for step in steps
+            if not isinstance(step, plan.EnableForwarding)
+            and snapshot.link(step.ifname) is not None  # a missing one: the engine says so
+            and problem(step, snapshot) is not None
+        ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -115,12 +115,17 @@ class PyrouteNetlink:
             return index, str(link.get("IFLA_ADDRESS"))
 
     def apply(self, step: plan.Step) -> None:
+        if isinstance(step, plan.EnableForwarding):
+            try:
+                self._forwarding(step)  # a /proc write: pyroute2 not needed
+            except OSError as err:
+                raise KernelRefusedError(
+                    f"cannot {step.describe()}: {err.strerror or err}"
+                ) from None
+            return
         from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415 (lazy)
 
         try:
-            if isinstance(step, plan.EnableForwarding):
-                self._forwarding(step)
-                return
             with self._ipr() as ipr:
                 index = self._index(ipr, step.ifname)
                 if isinstance(step, plan.LinkUp):

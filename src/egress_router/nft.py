@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import struct
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from egress_router import ruleset
 
 NFT_TIMEOUT = 30.0
+
+_NETLINK_NETFILTER = 12
+_NFT_MSG_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
+_NFT_MSG_NEWGEN = (10 << 8) | 15
+_NFTA_GEN_ID = 1
+_NLMSG = struct.Struct("=IHHII")
 
 
 class NftError(RuntimeError):
@@ -55,6 +64,9 @@ class FakeNft:
 
     def list_table_text(self, *, stateless: bool = False) -> str | None:
         return self.applied[-1] if self.applied else None
+
+    def table_lines(self) -> Iterator[str]:
+        return iter((self.list_table_text() or "").splitlines())
 
 
 class NftCommand:
@@ -111,3 +123,61 @@ class NftCommand:
                 return None
             raise NftError(f"cannot list the nftables table: {done.stderr.strip()}")
         return done.stdout
+
+    def table_lines(self) -> Iterator[str]:
+        """``nft list table`` of our table, line by line as nft writes it (nothing if absent).
+
+        For reading counters at every scrape without holding the whole listing.
+        """
+        try:
+            proc = subprocess.Popen(
+                [self._binary, "list", "table", ruleset.TABLE_FAMILY, ruleset.TABLE],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        except FileNotFoundError:
+            raise NftError(f"cannot run {self._binary!r}: not installed") from None
+        assert proc.stdout is not None
+        try:
+            yield from proc.stdout
+        finally:
+            proc.stdout.close()
+            try:
+                proc.wait(NFT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def generation() -> int | None:
+    """The nftables generation of this network namespace, or None when it cannot be read.
+
+    The kernel bumps it with every committed transaction, of any table (and
+    iptables-nft commits are nftables transactions too). While it stays the
+    same, nothing changed, so a drift check need not list a 10,000-element
+    table (half a second of ``nft``) to know that. One netlink request.
+    """
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
+            sock.settimeout(2.0)
+            body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+            sock.send(_NLMSG.pack(_NLMSG.size + len(body), _NFT_MSG_GETGEN, 1, 1, 0) + body)
+            data = sock.recv(4096)
+    except OSError:
+        return None
+    if len(data) < _NLMSG.size + 4:
+        return None
+    length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data)
+    if kind != _NFT_MSG_NEWGEN:
+        return None
+    offset = _NLMSG.size + 4  # nfgenmsg
+    while offset + 4 <= min(length, len(data)):
+        size, attr = struct.unpack_from("=HH", data, offset)
+        if size < 4:
+            break
+        if attr & 0x3FFF == _NFTA_GEN_ID and size >= 8:
+            generation: int = struct.unpack_from("!I", data, offset + 4)[0]
+            return generation
+        offset += (size + 3) & ~3
+    return None

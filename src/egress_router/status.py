@@ -229,7 +229,7 @@ def collect_nftables(
         missing = f"table {ruleset.TABLE_FAMILY} {ruleset.TABLE} is missing"
         return {"present": False}, absent, [missing]
     blocks = parse_blocks(listing)
-    counters = metrics.read_counters(listing)
+    counters = metrics.read_counters(listing.splitlines())
     problems: list[str] = []
     rules: list[RuleStatus] = []
     configured = _configured_rules(cfg)
@@ -239,8 +239,8 @@ def collect_nftables(
     for family, proto, port, label, exact in configured:
         key = (proto, port)
         found = by_family.get(family, {}).pop(key, None)
-        conns = counters.get(ruleset.conns_set(family), {}).get(key)
-        traffic = counters.get(ruleset.traffic_set(family), {}).get(key)
+        conns = metrics.lookup(counters, ruleset.conns_set(family), key)
+        traffic = metrics.lookup(counters, ruleset.traffic_set(family), key)
         row = RuleStatus(
             f"ipv{family}", proto.value, str(port), label, kernel=found or [],
             connections=conns[0] if conns else None,

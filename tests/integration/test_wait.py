@@ -1,0 +1,380 @@
+"""The waiting container in the lab: live reloads, drift repair, DNS names, metrics, lock.
+
+Each test runs ``egress-router wait`` in a fresh lab's router pod with its
+rules in a directory laid out like a mounted ConfigMap (edited through the
+kubelet's symlink swap), and judges it from the far side: what the
+destination server recorded, what a long-lived stream saw, what the client
+pod got from ``/readyz`` and ``/metrics``, and kernel state read through
+``nft``, ``ip`` and ``conntrack``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from egress_router import lab as labmod
+
+pytestmark = pytest.mark.privileged
+
+ROUTER4 = "10.128.0.2"
+SOURCE4 = "192.168.12.99"
+BASE = {
+    "EGRESS_SOURCE": "192.168.12.99/24",
+    "EGRESS_GATEWAY": "192.168.12.1",
+    "EGRESS_ANNOUNCE_INTERVAL": "0.1",
+    "EGRESS_ANNOUNCE_COUNT": "1",
+    "EGRESS_ROUTER_WATCH_SECONDS": "0.2",
+}
+
+
+class ConfigMap:
+    """A directory as the kubelet mounts a ConfigMap: ``destinations -> ..data/destinations``.
+
+    An edit writes a new timestamped directory and swaps the ``..data``
+    symlink atomically, as the kubelet does.
+    """
+
+    def __init__(self, root: Path, text: str) -> None:
+        self.root = root
+        self.edits = 0
+        self.write(text)
+        (root / "destinations").symlink_to("..data/destinations")
+
+    @property
+    def path(self) -> Path:
+        return self.root / "destinations"
+
+    def write(self, text: str) -> None:
+        self.edits += 1
+        version = self.root / f"..{self.edits}"
+        version.mkdir()
+        (version / "destinations").write_text(text)
+        tmp = self.root / "..data_tmp"
+        tmp.symlink_to(version.name)
+        os.replace(tmp, self.root / "..data")
+
+
+def http(lab: labmod.Lab, path: str) -> tuple[int, str]:
+    """GET ``path`` on the router's HTTP port from the client pod (as kubelet/Prometheus)."""
+    code = (
+        "import sys, urllib.request, urllib.error\n"
+        "try:\n"
+        "    r = urllib.request.urlopen(sys.argv[1], timeout=5)\n"
+        "    print(r.status); sys.stdout.write(r.read().decode())\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code); sys.stdout.write(e.read().decode())\n"
+    )
+    done = labmod.run_in(lab.client, [sys.executable, "-c", code,
+                                      f"http://{ROUTER4}:9090{path}"], timeout=20)
+    assert done.returncode == 0, done.stderr
+    status, _, body = done.stdout.partition("\n")
+    return int(status), body
+
+
+def metric(lab: labmod.Lab, sample_name: str, **labels: str) -> float | None:
+    """One sample of ``/metrics`` (None when absent)."""
+    _status, body = http(lab, "/metrics")
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    for line in body.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample == sample_name or sample.startswith(sample_name + "{"):
+            inner = sample[len(sample_name):].strip("{}")
+            if wanted <= set(filter(None, inner.split(","))):
+                return float(value)
+    return None
+
+
+def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``check`` until true (bounded); the seconds it took."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, f"{what}: not within {timeout:g}s"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+class Router:
+    """``egress-router wait`` in the lab's router pod."""
+
+    def __init__(self, lab: labmod.Lab, env: dict[str, str]) -> None:
+        self.lab = lab
+        self.proc = labmod.spawn_router(lab, env, args=["wait"])
+
+    def ready(self, timeout: float = 30) -> None:
+        def up() -> bool:
+            assert self.proc.poll() is None, self.stop()
+            try:
+                return http(self.lab, "/readyz")[0] == 200
+            except AssertionError:
+                return False
+
+        eventually(up, timeout, "the router never became ready")
+
+    def stop(self) -> str:
+        """SIGTERM, wait, and return what it logged."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _out, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _out, err = self.proc.communicate(timeout=10)
+        return err
+
+
+@pytest.fixture
+def routers() -> Iterator[list[Router]]:
+    started: list[Router] = []
+    yield started
+    for router in started:
+        router.stop()
+
+
+def conntrack_lines(lab: labmod.Lab) -> list[str]:
+    done = labmod.run_in(lab.router, ["conntrack", "-L"], timeout=10)
+    return [line for line in done.stdout.splitlines() if line.strip()]
+
+
+def nft_json(lab: labmod.Lab) -> list[dict[str, Any]] | None:
+    done = labmod.run_in(lab.router, ["nft", "-j", "list", "table", "inet", "egress_router"],
+                         timeout=10)
+    if done.returncode != 0:
+        return None
+    items: list[dict[str, Any]] = json.loads(done.stdout)["nftables"]
+    return items
+
+
+def test_edits_reload_live_keep_streams_cut_removed_rules_and_report_bad_ones(
+    lab: labmod.Lab, routers: list[Router], tmp_path: Path
+) -> None:
+    base = "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n"
+    cm = ConfigMap(tmp_path, base)
+    router = Router(lab, {**BASE, "EGRESS_DESTINATION_FILE": str(cm.path)})
+    routers.append(router)
+    router.ready()
+    kept = labmod.open_stream(lab, ROUTER4, 80, count=300, interval=0.05)
+    doomed = labmod.open_stream(lab, ROUTER4, 8080, count=600, interval=0.05)
+    try:
+        assert kept.connected().server == "203.0.113.25:80"
+        assert doomed.connected().server == "203.0.113.26:80"
+        generation = metric(lab, "egress_router_config_generation")
+        assert generation == 1
+        # 20 edits, adding and removing other rules, each applied before the next.
+        for edit in range(20):
+            extra = "".join(f"{9100 + j} tcp 203.0.113.26 80\n" for j in range(edit % 4 + 1))
+            cm.write(base + extra)
+            eventually(lambda n=edit: metric(lab, "egress_router_config_generation") == n + 2,
+                       5, f"edit {edit + 1} applied")
+        assert labmod.dial(lab, "tcp", ROUTER4, 9100).server == "203.0.113.26:80"
+        # A bad edit: reported and counted, the running rules stay.
+        cm.write(base + "9200 tcp 999.1.1.1 80\n")
+        eventually(lambda: metric(lab, "egress_router_applies_total", result="invalid") == 1,
+                   5, "the bad edit counted")
+        assert metric(lab, "egress_router_config_generation") == 21
+        assert labmod.dial(lab, "tcp", ROUTER4, 9100).server == "203.0.113.26:80"
+        # Rule 8080 taken away: its connection is cut, new ones are refused.
+        cm.write("80 tcp 203.0.113.25\n")
+        eventually(lambda: metric(lab, "egress_router_config_generation") == 22, 5, "removal")
+        cut = doomed.result(timeout=30)
+        assert cut["error"] in ("reset", "closed"), cut
+        assert cut["echoed"] < 600
+        assert labmod.dial(lab, "tcp", ROUTER4, 8080, timeout=2).error == "refused"
+        assert metric(lab, "egress_router_connections_cut_total") >= 1
+        assert not [line for line in conntrack_lines(lab)
+                    if "dport=8080" in line and "ESTABLISHED" in line]
+        # The kept stream: every line echoed, never a stall of a second.
+        summary = kept.result(timeout=60)
+    finally:
+        kept.close()
+        doomed.close()
+    assert summary["error"] is None, summary
+    assert summary["echoed"] == 300
+    assert summary["max_gap"] < 1.0
+    peer = summary["greeting"]["peer"]
+    ends = [e for e in labmod.served(lab) if e["event"] == "stream-end" and e["peer"] == peer]
+    assert [e["lines"] for e in ends] == [300]  # the destination saw the whole stream
+    assert peer.startswith(SOURCE4 + ":")
+
+
+def test_drift_is_repaired_counted_and_readiness_follows(
+    lab: labmod.Lab, routers: list[Router], tmp_path: Path
+) -> None:
+    cm = ConfigMap(tmp_path, "80 tcp 203.0.113.25\n53 udp 203.0.113.25\n")
+    router = Router(lab, {**BASE, "EGRESS_DESTINATION_FILE": str(cm.path),
+                          "EGRESS_ROUTER_RECONCILE_SECONDS": "3"})
+    routers.append(router)
+    router.ready()
+    # Metrics match what was sent.
+    for _ in range(5):
+        assert labmod.dial(lab, "tcp", ROUTER4, 80).ok
+    for _ in range(3):
+        assert labmod.dial(lab, "udp", ROUTER4, 53).ok
+    tcp80 = {"family": "ipv4", "protocol": "tcp", "port": "80",
+             "destination": "203.0.113.25:80"}
+    udp53 = {"family": "ipv4", "protocol": "udp", "port": "53",
+             "destination": "203.0.113.25:53"}
+    assert metric(lab, "egress_router_rule_connections_total", **tcp80) == 5
+    assert metric(lab, "egress_router_rule_connections_total", **udp53) == 3
+    assert metric(lab, "egress_router_rule_packets_total", **udp53) == 6  # 3 requests, 3 replies
+    assert (metric(lab, "egress_router_rule_bytes_total", **tcp80) or 0) > 0
+    served = [e for e in labmod.served(lab) if e["server"] == "203.0.113.25:80"]
+    assert len(served) == 5
+
+    # Tamper right after a reconcile, so that the next one is seconds away.
+    runs = metric(lab, "egress_router_reconciles_total") or 0
+    eventually(lambda: (metric(lab, "egress_router_reconciles_total") or 0) > runs, 5,
+               "a reconcile")
+    labmod.run_in(lab.router, ["nft", "delete", "table", "inet", "egress_router"])
+    labmod.run_in(lab.router, ["ip", "route", "del", "default"])
+    status, body = http(lab, "/readyz")
+    assert status == 503, body
+    took = eventually(lambda: http(lab, "/readyz")[0] == 200, 8, "repair")
+    assert took < 3 + 2
+    assert metric(lab, "egress_router_drift_repairs_total", kind="ruleset") == 1
+    assert metric(lab, "egress_router_drift_repairs_total", kind="route") == 1
+    # Read back through independent handles.
+    assert nft_json(lab) is not None
+    routes = json.loads(labmod.run_in(lab.router, ["ip", "-j", "route", "show", "default"]).stdout)
+    assert [(r["gateway"], r["dev"]) for r in routes] == [("192.168.12.1", "macvlan0")]
+    after = labmod.dial(lab, "tcp", ROUTER4, 80)
+    assert after.server == "203.0.113.25:80" and after.peer_ip is not None
+    assert str(after.peer_ip) == SOURCE4
+
+
+def test_dns_named_destinations_follow_the_answer(
+    lab: labmod.Lab, routers: list[Router], tmp_path: Path
+) -> None:
+    labmod.start_dns(lab, {
+        "api.lab.test": {"A": ["203.0.113.25"], "ttl": 1},
+        "multi.lab.test": {"A": ["203.0.113.25", "203.0.113.26"], "ttl": 60},
+    })
+    rules = "80 tcp api.lab.test\n8080 tcp multi.lab.test 80\n"
+    # The init container resolves names too, and refuses one that does not resolve.
+    init = labmod.router_command(lab, {**BASE, "EGRESS_ROUTER_MODE": "init",
+                                       "EGRESS_DESTINATION": rules})
+    assert init.returncode == 0, init.stderr
+    assert labmod.dial(lab, "tcp", ROUTER4, 80).server == "203.0.113.25:80"
+    bad = labmod.router_command(lab, {**BASE, "EGRESS_ROUTER_MODE": "init",
+                                      "EGRESS_DESTINATION": "80 tcp nowhere.lab.test\n"})
+    assert bad.returncode == 1
+    assert bad.stderr == (
+        "egress-router: error: cannot resolve nowhere.lab.test: no such name (NXDOMAIN); check "
+        "the name and the pod's DNS (/etc/resolv.conf), or write the address\n"
+    )
+
+    cm = ConfigMap(tmp_path, rules)
+    router = Router(lab, {**BASE, "EGRESS_DESTINATION_FILE": str(cm.path),
+                          "EGRESS_ROUTER_DNS_MIN_TTL": "1"})
+    routers.append(router)
+    router.ready()
+    # Several addresses: new connections are spread over all of them.
+    servers = {labmod.dial(lab, "tcp", ROUTER4, 8080).server for _ in range(4)}
+    assert servers == {"203.0.113.25:80", "203.0.113.26:80"}
+    assert labmod.dial(lab, "tcp", ROUTER4, 80).server == "203.0.113.25:80"
+    labmod.set_dns_records(lab, {
+        "api.lab.test": {"A": ["203.0.113.26"], "ttl": 1},
+        "multi.lab.test": {"A": ["203.0.113.25", "203.0.113.26"], "ttl": 60},
+    })
+    took = eventually(
+        lambda: labmod.dial(lab, "tcp", ROUTER4, 80).server == "203.0.113.26:80", 6,
+        "new connections follow the new answer",
+    )
+    assert took < 1 + 3  # the TTL, the loop and one dial
+    seen = [e for e in labmod.served(lab) if e["server"] == "203.0.113.26:80"]
+    assert seen[-1]["peer"].startswith(SOURCE4 + ":")
+    # The name disappears: reported, and its last good address stays in use.
+    labmod.set_dns_records(lab, {"multi.lab.test": {"A": ["203.0.113.25"], "ttl": 60}})
+    eventually(lambda: (metric(lab, "egress_router_dns_resolution_failures_total",
+                               name="api.lab.test") or 0) >= 1, 6, "the failure counted")
+    assert labmod.dial(lab, "tcp", ROUTER4, 80).server == "203.0.113.26:80"
+    asked = [q for q in labmod.dns_queries(lab) if q["name"] == "api.lab.test"]
+    assert any(q.get("rcode") == "NXDOMAIN" for q in asked)
+
+
+def test_one_instance_per_namespace_sighup_announces_sigterm_is_quick_and_status(
+    lab: labmod.Lab, routers: list[Router], tmp_path: Path
+) -> None:
+    cm = ConfigMap(tmp_path, "80 tcp 203.0.113.25\n203.0.113.27\n")
+    env = {**BASE, "EGRESS_DESTINATION_FILE": str(cm.path),
+           "EGRESS_ROUTER_RECONCILE_SECONDS": "60"}
+    first = Router(lab, env)
+    routers.append(first)
+    first.ready()
+    second = Router(lab, env)
+    routers.append(second)
+    time.sleep(1.5)
+    assert second.proc.poll() is None  # standing by, not fighting
+    status = labmod.router_command(lab, env, args=["status", "--json"])
+    assert status.returncode == 0, status.stdout + status.stderr
+    report = json.loads(status.stdout)
+    assert report["matches"] is True
+    assert [(r["port"], r["kernel"]) for r in report["rules"]] == [
+        ("80", ["203.0.113.25:80"]), ("*", ["203.0.113.27"])
+    ]
+
+    started = time.monotonic()
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.proc.wait(timeout=5) == 0
+    assert time.monotonic() - started < 1.0
+    assert "standing by" not in first.stop()
+    second.ready()
+    # SIGHUP: the address is announced again; a stale neighbour entry learns our MAC.
+    stale = "02:00:00:00:de:ad"
+    labmod.run_in(lab.gw, ["ip", "neigh", "replace", SOURCE4, "lladdr", stale, "dev", "lan0",
+                           "nud", "stale"])
+    mac = json.loads(labmod.run_in(lab.router, ["ip", "-j", "link", "show", "macvlan0"]).stdout)
+    second.proc.send_signal(signal.SIGHUP)
+
+    def learned() -> bool:
+        neigh = json.loads(labmod.run_in(lab.gw, ["ip", "-j", "neigh", "show", "dev", "lan0"])
+                           .stdout)
+        return any(n["dst"] == SOURCE4 and n.get("lladdr") == mac[0]["address"] for n in neigh)
+
+    eventually(learned, 3, "the gateway learned the MAC after SIGHUP")
+    # status exits 4 and names the difference when the kernel does not match.
+    labmod.run_in(lab.router, ["nft", "delete", "element", "inet", "egress_router",
+                               "redirect_v4", "{ tcp . 80 }"])
+    drifted = labmod.router_command(lab, env, args=["status"])
+    assert drifted.returncode == 4
+    assert "tcp port 80 (IPv4): missing in the kernel" in re.sub(r"\s+", " ", drifted.stdout)
+    log = second.stop()
+    assert "another egress-router wait (process" in log
+    assert "standing by until it exits" in log
+    assert "the other instance exited; taking over" in log
+
+
+def test_iptables_backend_is_watched_and_repaired_too(
+    lab: labmod.Lab, routers: list[Router], tmp_path: Path
+) -> None:
+    cm = ConfigMap(tmp_path, "80 tcp 203.0.113.25\n")
+    env = {**BASE, "EGRESS_DESTINATION_FILE": str(cm.path), "EGRESS_ROUTER_BACKEND": "iptables",
+           "EGRESS_ROUTER_RECONCILE_SECONDS": "1"}
+    router = Router(lab, env)
+    routers.append(router)
+    router.ready()
+    assert labmod.dial(lab, "tcp", ROUTER4, 80).server == "203.0.113.25:80"
+    labmod.run_in(lab.router, ["iptables", "-t", "nat", "-D", "PREROUTING", "-j",
+                               "EGRESS-ROUTER-PREROUTING"])
+    eventually(lambda: metric(lab, "egress_router_drift_repairs_total", kind="ruleset") == 1,
+               5, "the iptables rules repaired")
+    dump = labmod.run_in(lab.router, ["iptables-save", "-t", "nat"]).stdout
+    assert dump.count("-A PREROUTING -j EGRESS-ROUTER-PREROUTING") == 1
+    cm.write("8080 tcp 203.0.113.26 80\n")
+    eventually(lambda: metric(lab, "egress_router_config_generation") == 2, 5, "the edit")
+    assert labmod.dial(lab, "tcp", ROUTER4, 8080).server == "203.0.113.26:80"
+    assert labmod.dial(lab, "tcp", ROUTER4, 80, timeout=2).error == "refused"
+    status = labmod.router_command(lab, env, args=["status", "--json"])
+    report = json.loads(status.stdout)
+    assert status.returncode == 0, report["problems"]
+    assert [(r["port"], r["kernel"]) for r in report["rules"]] == [("8080", ["203.0.113.26:80"])]

@@ -1,0 +1,344 @@
+"""The benchmark's pure parts: workload, upstream-style ruleset, parsers, statistics, reports.
+
+The benchmark itself runs on demand (``python -m bench.run``); these tests
+pin down what it computes from tool output, so a figure in the report can be
+trusted without re-running it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: bench/
+
+from bench import parsers, report, stats, upstream, workload
+from bench.workload import DataPath, Figure, Unit
+
+from egress_router import config
+
+# ---------------------------------------------------------------- workload
+
+
+def test_destination_text_puts_the_measured_rule_last_after_fillers_of_its_protocol() -> None:
+    text = workload.destination_text(4, Figure.UDP_RR)
+    parsed = config.parse_destinations(text)
+    assert [(r.port, r.proto.value, str(r.address)) for r in parsed.rules] == [
+        (20000, "udp", "203.0.113.26"),
+        (20001, "udp", "203.0.113.26"),
+        (20002, "udp", "203.0.113.26"),
+        (11111, "udp", "203.0.113.25"),
+    ]
+
+
+def test_destination_text_of_one_rule_is_only_the_measured_rule() -> None:
+    assert workload.destination_text(1, Figure.CONN) == "8080 tcp 203.0.113.25\n"
+
+
+def test_ten_thousand_rules_parse_and_keep_clear_of_every_service_port() -> None:
+    parsed = config.parse_destinations(workload.destination_text(10000, Figure.THROUGHPUT))
+    assert len(parsed.rules) == 10000
+    service_ports = {s.port for s in workload.SERVICES.values()}
+    assert not service_ports & {r.port for r in parsed.rules[:-1]}
+
+
+@pytest.mark.parametrize("count", [0, -1, workload.MAX_RULES + 1])
+def test_destination_text_refuses_impossible_counts(count: int) -> None:
+    with pytest.raises(ValueError, match=f"cannot build a rule set of {count} rules"):
+        workload.destination_text(count, Figure.CONN)
+
+
+def test_plan_measures_connections_at_every_count_and_flows_at_flow_counts() -> None:
+    units = workload.plan_units([1, 100, 10000], [1, 10000])
+    nft = [u for u in units if u.path is DataPath.NFTABLES]
+    assert sorted(u.rules or 0 for u in nft if u.figure is Figure.CONN) == [1, 100, 10000]
+    assert sorted(u.rules or 0 for u in nft if u.figure is Figure.THROUGHPUT) == [1, 10000]
+    forward = [u for u in units if u.path is DataPath.FORWARD]
+    assert len(forward) == 2 * len(Figure)  # the baseline twice a round
+    assert all(u.rules is None for u in units if u.path is DataPath.DIRECT)
+
+
+def test_round_order_is_a_reproducible_permutation_that_changes_between_rounds() -> None:
+    units = workload.plan_units([1, 100, 1000, 10000], [1, 10000])
+    first = workload.round_order(units, seed=6, round_index=0)
+    assert sorted(first, key=lambda u: u.key) == sorted(units, key=lambda u: u.key)
+    assert first == workload.round_order(units, seed=6, round_index=0)
+    assert first != workload.round_order(units, seed=6, round_index=1)
+
+
+# ---------------------------------------------------------------- upstream-style ruleset
+
+SEED = "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n53 udp 203.0.113.25\n203.0.113.27\n"
+
+
+def test_upstream_ruleset_is_what_egress_router_sh_generates() -> None:
+    text = upstream.render_upstream(config.parse_destinations(SEED), IPv4Address("192.168.12.99"))
+    assert text == (
+        "table ip nat {\n"
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority dstnat; policy accept;\n"
+        "  }\n"
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        "  }\n"
+        "}\n"
+        "flush table ip nat\n"
+        'add rule ip nat prerouting iifname "eth0" tcp dport 80 dnat to 203.0.113.25\n'
+        'add rule ip nat prerouting iifname "eth0" tcp dport 8080 dnat to 203.0.113.26:80\n'
+        'add rule ip nat prerouting iifname "eth0" udp dport 53 dnat to 203.0.113.25\n'
+        'add rule ip nat prerouting iifname "eth0" dnat to 203.0.113.27\n'
+        'add rule ip nat postrouting oifname "macvlan0" snat to 192.168.12.99\n'
+    )
+
+
+def test_upstream_ruleset_is_one_linear_rule_per_port_in_configuration_order() -> None:
+    text = upstream.render_upstream(
+        config.parse_destinations(workload.destination_text(1000, Figure.CONN)),
+        IPv4Address("192.168.12.99"),
+    )
+    dnat = [line for line in text.splitlines() if "prerouting iifname" in line]
+    assert len(dnat) == 1000
+    assert dnat[0].endswith("tcp dport 20000 dnat to 203.0.113.26")
+    assert dnat[-1].endswith("tcp dport 8080 dnat to 203.0.113.25")
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ("80 tcp 2001:db8:113::25\n", "is not IPv4 TCP/UDP"),
+        ("5000 sctp 203.0.113.25\n", "is not IPv4 TCP/UDP"),
+        ("80 tcp 203.0.113.25\n2001:db8:113::27\n", "fallback 2001:db8:113::27 is not IPv4"),
+    ],
+)
+def test_upstream_ruleset_refuses_what_upstream_cannot_express(rules: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        upstream.render_upstream(config.parse_destinations(rules), IPv4Address("192.168.12.99"))
+
+
+# ---------------------------------------------------------------- parsers
+
+AB_OUTPUT = """\
+Server Software:        nginx/1.22.1
+Server Hostname:        10.128.0.2
+Server Port:            8080
+
+Concurrency Level:      8
+Time taken for tests:   2.000 seconds
+Complete requests:      22273
+Failed requests:        3
+Non-2xx responses:      2
+Total transferred:      3764137 bytes
+Requests per second:    11136.50 [#/sec] (mean)
+Time per request:       0.718 [ms] (mean)
+"""
+
+
+def test_parse_ab_reads_rate_and_failures() -> None:
+    assert parsers.parse_ab(AB_OUTPUT) == parsers.AbResult(
+        complete=22273, failed=3, non_2xx=2, rate=11136.50
+    )
+
+
+def test_parse_ab_without_a_rate_is_an_error_naming_ab() -> None:
+    with pytest.raises(parsers.ToolOutputError, match="requests per second from ab"):
+        parsers.parse_ab("Complete requests: 5\nFailed requests: 0\n")
+
+
+def test_parse_ab_percentiles_reads_milliseconds_per_percent() -> None:
+    csv = "Percentage served,Time in ms\n0,0.105\n50,0.128\n99,0.245\n100,0.298\n"
+    assert parsers.parse_ab_percentiles(csv) == {0: 0.105, 50: 0.128, 99: 0.245, 100: 0.298}
+    with pytest.raises(parsers.ToolOutputError):
+        parsers.parse_ab_percentiles("Percentage served,Time in ms\n0,0.1\n")
+
+
+SOCKPERF_OUTPUT = """\
+sockperf: [Total Run] RunTime=2.000 sec; Warm up time=400 msec; SentMessages=29680; \
+ReceivedMessages=29679
+sockperf: ========= Printing statistics for Server No: 0
+sockperf: [Valid Duration] RunTime=1.550 sec; SentMessages=23139; ReceivedMessages=23139
+sockperf: \x1b[2;35m====> avg-rtt=66.967 (std-dev=28.028)\x1b[0m
+sockperf: ---> percentile 99.900 =  139.585
+sockperf: ---> percentile 99.000 =   93.467
+sockperf: ---> percentile 90.000 =   71.815
+sockperf: ---> percentile 50.000 =   66.037
+sockperf: ---> <MIN> observation =   28.151
+"""
+
+
+def test_parse_sockperf_uses_the_valid_duration_and_percentiles() -> None:
+    result = parsers.parse_sockperf(SOCKPERF_OUTPUT)
+    assert result.rate == pytest.approx(23139 / 1.550)
+    assert (result.p50_us, result.p99_us) == (66.037, 93.467)
+
+
+def test_parse_sockperf_without_a_valid_duration_fails() -> None:
+    with pytest.raises(parsers.ToolOutputError, match="valid duration"):
+        parsers.parse_sockperf("sockperf: ERROR: Failed to connect\n")
+
+
+def test_parse_iperf3_reads_received_bits_and_errors() -> None:
+    doc = {"end": {"sum_sent": {"bits_per_second": 2.5e10, "retransmits": 7},
+                   "sum_received": {"bits_per_second": 2.4e10}}}
+    assert parsers.parse_iperf3(json.dumps(doc)) == parsers.IperfResult(2.4e10, 7)
+    with pytest.raises(parsers.ToolOutputError, match="iperf3 failed: unable to connect"):
+        parsers.parse_iperf3(json.dumps({"start": {}, "error": "unable to connect"}))
+    with pytest.raises(parsers.ToolOutputError, match="cannot read iperf3's JSON"):
+        parsers.parse_iperf3("")
+
+
+def test_parse_stages_loadavg_and_status() -> None:
+    stderr = ("egress-router: DEBUG: check nftables ruleset: 0.300s\n"
+              "egress-router: DEBUG: apply nftables ruleset: 0.218s\n"
+              "egress-router: INFO: egress router ready: 192.168.12.99/24\n")
+    assert parsers.parse_stages(stderr) == {
+        "check nftables ruleset": 0.300, "apply nftables ruleset": 0.218}
+    assert parsers.parse_loadavg("1.08 0.73 0.47 3/120 4242\n") == (1.08, 0.73, 0.47)
+    assert parsers.parse_status_kib("Name:\tpython3\nVmHWM:\t   33180 kB\nVmRSS:\t   33100 kB\n") \
+        == {"VmHWM": 33180, "VmRSS": 33100}
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def sample(path: str, rules: int | None, figure: str, rnd: int, value: float | None,
+           **extra: Any) -> stats.Sample:
+    return stats.Sample(rnd, path, rules, figure, value, **extra)
+
+
+def test_summary_is_min_median_max() -> None:
+    assert stats.Summary.of([3.0, 1.0, 2.0, 10.0]) == stats.Summary(1.0, 2.5, 10.0, 4)
+    assert stats.Summary.of([]) is None
+
+
+def test_ratios_pair_rounds_and_average_a_repeated_baseline() -> None:
+    samples = [
+        sample("forward", None, "conn", 0, 100.0),
+        sample("forward", None, "conn", 0, 300.0),  # round 0 baseline: mean 200
+        sample("forward", None, "conn", 1, 50.0),
+        sample("nftables", 1, "conn", 0, 180.0),
+        sample("nftables", 1, "conn", 1, 45.0),
+        sample("nftables", 1, "conn", 2, 99.0),  # no baseline in round 2: left out
+    ]
+    assert stats.paired_ratios(samples, ("nftables", 1, "conn"), ("forward", None, "conn")) \
+        == [pytest.approx(0.9), pytest.approx(0.9)]
+
+
+def test_summarize_counts_failures_and_ignores_them_in_values() -> None:
+    samples = [
+        sample("forward", None, "conn", 0, 100.0),
+        sample("upstream", 10000, "conn", 0, 20.0, p50_us=500.0, p99_us=900.0),
+        sample("upstream", 10000, "conn", 1, None, error="ab failed"),
+    ]
+    (fwd, up) = stats.summarize(samples)
+    assert fwd.ratio == stats.Summary(1.0, 1.0, 1.0, 1)
+    assert up.value == stats.Summary(20.0, 20.0, 20.0, 1)
+    assert up.ratio == stats.Summary(0.2, 0.2, 0.2, 1)
+    assert (up.p50_us, up.errors) == (stats.Summary(500.0, 500.0, 500.0, 1), 1)
+
+
+def _target_samples(nft_high: float, tput: float) -> list[stats.Sample]:
+    out = []
+    for rnd in range(3):
+        out += [
+            sample("forward", None, "conn", rnd, 100.0),
+            sample("nftables", 1, "conn", rnd, 95.0),
+            sample("nftables", 10000, "conn", rnd, nft_high),
+            sample("forward", None, "throughput", rnd, 10e9),
+            sample("nftables", 10000, "throughput", rnd, tput),
+        ]
+    return out
+
+
+def test_targets_met() -> None:
+    targets = stats.evaluate_targets(_target_samples(90.0, 9.5e9), {10000: [0.3, 0.4, 0.6]},
+                                     {10000: [1.0, 1.2]})
+    assert [t.measured for t in targets] == pytest.approx([90 / 95, 0.9, 0.95, 0.4, 1.1])
+    assert [t.met for t in targets] == [True] * 5
+    assert targets[0].name == "nftables new-connection rate, 10,000 rules vs 1 rule(s)"
+
+
+def test_targets_missed() -> None:
+    targets = stats.evaluate_targets(_target_samples(70.0, 8e9), {10000: [0.6]}, {10000: [1.6]})
+    assert [t.met for t in targets] == [False, False, False, False, False]
+    assert stats.evaluate_targets([], {}, {}) == []
+
+
+# ---------------------------------------------------------------- reports
+
+
+def _doc() -> dict[str, Any]:
+    samples = _target_samples(90.0, 9.5e9) + [
+        sample("upstream", 10000, "conn", r, 20.0, p50_us=600.0, p99_us=800.0) for r in range(3)
+    ]
+    return {
+        "started": "2026-11-24 18:29 UTC",
+        "duration_s": 840.0,
+        "host": {"nproc": 2, "kernel": "6.1", "loadavg_start": [0.5, 0.4, 0.3],
+                 "loadavg_end": [1.5, 1.0, 0.8],
+                 "load1": {"min": 0.5, "median": 1.0, "max": 2.0, "n": 15}},
+        "settings": {"quick": False, "rounds": 3, "command": "python -m bench.run"},
+        "samples": [dataclasses.asdict(s) for s in samples],
+        "stages": [{"path": "nftables", "rules": 10000, "apply_s": 0.41,
+                    "stages": {"check nftables ruleset": 0.2, "apply nftables ruleset": 0.21}}],
+        "init": [{"path": "nftables", "rules": 10000, "to_rules_s": 0.9, "to_ready_s": 1.1,
+                  "to_exit_s": 1.2}],
+        "upstream_apply": [{"rules": 10000, "seconds": 0.25}],
+        "memory": [{"command": "egress-router (legacy mode)", "rules": 10000,
+                    "rss_kib": 40960, "hwm_kib": 45056, "pss_kib": 30720}],
+        "calibration": {"runs": [{"name": "ab x2, loopback", "rate": 25000.0, "note": "x"}]},
+    }
+
+
+def test_conn_table_shows_rates_ratios_and_latency_per_path() -> None:
+    table = report.render_conn_table(report.unit_summaries(_doc()))
+    rows = table.splitlines()
+    assert rows[0].startswith("| path | rules | conn/s median (min-max) | vs forwarding")
+    assert "| plain forwarding (no NAT) | - | 100 (100-100) | 1.00 (1.00-1.00) |" in table
+    assert "| upstream-style (rule per port) | 10,000 | 20 (20-20) | 0.20 (0.20-0.20) | 600 " \
+        "| 800 |" in table
+    order = [row.split("|")[1].strip() for row in rows[2:]]
+    assert order == ["plain forwarding (no NAT)", "egress-router nftables",
+                     "egress-router nftables", "upstream-style (rule per port)"]
+
+
+def test_summary_for_the_readme_has_targets_setup_and_memory() -> None:
+    text = report.render_summary(_doc())
+    assert "| apply 10,000 rules (nftables check + apply), seconds | 0.410 | < 0.5 | met |" in text
+    assert "| egress-router nftables | 10,000 | 0.410 | 0.200 / 0.210 | 0.900 | 1.100 | 1.200 |" \
+        in text
+    assert "| upstream-style (rule per port) | 10,000 | 0.250 | - |" in text
+    assert "| egress-router (legacy mode) | 10,000 | 40.0 | 44.0 | 30.0 |" in text
+    assert "1-minute load average min/median/max during the run 0.50 / 1.00 / 2.00" in text
+    assert "25,000" in report.render_markdown(_doc())
+
+
+def test_fmt_value_units() -> None:
+    assert report.fmt_value(12.34e9, "throughput") == "12.3"
+    assert report.fmt_value(12345.6, "conn") == "12,346"
+    assert report.fmt_value(None, "conn") == "-"
+
+
+def test_readme_section_is_replaced_between_markers_only() -> None:
+    text = f"intro\n{report.README_BEGIN}\nold table\n{report.README_END}\noutro\n"
+    assert report.replace_between_markers(text, "new table\n") == (
+        f"intro\n{report.README_BEGIN}\nnew table\n{report.README_END}\noutro\n"
+    )
+    with pytest.raises(ValueError, match="the benchmark markers are missing"):
+        report.replace_between_markers("intro\n", "new")
+
+
+def test_chart_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "chart.png"
+    report.plot(_doc(), out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unit_keys_are_readable() -> None:
+    assert Unit(DataPath.UPSTREAM, 10000, Figure.CONN).key == "upstream/10000/conn"
+    assert Unit(DataPath.FORWARD, None, Figure.UDP_RR).key == "forward/-/udp_rr"

@@ -1,0 +1,447 @@
+"""The waiting container's decisions, driven through fakes: reloads, drift, DNS, metrics, lock."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from egress_router import (
+    announce,
+    config,
+    conntrack,
+    engine,
+    linkstate,
+    metrics,
+    netlink,
+    nft,
+    plan,
+    resolve,
+    ruleset,
+    wait,
+)
+
+BASE_ENV = {
+    "EGRESS_SOURCE": "192.168.12.99/24",
+    "EGRESS_GATEWAY": "192.168.12.1",
+    "EGRESS_ANNOUNCE_COUNT": "1",
+}
+RULES = "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n"
+
+
+class FakeResolver:
+    """Answers from a dict; a missing name fails like NXDOMAIN."""
+
+    def __init__(self, answers: dict[str, list[str]], ttl: float = 30.0) -> None:
+        self.answers = answers
+        self.ttl = ttl
+        self.asked: list[str] = []
+
+    def resolve(self, host: str, families: Sequence[int]) -> resolve.Answer:
+        self.asked.append(host)
+        if host not in self.answers:
+            raise resolve.ResolveError(f"cannot resolve {host}: no such name (NXDOMAIN)")
+        addresses = tuple(ipaddress.ip_address(a) for a in self.answers[host])
+        return resolve.Answer(addresses, self.ttl)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """A router over fakes, with its destination file in ``tmp``."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        text: str = RULES,
+        *,
+        drift: Callable[[config.Config], list[tuple[plan.Step, str]]] | None = None,
+        resolver: FakeResolver | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.file = tmp / "destinations"
+        self.file.write_text(text)
+        self.runner = nft.FakeNft()
+        self.links = netlink.FakeNetlink()
+        self.announcer = announce.FakeAnnouncer()
+        self.tracker = conntrack.FakeConntrack()
+        self.resolver = resolver or FakeResolver({})
+        self.drifted: list[tuple[plan.Step, str]] = []
+        self.clock = Clock()
+        self.registry = metrics.Metrics()
+        kernel = wait.Kernel(
+            firewall=engine.NftablesFirewall(self.runner),
+            links=self.links,
+            announcer=self.announcer,
+            conntrack=self.tracker,
+            resolver=self.resolver,
+            drift=drift or (lambda cfg: list(self.drifted)),
+            counters=self.runner.table_lines,
+        )
+        full_env = {**BASE_ENV, "EGRESS_DESTINATION_FILE": str(self.file), **(env or {})}
+        settings = wait.load_settings(full_env)
+        self.router = wait.Router(
+            full_env, settings, kernel, self.registry, sleep=lambda s: None, clock=self.clock,
+            wall=lambda: 1_700_000_000.0,
+        )
+
+    def edit(self, text: str) -> None:
+        # A new inode, as the kubelet's symlink swap gives the ConfigMap's file.
+        tmp = self.file.with_name("destinations.new")
+        tmp.write_text(text)
+        os.replace(tmp, self.file)
+
+    def value(self, metric: str, **labels: str) -> float | None:
+        return self.registry.registry.get_sample_value(metric, labels)
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    h = Harness(tmp_path)
+    h.router.start()
+    return h
+
+
+def test_start_applies_checks_first_and_is_ready(harness: Harness) -> None:
+    cfg = harness.router.applied
+    assert cfg is not None
+    assert harness.runner.checked == [ruleset.render_nftables(cfg)]
+    assert harness.runner.applied == [ruleset.render_nftables(cfg)]
+    assert harness.announcer.sent == [("macvlan0", "192.168.12.99")]
+    assert harness.router.readiness() == (True, "ok")
+    assert harness.value("egress_router_applies_total", result="ok") == 1
+    assert harness.value("egress_router_config_generation") == 1
+    assert harness.value("egress_router_last_apply_timestamp_seconds") == 1_700_000_000.0
+
+
+def test_an_edit_is_applied_in_place_and_cuts_only_removed_rules(harness: Harness) -> None:
+    old = harness.router.applied
+    harness.edit("80 tcp 203.0.113.25\n9000 udp 203.0.113.27\n")
+    assert harness.router.poll_file() is True
+    new = harness.router.applied
+    assert old is not None and new is not None
+    update = ruleset.render_nftables_update(old, new)
+    assert harness.runner.applied[-1] == update
+    # Only the removed rule's connections are cut, by local port and NAT destination.
+    assert harness.tracker.cuts == [(4, "tcp", 8080, "203.0.113.26", 80)]
+    assert harness.value("egress_router_config_generation") == 2
+    assert harness.router.poll_file() is False  # nothing changed since
+
+
+def test_a_bad_edit_is_counted_and_the_running_rules_stay(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = list(harness.runner.applied)
+    harness.edit("80 tcp 203.0.113.25\n8080 tcp 999.1.1.1\n")
+    with caplog.at_level(logging.ERROR):
+        assert harness.router.poll_file() is False
+    assert harness.runner.applied == runs
+    assert harness.value("egress_router_applies_total", result="invalid") == 1
+    assert (
+        f"cannot parse {harness.file} line 2 '8080 tcp 999.1.1.1': invalid destination "
+        "address '999.1.1.1'" in caplog.text
+    )
+    assert "the running rules stay" in caplog.text
+    assert harness.tracker.cuts == []
+    assert harness.router.readiness() == (True, "ok")
+    # Fixing the file applies again.
+    harness.edit("80 tcp 203.0.113.25\n")
+    assert harness.router.poll_file() is True
+    assert harness.tracker.cuts == [(4, "tcp", 8080, "203.0.113.26", 80)]
+
+
+def test_a_refused_transaction_keeps_the_old_rules(harness: Harness) -> None:
+    old = harness.router.applied
+    harness.runner.fail = "Error: Could not process rule: No buffer space available"
+    harness.edit("80 tcp 203.0.113.25\n")
+    assert harness.router.poll_file() is False
+    assert harness.router.applied is old
+    assert harness.value("egress_router_applies_total", result="failed") == 1
+    assert harness.tracker.cuts == []
+
+
+def test_removed_fallback_cuts_its_connections_but_not_port_rules(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "80 tcp 203.0.113.27\n203.0.113.27\n")
+    h.router.start()
+    h.tracker.table = [
+        conntrack.Flow(4, "tcp", 9000, ipaddress.ip_address("203.0.113.27"), 9000, True),
+        conntrack.Flow(4, "tcp", 80, ipaddress.ip_address("203.0.113.27"), 80, True),
+    ]
+    h.edit("80 tcp 203.0.113.27\n")
+    assert h.router.poll_file() is True
+    assert h.tracker.cuts == [(4, "tcp", 9000, "203.0.113.27", 9000)]
+    assert [f.port for f in h.tracker.table] == [80]
+    assert h.value("egress_router_connections_cut_total") == 1
+
+
+def test_reconcile_repairs_a_changed_table_and_counts_it(harness: Harness) -> None:
+    assert harness.router.reconcile() == []
+    assert harness.value("egress_router_drift_repairs_total", kind="ruleset") is None
+    harness.runner.applied.append("table inet egress_router { }  # someone else")
+    assert harness.router.readiness() == (
+        False, "our rules in the kernel differ from the applied ones"
+    )
+    assert harness.router.reconcile() == []
+    cfg = harness.router.applied
+    assert cfg is not None
+    assert harness.runner.applied[-1] == ruleset.render_nftables(cfg)
+    assert harness.value("egress_router_drift_repairs_total", kind="ruleset") == 1
+    assert harness.router.readiness() == (True, "ok")
+    assert harness.value("egress_router_reconciles_total") == 2
+
+
+def test_reconcile_repairs_interface_drift_and_announces_after_an_address(
+    harness: Harness,
+) -> None:
+    cfg = harness.router.applied
+    assert cfg is not None
+    steps = plan.plan_interfaces(cfg)
+    address = next(s for s in steps if isinstance(s, plan.SetAddress))
+    default = next(s for s in steps if isinstance(s, plan.SetRoute) and s.is_default)
+    harness.drifted = [(address, "address missing"), (default, "no default route")]
+    assert not harness.router.readiness()[0]
+    sent = len(harness.announcer.sent)
+    harness.links.applied.clear()
+    harness.router.reconcile()
+    assert harness.links.applied == [address, default]
+    assert harness.value("egress_router_drift_repairs_total", kind="address") == 1
+    assert harness.value("egress_router_drift_repairs_total", kind="route") == 1
+    assert len(harness.announcer.sent) == sent + 1
+
+
+def test_an_unrepairable_drift_makes_the_router_unready(harness: Harness) -> None:
+    cfg = harness.router.applied
+    assert cfg is not None
+    link = plan.plan_interfaces(cfg)[0]
+    harness.drifted = [(link, "interface macvlan0 does not exist")]
+    harness.links.fail_on = plan.LinkUp
+    problems = harness.router.reconcile()
+    assert problems == [
+        "interface macvlan0 does not exist (cannot ip link set macvlan0 up: injected failure)"
+    ]
+    assert harness.value("egress_router_drift_repair_failures_total", kind="link") == 1
+    assert harness.value("egress_router_ready") == 0
+    assert harness.router.readiness() == (False, "interface macvlan0 does not exist")
+
+
+def test_dns_names_are_resolved_refreshed_on_ttl_and_kept_on_failure(tmp_path: Path) -> None:
+    resolver = FakeResolver({"api.example.com": ["203.0.113.25"]}, ttl=30)
+    h = Harness(tmp_path, "443 tcp api.example.com\n", resolver=resolver)
+    h.router.start()
+    cfg = h.router.applied
+    assert cfg is not None
+    assert [(str(r.address), r.host) for r in cfg.destinations.rules] == [
+        ("203.0.113.25", "api.example.com")
+    ]
+    # Not due yet: no lookup, nothing applied.
+    runs = len(h.runner.applied)
+    h.clock.now += 10
+    assert h.router.refresh_dns() is False
+    assert resolver.asked == ["api.example.com"]
+    # Due, and the answer changed: both addresses are used from now on.
+    resolver.answers["api.example.com"] = ["203.0.113.26", "203.0.113.25"]
+    h.clock.now += 25
+    assert h.router.refresh_dns() is True
+    assert len(h.runner.applied) == runs + 1
+    assert "numgen inc mod 2 map { 0 : 203.0.113.25 . 443, 1 : 203.0.113.26 . 443 }" in (
+        h.runner.applied[-1]
+    )
+    assert h.value("egress_router_dns_changes_total", name="api.example.com") == 1
+    # A DNS change is not an edit: nothing is cut.
+    assert h.tracker.cuts == []
+    # The name disappears: its last good addresses stay, the failure is counted.
+    del resolver.answers["api.example.com"]
+    h.clock.now += 31
+    assert h.router.refresh_dns() is False
+    assert h.value("egress_router_dns_resolution_failures_total", name="api.example.com") == 1
+    kept = h.router.applied
+    assert kept is not None and len(kept.destinations.rules) == 2
+
+
+def test_a_name_that_never_resolved_has_no_rule_until_it_does(tmp_path: Path) -> None:
+    resolver = FakeResolver({})
+    h = Harness(tmp_path, "80 tcp 203.0.113.25\n443 tcp api.example.com\n", resolver=resolver)
+    h.router.start()
+    cfg = h.router.applied
+    assert cfg is not None
+    assert [r.port for r in cfg.destinations.rules] == [80]
+    assert h.value("egress_router_dns_resolution_failures_total", name="api.example.com") == 1
+    resolver.answers["api.example.com"] = ["203.0.113.26"]
+    h.clock.now += resolve.DEFAULT_MIN_TTL + 1
+    assert h.router.refresh_dns() is True
+    cfg = h.router.applied
+    assert cfg is not None
+    assert sorted(r.port for r in cfg.destinations.rules) == [80, 443]
+
+
+def test_rule_metrics_come_from_the_kernel_counters(harness: Harness) -> None:
+    listing = (
+        "table inet egress_router {\n"
+        "\tset conns_v4 {\n\t\ttype inet_proto . inet_service\n\t\tcounter\n"
+        "\t\telements = { tcp . 80 counter packets 5 bytes 300,\n"
+        "\t\t\t     tcp . 8080 counter packets 0 bytes 0 }\n\t}\n"
+        "\tset traffic_v4 {\n\t\ttype inet_proto . inet_service\n\t\tcounter\n"
+        "\t\telements = { tcp . 80 counter packets 50 bytes 3180 }\n\t}\n}\n"
+    )
+    harness.router.kernel.counters = listing.splitlines
+    harness.tracker.table = [
+        conntrack.Flow(4, "tcp", 80, ipaddress.ip_address("203.0.113.25"), 80, True),
+        conntrack.Flow(4, "tcp", 80, ipaddress.ip_address("203.0.113.25"), 80, False),
+    ]
+    out: list[str] = []
+    harness.router.write_rule_metrics(out.append)
+    lines = [line for line in "".join(out).splitlines() if not line.startswith("#")]
+    labels = 'family="ipv4",protocol="tcp",port="80",destination="203.0.113.25:80"'
+    other = 'family="ipv4",protocol="tcp",port="8080",destination="203.0.113.26:80"'
+    assert lines == [
+        f"egress_router_rule_connections_total{{{labels}}} 5",
+        f"egress_router_rule_connections_total{{{other}}} 0",
+        f"egress_router_rule_packets_total{{{labels}}} 50",
+        f"egress_router_rule_packets_total{{{other}}} 0",
+        f"egress_router_rule_bytes_total{{{labels}}} 3180",
+        f"egress_router_rule_bytes_total{{{other}}} 0",
+        f"egress_router_rule_active_connections{{{labels}}} 1",
+        f"egress_router_rule_active_connections{{{other}}} 0",
+    ]
+
+
+def test_http_endpoints(harness: Harness) -> None:
+    server = _FakeServer(harness)
+    assert _get(server, "/healthz") == (200, "ok\n")
+    assert _get(server, "/readyz") == (200, "ok\n")
+    harness.runner.applied.append("tampered")
+    differ = "our rules in the kernel differ from the applied ones\n"
+    assert _get(server, "/readyz") == (503, differ)
+    status, body = _get(server, "/metrics")
+    assert status == 200
+    assert "egress_router_applies_total{result=\"ok\"} 1.0" in body
+    assert "# TYPE egress_router_rule_connections_total counter" in body
+    assert _get(server, "/nope")[0] == 404
+    server.beat = -1000.0
+    assert _get(server, "/healthz")[0] == 500
+
+
+class _FakeServer:
+    """Enough of `wait._Server` for the handler, without a listening socket."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.router = harness.router
+        self.registry = harness.registry
+        self.beat = 1e18
+        self.stale_after = 60.0
+
+    def heartbeat(self) -> float:
+        return min(self.beat, time.monotonic())
+
+
+def _get(server: _FakeServer, path: str) -> tuple[int, str]:
+    # A socket pair stands in for a TCP connection: no network involved.
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.sendall(f"GET {path} HTTP/1.0\r\nHost: router\r\n\r\n".encode())
+        handler = threading.Thread(
+            target=wait._Handler, args=(theirs, ("pod", 0), server), daemon=True
+        )
+        handler.start()
+        handler.join(10)
+        theirs.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := ours.recv(65536):
+            data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_settings_from_the_environment() -> None:
+    assert wait.load_settings({}) == wait.Settings()
+    settings = wait.load_settings({"EGRESS_ROUTER_RECONCILE_SECONDS": "0.5",
+                                   "EGRESS_ROUTER_DNS_MIN_TTL": "1"})
+    assert settings.reconcile == 0.5
+    assert settings.dns_min_ttl == 1.0
+    with pytest.raises(config.ConfigError) as caught:
+        wait.load_settings({"EGRESS_ROUTER_RECONCILE_SECONDS": "soon"})
+    assert str(caught.value) == (
+        "cannot parse EGRESS_ROUTER_RECONCILE_SECONDS: invalid value 'soon'; expected seconds "
+        "from 0.2 to 3600"
+    )
+    with pytest.raises(config.ConfigError, match="EGRESS_ROUTER_DNS_MAX_TTL: is below"):
+        wait.load_settings({"EGRESS_ROUTER_DNS_MIN_TTL": "60", "EGRESS_ROUTER_DNS_MAX_TTL": "10"})
+
+
+def test_one_lock_per_network_namespace() -> None:
+    name = f"\0egress-router-test-{os.getpid()}".encode()
+    first, second = wait.NamespaceLock(name), wait.NamespaceLock(name)
+    try:
+        assert first.try_acquire()
+        assert not second.try_acquire()
+        assert second.holder() == os.getpid()
+        first.release()
+        assert second.try_acquire()
+    finally:
+        first.release()
+        second.release()
+
+
+def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "egress_router", *args],
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_wait_refuses_a_bad_configuration_before_touching_anything(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.write_text("80 tcp 203.0.113.25\n9090 tcp 203.0.113.26\n")
+    done = _run_cli(["wait", "--file", str(rules)], BASE_ENV)
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"egress-router: error: cannot parse {rules} line 2 '9090 tcp 203.0.113.26': port "
+        "9090/tcp is the router's own HTTP port (EGRESS_ROUTER_HTTP_PORT, /healthz, /readyz, "
+        "/metrics); use another local port, or set EGRESS_ROUTER_HTTP_PORT to a free port (0 "
+        "turns the HTTP server off)\n"
+    )
+    bad = _run_cli(["wait"], {**BASE_ENV, "EGRESS_DESTINATION": "80 tcp 203.0.113.25",
+                              "EGRESS_ROUTER_WATCH_SECONDS": "-1"})
+    assert bad.returncode == 1
+    assert bad.stderr == (
+        "egress-router: error: cannot parse EGRESS_ROUTER_WATCH_SECONDS: invalid value '-1'; "
+        "expected seconds from 0.1 to 60\n"
+    )
+
+
+def test_status_refuses_a_bad_configuration_with_exit_1() -> None:
+    done = _run_cli(["status", "--json"], {**BASE_ENV, "EGRESS_DESTINATION": "80 tcp"})
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("egress-router: error: cannot parse EGRESS_DESTINATION line 1")
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        plan.LinkUp("macvlan0"),
+        plan.SetAddress("macvlan0", ipaddress.ip_interface("2001:db8:12::99/64")),
+        plan.SetRoute("net1", ipaddress.ip_network("192.168.12.1/32")),
+        plan.SetRoute("net1", ipaddress.ip_network("0.0.0.0/0"),
+                      ipaddress.ip_address("192.168.12.1")),
+        plan.EnableForwarding(6),
+    ],
+)
+def test_plan_steps_travel_to_the_helper_process_unchanged(step: plan.Step) -> None:
+    assert linkstate.decode_step(linkstate.encode_step(step)) == step

@@ -1,0 +1,174 @@
+"""Rulesets the waiting container applies: in-place updates, DNS spreading, fingerprints."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+from egress_router import config, ruleset
+
+ENV = {
+    "EGRESS_SOURCE": "192.168.12.99/24",
+    "EGRESS_GATEWAY": "192.168.12.1",
+}
+
+
+def load(text: str, **env: str) -> config.Config:
+    return config.load_config({**ENV, "EGRESS_DESTINATION": text, **env})
+
+
+def with_answers(cfg: config.Config, **answers: list[str]) -> config.Config:
+    """``cfg`` with its names resolved (as `resolve.resolve_config` does)."""
+    rules = list(cfg.destinations.rules)
+    for named in cfg.destinations.named:
+        rules += [
+            config.PortRule(named.port, named.proto, ipaddress.ip_address(a), named.remote_port,
+                            line=named.line, host=named.host)
+            for a in answers[named.host.replace(".", "_")]
+        ]
+    return dataclasses.replace(cfg, destinations=config.Destinations(tuple(rules),
+                                                                     cfg.destinations.fallbacks))
+
+
+def test_update_keeps_unchanged_rules_and_rewrites_only_prerouting() -> None:
+    old = load("80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n53 udp 203.0.113.25\n")
+    new = load("80 tcp 203.0.113.25\n8080 tcp 203.0.113.27 80\n5353 udp 203.0.113.25 53\n")
+    assert ruleset.render_nftables_update(old, new) == (
+        "# egress-router update: generated\n"
+        "flush chain inet egress_router prerouting\n"
+        # 8080 changed its destination: its counters start again; 53 is gone.
+        "delete element inet egress_router conns_v4 { tcp . 8080, udp . 53 }\n"
+        "delete element inet egress_router traffic_v4 { tcp . 8080, udp . 53 }\n"
+        "delete element inet egress_router redirect_v4 { tcp . 8080, udp . 53 }\n"
+        "add element inet egress_router conns_v4 { tcp . 8080, udp . 5353 }\n"
+        "add element inet egress_router traffic_v4 { tcp . 8080, udp . 5353 }\n"
+        "add element inet egress_router redirect_v4 { tcp . 8080 : 203.0.113.27 . 80, "
+        "udp . 5353 : 203.0.113.25 . 53 }\n"
+        'add rule inet egress_router prerouting iifname != "eth0" return\n'
+        "add rule inet egress_router prerouting fib daddr type != local return\n"
+        "add rule inet egress_router prerouting tcp dport 9090 return\n"
+        "add rule inet egress_router prerouting meta nfproto ipv4 meta l4proto . th dport "
+        "@conns_v4\n"
+        "add rule inet egress_router prerouting meta nfproto ipv4 dnat ip to meta l4proto . "
+        "th dport map @redirect_v4\n"
+    )
+
+
+def test_update_is_refused_when_more_than_rules_change() -> None:
+    old = load("80 tcp 203.0.113.25\n")
+    assert ruleset.render_nftables_update(old, load("80 tcp 203.0.113.25\n", EGRESS_SOURCE=
+                                                    "192.168.12.98/24")) is None
+    assert ruleset.render_nftables_update(
+        old, load("80 tcp 203.0.113.25\n", EGRESS_ROUTER_HTTP_PORT="9191")) is None
+    # A fallback is only a prerouting rule: an update can change it.
+    update = ruleset.render_nftables_update(old, load("80 tcp 203.0.113.25\n203.0.113.27\n"))
+    assert update is not None
+    assert update.endswith(
+        "add rule inet egress_router prerouting meta nfproto ipv4 meta l4proto { tcp, udp, sctp }"
+        " dnat ip to 203.0.113.27\n"
+    )
+
+
+def test_a_name_with_several_addresses_spreads_over_all_of_them() -> None:
+    cfg = with_answers(load("443 tcp api.example.com\n80 tcp 203.0.113.25\n"),
+                       api_example_com=["203.0.113.26", "203.0.113.25"])
+    text = ruleset.render_nftables(cfg)
+    assert "\t\t\ttcp . 80 : 203.0.113.25 . 80,\n" in text
+    assert (
+        "\tmap spread_v4 {\n"
+        "\t\ttype inet_proto . inet_service : verdict\n"
+        "\t\telements = {\n"
+        "\t\t\ttcp . 443 : jump spread_v4_tcp_443,\n"
+        "\t\t}\n"
+        "\t}\n\n"
+        "\tchain spread_v4_tcp_443 {\n"
+        "\t\tmeta l4proto tcp dnat ip to numgen inc mod 2 map "
+        "{ 0 : 203.0.113.25 . 443, 1 : 203.0.113.26 . 443 }\n"
+        "\t}\n"
+    ) in text
+    assert "\t\tmeta nfproto ipv4 meta l4proto . th dport vmap @spread_v4\n" in text
+    # Counting sets know the rule once, whatever its number of addresses.
+    assert "\t\telements = { tcp . 80, tcp . 443 }\n" in text
+
+
+def test_update_moves_a_rule_between_one_and_several_addresses() -> None:
+    base = load("443 tcp api.example.com\n")
+    one = with_answers(base, api_example_com=["203.0.113.25"])
+    two = with_answers(base, api_example_com=["203.0.113.25", "203.0.113.26"])
+    up = ruleset.render_nftables_update(one, two)
+    assert up is not None
+    lines = up.splitlines()
+    # The same name: its counters stay; it leaves the one-address map for a spread chain.
+    assert not any("conns_v4" in line and "element" in line for line in lines)
+    assert "delete element inet egress_router redirect_v4 { tcp . 443 }" in lines
+    assert lines.index("add map inet egress_router spread_v4 "
+                       "{ type inet_proto . inet_service : verdict; }") < lines.index(
+        "add chain inet egress_router spread_v4_tcp_443")
+    assert "add element inet egress_router spread_v4 { tcp . 443 : jump spread_v4_tcp_443 }" in (
+        lines
+    )
+    down = ruleset.render_nftables_update(two, one)
+    assert down is not None
+    lines = down.splitlines()
+    assert lines.index("delete element inet egress_router spread_v4 { tcp . 443 }") < (
+        lines.index("delete chain inet egress_router spread_v4_tcp_443")
+    ) < lines.index("delete map inet egress_router spread_v4")
+    assert "add element inet egress_router redirect_v4 { tcp . 443 : 203.0.113.25 . 443 }" in (
+        lines
+    )
+
+
+def test_unresolved_names_are_listed_as_comments() -> None:
+    text = ruleset.render_nftables(load("443 tcp api.example.com 8443\nfallback.example.com\n"))
+    assert text.splitlines()[1:3] == [
+        "# line 1: 443 tcp api.example.com 8443: a host name, resolved when the rules are applied",
+        "# line 2: fallback fallback.example.com: a host name, resolved when the rules are applied",
+    ]
+
+
+def test_named_fallback_with_several_addresses() -> None:
+    cfg = load("80 tcp 203.0.113.25\n")
+    fallbacks = tuple(
+        config.Fallback(ipaddress.ip_address(a), line=2, host="fb.example.com")
+        for a in ("203.0.113.27", "203.0.113.26")
+    )
+    cfg = dataclasses.replace(
+        cfg, destinations=dataclasses.replace(cfg.destinations, fallbacks=fallbacks)
+    )
+    assert (
+        "\t\tmeta nfproto ipv4 meta l4proto { tcp, udp, sctp } dnat ip to numgen inc mod 2 map "
+        "{ 0 : 203.0.113.26, 1 : 203.0.113.27 }\n"
+    ) in ruleset.render_nftables(cfg)
+    iptables = ruleset.render_iptables(cfg, 4)
+    assert (
+        "-A EGRESS-ROUTER-PREROUTING -i eth0 -m addrtype --dst-type LOCAL -p tcp -m statistic "
+        "--mode nth --every 2 --packet 0 -j DNAT --to-destination 203.0.113.26\n"
+        "-A EGRESS-ROUTER-PREROUTING -i eth0 -m addrtype --dst-type LOCAL -p tcp "
+        "-j DNAT --to-destination 203.0.113.27\n"
+    ) in iptables
+
+
+def test_fingerprint_ignores_element_order_but_not_content() -> None:
+    a = "set s {\n\telements = { tcp . 80 counter,\n\t\t     tcp . 81 counter }\n}\n"
+    b = "set s {\n\telements = { tcp . 81 counter, tcp . 80 counter }\n}\n"
+    c = "set s {\n\telements = { tcp . 81 counter, tcp . 82 counter }\n}\n"
+    assert ruleset.fingerprint_nftables(a) == ruleset.fingerprint_nftables(b)
+    assert ruleset.fingerprint_nftables(a) != ruleset.fingerprint_nftables(c)
+
+
+def test_iptables_fingerprint_sees_only_our_rules() -> None:
+    ours = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j EGRESS-ROUTER-PREROUTING\nCOMMIT\n"
+    other = ours + "# a comment\n-A PREROUTING -j KUBE-SERVICES\n"
+    assert ruleset.fingerprint_iptables([ours]) == ruleset.fingerprint_iptables([other])
+    assert ruleset.fingerprint_iptables(["*nat\n-A PREROUTING -j KUBE-SERVICES\n"]) is None
+
+
+def test_http_port_is_accepted_and_kept_out_of_the_fallback() -> None:
+    text = ruleset.render_nftables(load("80 tcp 203.0.113.25\n203.0.113.27\n"))
+    lines = text.splitlines()
+    assert lines.index("\t\ttcp dport 9090 return") < lines.index(
+        "\t\tmeta nfproto ipv4 meta l4proto { tcp, udp, sctp } dnat ip to 203.0.113.27"
+    )
+    assert '\t\tiifname "eth0" tcp dport 9090 accept' in lines
+    off = ruleset.render_nftables(load("80 tcp 203.0.113.25\n", EGRESS_ROUTER_HTTP_PORT="0"))
+    assert "9090" not in off
