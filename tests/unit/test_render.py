@@ -671,7 +671,9 @@ def test_image_entry_point_is_the_console_script_and_runs_as_non_root() -> None:
     (user,) = [a for i, a in instructions if i == "USER"]
     assert user.split(":")[0] not in ("0", "root")
     runs = " ".join(a for i, a in instructions if i == "RUN")
-    for package in ("nftables", "iptables", "iproute2"):
+    # iproute2: the waiting process reads links and routes with `ip -j`; conntrack: it cuts
+    # the connections of removed rules.
+    for package in ("nftables", "iptables", "iproute2", "conntrack"):
         assert package in runs.split()
     assert f"{render.KUBERNETES_VERSION}" in render.kubernetes_versions()
     ignored = (ROOT / ".containerignore").read_text().split()

@@ -8,8 +8,6 @@ to the real formats.
 from __future__ import annotations
 
 import ipaddress
-import socket
-import struct
 from pathlib import Path
 
 import dns.flags
@@ -162,33 +160,45 @@ def test_parse_conntrack_lines(line: str, flow: conntrack.Flow | None) -> None:
     assert conntrack.parse_flow(line, family) == flow
 
 
-# ----------------------------------------------------------------------------- rtnetlink
+# ----------------------------------------------------------------------------- ip -j
 
 
-def _attr(kind: int, value: bytes) -> bytes:
-    data = struct.pack("=HH", 4 + len(value), kind) + value
-    return data + b"\0" * (-len(data) % 4)
+IP_ADDR = [
+    {"ifindex": 1, "ifname": "lo", "flags": ["LOOPBACK", "UP", "LOWER_UP"],
+     "address": "00:00:00:00:00:00",
+     "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8, "scope": "host"}]},
+    {"ifindex": 6, "ifname": "macvlan0", "flags": ["BROADCAST", "MULTICAST", "UP", "LOWER_UP"],
+     "address": "9e:e1:36:ed:2b:3b", "link_netnsid": 0,
+     "addr_info": [
+         {"family": "inet", "local": "192.168.12.99", "prefixlen": 24, "scope": "global"},
+         {"family": "inet6", "local": "fe80::9ce1:36ff:feed:2b3b", "prefixlen": 64,
+          "scope": "link"},
+     ]},
+    {"ifindex": 7, "ifname": "net9", "flags": ["BROADCAST"], "address": "02:00:00:00:00:09",
+     "addr_info": []},
+]
+IP_ROUTE6 = [
+    {"dst": "2001:db8:12::1", "dev": "macvlan0", "protocol": "static", "metric": 1024},
+    {"dst": "default", "gateway": "2001:db8:12::1", "dev": "macvlan0", "metric": 1024},
+    {"type": "unreachable", "dst": "2001:db8:99::/48", "dev": "lo", "metric": 1024},
+]
 
 
-def test_parse_netlink_link_address_and_route() -> None:
-    link = struct.pack("=BxHiII", 0, 1, 6, 0x1043, 0) + _attr(3, b"macvlan0\0") + _attr(
-        1, bytes.fromhex("9ee136ed2b3b")
-    )
-    assert linkstate.parse_link(link) == linkstate.Link(6, "macvlan0", True, "9e:e1:36:ed:2b:3b")
-    addr = struct.pack("=BBBBI", socket.AF_INET, 24, 0, 0, 6) + _attr(
-        1, bytes([192, 168, 12, 99])
-    ) + _attr(2, bytes([192, 168, 12, 99]))
-    assert linkstate.parse_address(addr) == linkstate.Address(
-        6, ipaddress.ip_interface("192.168.12.99/24"), 0
-    )
-    route = struct.pack("=BBBBBBBBI", socket.AF_INET6, 0, 0, 0, 254, 4, 0, 1, 0) + _attr(
-        5, ipaddress.ip_address("2001:db8:12::1").packed
-    ) + _attr(4, struct.pack("=i", 6)) + _attr(15, struct.pack("=I", 254))
-    assert linkstate.parse_route(route) == linkstate.Route(
-        6, ipaddress.ip_network("::/0"), ipaddress.ip_address("2001:db8:12::1"), 6, 254, 1
-    )
-    message = struct.pack("=IHHII", 16 + len(route), 24, 2, 1, 0) + route
-    assert list(linkstate.parse_messages(message)) == [(24, 2, route)]
+def test_parse_ip_json_links_addresses_and_routes() -> None:
+    links, addresses = linkstate.parse_ip_addr(IP_ADDR)
+    assert links[1] == linkstate.Link(6, "macvlan0", True, "9e:e1:36:ed:2b:3b")
+    assert links[2] == linkstate.Link(7, "net9", False, "02:00:00:00:00:09")
+    assert addresses[1:] == [
+        linkstate.Address(6, ipaddress.ip_interface("192.168.12.99/24"), 0),
+        linkstate.Address(6, ipaddress.ip_interface("fe80::9ce1:36ff:feed:2b3b/64"), 253),
+    ]
+    routes = linkstate.parse_ip_route(IP_ROUTE6, 6, {link.name: link.index for link in links})
+    assert routes == [
+        linkstate.Route(6, ipaddress.ip_network("2001:db8:12::1/128"), None, 6, 254, 1),
+        linkstate.Route(6, ipaddress.ip_network("::/0"),
+                        ipaddress.ip_address("2001:db8:12::1"), 6, 254, 1),
+        linkstate.Route(6, ipaddress.ip_network("2001:db8:99::/48"), None, 1, 254, 0),
+    ]
 
 
 def test_drift_names_what_is_missing() -> None:
