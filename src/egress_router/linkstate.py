@@ -75,6 +75,7 @@ class Snapshot:
     links: tuple[Link, ...]
     addresses: tuple[Address, ...]
     routes: tuple[Route, ...]
+    rules: tuple[tuple[int, netlink.RuleKey], ...] = ()  # (family, rule) in our priority range
 
     def link(self, name: str) -> Link | None:
         return next((link for link in self.links if link.name == name), None)
@@ -118,6 +119,29 @@ def parse_ip_route(
     return routes
 
 
+_TABLE_NAMES = {"main": MAIN_TABLE, "local": 255, "default": 253}
+
+
+def parse_ip_rule(dump: list[dict[str, Any]], family: int) -> list[tuple[int, netlink.RuleKey]]:
+    """Our policy rules (`plan.RULE_PRIORITY` and the next three) from ``ip -j rule show``."""
+    rules: list[tuple[int, netlink.RuleKey]] = []
+    for entry in dump:
+        priority = int(entry.get("priority", 0))
+        if not plan.RULE_PRIORITY <= priority <= plan.RULE_PRIORITY + 3:
+            continue
+        table = str(entry.get("table", ""))
+        src = entry.get("src")
+        rules.append((family, (
+            priority,
+            entry.get("iif"),
+            None if src in (None, "all") else str(src),
+            _TABLE_NAMES.get(table) or int(table),
+            # The JSON key is "suppress_prefixlen" (the text output says "...length").
+            entry.get("suppress_prefixlen") == 0,
+        )))
+    return rules
+
+
 def _ip_json(*args: str) -> list[dict[str, Any]]:
     try:
         done = subprocess.run(
@@ -149,7 +173,12 @@ def read_snapshot() -> Snapshot:
             _ip_json(flag, "route", "show", "table", "main"), family, index_of
         )
     ]
-    return Snapshot(tuple(links), tuple(addresses), tuple(routes))
+    rules = [
+        rule
+        for family, flag in ((4, "-4"), (6, "-6"))
+        for rule in parse_ip_rule(_ip_json(flag, "rule", "show"), family)
+    ]
+    return Snapshot(tuple(links), tuple(addresses), tuple(routes), tuple(rules))
 
 
 def _forwarding(family: int) -> bool:
@@ -186,7 +215,28 @@ def problem(step: plan.Step, snapshot: Snapshot) -> str | None:
             return f"address {wanted} is missing on {step.ifname}"
         extra = [str(a) for a in present if a != wanted]
         return f"{step.ifname} has other addresses: {', '.join(extra)}" if extra else None
+    if isinstance(step, plan.KeepPodReturnPath):
+        return _return_path_problem(step, link, snapshot)
     return _route_problem(step, link, snapshot)
+
+
+def _return_path_problem(
+    step: plan.KeepPodReturnPath, pod: Link, snapshot: Snapshot
+) -> str | None:
+    sources = sorted(
+        str(a.interface.ip)
+        for a in snapshot.addresses
+        if a.index == pod.index and a.interface.version == step.family
+        and a.scope == RT_SCOPE_UNIVERSE
+    )
+    wanted = set(netlink.pod_return_rules(step, sources))
+    present = {rule for family, rule in snapshot.rules if family == step.family}
+    if wanted == present:
+        return None
+    return (
+        f"IPv{step.family} policy rules for replies to the pod network differ "
+        f"({len(wanted - present)} missing, {len(present - wanted)} unexpected)"
+    )
 
 
 def _route_problem(step: plan.SetRoute, link: Link, snapshot: Snapshot) -> str | None:
@@ -229,6 +279,9 @@ def encode_step(step: plan.Step) -> dict[str, Any]:
         return {"step": "link", "ifname": step.ifname}
     if isinstance(step, plan.SetAddress):
         return {"step": "address", "ifname": step.ifname, "interface": str(step.interface)}
+    if isinstance(step, plan.KeepPodReturnPath):
+        return {"step": "return-path", "family": step.family, "pod": step.pod_ifname,
+                "egress": step.egress_ifname}
     gateway = None if step.gateway is None else str(step.gateway)
     return {"step": "route", "ifname": step.ifname, "destination": str(step.destination),
             "gateway": gateway}
@@ -243,6 +296,8 @@ def decode_step(data: dict[str, Any]) -> plan.Step:
         return plan.LinkUp(str(data["ifname"]))
     if kind == "address":
         return plan.SetAddress(str(data["ifname"]), ipaddress.ip_interface(data["interface"]))
+    if kind == "return-path":
+        return plan.KeepPodReturnPath(int(data["family"]), str(data["pod"]), str(data["egress"]))
     gateway = data.get("gateway")
     return plan.SetRoute(
         str(data["ifname"]),

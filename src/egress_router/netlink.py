@@ -73,6 +73,68 @@ class FakeNetlink:
         self.applied.append(step)
 
 
+RuleKey = tuple[int, str | None, str | None, int, bool]
+
+
+def pod_return_rules(step: plan.KeepPodReturnPath, pod_addresses: list[str]) -> list[RuleKey]:
+    """The rules of `plan.KeepPodReturnPath`: (priority, iif, src, table, suppress default)."""
+    base = plan.RULE_PRIORITY
+    rules: list[RuleKey] = [
+        (base, step.egress_ifname, None, MAIN_TABLE, True),
+        (base + 1, step.egress_ifname, None, plan.POD_TABLE, False),
+    ]
+    for address in pod_addresses:
+        rules += [
+            (base + 2, None, address, MAIN_TABLE, True),
+            (base + 3, None, address, plan.POD_TABLE, False),
+        ]
+    return rules
+
+
+def rule_key(rule: Any) -> RuleKey:
+    """A pyroute2 rule message as a `RuleKey`."""
+    table = rule.get("FRA_TABLE") or rule["table"]
+    suppress = rule.get("FRA_SUPPRESS_PREFIXLEN")
+    return (
+        int(rule.get("FRA_PRIORITY") or 0),
+        rule.get("FRA_IIFNAME"),
+        rule.get("FRA_SRC"),
+        int(table),
+        suppress == 0,
+    )
+
+
+def remove_pod_return_path(ipr: Any) -> int:
+    """Delete the rules and table of `plan.KeepPodReturnPath` (an undo); returns how many."""
+    removed = 0
+    for family, default in ((AF_INET, "0.0.0.0/0"), (AF_INET6, "::/0")):
+        for rule in ipr.get_rules(family=family):
+            priority = rule.get("FRA_PRIORITY") or 0
+            if plan.RULE_PRIORITY <= priority <= plan.RULE_PRIORITY + 3:
+                # With only a priority, the kernel deletes the first rule that has it.
+                ipr.rule("del", family=family, priority=priority)
+                removed += 1
+        for route in ipr.get_routes(family=family, table=plan.POD_TABLE):
+            if route.get("RTA_TABLE") == plan.POD_TABLE and route["dst_len"] == 0:
+                ipr.route("del", dst=default, family=family, table=plan.POD_TABLE)
+                removed += 1
+    return removed
+
+
+def _rule_selector(iif: str | None, src: str | None, family: int) -> dict[str, Any]:
+    if iif is not None:
+        return {"iifname": iif}
+    if src is not None:
+        return {"src": src, "src_len": 32 if family == 4 else 128}
+    return {}
+
+
+def _suppress(suppress: bool) -> dict[str, Any]:
+    # pyroute2 spells FRA_SUPPRESS_PREFIXLEN "suppress_prefixlen" (another spelling is
+    # silently ignored).
+    return {"suppress_prefixlen": 0} if suppress else {}
+
+
 def _forwarding_path(family: int) -> Path:
     if family == 4:
         return Path("/proc/sys/net/ipv4/ip_forward")
@@ -132,6 +194,8 @@ class PyrouteNetlink:
                     ipr.link("set", index=index, state="up")
                 elif isinstance(step, plan.SetAddress):
                     self._address(ipr, index, step)
+                elif isinstance(step, plan.KeepPodReturnPath):
+                    self._return_path(ipr, index, step)
                 else:
                     self._route(ipr, index, step)
         except NetlinkError as err:
@@ -158,6 +222,50 @@ class PyrouteNetlink:
             address=str(wanted.ip),
             prefixlen=wanted.network.prefixlen,
             flags=flags,
+        )
+
+    def _return_path(self, ipr: Any, pod_index: int, step: plan.KeepPodReturnPath) -> None:
+        family = _FAMILY[step.family]
+        default = "0.0.0.0/0" if step.family == 4 else "::/0"
+        # The pod's own default route: in main on the first run, in our table on re-runs
+        # (by then main's default points at the egress gateway).
+        gateway = next(
+            (
+                r.get("RTA_GATEWAY")
+                for r in ipr.get_routes(family=family, table=MAIN_TABLE)
+                if r["dst_len"] == 0 and r.get("RTA_OIF") == pod_index and r.get("RTA_GATEWAY")
+            ),
+            None,
+        )
+        if gateway is not None:
+            ipr.route(
+                "replace", dst=default, gateway=gateway, oif=pod_index, family=family,
+                table=plan.POD_TABLE,
+            )
+        elif not ipr.get_routes(family=family, table=plan.POD_TABLE):
+            log.info(
+                "%s has no IPv%d default route: replies reach only its own subnet and routes",
+                step.pod_ifname, step.family,
+            )
+        wanted = set(pod_return_rules(step, self._pod_sources(ipr, pod_index, family)))
+        present = {
+            rule_key(rule)
+            for rule in ipr.get_rules(family=family)
+            if plan.RULE_PRIORITY <= (rule.get("FRA_PRIORITY") or 0) <= plan.RULE_PRIORITY + 3
+        }
+        for priority, iif, src, table, suppress in present - wanted:
+            ipr.rule("del", family=family, priority=priority, table=table,
+                     **_rule_selector(iif, src, step.family), **_suppress(suppress))
+        for priority, iif, src, table, suppress in wanted - present:
+            ipr.rule("add", family=family, priority=priority, table=table,
+                     **_rule_selector(iif, src, step.family), **_suppress(suppress))
+
+    @staticmethod
+    def _pod_sources(ipr: Any, index: int, family: int) -> list[str]:
+        return sorted(
+            str(a.get("IFA_ADDRESS"))
+            for a in ipr.get_addr(index=index, family=family)
+            if a["scope"] == SCOPE_UNIVERSE
         )
 
     def _route(self, ipr: Any, index: int, step: plan.SetRoute) -> None:

@@ -15,6 +15,11 @@ from egress_router import config
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# Policy routing that keeps replies to the pod network on the pod interface once the
+# default route points at the egress gateway (see `KeepPodReturnPath`).
+POD_TABLE = 25970
+RULE_PRIORITY = 25970  # four consecutive priorities, all before the main table's 32766
+
 
 @dataclass(frozen=True)
 class LinkUp:
@@ -69,6 +74,42 @@ class SetRoute:
 
 
 @dataclass(frozen=True)
+class KeepPodReturnPath:
+    """Keep replies to the pod network on the pod interface after the default route moves.
+
+    Clients reach the router from anywhere in the cluster (other nodes, the
+    node itself for probes), but only the pod's own subnet is a connected
+    route; the rest went through the pod's default route, which the plan
+    replaces. Unless the CNI installs cluster routes in the pod (OpenShift
+    SDN and OVN-Kubernetes do; Calico and Cilium do not), replies would leave
+    through the egress interface and be lost. So the pod's default route is
+    kept in table `POD_TABLE`, and two rule pairs send replies there: packets
+    arriving on the egress interface (de-NATed replies of redirected
+    connections; the forward policy lets nothing else through) and packets
+    from the pod interface's addresses (the router's replies to probes and
+    scrapes). Each pair first looks up the main table without its default
+    routes, so connected and explicit routes still win.
+    """
+
+    family: int
+    pod_ifname: str
+    egress_ifname: str
+
+    @property
+    def ifname(self) -> str:
+        return self.pod_ifname
+
+    def describe(self) -> str:
+        family = "-6 " if self.family == 6 else ""
+        return (
+            f"ip {family}route replace default via <pod gateway> dev {self.pod_ifname} "
+            f"table {POD_TABLE}; ip {family}rule: iif {self.egress_ifname} and from "
+            f"<{self.pod_ifname} addresses> lookup main suppress_prefixlength 0, "
+            f"then table {POD_TABLE} (priorities {RULE_PRIORITY}-{RULE_PRIORITY + 3})"
+        )
+
+
+@dataclass(frozen=True)
 class EnableForwarding:
     """Turn on forwarding for one address family (sysctl)."""
 
@@ -99,7 +140,7 @@ class Announce:
         )
 
 
-Step = LinkUp | SetAddress | SetRoute | EnableForwarding
+Step = LinkUp | SetAddress | SetRoute | KeepPodReturnPath | EnableForwarding
 
 
 def plan_interfaces(cfg: config.Config) -> tuple[Step, ...]:
@@ -120,6 +161,8 @@ def plan_interfaces(cfg: config.Config) -> tuple[Step, ...]:
         steps += [
             SetAddress(ifname, source.interface),
             SetRoute(ifname, host),
+            # Before the default route is replaced: it reads the pod's own default route.
+            KeepPodReturnPath(source.family, cfg.pod_interface, ifname),
             SetRoute(ifname, default, gateway),
             EnableForwarding(source.family),
         ]

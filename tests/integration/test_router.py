@@ -309,3 +309,48 @@ def test_iptables_backend_converges_without_duplicates(lab: labmod.Lab) -> None:
     dump = labmod.run_in(lab.router, ["iptables-save"], timeout=10).stdout
     assert "EGRESS-ROUTER" not in dump.replace(":EGRESS-ROUTER", "")
     assert_redirected(lab, "tcp", ROUTER4, 80, expected="203.0.113.25:80", source=SOURCE4)
+
+
+def test_clients_beyond_the_pod_subnet_get_their_replies(lab: labmod.Lab) -> None:
+    """A client on another subnet (another node) is answered through the pod network.
+
+    The router pod only has its own subnet as a connected route; its default
+    route, the way to the rest of the cluster, is replaced by the egress
+    gateway. Policy rules keep replies on the pod side: a redirected
+    connection (replies arrive on macvlan0) and a refusal (the router's own
+    RST from its pod address) both reach the remote client.
+    """
+    remote = f"{lab.prefix}-remote"
+    labmod.run_in(lab.node, ["true"])  # the lab exists
+    subprocess.run(["ip", "netns", "add", remote], check=True, timeout=10)
+    try:
+        for argv in (
+            ["ip", "-n", lab.node, "link", "add", "rc0", "type", "veth", "peer", "name", "eth0",
+             "netns", remote],
+            ["ip", "-n", lab.node, "addr", "add", "10.129.0.1/24", "dev", "rc0"],
+            ["ip", "-n", lab.node, "link", "set", "rc0", "up"],
+            ["ip", "netns", "exec", lab.node, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            ["ip", "-n", remote, "link", "set", "lo", "up"],
+            ["ip", "-n", remote, "addr", "add", "10.129.0.10/24", "dev", "eth0"],
+            ["ip", "-n", remote, "link", "set", "eth0", "up"],
+            ["ip", "-n", remote, "route", "add", "default", "via", "10.129.0.1"],
+        ):
+            subprocess.run(argv, check=True, timeout=10)
+        init(lab, {**SEED, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n"})
+        result = labmod.dial(lab, "tcp", ROUTER4, 80, timeout=3.0, ns=remote)
+        assert result.ok, result
+        assert result.server == "203.0.113.25:80"
+        assert str(result.peer_ip) == SOURCE4
+        assert labmod.dial(lab, "tcp", ROUTER4, 9000, timeout=3.0, ns=remote).error == "refused"
+        rules = ip_json(lab.router, "rule", "show")
+        assert {r["priority"] for r in rules} >= {25970, 25971, 25972, 25973}
+        # Control: without the rules both replies leave through macvlan0 and are lost.
+        for priority in ("25971", "25973"):
+            labmod.run_in(lab.router, ["ip", "rule", "del", "priority", priority])
+        assert labmod.dial(lab, "tcp", ROUTER4, 80, timeout=1.5, ns=remote).error == "timeout"
+        assert labmod.dial(lab, "tcp", ROUTER4, 9000, timeout=1.5, ns=remote).error == "timeout"
+        # A re-run (pod restart) restores them, reading the pod gateway from our table.
+        init(lab, {**SEED, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n"})
+        assert labmod.dial(lab, "tcp", ROUTER4, 80, timeout=3.0, ns=remote).ok
+    finally:
+        subprocess.run(["ip", "netns", "del", remote], check=False, timeout=10)

@@ -35,8 +35,10 @@ def test_setup_checks_then_applies_then_configures_interfaces_then_announces() -
     assert runner.checked == runner.applied == [engine.NftablesFirewall(runner).render(cfg)]
     assert [type(s) for s in links.applied] == [
         plan.LinkUp,
-        plan.SetAddress, plan.SetRoute, plan.SetRoute, plan.EnableForwarding,
-        plan.SetAddress, plan.SetRoute, plan.SetRoute, plan.EnableForwarding,
+        plan.SetAddress, plan.SetRoute, plan.KeepPodReturnPath, plan.SetRoute,
+        plan.EnableForwarding,
+        plan.SetAddress, plan.SetRoute, plan.KeepPodReturnPath, plan.SetRoute,
+        plan.EnableForwarding,
     ]
     assert announcer.sent == [
         ("macvlan0", "192.168.12.99"), ("macvlan0", "2001:db8:12::99")

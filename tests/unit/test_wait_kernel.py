@@ -201,22 +201,51 @@ def test_parse_ip_json_links_addresses_and_routes() -> None:
     ]
 
 
+def test_parse_ip_json_rules_keeps_ours_only() -> None:
+    dump = [  # `ip -j rule show` as printed by iproute2 6.1
+        {"priority": 0, "src": "all", "table": "local"},
+        {"priority": 25970, "src": "all", "iif": "macvlan0", "table": "main",
+         "suppress_prefixlen": 0},
+        {"priority": 25971, "src": "all", "iif": "macvlan0", "table": "25970"},
+        {"priority": 25972, "src": "10.128.0.2", "table": "main", "suppress_prefixlen": 0},
+        {"priority": 25973, "src": "10.128.0.2", "table": "25970"},
+        {"priority": 32766, "src": "all", "table": "main"},
+    ]
+    assert linkstate.parse_ip_rule(dump, 4) == [
+        (4, (25970, "macvlan0", None, 254, True)),
+        (4, (25971, "macvlan0", None, 25970, False)),
+        (4, (25972, None, "10.128.0.2", 254, True)),
+        (4, (25973, None, "10.128.0.2", 25970, False)),
+    ]
+
+
 def test_drift_names_what_is_missing() -> None:
     cfg = config.load_config(ENV)
     mac = "9e:e1:36:ed:2b:3b"
+    pod = linkstate.Link(2, "eth0", True, "0a:58:0a:80:00:02")
+    return_rules = (
+        (4, (25970, "macvlan0", None, 254, True)),
+        (4, (25971, "macvlan0", None, 25970, False)),
+        (4, (25972, None, "10.128.0.2", 254, True)),
+        (4, (25973, None, "10.128.0.2", 25970, False)),
+    )
     good = linkstate.Snapshot(
-        links=(linkstate.Link(6, "macvlan0", True, mac),),
-        addresses=(linkstate.Address(6, ipaddress.ip_interface("192.168.12.99/24"), 0),),
+        links=(pod, linkstate.Link(6, "macvlan0", True, mac)),
+        addresses=(
+            linkstate.Address(2, ipaddress.ip_interface("10.128.0.2/24"), 0),
+            linkstate.Address(6, ipaddress.ip_interface("192.168.12.99/24"), 0),
+        ),
         routes=(
             linkstate.Route(4, ipaddress.ip_network("192.168.12.1/32"), None, 6, 254, 1),
             linkstate.Route(4, ipaddress.ip_network("0.0.0.0/0"),
                             ipaddress.ip_address("192.168.12.1"), 6, 254, 1),
         ),
+        rules=return_rules,
     )
     steps = [s for s in plan.plan_interfaces(cfg) if not isinstance(s, plan.EnableForwarding)]
-    assert [linkstate.problem(s, good) for s in steps] == [None, None, None, None]
+    assert [linkstate.problem(s, good) for s in steps] == [None] * 5
     bad = linkstate.Snapshot(
-        links=(linkstate.Link(6, "macvlan0", False, mac),),
+        links=(pod, linkstate.Link(6, "macvlan0", False, mac)),
         addresses=(
             linkstate.Address(6, ipaddress.ip_interface("192.168.12.98/24"), 0),
             linkstate.Address(6, ipaddress.ip_interface("fe80::1/64"), 253),
@@ -230,6 +259,7 @@ def test_drift_names_what_is_missing() -> None:
         "interface macvlan0 is down",
         "address 192.168.12.99/24 is missing on macvlan0",
         "route 192.168.12.1/32 dev macvlan0 is missing",
+        "IPv4 policy rules for replies to the pod network differ (2 missing, 0 unexpected)",
         "no IPv4 default route via 192.168.12.1 dev macvlan0",
     ]
 

@@ -442,6 +442,8 @@ class RealKernel:
                         undone.append(f"restored default route via {route.get('gateway')}")
                     except NetlinkError as err:
                         log.warning("cannot restore default route %s: %s", route, err)
+                if netlink.remove_pod_return_path(ipr):
+                    undone.append("removed the pod return-path rules")
             if _listing() is not None:
                 done = _nft(["-f", "-"], ruleset.render_nftables_removal())
                 if done.returncode == 0:
