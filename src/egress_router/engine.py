@@ -126,7 +126,11 @@ class IptablesFirewall:
 
     def remove(self) -> None:
         for family in (4, 6):
-            jumps = self._jumps(family)
+            dump = self.runner.save(family, "nat") + self.runner.save(family, "filter")
+            if "EGRESS-ROUTER" not in dump:
+                # Nothing of ours: a removal payload would create empty tables and chains.
+                continue
+            jumps = iptables.present_jumps(dump)
             self.runner.restore(family, ruleset.render_iptables_removal(family, jumps))
             self.runner.delete_chains(family)
 

@@ -126,3 +126,9 @@ def test_plan_without_prefix_has_no_subnet_note() -> None:
     assert "ip route replace 192.168.12.1/32 dev macvlan0 scope link" in text
     address = next(s for s in plan.plan_interfaces(cfg) if isinstance(s, plan.SetAddress))
     assert address.interface == ipaddress.ip_interface("192.168.12.99/32")
+
+
+def test_removing_absent_iptables_rules_touches_nothing() -> None:
+    fake = iptables.FakeIptables(saved={4: "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n", 6: ""})
+    engine.IptablesFirewall(fake).remove()
+    assert fake.restored == []  # a payload would create empty nat/filter tables

@@ -141,9 +141,9 @@ def test_named_fallback_with_several_addresses() -> None:
     ) in ruleset.render_nftables(cfg)
     iptables = ruleset.render_iptables(cfg, 4)
     assert (
-        "-A EGRESS-ROUTER-PREROUTING -i eth0 -m addrtype --dst-type LOCAL -p tcp -m statistic "
+        "-A EGRESS-ROUTER-PREROUTING -p tcp -m statistic "
         "--mode nth --every 2 --packet 0 -j DNAT --to-destination 203.0.113.26\n"
-        "-A EGRESS-ROUTER-PREROUTING -i eth0 -m addrtype --dst-type LOCAL -p tcp "
+        "-A EGRESS-ROUTER-PREROUTING -p tcp "
         "-j DNAT --to-destination 203.0.113.27\n"
     ) in iptables
 
