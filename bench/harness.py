@@ -191,7 +191,8 @@ class Harness:
         self.close()
 
     @property
-    def _lab(self) -> labmod.Lab:
+    def lab_handle(self) -> labmod.Lab:
+        """The lab; BenchError when it is not up."""
         if self.lab is None:
             raise BenchError("cannot use the lab: it is not up")
         return self.lab
@@ -226,7 +227,7 @@ class Harness:
         _check(labmod.run_in(ns, argv, timeout=10), f"set sysctls in {ns}")
 
     def _start_servers(self) -> None:
-        lab = self._lab
+        lab = self.lab_handle
         dest = workload.DESTINATION
         conf = self.workdir / "nginx.conf"
         conf.write_text(
@@ -283,12 +284,12 @@ class Harness:
 
     # ------------------------------------------------------------------ paths
 
-    def _set_route(self, path: DataPath) -> None:
+    def set_route(self, path: DataPath) -> None:
         """Client and gateway routes for ``path`` (only inside the lab's namespaces)."""
         kind = path if path in (DataPath.DIRECT, DataPath.FORWARD) else DataPath.NFTABLES
         if self._route is kind:
             return
-        lab = self._lab
+        lab = self.lab_handle
         ext_net = str(labmod.EXT_NET4)
         pod_net = str(labmod.POD_NET4)
         labmod.run_in(lab.client, ["ip", "route", "del", ext_net], timeout=10)
@@ -301,12 +302,12 @@ class Harness:
         self._route = kind
 
     def flush_router(self) -> None:
-        _check(labmod.run_in(self._lab.router, ["nft", "flush", "ruleset"], timeout=30),
+        _check(labmod.run_in(self.lab_handle.router, ["nft", "flush", "ruleset"], timeout=30),
                "flush the router's ruleset")
 
     def flush_conntrack(self) -> None:
         # Fails harmlessly while no rule has loaded conntrack in the namespace.
-        labmod.run_in(self._lab.router, ["conntrack", "-F"], timeout=30)
+        labmod.run_in(self.lab_handle.router, ["conntrack", "-F"], timeout=30)
 
     def rules_file(self, count: int, figure: Figure) -> Path:
         path = self.workdir / f"rules-{count}-{figure.value}.txt"
@@ -332,7 +333,7 @@ class Harness:
         if debug:
             env[config.ENV_DEBUG] = "true"
         started = time.monotonic()
-        proc = labmod.spawn_router(self._lab, env)
+        proc = labmod.spawn_router(self.lab_handle, env)
         try:
             lines = _timed_lines(proc, started + INIT_TIMEOUT)
             code = proc.wait(INIT_TIMEOUT)
@@ -375,7 +376,7 @@ class Harness:
             config.parse_destinations(text, config.ENV_DESTINATION_FILE), IPv4Address(SOURCE_IP)
         )
         started = time.monotonic()
-        cp = labmod.run_in(self._lab.router, ["nft", "-f", "-"], input=script, timeout=60)
+        cp = labmod.run_in(self.lab_handle.router, ["nft", "-f", "-"], input=script, timeout=60)
         seconds = time.monotonic() - started
         _check(cp, f"apply the upstream-style ruleset ({count} rules)")
         self.records.upstream_apply.append(
@@ -383,9 +384,16 @@ class Harness:
         )
         return seconds
 
+    def apply_ruleset(self, text: str, what: str) -> None:
+        """Replace the router's whole ruleset with ``text`` (``nft -f``) and empty conntrack."""
+        self.flush_router()
+        cp = labmod.run_in(self.lab_handle.router, ["nft", "-f", "-"], input=text, timeout=60)
+        _check(cp, f"apply the {what} ruleset")
+        self.flush_conntrack()
+
     def configure(self, unit: Unit, round_index: int | None = None) -> None:
         """Routes and router ruleset for ``unit``; conntrack emptied."""
-        self._set_route(unit.path)
+        self.set_route(unit.path)
         self.flush_router()
         if unit.path in (DataPath.NFTABLES, DataPath.IPTABLES):
             assert unit.rules is not None
@@ -424,7 +432,7 @@ class Harness:
         host = self.target(unit.path)
         if unit.figure is Figure.CONN:
             self.check_path(unit.path)
-            rate, detail = self.conn_rate(self._lab.client, host,
+            rate, detail = self.conn_rate(self.lab_handle.client, host,
                                           workload.SERVICES[Figure.CONN].port)
             p50, p99 = self.conn_latency(host)
             return rate, p50, p99, detail
@@ -439,7 +447,7 @@ class Harness:
     def check_path(self, path: DataPath) -> None:
         """Fetch once and check which source address the destination saw."""
         cp = labmod.run_in(
-            self._lab.client,
+            self.lab_handle.client,
             [sys.executable, "-I", "-c", _PY_FETCH, self.target(path),
              str(workload.SERVICES[Figure.CONN].port)],
             timeout=15,
@@ -457,7 +465,7 @@ class Harness:
             return
         service = workload.SERVICES[unit.figure]
         cp = labmod.run_in(
-            self._lab.router,
+            self.lab_handle.router,
             ["conntrack", "-L", "-p", service.proto, "--orig-port-dst", str(service.port)],
             timeout=30,
         )
@@ -510,7 +518,8 @@ class Harness:
             *self._ab_argv(host, workload.SERVICES[Figure.CONN].port, self.durations.latency, 1),
         ])
         argv[-1:-1] = ["-e", str(csv)]
-        cp = labmod.run_in(self._lab.client, argv, timeout=self.durations.latency + TOOL_GRACE)
+        cp = labmod.run_in(self.lab_handle.client, argv,
+                           timeout=self.durations.latency + TOOL_GRACE)
         result = parsers.parse_ab(_check(cp, f"measure connection latency to {host}"))
         if result.failed or result.non_2xx:
             raise BenchError(f"ab -c 1 against {host}: {result.failed} failed requests")
@@ -522,7 +531,7 @@ class Harness:
             "iperf3", "-c", host, "-p", str(workload.SERVICES[Figure.THROUGHPUT].port),
             "-t", str(self.durations.flow), "-J", "--connect-timeout", "3000",
         ])
-        cp = labmod.run_in(self._lab.client, argv, timeout=self.durations.flow + TOOL_GRACE)
+        cp = labmod.run_in(self.lab_handle.client, argv, timeout=self.durations.flow + TOOL_GRACE)
         return parsers.parse_iperf3(cp.stdout)
 
     def sockperf(self, host: str, *, tcp: bool) -> parsers.SockperfResult:
@@ -532,14 +541,14 @@ class Harness:
             "-p", str(service.port), "-t", str(self.durations.flow), "--full-rtt",
         ])
         # sockperf sleeps about 2 s before measuring; the grace covers it.
-        cp = labmod.run_in(self._lab.client, argv, timeout=self.durations.flow + TOOL_GRACE)
+        cp = labmod.run_in(self.lab_handle.client, argv, timeout=self.durations.flow + TOOL_GRACE)
         return parsers.parse_sockperf(_check(cp, f"run sockperf against {host}"))
 
     # ------------------------------------------------------------------ extras
 
     def calibrate(self) -> list[dict[str, Any]]:
         """How fast can the clients go? Loopback in one namespace vs through a routed hop."""
-        lab = self._lab
+        lab = self.lab_handle
         seconds = self.durations.calibration
         port = workload.SERVICES[Figure.CONN].port
         runs: list[dict[str, Any]] = []
@@ -586,7 +595,7 @@ class Harness:
             self.run_product(DataPath.NFTABLES, count, Figure.CONN, record=False)
         else:
             env[config.ENV_MODE] = "legacy"
-        proc = labmod.spawn_router(self._lab, env, args)
+        proc = labmod.spawn_router(self.lab_handle, env, args)
         name = " ".join(["egress-router", *args]) if args else "egress-router (legacy mode)"
         try:
             _wait_for_line(proc, _READY, time.monotonic() + INIT_TIMEOUT)

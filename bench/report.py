@@ -281,6 +281,36 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def render_ablation(doc: Mapping[str, Any]) -> str:
+    """The ablation run: each ruleset variant's new-connection rate, latency and throughput."""
+    units = unit_summaries(doc)
+    by_key = {(u.path, u.figure): u for u in units}
+    described = {"forward": DataPath.FORWARD.label, "upstream": DataPath.UPSTREAM.label,
+                 **{f"nftables:{k}": f"nftables: {v}" for k, v in doc.get("variants", {}).items()}}
+    rows = []
+    for path in dict.fromkeys(u.path for u in units):
+        conn = by_key.get((path, Figure.CONN.value))
+        tput = by_key.get((path, Figure.THROUGHPUT.value))
+        rows.append([
+            described.get(path, path),
+            fmt_spread(conn.value if conn else None, Figure.CONN.value),
+            fmt_ratio(conn.ratio if conn else None),
+            fmt_us(conn.p50_us if conn else None), fmt_us(conn.p99_us if conn else None),
+            fmt_spread(tput.value if tput else None, Figure.THROUGHPUT.value),
+            fmt_ratio(tput.ratio if tput else None),
+        ])
+    rows.sort(key=lambda r: r[0])
+    settings = doc.get("settings", {})
+    return (
+        f"# Where the time goes: ruleset ablation ({doc.get('started', '?')}, "
+        f"{settings.get('rounds', '?')} rounds)\n\n"
+        "Each variant is the product's nftables ruleset (2 rules) with one part removed, applied "
+        "with `nft -f`; ratios against plain forwarding in the same round.\n\n"
+        + _table(["ruleset", "conn/s median (min-max)", "vs forwarding", "conn p50 us",
+                  "conn p99 us", "TCP Gbit/s", "vs forwarding"], rows)
+    )
+
+
 def replace_between_markers(text: str, body: str, begin: str = README_BEGIN,
                             end: str = README_END) -> str:
     """``text`` with everything between the two marker lines replaced by ``body``.

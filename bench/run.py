@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import secrets
 import shutil
 import subprocess
@@ -27,11 +28,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from bench import harness, report, stats, workload
+from bench import ablation, harness, report, stats, upstream, workload
 from bench.workload import DataPath, Figure
+from egress_router import config, ruleset
 from egress_router import lab as labmod
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +56,7 @@ class Preset:
     setup_reps: int
 
 
-FULL = Preset(rounds=4, counts="1,100,1000,10000", flow_counts="1,10000", seconds=2,
+FULL = Preset(rounds=5, counts="1,100,1000,10000", flow_counts="1,10000", seconds=2,
               setup_reps=3)
 QUICK = Preset(rounds=2, counts="1,1000", flow_counts="1000", seconds=1, setup_reps=1)
 
@@ -104,6 +107,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="results directory (default bench/results; quick: a temp dir)")
     parser.add_argument("--update-readme", action="store_true",
                         help="replace the summary between the README's benchmark markers")
+    parser.add_argument("--ablation", action="store_true",
+                        help="instead: measure the product's nftables ruleset with parts removed "
+                        "(accounting, fib check, forward chain) against upstream and forwarding")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only re-render the report, chart (and README) from a results file")
     args = parser.parse_args(argv)
@@ -273,6 +279,64 @@ def run(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
     return doc
 
 
+ABLATION_RULES = "5201 tcp 203.0.113.25\n8080 tcp 203.0.113.25\n"  # iperf3 and nginx
+
+
+def run_ablation(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
+    """Variants of the product's nftables ruleset, measured like the main run."""
+    cfg = config.load_config({**harness.ROUTER_ENV, config.ENV_DESTINATION: ABLATION_RULES})
+    texts = ablation.variants(ruleset.render_nftables(cfg))
+    texts["upstream"] = upstream.render_upstream(cfg.destinations, IPv4Address(harness.SOURCE_IP))
+    names = ["forward", *texts]
+    clock.log(f"ablation: {', '.join(names)} x {args.rounds} rounds")
+    started = datetime.datetime.now(datetime.UTC)
+    samples: list[stats.Sample] = []
+    prefix = PREFIX_START + secrets.token_hex(2)
+    workdir = Path(tempfile.mkdtemp(prefix="egress-router-bench-"))
+    try:
+        with harness.Harness(prefix, workdir, args.durations, clock.log) as h:
+            for round_index in range(args.rounds):
+                order = names[:]
+                random.Random(f"{args.seed}/ablation/{round_index}").shuffle(order)
+                for name in order:
+                    path = DataPath.FORWARD if name == "forward" else DataPath.NFTABLES
+                    h.set_route(path)
+                    if name == "forward":
+                        h.flush_router()
+                    else:
+                        h.apply_ruleset(texts[name], name)
+                    label = name if name in ("forward", "upstream") else f"nftables:{name}"
+                    rules = None if name == "forward" else 1
+                    host = h.target(path)
+                    load1 = harness.loadavg()[0]
+                    rate, _ = h.conn_rate(h.lab_handle.client, host,
+                                          workload.SERVICES[Figure.CONN].port)
+                    p50, p99 = h.conn_latency(host)
+                    tput = h.iperf(host).bits_per_second
+                    samples += [
+                        stats.Sample(round_index, label, rules, Figure.CONN.value, rate,
+                                     p50_us=p50, p99_us=p99, load1=load1),
+                        stats.Sample(round_index, label, rules, Figure.THROUGHPUT.value, tput,
+                                     load1=load1),
+                    ]
+                    clock.log(f"round {round_index + 1}/{args.rounds} {label}: {rate:,.0f} "
+                              f"conn/s, p50 {p50:.0f} us, {tput / 1e9:.1f} Gbit/s")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "schema": 1, "kind": "ablation",
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "duration_s": (datetime.datetime.now(datetime.UTC) - started).total_seconds(),
+        "settings": {"command": "python -m bench.run " + " ".join(sys.argv[1:]),
+                     "rounds": args.rounds, "seed": args.seed,
+                     "durations_s": dataclasses.asdict(args.durations)},
+        "variants": {name: ablation.VARIANTS[name][0] for name in texts
+                     if name in ablation.VARIANTS},
+        "rulesets": texts,
+        "samples": [dataclasses.asdict(s) for s in samples],
+    }
+
+
 def wait_command_exists() -> bool:
     cp = subprocess.run([sys.executable, "-m", "egress_router", "wait", "--help"],
                         capture_output=True, text=True, timeout=30, check=False,
@@ -312,6 +376,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     out = args.out or (Path(tempfile.gettempdir()) / "egress-router-bench-quick"
                        if args.quick else RESULTS)
+    if args.ablation:
+        with harness.terminating_on_signals():
+            doc = run_ablation(args, clock)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ablation.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        text = report.render_ablation(doc)
+        (out / "ablation.md").write_text(text, encoding="utf-8")
+        clock.log(f"wrote {out / 'ablation.json'}, {out / 'ablation.md'}")
+        print(text)
+        return 0
     try:
         with harness.terminating_on_signals():
             doc = run(args, clock)

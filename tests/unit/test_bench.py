@@ -18,10 +18,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: bench/
 
-from bench import parsers, report, stats, upstream, workload
+from bench import ablation, parsers, report, stats, upstream, workload
 from bench.workload import DataPath, Figure, Unit
 
-from egress_router import config
+from egress_router import config, ruleset
 
 # ---------------------------------------------------------------- workload
 
@@ -342,3 +342,76 @@ def test_chart_is_written(tmp_path: Path) -> None:
 def test_unit_keys_are_readable() -> None:
     assert Unit(DataPath.UPSTREAM, 10000, Figure.CONN).key == "upstream/10000/conn"
     assert Unit(DataPath.FORWARD, None, Figure.UDP_RR).key == "forward/-/udp_rr"
+
+
+# ---------------------------------------------------------------- ablation
+
+RULESET = """\
+table inet egress_router {
+\tset traffic_v4 {
+\t\ttype inet_proto . inet_service
+\t\tcounter
+\t}
+\tchain prerouting {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tfib daddr type != local return
+\t\tmeta nfproto ipv4 meta l4proto . th dport @conns_v4
+\t\tmeta nfproto ipv4 dnat ip to meta l4proto . th dport map @redirect_v4
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tmeta l4proto . ct original proto-dst @traffic_v4
+\t\tct state established,related accept
+\t}
+}
+"""
+
+
+def test_ablation_variants_remove_exactly_their_part() -> None:
+    full_lines = RULESET.splitlines()
+
+    def removed(text: str) -> list[str]:
+        return [line.strip() for line in full_lines if line not in text.splitlines()]
+
+    assert removed(ablation.without_fib_check(RULESET)) == ["fib daddr type != local return"]
+    assert removed(ablation.without_packet_accounting(RULESET)) == [
+        "meta l4proto . ct original proto-dst @traffic_v4"]
+    assert removed(ablation.without_accounting(RULESET)) == [
+        "meta nfproto ipv4 meta l4proto . th dport @conns_v4",
+        "meta l4proto . ct original proto-dst @traffic_v4"]
+    no_forward = ablation.without_chain(RULESET, "forward")
+    assert "chain forward" not in no_forward and "ct state" not in no_forward
+    assert no_forward.count("{") == no_forward.count("}")
+    assert "chain prerouting {" in no_forward
+
+
+def test_ablation_leaves_out_variants_that_remove_nothing() -> None:
+    plain = "table ip t {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority 0;\n\t}\n}\n"
+    assert list(ablation.variants(plain)) == ["full"]
+    assert list(ablation.variants(RULESET)) == [
+        "full", "no-packet-accounting", "no-accounting", "no-fib", "no-forward-chain"]
+
+
+def test_ablation_applies_to_the_products_own_ruleset() -> None:
+    cfg = config.load_config({
+        "EGRESS_SOURCE": "192.168.12.99/24", "EGRESS_GATEWAY": "192.168.12.1",
+        "EGRESS_DESTINATION": "8080 tcp 203.0.113.25\n"})
+    full = ruleset.render_nftables(cfg)
+    no_forward = ablation.without_chain(full, "forward")
+    assert "chain forward" in full and "chain forward" not in no_forward
+    assert "chain postrouting" in no_forward and "chain input" in no_forward
+
+
+def test_ablation_report_names_variants_and_ratios() -> None:
+    samples = [
+        sample("forward", None, "conn", 0, 100.0, p50_us=90.0, p99_us=150.0),
+        sample("nftables:no-fib", 1, "conn", 0, 80.0, p50_us=110.0, p99_us=190.0),
+        sample("forward", None, "throughput", 0, 10e9),
+        sample("nftables:no-fib", 1, "throughput", 0, 9e9),
+    ]
+    doc = {"started": "now", "settings": {"rounds": 1},
+           "variants": {"no-fib": "without the fib daddr check"},
+           "samples": [dataclasses.asdict(s) for s in samples]}
+    text = report.render_ablation(doc)
+    assert "| nftables: without the fib daddr check | 80 | 0.80 | 110 | 190 | 9.0 | 0.90 |" in text
+    assert "| plain forwarding (no NAT) | 100 | 1.00 | 90 | 150 | 10.0 | 1.00 |" in text
