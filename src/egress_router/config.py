@@ -300,6 +300,32 @@ def _strip_host_prefix(token: str, variable: str, line: int) -> str:
     return address
 
 
+def _rule_head(
+    tokens: list[str],
+    variable: str,
+    number: int,
+    fallbacks: Mapping[int, Fallback],
+    named_fallbacks: list[NamedFallback],
+) -> tuple[int, Proto]:
+    """Local port and protocol of a port rule, which must come before every fallback."""
+    earlier = _fallback_lines(fallbacks, named_fallbacks)
+    if earlier:
+        raise ConfigError(
+            variable,
+            f"a port rule after the fallback on line {min(earlier)}; "
+            "the fallback must come after all port rules",
+            line=number,
+        )
+    return _parse_port(tokens[0], variable, number, "port"), _parse_proto(
+        tokens[1], variable, number
+    )
+
+
+def _remote_port(tokens: list[str], port: int, variable: str, number: int) -> int:
+    """The optional fourth field; the local port when it is absent."""
+    return _parse_port(tokens[3], variable, number, "remote port") if len(tokens) == 4 else port
+
+
 def parse_destinations(
     text: str, variable: str = ENV_DESTINATION, *, host_prefix: bool = False
 ) -> Destinations:
@@ -352,23 +378,10 @@ def parse_destinations(
                     f"expected {RULE_SYNTAX}, got {len(tokens)} fields",
                     line=number,
                 )
-            if fallbacks or named_fallbacks:
-                first = min(_fallback_lines(fallbacks, named_fallbacks))
-                raise ConfigError(
-                    variable,
-                    f"a port rule after the fallback on line {first}; "
-                    "the fallback must come after all port rules",
-                    line=number,
-                )
-            port = _parse_port(tokens[0], variable, number, "port")
-            proto = _parse_proto(tokens[1], variable, number)
+            port, proto = _rule_head(tokens, variable, number, fallbacks, named_fallbacks)
             address = parse_address(tokens[2], variable, line=number, what="destination address")
             address = interned.setdefault(address, address)  # many rules, few destinations
-            remote = (
-                _parse_port(tokens[3], variable, number, "remote port")
-                if len(tokens) == 4
-                else port
-            )
+            remote = _remote_port(tokens, port, variable, number)
             key = (address.version, proto, port)
             if key in seen:
                 raise ConfigError(
@@ -459,18 +472,9 @@ def _add_named(
             raise _second_fallback(variable, min(earlier), number)
         named_fallbacks.append(NamedFallback(host, line=number))
         return
-    earlier = _fallback_lines(fallbacks, named_fallbacks)
-    if earlier:
-        raise ConfigError(
-            variable,
-            f"a port rule after the fallback on line {min(earlier)}; "
-            "the fallback must come after all port rules",
-            line=number,
-        )
-    port = _parse_port(tokens[0], variable, number, "port")
-    proto = _parse_proto(tokens[1], variable, number)
+    port, proto = _rule_head(tokens, variable, number, fallbacks, named_fallbacks)
     host = parse_host(tokens[2], variable, line=number, what="destination address")
-    remote = _parse_port(tokens[3], variable, number, "remote port") if len(tokens) == 4 else port
+    remote = _remote_port(tokens, port, variable, number)
     keys = [(family, proto, port) for family in (4, 6)]
     for key in keys:
         if key in seen:
