@@ -321,6 +321,29 @@ def _rule_head(
     )
 
 
+def _claim_ports(
+    seen: dict[tuple[int, Proto, int], int],
+    families: tuple[int, ...],
+    proto: Proto,
+    port: int,
+    *,
+    variable: str,
+    number: int,
+) -> None:
+    """Record that line ``number`` redirects ``port``/``proto`` in ``families``; once each."""
+    for family in families:
+        first = seen.get((family, proto, port))
+        if first is not None:
+            raise ConfigError(
+                variable,
+                f"port {port}/{proto.value} is already redirected on line {first}; "
+                "each local port may have one rule per protocol",
+                line=number,
+            )
+    for family in families:
+        seen[(family, proto, port)] = number
+
+
 def _remote_port(tokens: list[str], port: int, variable: str, number: int) -> int:
     """The optional fourth field; the local port when it is absent."""
     return _parse_port(tokens[3], variable, number, "remote port") if len(tokens) == 4 else port
@@ -382,15 +405,9 @@ def parse_destinations(
             address = parse_address(tokens[2], variable, line=number, what="destination address")
             address = interned.setdefault(address, address)  # many rules, few destinations
             remote = _remote_port(tokens, port, variable, number)
-            key = (address.version, proto, port)
-            if key in seen:
-                raise ConfigError(
-                    variable,
-                    f"port {port}/{proto.value} is already redirected on line {seen[key]}; "
-                    "each local port may have one rule per protocol",
-                    line=number,
-                )
-            seen[key] = number
+            _claim_ports(
+                seen, (address.version,), proto, port, variable=variable, number=number
+            )
             rules.append(PortRule(port, proto, address, remote, line=number))
         except ConfigError as err:
             raise _line_error(variable, number, raw, err) from None
@@ -475,17 +492,8 @@ def _add_named(
     port, proto = _rule_head(tokens, variable, number, fallbacks, named_fallbacks)
     host = parse_host(tokens[2], variable, line=number, what="destination address")
     remote = _remote_port(tokens, port, variable, number)
-    keys = [(family, proto, port) for family in (4, 6)]
-    for key in keys:
-        if key in seen:
-            raise ConfigError(
-                variable,
-                f"port {port}/{proto.value} is already redirected on line {seen[key]}; "
-                "each local port may have one rule per protocol",
-                line=number,
-            )
-    for key in keys:
-        seen[key] = number
+    # A name may resolve in either family: it claims the port in both.
+    _claim_ports(seen, (4, 6), proto, port, variable=variable, number=number)
     named.append(NamedRule(port, proto, host, remote, line=number))
 
 
