@@ -41,8 +41,8 @@ from typing import Any
 from bench import parsers, upstream, workload
 from bench.stats import Sample
 from bench.workload import DataPath, Figure, Unit
-from egress_router import config
 from egress_router import lab as labmod
+from egress_router.core import config
 
 CLIENT_IP = str(labmod.CLIENT_POD4.ip)
 ROUTER_IP = str(labmod.ROUTER_POD4.ip)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from egress_router import config
+from egress_router.core import config
 
 UPSTREAM_POD_INTERFACE = "eth0"  # hard-coded upstream
 UPSTREAM_EGRESS_INTERFACE = "macvlan0"

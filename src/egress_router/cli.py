@@ -24,7 +24,8 @@ from types import FrameType
 
 import click
 
-from egress_router import announce, config, engine, netlink, ruleset
+from egress_router import announce, engine, netlink
+from egress_router.core import config, ruleset
 
 # rich and the lab (asyncio) are imported by the commands that use them: the
 # waiting container runs through this module too, and every MiB it imports

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from egress_router import config
+from egress_router.core import config
 
 log = logging.getLogger(__name__)
 

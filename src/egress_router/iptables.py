@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from egress_router import ruleset
+from egress_router.core import ruleset
 
 IPT_TIMEOUT = 30.0
 _SAVE = {4: "iptables-save", 6: "ip6tables-save"}

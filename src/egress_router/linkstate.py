@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from egress_router import config, netlink, plan
+from egress_router import netlink
+from egress_router.core import config, plan
 
 IP_TIMEOUT = 10.0
 MAIN_TABLE = 254

@@ -24,7 +24,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from egress_router import __version__, config
+from egress_router import __version__
+from egress_router.core import config
 
 DEFAULT_IMAGE = f"egress-router:{__version__}"
 DEFAULT_CNI_INTERFACE = "net1"

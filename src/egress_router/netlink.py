@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from egress_router import plan
+from egress_router.core import plan
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from egress_router import ruleset
+from egress_router.core import ruleset
 
 NFT_TIMEOUT = 30.0
 

@@ -27,7 +27,8 @@ import kubernetes_validate
 import kubernetes_validate.utils
 import yaml
 
-from egress_router import config, manifest
+from egress_router import manifest
+from egress_router.core import config
 
 # The newest Kubernetes release whose schemas the pinned kubernetes-validate ships.
 KUBERNETES_VERSION = "1.37"

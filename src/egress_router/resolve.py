@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from egress_router import config
+from egress_router.core import config
 
 log = logging.getLogger(__name__)
 

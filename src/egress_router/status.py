@@ -26,16 +26,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from egress_router import (
-    config,
-    conntrack,
-    iptables,
-    linkstate,
-    metrics,
-    nft,
-    plan,
-    ruleset,
-)
+from egress_router import conntrack, iptables, linkstate, metrics, nft
+from egress_router.core import config, plan, ruleset
 
 EXIT_DRIFT = 4
 

@@ -45,7 +45,6 @@ from types import FrameType
 
 from egress_router import (
     announce,
-    config,
     conntrack,
     engine,
     iptables,
@@ -53,9 +52,9 @@ from egress_router import (
     metrics,
     netlink,
     nft,
-    plan,
     resolve,
 )
+from egress_router.core import config, plan
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 from bench import ablation, parsers, report, stats, upstream, workload
 from bench.workload import DataPath, Figure, Unit
 
-from egress_router import config, ruleset
+from egress_router.core import config, ruleset
 
 # ---------------------------------------------------------------- workload
 

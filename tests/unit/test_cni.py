@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from egress_router import cnirun, config
+from egress_router import cnirun
 from egress_router.cni import drift, errors, kernel, netconf, plugin, result
 from egress_router.cni.errors import CniError
+from egress_router.core import config
 
 NETNS = "/var/run/netns/pod"
 ENV = {

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from egress_router import config
-from egress_router.config import ConfigError, Proto
+from egress_router.core import config
+from egress_router.core.config import ConfigError, Proto
 
 SEED = """\
 80   tcp 203.0.113.25

@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from egress_router import announce, config, engine, iptables, netlink, nft, plan
+from egress_router import announce, engine, iptables, netlink, nft
+from egress_router.core import config, plan
 
 ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",

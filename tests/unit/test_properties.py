@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress_router import config, ruleset
+from egress_router.core import config, ruleset
 
 TOKENS = st.one_of(
     st.integers(-5, 70000).map(str),

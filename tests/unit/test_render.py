@@ -22,8 +22,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress_router import config, manifest, render
+from egress_router import manifest, render
 from egress_router.cni import netconf
+from egress_router.core import config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

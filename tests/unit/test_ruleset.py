@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from egress_router import config, engine, lab, ruleset
+from egress_router import engine, lab
+from egress_router.core import config, ruleset
 
 GOLDEN = Path(__file__).parent / "golden"
 

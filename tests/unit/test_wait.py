@@ -17,18 +17,16 @@ import pytest
 
 from egress_router import (
     announce,
-    config,
     conntrack,
     engine,
     linkstate,
     metrics,
     netlink,
     nft,
-    plan,
     resolve,
-    ruleset,
     wait,
 )
+from egress_router.core import config, plan, ruleset
 
 BASE_ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24",

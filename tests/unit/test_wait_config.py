@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from egress_router import config
-from egress_router.config import ConfigError, Proto
+from egress_router.core import config
+from egress_router.core.config import ConfigError, Proto
 
 ENV = {"EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
        "EGRESS_GATEWAY": "192.168.12.1,2001:db8:12::1"}

@@ -15,7 +15,8 @@ import dns.message
 import dns.rcode
 import pytest
 
-from egress_router import config, conntrack, labdns, linkstate, metrics, plan, resolve, status
+from egress_router import conntrack, labdns, linkstate, metrics, resolve, status
+from egress_router.core import config, plan
 
 LISTING = (Path(__file__).parent / "golden" / "kernel-listing.nft").read_text()
 ENV = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from egress_router import config, ruleset
+from egress_router.core import config, ruleset
 
 ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24",

@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from egress_router import config
+from egress_router.core import config
 
 MAX_REPORTED = 20
 

@@ -28,10 +28,11 @@ from typing import Any, Protocol
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from egress_router import announce, config, engine, netlink, netns, ruleset
+from egress_router import announce, engine, netlink, netns
 from egress_router.cni import drift, errors
 from egress_router.cni.errors import CniError
 from egress_router.cni.result import Link
+from egress_router.core import config, ruleset
 
 log = logging.getLogger(__name__)
 

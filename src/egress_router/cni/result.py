@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from egress_router import config
 from egress_router.cni import netconf
+from egress_router.core import config
 
 
 @dataclass(frozen=True)

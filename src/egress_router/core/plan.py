@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from egress_router import config
+from egress_router.core import config
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

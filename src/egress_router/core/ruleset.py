@@ -30,7 +30,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from egress_router import config
+from egress_router.core import config
 
 TABLE_FAMILY = "inet"
 TABLE = "egress_router"
