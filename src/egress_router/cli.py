@@ -24,8 +24,9 @@ from types import FrameType
 
 import click
 
-from egress_router import announce, engine, netlink
+from egress_router import engine
 from egress_router.core import config, ruleset
+from egress_router.kernel import announce, netlink
 
 # rich and the lab (asyncio) are imported by the commands that use them: the
 # waiting container runs through this module too, and every MiB it imports

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from egress_router import announce, iptables, netlink, nft
 from egress_router.core import config, plan, ruleset
+from egress_router.kernel import announce, iptables, netlink, nft
 
 log = logging.getLogger(__name__)
 

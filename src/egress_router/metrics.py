@@ -27,8 +27,8 @@ from prometheus_client import (
 )
 from prometheus_client import generate_latest as _generate_latest
 
-from egress_router import conntrack
 from egress_router.core import config, ruleset
+from egress_router.kernel import conntrack
 
 PREFIX = "egress_router"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

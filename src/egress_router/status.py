@@ -26,8 +26,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from egress_router import conntrack, iptables, linkstate, metrics, nft
+from egress_router import metrics
 from egress_router.core import config, plan, ruleset
+from egress_router.kernel import conntrack, iptables, nft
+from egress_router.kernel import observe
 
 EXIT_DRIFT = 4
 
@@ -167,7 +169,7 @@ def _configuration(cfg: config.Config) -> dict[str, Any]:
 
 
 def _interfaces(
-    cfg: config.Config, read: Callable[[], linkstate.Snapshot]
+    cfg: config.Config, read: Callable[[], observe.Snapshot]
 ) -> tuple[list[dict[str, Any]], list[str]]:
     try:
         snapshot = read()
@@ -176,7 +178,7 @@ def _interfaces(
     rows = []
     problems = []
     for step in plan.plan_interfaces(cfg):
-        problem = linkstate.problem(step, snapshot)
+        problem = observe.problem(step, snapshot)
         rows.append({"step": step.describe(), "ok": problem is None, "problem": problem})
         if problem is not None:
             problems.append(problem)
@@ -327,7 +329,7 @@ def collect(
     *,
     runner: nft.Nft | None = None,
     xtables: iptables.Iptables | None = None,
-    read_links: Callable[[], linkstate.Snapshot] = linkstate.read_snapshot,
+    read_links: Callable[[], observe.Snapshot] = observe.read_snapshot,
     tracker: conntrack.Conntrack | None = None,
 ) -> Report:
     """Read the kernel and compare it with ``cfg``."""

@@ -43,18 +43,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from egress_router import (
-    announce,
-    conntrack,
-    engine,
-    iptables,
-    linkstate,
-    metrics,
-    netlink,
-    nft,
-    resolve,
-)
+from egress_router import engine, metrics, resolve
 from egress_router.core import config, plan
+from egress_router.kernel import announce, conntrack, iptables, netlink, nft
+from egress_router.kernel import observe
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +154,7 @@ class Kernel:
     announcer: announce.Announcer
     conntrack: conntrack.Conntrack
     resolver: resolve.Resolver
-    drift: Callable[[config.Config], list[tuple[plan.Step, str]]] = linkstate.drift
+    drift: Callable[[config.Config], list[tuple[plan.Step, str]]] = observe.drift
     counters: Callable[[], Iterable[str]] | None = None  # nft list table (None: no counters)
     stale: engine.Firewall | None = None  # the other backend, cleaned up at start
     generation: Callable[[], int | None] = lambda: None  # nftables generation (None: unknown)
@@ -176,7 +168,7 @@ def real_kernel(backend: config.Backend, settings: Settings) -> Kernel:
         if backend is config.Backend.NFTABLES
         else config.Backend.NFTABLES
     )
-    links = linkstate.CheckedNetlink()
+    links = observe.CheckedNetlink()
     counters: Callable[[], Iterable[str]] | None = None
     if backend is config.Backend.NFTABLES:
         lister = nft.NftCommand()

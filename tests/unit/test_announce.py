@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from egress_router import announce
+from egress_router.kernel import announce
 
 
 def test_gratuitous_arp_frame() -> None:

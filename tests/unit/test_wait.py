@@ -15,18 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from egress_router import (
-    announce,
-    conntrack,
-    engine,
-    linkstate,
-    metrics,
-    netlink,
-    nft,
-    resolve,
-    wait,
-)
+from egress_router import engine, metrics, resolve, wait
 from egress_router.core import config, plan, ruleset
+from egress_router.kernel import announce, conntrack, netlink, nft
+from egress_router.kernel import observe as linkstate
 
 BASE_ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24",

@@ -15,8 +15,10 @@ import dns.message
 import dns.rcode
 import pytest
 
-from egress_router import conntrack, labdns, linkstate, metrics, resolve, status
+from egress_router import labdns, metrics, resolve, status
 from egress_router.core import config, plan
+from egress_router.kernel import conntrack
+from egress_router.kernel import observe as linkstate
 
 LISTING = (Path(__file__).parent / "golden" / "kernel-listing.nft").read_text()
 ENV = {

@@ -4,7 +4,7 @@ The plugin runs in the node's network namespace. Work on the node (find the
 master, create the macvlan under a temporary name, move it) goes through
 pyroute2 directly; work in the pod (rename, the engine's ruleset, plan and
 announcements, CHECK's inspection, DEL's teardown) runs in a forked child
-that entered ``CNI_NETNS`` (see `egress_router.netns`), so the ``nft``
+that entered ``CNI_NETNS`` (see `egress_router.kernel.netns`), so the ``nft``
 binary and the raw sockets the engine uses act there too.
 
 Everything the command layer needs is behind the `Kernel` protocol; unit
@@ -28,11 +28,12 @@ from typing import Any, Protocol
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from egress_router import announce, engine, netlink, netns
+from egress_router import engine
 from egress_router.cni import drift, errors
 from egress_router.cni.errors import CniError
 from egress_router.cni.result import Link
 from egress_router.core import config, ruleset
+from egress_router.kernel import announce, netlink, netns
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ again converges instead of failing with "File exists".
 
 pyroute2 is imported on first use, not with this module: it costs about
 20 MiB, which the long-running ``wait`` process (it watches kernel state
-through the small read-only `linkstate` module) only pays once it has to
+through the small read-only `observe` module) only pays once it has to
 repair something.
 """
 

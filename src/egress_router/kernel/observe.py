@@ -11,7 +11,7 @@ well-kept tool already in the image, and writes through pyroute2 in a child.
 `CheckedNetlink` puts the two together behind the engine's `netlink.Netlink`
 protocol: a step that already holds is skipped, and a step that must change
 is executed by `netlink.PyrouteNetlink` in a short-lived child process
-(``python -m egress_router.linkstate``), so the long-running process never
+(``python -m egress_router.kernel.observe``), so the long-running process never
 loads pyroute2 at all. Changes are rare (start-up, repairs); a child costs
 a few tenths of a second each time, and nothing in between.
 """
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from egress_router import netlink
 from egress_router.core import config, plan
+from egress_router.kernel import netlink
 
 IP_TIMEOUT = 10.0
 MAIN_TABLE = 254
@@ -321,7 +321,7 @@ def apply_in_child(steps: Sequence[plan.Step]) -> None:
     payload = json.dumps([encode_step(s) for s in steps])
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "egress_router.linkstate"],
+            [sys.executable, "-m", "egress_router.kernel.observe"],
             input=payload,
             capture_output=True,
             text=True,
@@ -330,7 +330,8 @@ def apply_in_child(steps: Sequence[plan.Step]) -> None:
         )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise netlink.KernelRefusedError(
-            f"cannot run the interface helper ({sys.executable} -m egress_router.linkstate): {err}"
+            "cannot run the interface helper "
+            f"({sys.executable} -m egress_router.kernel.observe): {err}"
         ) from None
     if done.returncode != 0:
         message = done.stderr.strip().splitlines()
