@@ -28,8 +28,7 @@ from rich.table import Table
 
 from egress_router import metrics
 from egress_router.core import config, plan, ruleset
-from egress_router.kernel import conntrack, iptables, nft
-from egress_router.kernel import observe
+from egress_router.kernel import conntrack, iptables, nft, observe
 
 EXIT_DRIFT = 4
 

@@ -45,8 +45,7 @@ from types import FrameType
 
 from egress_router import engine, metrics, resolve
 from egress_router.core import config, plan
-from egress_router.kernel import announce, conntrack, iptables, netlink, nft
-from egress_router.kernel import observe
+from egress_router.kernel import announce, conntrack, iptables, netlink, nft, observe
 
 log = logging.getLogger(__name__)
 
