@@ -24,9 +24,9 @@ from types import FrameType
 
 import click
 
-from egress_router import engine
 from egress_router.core import config, ruleset
 from egress_router.kernel import announce, netlink
+from egress_router.router import engine
 
 # rich and the lab (asyncio) are imported by the commands that use them: the
 # waiting container runs through this module too, and every MiB it imports
@@ -135,7 +135,7 @@ def _resolve_names(cfg: config.Config) -> config.Config:
     """Resolve DNS-named destinations now, or exit 1 naming the one that failed."""
     if not cfg.destinations.hosts():
         return cfg
-    from egress_router import resolve  # noqa: PLC0415 (dnspython only when names are used)
+    from egress_router.router import resolve  # noqa: PLC0415 (dnspython only when names are used)
 
     try:
         return resolve.resolve_now(cfg, resolve.DnsResolver())

@@ -26,9 +26,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from egress_router import metrics
 from egress_router.core import config, plan, ruleset
 from egress_router.kernel import conntrack, iptables, nft, observe
+from egress_router.router import metrics
 
 EXIT_DRIFT = 4
 

@@ -43,9 +43,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from egress_router import engine, metrics, resolve
 from egress_router.core import config, plan
 from egress_router.kernel import announce, conntrack, iptables, netlink, nft, observe
+from egress_router.router import engine, metrics, resolve
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from egress_router import engine
 from egress_router.core import config, plan
 from egress_router.kernel import announce, iptables, netlink, nft
+from egress_router.router import engine
 
 ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",

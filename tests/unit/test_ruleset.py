@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from egress_router import engine, lab
+from egress_router import lab
 from egress_router.core import config, ruleset
+from egress_router.router import engine
 
 GOLDEN = Path(__file__).parent / "golden"
 

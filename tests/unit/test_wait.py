@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from egress_router import engine, metrics, resolve, wait
+from egress_router import wait
 from egress_router.core import config, plan, ruleset
 from egress_router.kernel import announce, conntrack, netlink, nft
 from egress_router.kernel import observe as linkstate
+from egress_router.router import engine, metrics, resolve
 
 BASE_ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24",

@@ -15,10 +15,11 @@ import dns.message
 import dns.rcode
 import pytest
 
-from egress_router import labdns, metrics, resolve, status
+from egress_router import labdns, status
 from egress_router.core import config, plan
 from egress_router.kernel import conntrack
 from egress_router.kernel import observe as linkstate
+from egress_router.router import metrics, resolve
 
 LISTING = (Path(__file__).parent / "golden" / "kernel-listing.nft").read_text()
 ENV = {

@@ -28,12 +28,12 @@ from typing import Any, Protocol
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from egress_router import engine
 from egress_router.cni import drift, errors
 from egress_router.cni.errors import CniError
 from egress_router.cni.result import Link
 from egress_router.core import config, ruleset
 from egress_router.kernel import announce, netlink, netns
+from egress_router.router import engine
 
 log = logging.getLogger(__name__)
 
