@@ -17,9 +17,8 @@ import pytest
 
 from egress_router import wait
 from egress_router.core import config, plan, ruleset
-from egress_router.kernel import announce, conntrack, netlink, nft
-from egress_router.kernel import observe as linkstate
-from egress_router.router import engine, metrics, resolve
+from egress_router.kernel import announce, conntrack, netlink, nft, observe
+from egress_router.router import engine, metrics, reconciler, resolve
 
 BASE_ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24",
@@ -75,7 +74,7 @@ class Harness:
         self.drifted: list[tuple[plan.Step, str]] = []
         self.clock = Clock()
         self.registry = metrics.Metrics()
-        kernel = wait.Kernel(
+        kernel = reconciler.Kernel(
             firewall=engine.NftablesFirewall(self.runner),
             links=self.links,
             announcer=self.announcer,
@@ -85,8 +84,8 @@ class Harness:
             counters=self.runner.table_lines,
         )
         full_env = {**BASE_ENV, "EGRESS_DESTINATION_FILE": str(self.file), **(env or {})}
-        settings = wait.load_settings(full_env)
-        self.router = wait.Router(
+        settings = config.parse_wait_settings(full_env)
+        self.router = reconciler.Router(
             full_env, settings, kernel, self.registry, sleep=lambda s: None, clock=self.clock,
             wall=lambda: 1_700_000_000.0,
         )
@@ -359,19 +358,21 @@ def _get(server: _FakeServer, path: str) -> tuple[int, str]:
 
 
 def test_settings_from_the_environment() -> None:
-    assert wait.load_settings({}) == wait.Settings()
-    settings = wait.load_settings({"EGRESS_ROUTER_RECONCILE_SECONDS": "0.5",
+    assert config.parse_wait_settings({}) == config.WaitSettings()
+    settings = config.parse_wait_settings({"EGRESS_ROUTER_RECONCILE_SECONDS": "0.5",
                                    "EGRESS_ROUTER_DNS_MIN_TTL": "1"})
     assert settings.reconcile == 0.5
     assert settings.dns_min_ttl == 1.0
     with pytest.raises(config.ConfigError) as caught:
-        wait.load_settings({"EGRESS_ROUTER_RECONCILE_SECONDS": "soon"})
+        config.parse_wait_settings({"EGRESS_ROUTER_RECONCILE_SECONDS": "soon"})
     assert str(caught.value) == (
         "cannot parse EGRESS_ROUTER_RECONCILE_SECONDS: invalid value 'soon'; expected seconds "
         "from 0.2 to 3600"
     )
     with pytest.raises(config.ConfigError, match="EGRESS_ROUTER_DNS_MAX_TTL: is below"):
-        wait.load_settings({"EGRESS_ROUTER_DNS_MIN_TTL": "60", "EGRESS_ROUTER_DNS_MAX_TTL": "10"})
+        config.parse_wait_settings(
+            {"EGRESS_ROUTER_DNS_MIN_TTL": "60", "EGRESS_ROUTER_DNS_MAX_TTL": "10"}
+        )
 
 
 def test_one_lock_per_network_namespace() -> None:
@@ -435,4 +436,4 @@ def test_status_refuses_a_bad_configuration_with_exit_1() -> None:
     ],
 )
 def test_plan_steps_travel_to_the_helper_process_unchanged(step: plan.Step) -> None:
-    assert linkstate.decode_step(linkstate.encode_step(step)) == step
+    assert observe.decode_step(observe.encode_step(step)) == step

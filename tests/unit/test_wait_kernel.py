@@ -17,8 +17,7 @@ import pytest
 
 from egress_router import labdns, status
 from egress_router.core import config, plan
-from egress_router.kernel import conntrack
-from egress_router.kernel import observe as linkstate
+from egress_router.kernel import conntrack, observe
 from egress_router.router import metrics, resolve
 
 LISTING = (Path(__file__).parent / "golden" / "kernel-listing.nft").read_text()
@@ -98,7 +97,7 @@ def test_status_counts_chain_rules() -> None:
 
 def test_status_json_and_exit_verdict() -> None:
     cfg = config.load_config(ENV)
-    snapshot = linkstate.Snapshot(links=(), addresses=(), routes=())
+    snapshot = observe.Snapshot(links=(), addresses=(), routes=())
     report = status.collect(
         cfg,
         runner=_Lister(LISTING),
@@ -189,19 +188,19 @@ IP_ROUTE6 = [
 
 
 def test_parse_ip_json_links_addresses_and_routes() -> None:
-    links, addresses = linkstate.parse_ip_addr(IP_ADDR)
-    assert links[1] == linkstate.Link(6, "macvlan0", True, "9e:e1:36:ed:2b:3b")
-    assert links[2] == linkstate.Link(7, "net9", False, "02:00:00:00:00:09")
+    links, addresses = observe.parse_ip_addr(IP_ADDR)
+    assert links[1] == observe.Link(6, "macvlan0", True, "9e:e1:36:ed:2b:3b")
+    assert links[2] == observe.Link(7, "net9", False, "02:00:00:00:00:09")
     assert addresses[1:] == [
-        linkstate.Address(6, ipaddress.ip_interface("192.168.12.99/24"), 0),
-        linkstate.Address(6, ipaddress.ip_interface("fe80::9ce1:36ff:feed:2b3b/64"), 253),
+        observe.Address(6, ipaddress.ip_interface("192.168.12.99/24"), 0),
+        observe.Address(6, ipaddress.ip_interface("fe80::9ce1:36ff:feed:2b3b/64"), 253),
     ]
-    routes = linkstate.parse_ip_route(IP_ROUTE6, 6, {link.name: link.index for link in links})
+    routes = observe.parse_ip_route(IP_ROUTE6, 6, {link.name: link.index for link in links})
     assert routes == [
-        linkstate.Route(6, ipaddress.ip_network("2001:db8:12::1/128"), None, 6, 254, 1),
-        linkstate.Route(6, ipaddress.ip_network("::/0"),
+        observe.Route(6, ipaddress.ip_network("2001:db8:12::1/128"), None, 6, 254, 1),
+        observe.Route(6, ipaddress.ip_network("::/0"),
                         ipaddress.ip_address("2001:db8:12::1"), 6, 254, 1),
-        linkstate.Route(6, ipaddress.ip_network("2001:db8:99::/48"), None, 1, 254, 0),
+        observe.Route(6, ipaddress.ip_network("2001:db8:99::/48"), None, 1, 254, 0),
     ]
 
 
@@ -215,7 +214,7 @@ def test_parse_ip_json_rules_keeps_ours_only() -> None:
         {"priority": 25973, "src": "10.128.0.2", "table": "25970"},
         {"priority": 32766, "src": "all", "table": "main"},
     ]
-    assert linkstate.parse_ip_rule(dump, 4) == [
+    assert observe.parse_ip_rule(dump, 4) == [
         (4, (25970, "macvlan0", None, 254, True)),
         (4, (25971, "macvlan0", None, 25970, False)),
         (4, (25972, None, "10.128.0.2", 254, True)),
@@ -226,40 +225,40 @@ def test_parse_ip_json_rules_keeps_ours_only() -> None:
 def test_drift_names_what_is_missing() -> None:
     cfg = config.load_config(ENV)
     mac = "9e:e1:36:ed:2b:3b"
-    pod = linkstate.Link(2, "eth0", True, "0a:58:0a:80:00:02")
+    pod = observe.Link(2, "eth0", True, "0a:58:0a:80:00:02")
     return_rules = (
         (4, (25970, "macvlan0", None, 254, True)),
         (4, (25971, "macvlan0", None, 25970, False)),
         (4, (25972, None, "10.128.0.2", 254, True)),
         (4, (25973, None, "10.128.0.2", 25970, False)),
     )
-    good = linkstate.Snapshot(
-        links=(pod, linkstate.Link(6, "macvlan0", True, mac)),
+    good = observe.Snapshot(
+        links=(pod, observe.Link(6, "macvlan0", True, mac)),
         addresses=(
-            linkstate.Address(2, ipaddress.ip_interface("10.128.0.2/24"), 0),
-            linkstate.Address(6, ipaddress.ip_interface("192.168.12.99/24"), 0),
+            observe.Address(2, ipaddress.ip_interface("10.128.0.2/24"), 0),
+            observe.Address(6, ipaddress.ip_interface("192.168.12.99/24"), 0),
         ),
         routes=(
-            linkstate.Route(4, ipaddress.ip_network("192.168.12.1/32"), None, 6, 254, 1),
-            linkstate.Route(4, ipaddress.ip_network("0.0.0.0/0"),
+            observe.Route(4, ipaddress.ip_network("192.168.12.1/32"), None, 6, 254, 1),
+            observe.Route(4, ipaddress.ip_network("0.0.0.0/0"),
                             ipaddress.ip_address("192.168.12.1"), 6, 254, 1),
         ),
         rules=return_rules,
     )
     steps = [s for s in plan.plan_interfaces(cfg) if not isinstance(s, plan.EnableForwarding)]
-    assert [linkstate.problem(s, good) for s in steps] == [None] * 5
-    bad = linkstate.Snapshot(
-        links=(pod, linkstate.Link(6, "macvlan0", False, mac)),
+    assert [observe.problem(s, good) for s in steps] == [None] * 5
+    bad = observe.Snapshot(
+        links=(pod, observe.Link(6, "macvlan0", False, mac)),
         addresses=(
-            linkstate.Address(6, ipaddress.ip_interface("192.168.12.98/24"), 0),
-            linkstate.Address(6, ipaddress.ip_interface("fe80::1/64"), 253),
+            observe.Address(6, ipaddress.ip_interface("192.168.12.98/24"), 0),
+            observe.Address(6, ipaddress.ip_interface("fe80::1/64"), 253),
         ),
         routes=(
-            linkstate.Route(4, ipaddress.ip_network("0.0.0.0/0"),
+            observe.Route(4, ipaddress.ip_network("0.0.0.0/0"),
                             ipaddress.ip_address("10.128.0.1"), 2, 254, 1),
         ),
     )
-    assert [linkstate.problem(s, bad) for s in steps] == [
+    assert [observe.problem(s, bad) for s in steps] == [
         "interface macvlan0 is down",
         "address 192.168.12.99/24 is missing on macvlan0",
         "route 192.168.12.1/32 dev macvlan0 is missing",

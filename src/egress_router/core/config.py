@@ -36,12 +36,20 @@ ENV_DEBUG = "EGRESS_ROUTER_DEBUG"
 ENV_ANNOUNCE_COUNT = "EGRESS_ANNOUNCE_COUNT"
 ENV_ANNOUNCE_INTERVAL = "EGRESS_ANNOUNCE_INTERVAL"
 ENV_HTTP_PORT = "EGRESS_ROUTER_HTTP_PORT"
+ENV_RECONCILE = "EGRESS_ROUTER_RECONCILE_SECONDS"
+ENV_WATCH = "EGRESS_ROUTER_WATCH_SECONDS"
+ENV_DNS_MIN_TTL = "EGRESS_ROUTER_DNS_MIN_TTL"
+ENV_DNS_MAX_TTL = "EGRESS_ROUTER_DNS_MAX_TTL"
 
 DEFAULT_POD_INTERFACE = "eth0"
 DEFAULT_EGRESS_INTERFACE = "macvlan0"
 DEFAULT_ANNOUNCE_COUNT = 3
 DEFAULT_ANNOUNCE_INTERVAL = 1.0
 DEFAULT_HTTP_PORT = 9090
+DEFAULT_RECONCILE = 10.0
+DEFAULT_WATCH = 1.0
+DEFAULT_DNS_MIN_TTL = 5.0
+DEFAULT_DNS_MAX_TTL = 300.0
 
 RULE_SYNTAX = "<port> <proto> <ip> [<remote_port>], or a last line <ip> (the fallback)"
 
@@ -775,3 +783,48 @@ def check_families(
                 "or remove the line",
                 line=item.line,
             )
+
+
+# ---------------------------------------------------------------------- the wait process
+
+
+@dataclass(frozen=True)
+class WaitSettings:
+    """How often the waiting container looks, from ``EGRESS_ROUTER_*`` variables."""
+
+    reconcile: float = DEFAULT_RECONCILE
+    watch: float = DEFAULT_WATCH
+    dns_min_ttl: float = DEFAULT_DNS_MIN_TTL
+    dns_max_ttl: float = DEFAULT_DNS_MAX_TTL
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise ConfigError(
+            name, f"invalid value {text!r}; expected seconds from {low:g} to {high:g}"
+        )
+    return value
+
+
+def parse_wait_settings(env: Mapping[str, str]) -> WaitSettings:
+    """Parse the waiting container's own variables (all optional)."""
+    settings = WaitSettings(
+        reconcile=_seconds(env, ENV_RECONCILE, DEFAULT_RECONCILE, 0.2, 3600),
+        watch=_seconds(env, ENV_WATCH, DEFAULT_WATCH, 0.1, 60),
+        dns_min_ttl=_seconds(env, ENV_DNS_MIN_TTL, DEFAULT_DNS_MIN_TTL, 0.5, 86400),
+        dns_max_ttl=_seconds(env, ENV_DNS_MAX_TTL, DEFAULT_DNS_MAX_TTL, 0.5, 86400),
+    )
+    if settings.dns_max_ttl < settings.dns_min_ttl:
+        raise ConfigError(
+            ENV_DNS_MAX_TTL,
+            f"is below {ENV_DNS_MIN_TTL} ({settings.dns_max_ttl:g} < "
+            f"{settings.dns_min_ttl:g}); raise it or lower the minimum",
+        )
+    return settings

@@ -28,8 +28,8 @@ from egress_router.core import config
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_TTL = 5.0
-DEFAULT_MAX_TTL = 300.0
+DEFAULT_MIN_TTL = config.DEFAULT_DNS_MIN_TTL
+DEFAULT_MAX_TTL = config.DEFAULT_DNS_MAX_TTL
 DEFAULT_TIMEOUT = 3.0
 _RECORD = {4: "A", 6: "AAAA"}
 
