@@ -345,8 +345,8 @@ def render_command(
     NetworkAttachmentDefinition for the egress-router CNI plugin.
     """
     # Imported here: every start of the init container would pay ~0.1 s for the schema libraries.
-    from egress_router import manifest  # noqa: PLC0415
-    from egress_router import render as render_module  # noqa: PLC0415
+    from egress_router.k8s import manifest  # noqa: PLC0415
+    from egress_router.k8s import render as render_module  # noqa: PLC0415
 
     if (config_file is None) == (egressrouter is None):
         raise click.UsageError("give either a config file or --from-egressrouter FILE")

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from egress_router import lab as labmod
-from egress_router import manifest, render
+from egress_router.k8s import manifest, render
 
 pytestmark = pytest.mark.privileged
 

@@ -22,9 +22,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress_router import manifest, render
 from egress_router.cni import netconf
 from egress_router.core import config
+from egress_router.k8s import manifest, render
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

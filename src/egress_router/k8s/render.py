@@ -27,8 +27,8 @@ import kubernetes_validate
 import kubernetes_validate.utils
 import yaml
 
-from egress_router import manifest
 from egress_router.core import config
+from egress_router.k8s import manifest
 
 # The newest Kubernetes release whose schemas the pinned kubernetes-validate ships.
 KUBERNETES_VERSION = "1.37"
