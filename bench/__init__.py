@@ -1,7 +1,7 @@
 """The data-path benchmark: is the router as fast as plain forwarding, at any number of rules?
 
 Run it with ``.venv/bin/python -m bench.run`` (as root; ``--quick`` for a short
-development run). It builds the local lab (``egress_router.lab``), configures
+development run). It builds the local lab (``egress_router.lab.world``), configures
 the router exactly as in production, drives real load generators (iperf3, ab,
 sockperf) through five paths and writes JSON, markdown and a PNG chart under
 ``bench/results/``.

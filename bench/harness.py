@@ -1,6 +1,6 @@
 """Drive the lab for the benchmark: servers, paths, router configurations and load generators.
 
-The router is configured exactly as in production (``egress_router.lab``'s
+The router is configured exactly as in production (``egress_router.lab.world``'s
 router pod, the product started with ``EGRESS_ROUTER_MODE=init``); the two
 reference paths only add routes inside the lab's own namespaces:
 
@@ -41,8 +41,8 @@ from typing import Any
 from bench import parsers, upstream, workload
 from bench.stats import Sample
 from bench.workload import DataPath, Figure, Unit
-from egress_router import lab as labmod
 from egress_router.core import config
+from egress_router.lab import world as labmod
 
 CLIENT_IP = str(labmod.CLIENT_POD4.ip)
 ROUTER_IP = str(labmod.ROUTER_POD4.ip)

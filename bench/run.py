@@ -34,8 +34,8 @@ from typing import Any
 
 from bench import ablation, harness, report, stats, upstream, workload
 from bench.workload import DataPath, Figure
-from egress_router import lab as labmod
 from egress_router.core import config, ruleset
+from egress_router.lab import world as labmod
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"

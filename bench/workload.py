@@ -14,7 +14,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Inside the lab's address plan (egress_router.lab): the measured services run on
+# Inside the lab's address plan (egress_router.lab.world): the measured services run on
 # DESTINATION; fillers point at FILLER_DESTINATION, which nothing ever dials.
 DESTINATION = "203.0.113.25"
 FILLER_DESTINATION = "203.0.113.26"

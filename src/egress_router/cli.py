@@ -257,7 +257,7 @@ _MACVLAN = click.option(
 @_MACVLAN
 def lab_up(prefix: str, macvlan: str) -> None:
     """Build the lab (no router configuration yet)."""
-    from egress_router import lab as lab_module  # noqa: PLC0415 (see the imports)
+    from egress_router.lab import world as lab_module  # noqa: PLC0415 (see the imports)
 
     built = lab_module.up(prefix, macvlan=macvlan)
     click.echo(f"lab {prefix!r} is up: namespaces {', '.join(built.namespaces)}")
@@ -269,7 +269,7 @@ def lab_up(prefix: str, macvlan: str) -> None:
 @click.option("--keep", is_flag=True, help="Leave the lab running afterwards.")
 def lab_demo(prefix: str, macvlan: str, keep: bool) -> None:
     """Build the lab, configure the router with the seed example, send real traffic."""
-    from egress_router import lab as lab_module  # noqa: PLC0415
+    from egress_router.lab import world as lab_module  # noqa: PLC0415
 
     sys.exit(lab_module.demo(prefix, keep=keep, macvlan=macvlan))
 
@@ -278,7 +278,7 @@ def lab_demo(prefix: str, macvlan: str, keep: bool) -> None:
 @_PREFIX
 def lab_down(prefix: str) -> None:
     """Remove the lab (also after a crash)."""
-    from egress_router import lab as lab_module  # noqa: PLC0415
+    from egress_router.lab import world as lab_module  # noqa: PLC0415
 
     lab_module.down(prefix)
     click.echo(f"lab {prefix!r} is down")

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import pytest
 
-from egress_router import lab as labmod
+from egress_router.lab import world as labmod
 
 RUN_PREFIX = "ert"
 REQUIRE_PRIVILEGED_ENV = "EGRESS_ROUTER_REQUIRE_PRIVILEGED"

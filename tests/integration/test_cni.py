@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from egress_router import cnirun
-from egress_router import lab as labmod
 from egress_router.cni import kernel
+from egress_router.lab import world as labmod
 
 pytestmark = pytest.mark.privileged
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from egress_router import lab as labmod
 from egress_router.k8s import manifest, render
+from egress_router.lab import world as labmod
 
 pytestmark = pytest.mark.privileged
 

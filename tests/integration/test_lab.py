@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from egress_router import lab as labmod
-from egress_router import labserver
+from egress_router.lab import server as labserver
+from egress_router.lab import world as labmod
 
 IP_TIMEOUT = 10
 
@@ -352,7 +352,7 @@ def test_sweep_spares_live_owners_and_removes_crashed_labs(lab_prefix: str) -> N
     # Another process builds a lab and holds it until its stdin closes, then
     # exits without down(): a live owner first, a crashed one afterwards.
     script = (
-        "import sys\nfrom egress_router import lab\n"
+        "import sys\nfrom egress_router.lab import world as lab\n"
         f"lab.up({prefix!r})\nprint('up', flush=True)\nsys.stdin.read()\n"
     )
     owner = subprocess.Popen(

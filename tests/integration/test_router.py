@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from egress_router import lab as labmod
+from egress_router.lab import world as labmod
 
 pytestmark = pytest.mark.privileged
 
@@ -185,7 +185,7 @@ def _start_listener(
 ) -> subprocess.Popen[bytes]:
     ready = tmp / f"ready-{ns}"
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-m", "egress_router.labserver", "serve",
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "egress_router.lab.server", "serve",
          "--ready", str(ready), "--log", str(log), *endpoints],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

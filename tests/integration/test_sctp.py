@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from egress_router import lab as labmod
+from egress_router.lab import world as labmod
 
 pytestmark = pytest.mark.privileged
 

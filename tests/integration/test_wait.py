@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from egress_router import lab as labmod
+from egress_router.lab import world as labmod
 
 pytestmark = pytest.mark.privileged
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from egress_router import cli, lab
+from egress_router import cli
+from egress_router.lab import world as lab
 
 GOLDEN = Path(__file__).parent / "golden"
 SEED_ENV = {k: v for k, v in lab.DEMO_ENV.items() if k != "EGRESS_ROUTER_MODE"}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from egress_router import lab
 from egress_router.core import config, ruleset
+from egress_router.lab import world as lab
 from egress_router.router import engine
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -15,9 +15,10 @@ import dns.message
 import dns.rcode
 import pytest
 
-from egress_router import labdns, status
+from egress_router import status
 from egress_router.core import config, plan
 from egress_router.kernel import conntrack, observe
+from egress_router.lab import nameserver as labdns
 from egress_router.router import metrics, resolve
 
 LISTING = (Path(__file__).parent / "golden" / "kernel-listing.nft").read_text()

@@ -10,7 +10,7 @@ JSON file of records, re-read whenever it changes::
 A name that is not in the file gets NXDOMAIN, a name without records of the
 asked type an empty NOERROR answer. Every query is appended to a JSON-lines
 log, so a test can see when the router asked. It runs as its own process
-(``python -m egress_router.labdns``) inside a lab namespace, like
+(``python -m egress_router.lab.nameserver``) inside a lab namespace, like
 `labserver`; dnspython builds and parses the messages.
 """
 
@@ -123,7 +123,7 @@ def serve(listen: str, port: int, records_path: Path, log_path: Path, ready: Pat
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m egress_router.labdns")
+    parser = argparse.ArgumentParser(prog="python -m egress_router.lab.nameserver")
     parser.add_argument("--listen", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=53)
     parser.add_argument("--records", type=Path, required=True)

@@ -7,7 +7,7 @@ of endpoints, logging every event as a JSON line; ``dial`` and ``stream`` run
 in the client namespace and report what came back, or a structured failure
 (``refused``, ``timeout``, ``unreachable``, ...), as one JSON line on stdout.
 
-It is a program (``python -m egress_router.labserver serve|dial|stream``)
+It is a program (``python -m egress_router.lab.server serve|dial|stream``)
 because each role has to run in another network namespace, which means
 another process started by ``ip netns exec``. Only the standard library is
 used, so it starts fast and needs nothing but the interpreter.
@@ -459,7 +459,7 @@ def stream(
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m egress_router.labserver", description=__doc__.split("\n")[0]
+        prog="python -m egress_router.lab.server", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -57,7 +57,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from egress_router import labserver
+from egress_router.lab import server as labserver
 
 # --------------------------------------------------------------------------- address plan
 # DESIGN.md's test address plan; only ever configured inside the lab's namespaces.
@@ -398,7 +398,7 @@ def _start_server(lab: Lab, endpoints: Sequence[str]) -> None:
         [
             sys.executable,
             "-m",
-            "egress_router.labserver",
+            "egress_router.lab.server",
             "serve",
             "--log",
             str(lab.served_log),
@@ -791,7 +791,7 @@ def spawn_router(
 
 
 def _labserver_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "egress_router.labserver", *args]
+    return [sys.executable, "-m", "egress_router.lab.server", *args]
 
 
 def _last_json(text: str, what: str) -> dict[str, Any]:
@@ -978,7 +978,7 @@ def start_dns(lab: Lab, records: Mapping[str, Mapping[str, Any]]) -> None:
     argv = _netns_exec(
         lab.router,
         [
-            sys.executable, "-m", "egress_router.labdns",
+            sys.executable, "-m", "egress_router.lab.nameserver",
             "--listen", LAB_RESOLVER,
             "--records", str(lab.state_dir / DNS_RECORDS_FILE),
             "--log", str(lab.state_dir / DNS_LOG_FILE),
@@ -1117,8 +1117,8 @@ def demo(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m egress_router.lab up|down|sweep|demo PREFIX``, for manual use."""
-    parser = argparse.ArgumentParser(prog="python -m egress_router.lab")
+    """``python -m egress_router.lab.world up|down|sweep|demo PREFIX``, for manual use."""
+    parser = argparse.ArgumentParser(prog="python -m egress_router.lab.world")
     parser.add_argument("action", choices=("up", "down", "sweep", "demo"))
     parser.add_argument("prefix")
     parser.add_argument("--keep", action="store_true", help="demo: keep the lab afterwards")

@@ -1,0 +1,7 @@
+"""The lab wing: a local world in network namespaces to run the router for real.
+
+``world`` builds client, router, node, gateway and destination namespaces (the address plan of
+DESIGN.md) and runs the demo; ``server`` is the destination server and client that record the
+peer address they saw; ``nameserver`` is a tiny DNS server for DNS-name destinations. The lab
+never imports ``kernel`` or ``router``: it observes the code under test independently.
+"""
