@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from egress_router import cnirun
-from egress_router.cni import kernel
+from egress_router.cni import macvlan
+from egress_router.cni import runtime as cnirun
 from egress_router.lab import world as labmod
 
 pytestmark = pytest.mark.privileged
@@ -302,7 +302,7 @@ def test_check_reports_tampering_and_del_is_idempotent(pods: Pods) -> None:
     assert link_names(pods.lab.router) == {"lo", "eth0"}
     assert "egress_router" not in ruleset(pods.lab.router)
     assert node_links(pods.lab) == node_before
-    assert not [name for name, _ in node_links(pods.lab) if kernel.is_temp_name(name)]
+    assert not [name for name, _ in node_links(pods.lab) if macvlan.is_temp_name(name)]
 
     # The pod is gone altogether (the runtime deleted the namespace first): DEL still succeeds.
     done_del = labmod.run_in(pods.lab.node, ["ip", "netns", "delete", pods.lab.router])
@@ -413,8 +413,8 @@ def test_default_master_status_and_gc(pods: Pods) -> None:
     assert_redirected(pods, "tcp", ROUTER4, 80, expected="203.0.113.25:80", source=SOURCE4)
 
     # Leftovers of interrupted ADDs on the node: GC removes those no valid attachment owns.
-    stale = kernel.temp_name("gone-container", "net1")
-    live = kernel.temp_name("live-container", "net1")
+    stale = macvlan.temp_name("gone-container", "net1")
+    live = macvlan.temp_name("live-container", "net1")
     for name in (stale, live):
         done = labmod.run_in(pods.lab.node, ["ip", "link", "add", name, "link", "ens3",
                                              "type", "macvlan", "mode", "private"])

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from egress_router import cnirun
-from egress_router.cni import drift, errors, kernel, netconf, plugin, result
+from egress_router.cni import drift, errors, macvlan, netconf, plugin, result
+from egress_router.cni import runtime as cnirun
 from egress_router.cni.errors import CniError
 from egress_router.core import config
 
@@ -75,10 +75,10 @@ class FakeKernel:
     """Records side effects; ``fail`` names a method that raises (to test rollbacks)."""
 
     namespaces: set[str] = field(default_factory=lambda: {NETNS})
-    host: dict[str, kernel.HostLink] = field(
+    host: dict[str, macvlan.HostLink] = field(
         default_factory=lambda: {
-            "ens3": kernel.HostLink("ens3", 2, 1500, True),
-            "lo": kernel.HostLink("lo", 1, 65536, True),
+            "ens3": macvlan.HostLink("ens3", 2, 1500, True),
+            "lo": macvlan.HostLink("lo", 1, 65536, True),
         }
     )
     host_macvlan_names: list[str] = field(default_factory=list)
@@ -99,7 +99,7 @@ class FakeKernel:
     def default_route_interface(self) -> str | None:
         return self.default_iface
 
-    def host_link(self, name: str) -> kernel.HostLink | None:
+    def host_link(self, name: str) -> macvlan.HostLink | None:
         return self.host.get(name)
 
     def host_link_names(self) -> list[str]:
@@ -108,7 +108,7 @@ class FakeKernel:
     def nft_problem(self) -> str | None:
         return "the nft binary is not on the node" if self.nft_missing else None
 
-    def create_macvlan(self, name: str, master: kernel.HostLink, mode: str, mtu: int) -> None:
+    def create_macvlan(self, name: str, master: macvlan.HostLink, mode: str, mtu: int) -> None:
         self._maybe_fail("create_macvlan")
         self.ops.append(f"create {name} on {master.name} {mode} {mtu}")
         self.host_macvlan_names.append(name)
@@ -128,9 +128,9 @@ class FakeKernel:
         self.host_macvlan_names.remove(name)
         self.ops.append(f"move {name}")
 
-    def probe_pod(self, path: str, ifname: str, pod_interface: str) -> kernel.PodProbe:
+    def probe_pod(self, path: str, ifname: str, pod_interface: str) -> macvlan.PodProbe:
         self.ops.append("probe")
-        return kernel.PodProbe(ifname in self.pod_links, pod_interface in self.pod_links)
+        return macvlan.PodProbe(ifname in self.pod_links, pod_interface in self.pod_links)
 
     def setup_pod(self, path: str, temp: str, cfg: config.Config) -> result.Link:
         self._maybe_fail("setup_pod")
@@ -138,7 +138,7 @@ class FakeKernel:
         self.pod_links.add(cfg.egress_interface)
         return result.Link(cfg.egress_interface, MAC, 1500, path)
 
-    def undo_pod(self, path: str, names: Sequence[str], probe: kernel.PodProbe) -> None:
+    def undo_pod(self, path: str, names: Sequence[str], probe: macvlan.PodProbe) -> None:
         self.ops.append(f"undo {','.join(names)}")
 
     def teardown_pod(self, path: str, ifname: str) -> list[str]:
@@ -395,7 +395,7 @@ def _healthy() -> drift.Observed:
 
 def test_differences_name_what_drifted() -> None:
     expected = _expected(netconf.parse(CONF))
-    assert drift.differences(expected, _healthy(), kernel.TABLE) == []
+    assert drift.differences(expected, _healthy(), macvlan.TABLE) == []
     broken = drift.Observed(
         link=drift.LinkState("net1", "macvlan", "bridge", 1400, "02:00:00:00:00:01", False, 2),
         pod_interface=False,
@@ -404,7 +404,7 @@ def test_differences_name_what_drifted() -> None:
         forwarding=((4, "0"),),
         ruleset=LISTING,
     )
-    assert drift.differences(expected, broken, kernel.TABLE) == [
+    assert drift.differences(expected, broken, macvlan.TABLE) == [
         "pod interface 'eth0' is missing",
         "macvlan 'net1' is in bridge mode, expected private",
         f"interface 'net1' has MAC 02:00:00:00:00:01, but ADD reported {MAC}",
@@ -416,7 +416,7 @@ def test_differences_name_what_drifted() -> None:
         "forwarding is off (net.ipv4.ip_forward=0)",
     ]
     gone = drift.Observed(link=None, pod_interface=True, forwarding=((4, "1"),), ruleset=None)
-    assert drift.differences(expected, gone, kernel.TABLE) == [
+    assert drift.differences(expected, gone, macvlan.TABLE) == [
         "interface 'net1' is missing from the container",
         "nftables table inet egress_router is missing",
     ]
@@ -436,7 +436,7 @@ def test_add_creates_moves_then_sets_up_and_prints_the_result() -> None:
     fake = FakeKernel()
     code, out, err = invoke(CONF, fake)
     assert code == 0, out + err
-    temp = kernel.temp_name("c0ffee", "net1")
+    temp = macvlan.temp_name("c0ffee", "net1")
     assert fake.ops == ["probe", f"create {temp} on ens3 private 1500", f"move {temp}",
                         "setup net1 pod=eth0"]
     assert fake.host_macvlan_names == []
@@ -449,7 +449,7 @@ def test_failed_add_undoes_everything_it_did(step: str) -> None:
     code, out, err = invoke(CONF, fake)
     assert code == 1
     assert error_of(out) == (errors.ROUTER_SETUP_FAILED, f"cannot {step}: injected failure")
-    temp = kernel.temp_name("c0ffee", "net1")
+    temp = macvlan.temp_name("c0ffee", "net1")
     undone = {
         "create_macvlan": ["probe"],
         "move_to_netns": ["probe", f"create {temp} on ens3 private 1500",
@@ -488,7 +488,7 @@ def test_add_refuses_before_any_side_effect() -> None:
 
 
 def test_add_removes_its_own_leftover_from_an_interrupted_add() -> None:
-    temp = kernel.temp_name("c0ffee", "net1")
+    temp = macvlan.temp_name("c0ffee", "net1")
     fake = FakeKernel(host_macvlan_names=[temp])
     assert invoke(CONF, fake)[0] == 0
     assert fake.ops[:2] == ["probe", f"delete {temp} from node"]
@@ -513,7 +513,7 @@ def test_del_is_idempotent_and_tolerates_what_add_refused() -> None:
 def test_check_passes_and_reports_drift() -> None:
     prev = result.build(netconf.parse(CONF), result.Link("net1", MAC, 1500, NETNS))
     fake = FakeKernel(observed=_healthy())
-    fake.host["ens3"] = kernel.HostLink("ens3", 2, 1500, True)
+    fake.host["ens3"] = macvlan.HostLink("ens3", 2, 1500, True)
     conf = {**CONF, "prevResult": prev}
     assert invoke(conf, fake, CNI_COMMAND="CHECK")[:2] == (0, "")
     fake.observed = drift.Observed(**{**_healthy().__dict__, "ruleset": None})
@@ -540,7 +540,7 @@ def test_status_and_gc() -> None:
     assert error_of(out) == (errors.INCOMPATIBLE_VERSION,
                              "cannot run STATUS with cniVersion 1.0.0: it needs 1.1.0 or "
                              "later; raise cniVersion in the configuration")
-    stale, live = kernel.temp_name("old", "net1"), kernel.temp_name("live", "net1")
+    stale, live = macvlan.temp_name("old", "net1"), macvlan.temp_name("live", "net1")
     fake = FakeKernel(host_macvlan_names=[stale, live, "macvlan-user"])
     gc = {**new, "cni.dev/valid-attachments": [{"containerID": "live", "ifname": "net1"}]}
     assert invoke(gc, fake, CNI_COMMAND="GC")[:2] == (0, "")
@@ -551,7 +551,7 @@ def test_status_and_gc() -> None:
 
 def test_a_bug_is_code_100_without_a_traceback_on_stdout() -> None:
     class Broken(FakeKernel):
-        def probe_pod(self, path: str, ifname: str, pod_interface: str) -> kernel.PodProbe:
+        def probe_pod(self, path: str, ifname: str, pod_interface: str) -> macvlan.PodProbe:
             raise KeyError("index")
 
     code, out, err = invoke({**CONF, "log_level": "debug"}, Broken())

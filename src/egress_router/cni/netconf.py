@@ -172,7 +172,7 @@ def parse_environment(env: Mapping[str, str]) -> Environment:
             errors.INVALID_ENVIRONMENT,
             f"cannot run the egress-router CNI plugin: CNI_COMMAND is {shown}; expected one of "
             f"{', '.join(COMMANDS)} (a container runtime sets it; see `python -m "
-            "egress_router.cnirun --help` to run the plugin by hand)",
+            "egress_router.cni.runtime --help` to run the plugin by hand)",
         )
     needed = {
         ADD: ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, TextIO
 
-from egress_router.cni import drift, errors, kernel, netconf, result
+from egress_router.cni import drift, errors, macvlan, netconf, result
 from egress_router.cni.errors import CniError
 from egress_router.cni.netconf import Environment, NetConf
 
@@ -82,7 +82,7 @@ def _quietly(what: str, fn: Callable[..., object], *args: object) -> None:
 class Plugin:
     """One invocation: the environment, the configuration and the kernel it acts on."""
 
-    def __init__(self, env: Environment, kern: kernel.Kernel, out: TextIO) -> None:
+    def __init__(self, env: Environment, kern: macvlan.Kernel, out: TextIO) -> None:
         self.env = env
         self.kernel = kern
         self.out = out
@@ -101,7 +101,7 @@ class Plugin:
             )
         return master
 
-    def _master_link(self, conf: NetConf, master: str) -> kernel.HostLink:
+    def _master_link(self, conf: NetConf, master: str) -> macvlan.HostLink:
         link = self.kernel.host_link(master)
         if link is None:
             names = [n for n in self.kernel.host_link_names() if n != "lo"][:12]
@@ -153,7 +153,7 @@ class Plugin:
                 f"{env.netns}; set podInterface to the pod network's interface (usually eth0)",
             )
         cfg = conf.router_config(env.ifname)
-        temp = kernel.temp_name(env.container_id, env.ifname)
+        temp = macvlan.temp_name(env.container_id, env.ifname)
         if self.kernel.delete_host_macvlan(temp):
             log.warning("removed %s, left on the node by an earlier, interrupted ADD", temp)
         started = time.monotonic()
@@ -179,7 +179,7 @@ class Plugin:
 
     def delete(self, conf: NetConf | None) -> None:
         env = self.env
-        temp = kernel.temp_name(env.container_id, env.ifname)
+        temp = macvlan.temp_name(env.container_id, env.ifname)
         _quietly(f"delete {temp} from the node", self.kernel.delete_host_macvlan, temp)
         if not env.netns or not self.kernel.netns_exists(env.netns):
             log.info("nothing to delete: network namespace %r is gone", env.netns)
@@ -234,7 +234,7 @@ class Plugin:
             master=master_name,
         )
         observed = self.kernel.inspect_pod(env.netns, env.ifname, conf.pod_interface)
-        found = drift.differences(expected, observed, kernel.TABLE)
+        found = drift.differences(expected, observed, macvlan.TABLE)
         if found:
             raise CniError(
                 errors.CHECK_FAILED,
@@ -256,10 +256,10 @@ class Plugin:
             raise CniError(errors.PLUGIN_NOT_AVAILABLE, err.msg) from None
 
     def gc(self, attachments: tuple[netconf.Attachment, ...]) -> None:
-        keep = {kernel.temp_name(a.container_id, a.ifname) for a in attachments}
+        keep = {macvlan.temp_name(a.container_id, a.ifname) for a in attachments}
         stale = [
             name for name in self.kernel.host_macvlans()
-            if kernel.is_temp_name(name) and name not in keep
+            if macvlan.is_temp_name(name) and name not in keep
         ]
         failures = []
         for name in stale:
@@ -289,7 +289,7 @@ def run(
     stdin: bytes,
     out: TextIO,
     err: TextIO,
-    kern: kernel.Kernel | None = None,
+    kern: macvlan.Kernel | None = None,
 ) -> int:
     """One plugin invocation; returns the exit status. Never raises, never prints a traceback."""
     version = netconf.LATEST_VERSION
@@ -311,7 +311,7 @@ def run(
                 f"cannot run {env.command} with cniVersion {version}: it needs "
                 f"{netconf.SINCE[env.command]} or later; raise cniVersion in the configuration",
             )
-        plugin = Plugin(env, kern or kernel.RealKernel(), out)
+        plugin = Plugin(env, kern or macvlan.RealKernel(), out)
         log.debug("configuration: %s", json.dumps(obj))
         if env.command == netconf.DEL:
             try:

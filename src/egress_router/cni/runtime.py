@@ -10,9 +10,9 @@ and keeps the ADD result for CHECK and DEL like libcni's cache
 (``--save-result`` / ``--prev-result``). The integration tests drive both
 Debian's reference plugins and ``egress-router-cni`` through `invoke`.
 
-    python -m egress_router.cnirun ADD nad.yaml --netns router --ifname net1 \\
+    python -m egress_router.cni.runtime ADD nad.yaml --netns router --ifname net1 \\
         --save-result /tmp/net1.json
-    python -m egress_router.cnirun CHECK nad.yaml --netns router --ifname net1 \\
+    python -m egress_router.cni.runtime CHECK nad.yaml --netns router --ifname net1 \\
         --prev-result /tmp/net1.json
 """
 
@@ -209,7 +209,7 @@ def invoke(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m egress_router.cnirun",
+        prog="python -m egress_router.cni.runtime",
         description="Run a CNI plugin as a container runtime would (CNI_* environment, "
         "configuration on stdin) and show its answer.",
     )
