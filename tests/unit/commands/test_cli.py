@@ -10,10 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from egress_router import cli
-from egress_router.lab import world as lab
-
-GOLDEN = Path(__file__).parent / "golden"
-SEED_ENV = {k: v for k, v in lab.DEMO_ENV.items() if k != "EGRESS_ROUTER_MODE"}
+from support.golden import GOLDEN, SEED_ENV
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -106,7 +103,7 @@ def test_architecture_contract_keeps_the_core_pure() -> None:
     lint = Path(sys.executable).parent / "lint-imports"
     done = subprocess.run(
         [str(lint)], capture_output=True, text=True, timeout=120, check=False,
-        cwd=Path(__file__).parents[2],
+        cwd=Path(__file__).parents[3],
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 kept, 0 broken" in done.stdout

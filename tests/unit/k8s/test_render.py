@@ -2,7 +2,7 @@
 
 Golden files under ``golden/render/`` are the exact YAML for the examples;
 regenerate after an intended change with ``UPDATE_GOLDEN=1 pytest
-tests/unit/test_render.py`` and review the diff like code.
+tests/unit/k8s/test_render.py`` and review the diff like code.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from egress_router.cni import netconf
 from egress_router.core import config
 from egress_router.k8s import manifest, render
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples"
-GOLDEN = Path(__file__).parent / "golden" / "render"
+GOLDEN = Path(__file__).parents[1] / "golden" / "render"
 
 DUAL = """\
 name: egress-dual

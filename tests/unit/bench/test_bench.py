@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: bench/
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root: bench/
 
 from bench import ablation, parsers, report, stats, upstream, workload
 from bench.workload import DataPath, Figure, Unit

@@ -6,18 +6,11 @@ and review the diff like code.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from egress_router.core import config, ruleset
-from egress_router.lab import world as lab
-from egress_router.router import engine
+from support.golden import SEED_ENV, check_golden
 
-GOLDEN = Path(__file__).parent / "golden"
-
-SEED_ENV = {k: v for k, v in lab.DEMO_ENV.items() if k != "EGRESS_ROUTER_MODE"}
 DUAL_ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
     "EGRESS_GATEWAY": "192.168.12.1,2001:db8:12::1",
@@ -29,14 +22,6 @@ DUAL_ENV = {
     "EGRESS_INTERFACE": "net1",
 }
 NO_FALLBACK_ENV = {**SEED_ENV, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n"}
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.write_text(text)
-    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1 and review it"
-    assert text == path.read_text()
 
 
 @pytest.mark.parametrize(
@@ -52,10 +37,6 @@ def test_iptables_golden(name: str, env: dict[str, str]) -> None:
     cfg = config.load_config(env)
     text = "".join(ruleset.render_iptables(cfg, family) for family in cfg.families())
     check_golden(f"{name}.iptables", text)
-
-
-def test_unit_test_mode_report_golden() -> None:
-    check_golden("seed.unit-test", engine.unit_test_report(config.load_config(SEED_ENV)))
 
 
 def test_map_elements_are_sorted_and_one_per_rule() -> None:

@@ -1,4 +1,4 @@
-"""The CNI plugin without privilege: configuration, results, CHECK's comparison, the commands.
+"""The CNI plugin's commands without privilege: ADD, DEL, CHECK, STATUS, GC, VERSION.
 
 The commands run against a fake kernel that records every side effect, so
 the order of operations and the rollback of a failed ADD are asserted
@@ -22,8 +22,8 @@ from egress_router.cni import drift, errors, macvlan, netconf, plugin, result
 from egress_router.cni import runtime as cnirun
 from egress_router.cni.errors import CniError
 from egress_router.core import config
+from support.cni import CONF, LISTING, MAC, NETNS, healthy
 
-NETNS = "/var/run/netns/pod"
 ENV = {
     "CNI_COMMAND": "ADD",
     "CNI_CONTAINERID": "c0ffee",
@@ -31,40 +31,6 @@ ENV = {
     "CNI_IFNAME": "net1",
     "CNI_PATH": "/opt/cni/bin",
 }
-CONF: dict[str, Any] = {
-    "cniVersion": "1.0.0",
-    "name": "egress",
-    "type": "egress-router",
-    "ip": {
-        "addresses": ["192.168.12.99/24"],
-        "gateway": "192.168.12.1",
-        "destinations": ["80 tcp 203.0.113.25", "8080 tcp 203.0.113.26/32 80", "203.0.113.27"],
-    },
-    "interfaceType": "macvlan",
-    "interfaceArgs": {"master": "ens3", "mode": "private", "mtu": "1500"},
-}
-MAC = "02:00:c0:a8:0c:63"
-LISTING = """table inet egress_router {
-\tset conns_v4 {
-\t\ttype inet_proto . inet_service
-\t\tcounter
-\t\telements = { tcp . 80 counter packets 3 bytes 180,
-\t\t\t     tcp . 8080 counter packets 0 bytes 0 }
-\t}
-
-\tmap redirect_v4 {
-\t\ttype inet_proto . inet_service : ipv4_addr . inet_service
-\t\telements = { tcp . 80 : 203.0.113.25 . 80,
-\t\t\t     tcp . 8080 : 203.0.113.26 . 80 }
-\t}
-
-\tchain forward {
-\t\ttype filter hook forward priority filter; policy drop;
-\t\tct state established,related accept
-\t\tcounter packets 12 bytes 720 comment "not a redirected connection: dropped"
-\t}
-}
-"""
 
 
 # ------------------------------------------------------------------ the fake kernel
@@ -182,91 +148,6 @@ def _restore_logging() -> Any:
     logging.getLogger("egress_router").propagate = True
 
 
-# ------------------------------------------------------------------ configuration
-
-
-def test_upstreams_configuration_becomes_the_engines() -> None:
-    conf = netconf.parse(CONF, "net1")
-    cfg = conf.router_config("net1")
-    assert conf.macvlan == netconf.Macvlan("ens3", "private", 1500)
-    assert [str(s.interface) for s in cfg.sources] == ["192.168.12.99/24"]
-    assert [str(g) for g in cfg.gateways] == ["192.168.12.1"]
-    assert [(r.port, r.proto.value, str(r.address), r.remote_port) for r in
-            cfg.destinations.rules] == [(80, "tcp", "203.0.113.25", 80),
-                                        (8080, "tcp", "203.0.113.26", 80)]
-    assert [str(f.address) for f in cfg.destinations.fallbacks] == ["203.0.113.27"]
-    assert (cfg.pod_interface, cfg.egress_interface, cfg.mode) == (
-        "eth0", "net1", config.Mode.INIT)
-    assert cfg.http_port == config.DEFAULT_HTTP_PORT
-
-
-def test_defaults_follow_upstream_and_dual_stack_is_honoured() -> None:
-    conf = netconf.parse({
-        "cniVersion": "0.4.0", "name": "n", "type": "egress-router",
-        "ip": {"addresses": ["192.168.12.99", "2001:db8:12::99/64"],
-               "gateway": ["192.168.12.1", "2001:db8:12::1"],
-               "destinations": ["80 tcp 2001:db8:113::25/128", "203.0.113.27/32"]},
-        "podInterface": "ens5", "log_level": "verbose",
-    }, "net1")
-    assert conf.macvlan == netconf.Macvlan(None, "bridge", None)
-    assert conf.pod_interface == "ens5"
-    assert conf.log_level == logging.INFO
-    assert [s.on_link for s in conf.sources] == [False, True]
-    assert [str(r.address) for r in conf.destinations.rules] == ["2001:db8:113::25"]
-
-
-@pytest.mark.parametrize(
-    ("change", "code", "message"),
-    [
-        ({"ip": {**CONF["ip"], "destinations": ["80 tcp 203.0.113.0/24"]}}, 7,
-         "cannot parse ip.destinations line 1 '80 tcp 203.0.113.0/24': destination "
-         "'203.0.113.0/24' is a network, not one address; write 203.0.113.0 (or "
-         "203.0.113.0/32)"),
-        ({"ip": {**CONF["ip"], "destinations": ["80 tcp 203.0.113.25\n81 tcp 203.0.113.25"]}}, 7,
-         "cannot parse ip.destinations line 1 '80 tcp 203.0.113.25\\n81 tcp 203.0.113.25': one "
-         "entry holds several values; put each in its own list entry"),
-        ({"ip": {**CONF["ip"], "gateway": ""}}, 7,
-         "cannot parse ip.gateway: is missing; expected the physical network's gateway, e.g. "
-         "\"192.168.12.1\" (dual stack: \"192.168.12.1,2001:db8:12::1\")"),
-        ({"ip": {**CONF["ip"], "destinations": ["80 tcp 2001:db8:113::25"]}}, 7,
-         "cannot parse ip.destinations line 1: destination 2001:db8:113::25 is IPv6 but "
-         "ip.addresses has no IPv6 address; add one (e.g. ip.addresses=<v4>,<v6>) or remove "
-         "the line"),
-        ({"ip": {**CONF["ip"], "destinations": ["80 tcp api.example.com"]}}, 2,
-         "cannot use host name 'api.example.com' in ip.destinations: the CNI plugin configures "
-         "the router once, at ADD, so it takes IP addresses only"),
-        ({"ip": "192.168.12.99"}, 7,
-         "cannot parse ip: is missing or not an object; expected {\"addresses\": [...], "
-         "\"gateway\": \"...\", \"destinations\": [...]}"),
-        ({"interfaceArgs": {"mode": "shared"}}, 7,
-         "cannot parse interfaceArgs.mode: unknown macvlan mode 'shared'; expected one of "
-         "bridge, private, vepa, passthru"),
-        ({"interfaceArgs": {"mtu": "jumbo"}}, 7,
-         "cannot parse interfaceArgs.mtu: invalid MTU 'jumbo'; expected a number from 68 to "
-         "65535 (or leave it out to use the master's MTU)"),
-        ({"podIP": {"db": {}}}, 2,
-         "cannot use podIP {\"db\": {}}: per-pod addresses are not supported; give one "
-         "NetworkAttachmentDefinition per router with \"ip\""),
-        ({"podInterface": "net1"}, 7,
-         "cannot parse podInterface: is 'net1', the same as CNI_IFNAME; the router needs its "
-         "pod interface and the macvlan the plugin creates"),
-        ({"log_level": "loud"}, 7,
-         "cannot parse log_level 'loud': expected one of debug, verbose, info, warning, error, "
-         "panic"),
-        ({"cniVersion": "0.2.0"}, 1,
-         "cannot use cniVersion '0.2.0': this plugin supports 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"),
-        ({"announceCount": "3"}, 7,
-         "cannot parse announceCount: invalid value '3'; expected a whole number 0 to 100"),
-    ],
-)
-def test_bad_configuration_names_the_field(
-    change: dict[str, Any], code: int, message: str
-) -> None:
-    with pytest.raises(CniError) as caught:
-        netconf.parse({**CONF, **change}, "net1")
-    assert (caught.value.code, caught.value.msg) == (code, message)
-
-
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -293,133 +174,6 @@ def test_undecodable_stdin_is_code_6() -> None:
         assert error_of(out)[0] == errors.DECODE_FAILURE
 
 
-# ------------------------------------------------------------------ results
-
-
-def test_result_for_each_version() -> None:
-    link = result.Link("net1", MAC, 1400, NETNS)
-    new = result.build(netconf.parse({**CONF, "cniVersion": "1.1.0"}), link)
-    assert new == {
-        "cniVersion": "1.1.0",
-        "interfaces": [{"name": "net1", "mac": MAC, "mtu": 1400, "sandbox": NETNS}],
-        "ips": [{"address": "192.168.12.99/24", "gateway": "192.168.12.1", "interface": 0}],
-        "routes": [{"dst": "192.168.12.1/32"}, {"dst": "0.0.0.0/0", "gw": "192.168.12.1"}],
-    }
-    old = result.build(netconf.parse({**CONF, "cniVersion": "0.4.0", "dns": {"nameservers":
-                                                                             ["10.0.0.10"]}}),
-                       link)
-    assert old["interfaces"] == [{"name": "net1", "mac": MAC, "sandbox": NETNS}]
-    assert old["ips"][0]["version"] == "4"
-    assert old["dns"] == {"nameservers": ["10.0.0.10"]}
-
-
-def test_result_chains_onto_prev_result() -> None:
-    prev = {
-        "cniVersion": "1.0.0",
-        "interfaces": [{"name": "cbr0", "mac": "aa:aa:aa:aa:aa:aa"},
-                       {"name": "eth0", "mac": "bb:bb:bb:bb:bb:bb", "sandbox": NETNS}],
-        "ips": [{"address": "10.128.0.2/24", "gateway": "10.128.0.1", "interface": 1}],
-        "routes": [{"dst": "0.0.0.0/0"}],
-        "dns": {"nameservers": ["10.0.0.10"]},
-    }
-    chained = result.build(netconf.parse(CONF), result.Link("net1", MAC, 1500, NETNS), prev)
-    assert chained["interfaces"][:2] == prev["interfaces"]
-    assert chained["interfaces"][2]["name"] == "net1"
-    assert chained["ips"] == [
-        prev["ips"][0],
-        {"address": "192.168.12.99/24", "gateway": "192.168.12.1", "interface": 2},
-    ]
-    assert chained["routes"][0] == {"dst": "0.0.0.0/0"}
-    assert chained["dns"] == prev["dns"]
-    recorded = result.recorded(chained, "net1", NETNS)
-    assert recorded is not None
-    assert recorded.mac == MAC
-    assert [str(a) for a in recorded.addresses] == ["192.168.12.99/24"]
-    assert result.recorded(chained, "net2", NETNS) is None
-
-
-# ------------------------------------------------------------------ CHECK's comparison
-
-
-def test_listing_ignores_counters_and_line_wrapping() -> None:
-    blocks = drift.parse_listing(LISTING)
-    assert blocks["set conns_v4"].elements == {"tcp . 80 counter", "tcp . 8080 counter"}
-    assert blocks["map redirect_v4"].elements == {
-        "tcp . 80 : 203.0.113.25 . 80", "tcp . 8080 : 203.0.113.26 . 80"}
-    assert blocks["chain forward"].lines[-1] == (
-        'counter comment "not a redirected connection: dropped"')
-    rewrapped = LISTING.replace(",\n\t\t\t     tcp . 8080 : ", ", tcp . 8080 : ").replace(
-        "packets 12 bytes 720", "packets 0 bytes 0")
-    assert drift.ruleset_differences(LISTING, rewrapped, "inet egress_router") == []
-
-
-def test_ruleset_differences_in_nfts_words() -> None:
-    tampered = (
-        LISTING.replace("tcp . 8080 : 203.0.113.26 . 80", "tcp . 8080 : 198.51.100.9 . 80")
-        .replace("policy drop;", "policy accept;")
-    )
-    assert drift.ruleset_differences(LISTING, tampered, "inet egress_router") == [
-        "nftables map redirect_v4: missing element 'tcp . 8080 : 203.0.113.26 . 80'",
-        "nftables map redirect_v4: unexpected element 'tcp . 8080 : 198.51.100.9 . 80'",
-        "nftables chain forward: missing 'type filter hook forward priority filter; policy "
-        "drop;'",
-        "nftables chain forward: unexpected 'type filter hook forward priority filter; policy "
-        "accept;'",
-    ]
-    assert drift.ruleset_differences(LISTING, None, "inet egress_router") == [
-        "nftables table inet egress_router is missing"
-    ]
-
-
-def _expected(conf: netconf.NetConf) -> drift.Expected:
-    cfg = conf.router_config("net1")
-    return drift.Expected(
-        ifname="net1", pod_interface="eth0", mode="private",
-        addresses=tuple(s.interface for s in cfg.sources), routes=drift.expected_routes(cfg),
-        families=cfg.families(), ruleset=LISTING, mtu=1500, mac=MAC, parent_index=2,
-        master="ens3",
-    )
-
-
-def _healthy() -> drift.Observed:
-    return drift.Observed(
-        link=drift.LinkState("net1", "macvlan", "private", 1500, MAC, True, 2),
-        pod_interface=True,
-        addresses=("192.168.12.99/24",),
-        routes=(drift.Route("192.168.12.1/32"), drift.Route("0.0.0.0/0", "192.168.12.1"),
-                drift.Route("192.168.12.0/24")),
-        forwarding=((4, "1"), (6, "0")),
-        ruleset=LISTING,
-    )
-
-
-def test_differences_name_what_drifted() -> None:
-    expected = _expected(netconf.parse(CONF))
-    assert drift.differences(expected, _healthy(), macvlan.TABLE) == []
-    broken = drift.Observed(
-        link=drift.LinkState("net1", "macvlan", "bridge", 1400, "02:00:00:00:00:01", False, 2),
-        pod_interface=False,
-        addresses=("192.168.12.98/24",),
-        routes=(drift.Route("192.168.12.1/32"),),
-        forwarding=((4, "0"),),
-        ruleset=LISTING,
-    )
-    assert drift.differences(expected, broken, macvlan.TABLE) == [
-        "pod interface 'eth0' is missing",
-        "macvlan 'net1' is in bridge mode, expected private",
-        f"interface 'net1' has MAC 02:00:00:00:00:01, but ADD reported {MAC}",
-        "interface 'net1' has MTU 1400, expected 1500",
-        "interface 'net1' is down",
-        "address 192.168.12.99/24 is missing from 'net1'",
-        "unexpected address 192.168.12.98/24 on 'net1'",
-        "route missing: ip route default via 192.168.12.1 dev net1",
-        "forwarding is off (net.ipv4.ip_forward=0)",
-    ]
-    gone = drift.Observed(link=None, pod_interface=True, forwarding=((4, "1"),), ruleset=None)
-    assert drift.differences(expected, gone, macvlan.TABLE) == [
-        "interface 'net1' is missing from the container",
-        "nftables table inet egress_router is missing",
-    ]
 
 
 # ------------------------------------------------------------------ the commands
@@ -512,11 +266,11 @@ def test_del_is_idempotent_and_tolerates_what_add_refused() -> None:
 
 def test_check_passes_and_reports_drift() -> None:
     prev = result.build(netconf.parse(CONF), result.Link("net1", MAC, 1500, NETNS))
-    fake = FakeKernel(observed=_healthy())
+    fake = FakeKernel(observed=healthy())
     fake.host["ens3"] = macvlan.HostLink("ens3", 2, 1500, True)
     conf = {**CONF, "prevResult": prev}
     assert invoke(conf, fake, CNI_COMMAND="CHECK")[:2] == (0, "")
-    fake.observed = drift.Observed(**{**_healthy().__dict__, "ruleset": None})
+    fake.observed = drift.Observed(**{**healthy().__dict__, "ruleset": None})
     code, out, _ = invoke(conf, fake, CNI_COMMAND="CHECK")
     assert code == 1
     obj = json.loads(out)
@@ -571,23 +325,6 @@ def test_log_file_receives_the_log(tmp_path: Path) -> None:
            FakeKernel())
     text = log_file.read_text()
     assert "ERROR [ADD c0ffee net1] cannot create the macvlan: master interface 'ens9'" in text
-
-
-# ------------------------------------------------------------------ the helper and the script
-
-
-def test_cnirun_reads_a_network_attachment_definition(tmp_path: Path) -> None:
-    nad = tmp_path / "nad.yaml"
-    nad.write_text(
-        "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\n"
-        "metadata:\n  name: egress\nspec:\n  config: '" + json.dumps(CONF) + "'\n"
-    )
-    assert cnirun.load_config(nad) == CONF
-    conflist = tmp_path / "list.conflist"
-    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "l", "plugins": [
-        {"type": "egress-router", "ip": CONF["ip"]}]}))
-    assert cnirun.load_config(conflist) == {"type": "egress-router", "ip": CONF["ip"],
-                                            "cniVersion": "1.0.0", "name": "l"}
 
 
 def test_console_script_version_and_bad_config_need_no_privilege() -> None:

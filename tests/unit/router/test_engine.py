@@ -9,6 +9,7 @@ import pytest
 from egress_router.core import config, plan
 from egress_router.kernel import announce, iptables, netlink, nft
 from egress_router.router import engine
+from support.golden import SEED_ENV, check_golden
 
 ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
@@ -134,3 +135,9 @@ def test_removing_absent_iptables_rules_touches_nothing() -> None:
     fake = iptables.FakeIptables(saved={4: "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n", 6: ""})
     engine.IptablesFirewall(fake).remove()
     assert fake.restored == []  # a payload would create empty nat/filter tables
+
+
+
+
+def test_unit_test_mode_report_golden() -> None:
+    check_golden("seed.unit-test", engine.unit_test_report(config.load_config(SEED_ENV)))

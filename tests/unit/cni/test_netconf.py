@@ -1,0 +1,97 @@
+"""The CNI network configuration: upstream fields become the engine's; errors name the field."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from egress_router.cni import netconf
+from egress_router.cni.errors import CniError
+from egress_router.core import config
+from support.cni import CONF
+
+# ------------------------------------------------------------------ configuration
+
+
+def test_upstreams_configuration_becomes_the_engines() -> None:
+    conf = netconf.parse(CONF, "net1")
+    cfg = conf.router_config("net1")
+    assert conf.macvlan == netconf.Macvlan("ens3", "private", 1500)
+    assert [str(s.interface) for s in cfg.sources] == ["192.168.12.99/24"]
+    assert [str(g) for g in cfg.gateways] == ["192.168.12.1"]
+    assert [(r.port, r.proto.value, str(r.address), r.remote_port) for r in
+            cfg.destinations.rules] == [(80, "tcp", "203.0.113.25", 80),
+                                        (8080, "tcp", "203.0.113.26", 80)]
+    assert [str(f.address) for f in cfg.destinations.fallbacks] == ["203.0.113.27"]
+    assert (cfg.pod_interface, cfg.egress_interface, cfg.mode) == (
+        "eth0", "net1", config.Mode.INIT)
+    assert cfg.http_port == config.DEFAULT_HTTP_PORT
+
+
+def test_defaults_follow_upstream_and_dual_stack_is_honoured() -> None:
+    conf = netconf.parse({
+        "cniVersion": "0.4.0", "name": "n", "type": "egress-router",
+        "ip": {"addresses": ["192.168.12.99", "2001:db8:12::99/64"],
+               "gateway": ["192.168.12.1", "2001:db8:12::1"],
+               "destinations": ["80 tcp 2001:db8:113::25/128", "203.0.113.27/32"]},
+        "podInterface": "ens5", "log_level": "verbose",
+    }, "net1")
+    assert conf.macvlan == netconf.Macvlan(None, "bridge", None)
+    assert conf.pod_interface == "ens5"
+    assert conf.log_level == logging.INFO
+    assert [s.on_link for s in conf.sources] == [False, True]
+    assert [str(r.address) for r in conf.destinations.rules] == ["2001:db8:113::25"]
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        ({"ip": {**CONF["ip"], "destinations": ["80 tcp 203.0.113.0/24"]}}, 7,
+         "cannot parse ip.destinations line 1 '80 tcp 203.0.113.0/24': destination "
+         "'203.0.113.0/24' is a network, not one address; write 203.0.113.0 (or "
+         "203.0.113.0/32)"),
+        ({"ip": {**CONF["ip"], "destinations": ["80 tcp 203.0.113.25\n81 tcp 203.0.113.25"]}}, 7,
+         "cannot parse ip.destinations line 1 '80 tcp 203.0.113.25\\n81 tcp 203.0.113.25': one "
+         "entry holds several values; put each in its own list entry"),
+        ({"ip": {**CONF["ip"], "gateway": ""}}, 7,
+         "cannot parse ip.gateway: is missing; expected the physical network's gateway, e.g. "
+         "\"192.168.12.1\" (dual stack: \"192.168.12.1,2001:db8:12::1\")"),
+        ({"ip": {**CONF["ip"], "destinations": ["80 tcp 2001:db8:113::25"]}}, 7,
+         "cannot parse ip.destinations line 1: destination 2001:db8:113::25 is IPv6 but "
+         "ip.addresses has no IPv6 address; add one (e.g. ip.addresses=<v4>,<v6>) or remove "
+         "the line"),
+        ({"ip": {**CONF["ip"], "destinations": ["80 tcp api.example.com"]}}, 2,
+         "cannot use host name 'api.example.com' in ip.destinations: the CNI plugin configures "
+         "the router once, at ADD, so it takes IP addresses only"),
+        ({"ip": "192.168.12.99"}, 7,
+         "cannot parse ip: is missing or not an object; expected {\"addresses\": [...], "
+         "\"gateway\": \"...\", \"destinations\": [...]}"),
+        ({"interfaceArgs": {"mode": "shared"}}, 7,
+         "cannot parse interfaceArgs.mode: unknown macvlan mode 'shared'; expected one of "
+         "bridge, private, vepa, passthru"),
+        ({"interfaceArgs": {"mtu": "jumbo"}}, 7,
+         "cannot parse interfaceArgs.mtu: invalid MTU 'jumbo'; expected a number from 68 to "
+         "65535 (or leave it out to use the master's MTU)"),
+        ({"podIP": {"db": {}}}, 2,
+         "cannot use podIP {\"db\": {}}: per-pod addresses are not supported; give one "
+         "NetworkAttachmentDefinition per router with \"ip\""),
+        ({"podInterface": "net1"}, 7,
+         "cannot parse podInterface: is 'net1', the same as CNI_IFNAME; the router needs its "
+         "pod interface and the macvlan the plugin creates"),
+        ({"log_level": "loud"}, 7,
+         "cannot parse log_level 'loud': expected one of debug, verbose, info, warning, error, "
+         "panic"),
+        ({"cniVersion": "0.2.0"}, 1,
+         "cannot use cniVersion '0.2.0': this plugin supports 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"),
+        ({"announceCount": "3"}, 7,
+         "cannot parse announceCount: invalid value '3'; expected a whole number 0 to 100"),
+    ],
+)
+def test_bad_configuration_names_the_field(
+    change: dict[str, Any], code: int, message: str
+) -> None:
+    with pytest.raises(CniError) as caught:
+        netconf.parse({**CONF, **change}, "net1")
+    assert (caught.value.code, caught.value.msg) == (code, message)

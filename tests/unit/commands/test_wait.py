@@ -1,0 +1,103 @@
+"""The wait process shell: its HTTP endpoints, the namespace lock, refusing a bad configuration."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from egress_router import wait
+from support.router import BASE_ENV, Harness
+
+
+def test_http_endpoints(harness: Harness) -> None:
+    server = _FakeServer(harness)
+    assert _get(server, "/healthz") == (200, "ok\n")
+    assert _get(server, "/readyz") == (200, "ok\n")
+    harness.runner.applied.append("tampered")
+    differ = "our rules in the kernel differ from the applied ones\n"
+    assert _get(server, "/readyz") == (503, differ)
+    status, body = _get(server, "/metrics")
+    assert status == 200
+    assert "egress_router_applies_total{result=\"ok\"} 1.0" in body
+    assert "# TYPE egress_router_rule_connections_total counter" in body
+    assert _get(server, "/nope")[0] == 404
+    server.beat = -1000.0
+    assert _get(server, "/healthz")[0] == 500
+
+
+class _FakeServer:
+    """Enough of `wait._Server` for the handler, without a listening socket."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.router = harness.router
+        self.registry = harness.registry
+        self.beat = 1e18
+        self.stale_after = 60.0
+
+    def heartbeat(self) -> float:
+        return min(self.beat, time.monotonic())
+
+
+def _get(server: _FakeServer, path: str) -> tuple[int, str]:
+    # A socket pair stands in for a TCP connection: no network involved.
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.sendall(f"GET {path} HTTP/1.0\r\nHost: router\r\n\r\n".encode())
+        handler = threading.Thread(
+            target=wait._Handler, args=(theirs, ("pod", 0), server), daemon=True
+        )
+        handler.start()
+        handler.join(10)
+        theirs.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := ours.recv(65536):
+            data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_one_lock_per_network_namespace() -> None:
+    name = f"\0egress-router-test-{os.getpid()}".encode()
+    first, second = wait.NamespaceLock(name), wait.NamespaceLock(name)
+    try:
+        assert first.try_acquire()
+        assert not second.try_acquire()
+        assert second.holder() == os.getpid()
+        first.release()
+        assert second.try_acquire()
+    finally:
+        first.release()
+        second.release()
+
+
+def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "egress_router", *args],
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_wait_refuses_a_bad_configuration_before_touching_anything(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.write_text("80 tcp 203.0.113.25\n9090 tcp 203.0.113.26\n")
+    done = _run_cli(["wait", "--file", str(rules)], BASE_ENV)
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"egress-router: error: cannot parse {rules} line 2 '9090 tcp 203.0.113.26': port "
+        "9090/tcp is the router's own HTTP port (EGRESS_ROUTER_HTTP_PORT, /healthz, /readyz, "
+        "/metrics); use another local port, or set EGRESS_ROUTER_HTTP_PORT to a free port (0 "
+        "turns the HTTP server off)\n"
+    )
+    bad = _run_cli(["wait"], {**BASE_ENV, "EGRESS_DESTINATION": "80 tcp 203.0.113.25",
+                              "EGRESS_ROUTER_WATCH_SECONDS": "-1"})
+    assert bad.returncode == 1
+    assert bad.stderr == (
+        "egress-router: error: cannot parse EGRESS_ROUTER_WATCH_SECONDS: invalid value '-1'; "
+        "expected seconds from 0.1 to 60\n"
+    )
