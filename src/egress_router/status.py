@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,17 +25,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from egress_router.core import config, plan, ruleset
+from egress_router.core import config, listing, plan, ruleset
 from egress_router.kernel import conntrack, iptables, nft, observe
 from egress_router.router import metrics
 
 EXIT_DRIFT = 4
 
-_BLOCK = re.compile(r"^\t(set|map|chain) (\S+) \{")
-_ELEMENTS = re.compile(r"elements = \{([^}]*)\}")
-_TARGET = re.compile(r"(\d+) : ([0-9a-fA-F.:]+)(?: \. (\d+))?")
-_DNAT = re.compile(r"dnat ip6? to (?:numgen inc mod \d+ map \{ ([^}]*) \}|([0-9a-fA-F.:]+))")
-_PROTOCOLS = {p.value for p in config.Proto}
 
 
 @dataclass
@@ -70,86 +64,51 @@ class Report:
         return not self.problems
 
 
-def parse_blocks(listing: str) -> dict[str, list[str]]:
-    """``nft list table`` text as ``{name: body lines}`` for every set, map and chain."""
-    blocks: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in listing.splitlines():
-        start = _BLOCK.match(line)
-        if start:
-            current = blocks.setdefault(start.group(2), [])
-            continue
-        if line == "\t}":
-            current = None
-        elif current is not None:
-            current.append(line.strip())
-    return blocks
-
-
-def _elements(body: list[str]) -> list[str]:
-    found = _ELEMENTS.search(" ".join(body))
-    if not found:
-        return []
-    return [item.strip() for item in found.group(1).split(",") if item.strip()]
-
-
-def _key(text: str) -> ruleset.Key | None:
-    parts = text.split()
-    if len(parts) >= 3 and parts[0] in _PROTOCOLS and parts[1] == "." and parts[2].isdigit():
-        return config.Proto(parts[0]), int(parts[2])
-    return None
-
-
 def _endpoint(address: str, port: str | None) -> str:
     if port is None:
         return address
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def kernel_targets(blocks: dict[str, list[str]], family: int) -> dict[ruleset.Key, list[str]]:
+def kernel_targets(table: listing.Listing, family: int) -> dict[ruleset.Key, list[str]]:
     """Where the kernel sends each rule key of ``family``: redirect map and spread chains."""
     found: dict[ruleset.Key, list[str]] = {}
-    for element in _elements(blocks.get(ruleset.redirect_map(family), [])):
+    for element in table.elements("map", ruleset.redirect_map(family)):
         key_text, _, value = element.partition(" : ")
-        key = _key(key_text)
+        key = listing.element_key(key_text)
         address, _, port = value.partition(" . ")
         if key is not None:
             found[key] = [_endpoint(address.strip(), port.strip() or None)]
-    for element in _elements(blocks.get(ruleset.spread_map(family), [])):
+    for element in table.elements("map", ruleset.spread_map(family)):
         key_text, _, verdict = element.partition(" : ")
-        key = _key(key_text)
+        key = listing.element_key(key_text)
         chain = verdict.replace("jump", "").strip()
         if key is None:
             continue
-        rule = " ".join(blocks.get(chain, []))
-        found[key] = [_endpoint(a, p or None) for _i, a, p in _TARGET.findall(rule)]
+        rule = " ".join(table.lines("chain", chain))
+        found[key] = [_endpoint(a, p) for a, p in listing.numgen_targets(rule)]
     return found
 
 
-def kernel_fallback(blocks: dict[str, list[str]], family: int) -> list[str]:
+def kernel_fallback(table: listing.Listing, family: int) -> list[str]:
     """The fallback addresses of ``family`` in the prerouting chain."""
     nfproto = f"meta nfproto ipv{family} meta l4proto"
-    for line in blocks.get(ruleset.CHAIN_PREROUTING, []):
+    for line in table.lines("chain", ruleset.CHAIN_PREROUTING):
         if line.startswith(nfproto) and "dnat" in line and "th dport map" not in line:
-            match = _DNAT.search(line)
-            if match is None:
-                return []
-            if match.group(2):
-                return [match.group(2)]
-            return [a for _i, a, _p in _TARGET.findall(match.group(1))]
+            return listing.dnat_addresses(line)
     return []
 
 
 def _rule_counts(text: str) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for name, body in parse_blocks(text).items():
+    for name, block in listing.parse_table(text).of_kind("chain").items():
         if name in (
             ruleset.CHAIN_PREROUTING,
             ruleset.CHAIN_POSTROUTING,
             ruleset.CHAIN_FORWARD,
             ruleset.CHAIN_INPUT,
         ):
-            counts[name] = len([line for line in body if line and not line.startswith("type ")])
+            counts[name] = len([line for line in block.lines if not line.startswith("type ")])
     return counts
 
 
@@ -210,24 +169,24 @@ def _active(cfg: config.Config, tracker: conntrack.Conntrack) -> dict[tuple[int,
 
 def collect_nftables(
     cfg: config.Config,
-    listing: str | None,
+    text: str | None,
     active: dict[tuple[int, str, int], int],
 ) -> tuple[dict[str, Any], list[RuleStatus], list[str]]:
     """Compare ``nft list table`` text with the configuration (pure, for tests)."""
-    if listing is None:
+    if text is None:
         absent = [
             RuleStatus(f"ipv{f}", p.value, str(port), label, problem="no table")
             for f, p, port, label, _e in _configured_rules(cfg)
         ]
         missing = f"table {ruleset.TABLE_FAMILY} {ruleset.TABLE} is missing"
         return {"present": False}, absent, [missing]
-    blocks = parse_blocks(listing)
-    counters = metrics.read_counters(listing.splitlines())
+    table = listing.parse_table(text)
+    counters = listing.read_counters(text.splitlines())
     problems: list[str] = []
     rules: list[RuleStatus] = []
     configured = _configured_rules(cfg)
     by_family: dict[int, dict[ruleset.Key, list[str]]] = {
-        f: kernel_targets(blocks, f) for f in cfg.families()
+        f: kernel_targets(table, f) for f in cfg.families()
     }
     for family, proto, port, label, exact in configured:
         key = (proto, port)
@@ -261,7 +220,7 @@ def collect_nftables(
     for family in cfg.families():
         wanted = [str(f.address) for f in cfg.destinations.fallbacks if f.family == family]
         names = [f.host for f in cfg.destinations.named_fallbacks]
-        present = kernel_fallback(blocks, family)
+        present = kernel_fallback(table, family)
         if not wanted and not names and not present:
             continue
         label = ", ".join(wanted + names) or "(none)"
@@ -276,7 +235,7 @@ def collect_nftables(
             problems.append(f"IPv{family} fallback: {row.problem}")
         rules.append(row)
     expected = _rule_counts(ruleset.render_nftables(cfg))
-    actual = _rule_counts(listing)
+    actual = _rule_counts(text)
     chains: dict[str, Any] = {}
     for chain, count in expected.items():
         have = actual.get(chain)
@@ -287,7 +246,7 @@ def collect_nftables(
             problems.append(f"chain {chain} has {have} rules, expected {count}")
     for source in cfg.sources:
         if not any(f"snat {'ip6' if source.family == 6 else 'ip'} to {source.address}" in line
-                   for line in blocks.get(ruleset.CHAIN_POSTROUTING, [])):
+                   for line in table.lines("chain", ruleset.CHAIN_POSTROUTING)):
             problems.append(f"no SNAT to {source.address}")
     return {"present": True, "chains": chains}, rules, problems
 
@@ -299,18 +258,13 @@ def collect_iptables(
     problems: list[str] = []
     rules: list[RuleStatus] = []
     present = all(
-        iptables.present_jumps(dumps.get(family, "")) == set(ruleset.IPT_JUMPS)
+        listing.iptables_jumps(dumps.get(family, "")) == set(ruleset.IPT_JUMPS)
         for family in cfg.families()
     )
     if not present:
         problems.append("the jumps to our iptables chains are missing")
     for family, proto, port, label, exact in _configured_rules(cfg):
-        lines = [
-            line for line in dumps.get(family, "").splitlines()
-            if line.startswith(f"-A {ruleset.IPT_PREROUTING} ")
-            and f"-p {proto.value}" in line and f"--dport {port} " in line
-        ]
-        found = [line.rsplit("--to-destination ", 1)[-1] for line in lines]
+        found = listing.iptables_dnat_targets(dumps.get(family, ""), proto, port)
         row = RuleStatus(f"ipv{family}", proto.value, str(port), label, kernel=found,
                          active=active.get((family, proto.value, port), 0))
         if not found:
@@ -338,8 +292,8 @@ def collect(
     try:
         if cfg.backend is config.Backend.NFTABLES:
             runner = runner or nft.NftCommand()
-            listing = runner.list_table_text()
-            state, rules, found = collect_nftables(cfg, listing, active)
+            text = runner.list_table_text()
+            state, rules, found = collect_nftables(cfg, text, active)
         else:
             xtables = xtables or iptables.IptablesCommand()
             dumps = {f: xtables.save(f, "nat") + xtables.save(f, "filter") for f in cfg.families()}

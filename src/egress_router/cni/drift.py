@@ -16,16 +16,13 @@ normalisation agree and only real differences remain.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from egress_router.core import config
+from egress_router.core import config, listing
 
 MAX_REPORTED = 20
 
-_BLOCK = re.compile(r"^(chain|map|set|flowtable) (\S+) \{$")
-_COUNTER = re.compile(r"\bcounter packets \d+ bytes \d+")
 
 
 @dataclass(frozen=True)
@@ -95,86 +92,42 @@ def expected_routes(cfg: config.Config) -> tuple[Route, ...]:
     return tuple(routes)
 
 
-@dataclass
-class _Block:
-    kind: str
-    name: str
-    lines: list[str] = field(default_factory=list)
-    elements: set[str] = field(default_factory=set)
-
-
-def _elements(inner: str) -> set[str]:
-    return {_COUNTER.sub("counter", e.strip()) for e in inner.split(",") if e.strip()}
-
-
-def parse_listing(text: str) -> dict[str, _Block]:
-    """``nft list table`` text as blocks: rule lines in order, map/set elements as a set.
-
-    Counter values are dropped (they change with traffic); elements are split
-    out because nft wraps them over lines by width.
-    """
-    blocks: dict[str, _Block] = {}
-    current: _Block | None = None
-    pending: list[str] | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        if pending is not None:
-            pending.append(line)
-            if line.endswith("}"):
-                joined = " ".join(pending)
-                inner = joined[joined.index("{") + 1 : joined.rindex("}")]
-                assert current is not None
-                current.elements |= _elements(inner)
-                pending = None
-            continue
-        match = _BLOCK.match(line)
-        if match:
-            current = _Block(match.group(1), match.group(2))
-            blocks[f"{current.kind} {current.name}"] = current
-            continue
-        if line == "}":
-            current = None
-            continue
-        if current is None:
-            continue  # the table line itself
-        if line.startswith("elements = {"):
-            pending = [line]
-            if line.endswith("}"):
-                inner = line[line.index("{") + 1 : line.rindex("}")]
-                current.elements |= _elements(inner)
-                pending = None
-            continue
-        current.lines.append(_COUNTER.sub("counter", line))
-    return blocks
+def _comparable(text: str) -> dict[str, tuple[list[str], set[str]]]:
+    """Each block's statements in order and its elements as a set, without counter values."""
+    return {
+        key: (
+            [listing.strip_counters(line) for line in block.lines],
+            {listing.strip_counters(e) for e in block.elements},
+        )
+        for key, block in listing.parse_table(text).blocks.items()
+    }
 
 
 def ruleset_differences(expected: str, observed: str | None, table: str) -> list[str]:
     """Every difference between two ``nft list table`` texts, in nft's own words."""
     if observed is None:
         return [f"nftables table {table} is missing"]
-    want = parse_listing(expected)
-    have = parse_listing(observed)
+    want = _comparable(expected)
+    have = _comparable(observed)
     found: list[str] = []
-    for key, block in want.items():
-        other = have.get(key)
-        if other is None:
+    for key, (lines, elements) in want.items():
+        if key not in have:
             found.append(f"nftables {key} is missing")
             continue
-        missing = Counter(block.lines) - Counter(other.lines)
-        extra = Counter(other.lines) - Counter(block.lines)
+        other_lines, other_elements = have[key]
+        missing = Counter(lines) - Counter(other_lines)
+        extra = Counter(other_lines) - Counter(lines)
         found += [f"nftables {key}: missing {line!r}" for line in missing.elements()]
         found += [f"nftables {key}: unexpected {line!r}" for line in extra.elements()]
-        if not missing and not extra and block.lines != other.lines:
+        if not missing and not extra and lines != other_lines:
             found.append(f"nftables {key}: the rules are in a different order")
         found += [
             f"nftables {key}: missing element {e!r}"
-            for e in sorted(block.elements - other.elements)
+            for e in sorted(elements - other_elements)
         ]
         found += [
             f"nftables {key}: unexpected element {e!r}"
-            for e in sorted(other.elements - block.elements)
+            for e in sorted(other_elements - elements)
         ]
     found += [f"nftables {key} is unexpected" for key in have if key not in want]
     return found

@@ -26,8 +26,6 @@ not the fast one.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterable
 
 from egress_router.core import config
@@ -299,36 +297,6 @@ def render_nftables(cfg: config.Config) -> str:
 def render_nftables_removal() -> str:
     """Remove our table (and nothing else); succeeds when it is already gone."""
     return f"add table {TABLE_FAMILY} {TABLE}\ndelete table {TABLE_FAMILY} {TABLE}\n"
-
-
-_ELEMENTS = re.compile(r"elements = \{([^}]*)\}")
-
-
-def fingerprint_nftables(listing: str) -> str:
-    """A digest of ``nft -s list table`` output that changes only when the rules do.
-
-    Elements of hash sets are listed in hash order, which may change while the
-    content does not (rehashing as the set grows), so they are sorted first.
-    """
-
-    def ordered(match: re.Match[str]) -> str:
-        items = sorted(item.strip() for item in match.group(1).split(","))
-        return "elements = { " + ", ".join(items) + " }"
-
-    return hashlib.sha256(_ELEMENTS.sub(ordered, listing).encode()).hexdigest()
-
-
-def fingerprint_iptables(dumps: Iterable[str]) -> str | None:
-    """A digest of our chains and jumps in ``iptables-save`` dumps (None: no rules of ours)."""
-    ours = [
-        re.sub(r"^\[\d+:\d+\] ", "", line)
-        for dump in dumps
-        for line in dump.splitlines()
-        if line.startswith("*") or ("EGRESS-ROUTER-" in line and line.startswith(("-A ", "[")))
-    ]
-    if not any("EGRESS-ROUTER-" in line for line in ours):
-        return None
-    return hashlib.sha256("\n".join(ours).encode()).hexdigest()
 
 
 def _static_part(cfg: config.Config) -> tuple[object, ...]:

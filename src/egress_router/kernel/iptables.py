@@ -34,20 +34,6 @@ class Iptables(Protocol):
     def delete_chains(self, family: int) -> None: ...
 
 
-def present_jumps(saved: str) -> set[tuple[str, str, str]]:
-    """Our jumps found in an ``iptables-save`` dump (table, built-in chain, our chain)."""
-    found: set[tuple[str, str, str]] = set()
-    table = ""
-    for line in saved.splitlines():
-        if line.startswith("*"):
-            table = line[1:].strip()
-            continue
-        for tbl, builtin, ours in ruleset.IPT_JUMPS:
-            if tbl == table and line.strip() == f"-A {builtin} -j {ours}":
-                found.add((tbl, builtin, ours))
-    return found
-
-
 @dataclass
 class FakeIptables:
     """Records payloads; ``saved`` is what ``save`` returns."""

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from egress_router.core import ruleset
+from egress_router.core import listing, ruleset
 
 NFT_TIMEOUT = 30.0
 
@@ -63,7 +63,10 @@ class FakeNft:
         return {"script": self.applied[-1]} if self.applied else None
 
     def list_table_text(self, *, stateless: bool = False) -> str | None:
-        return self.applied[-1] if self.applied else None
+        if not self.applied:
+            return None
+        # As ``nft -s``: the same listing without counter values.
+        return listing.strip_counters(self.applied[-1]) if stateless else self.applied[-1]
 
     def table_lines(self) -> Iterator[str]:
         return iter((self.list_table_text() or "").splitlines())

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from egress_router.core import config, plan, ruleset
+from egress_router.core import config, listing, plan, ruleset
 from egress_router.kernel import announce, iptables, netlink, nft
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,8 @@ class NftablesFirewall:
         return True
 
     def fingerprint(self) -> str | None:
-        listing = self.runner.list_table_text(stateless=True)
-        return None if listing is None else ruleset.fingerprint_nftables(listing)
+        text = self.runner.list_table_text(stateless=True)
+        return None if text is None else listing.fingerprint_nftables(text)
 
 
 class IptablesFirewall:
@@ -95,7 +95,7 @@ class IptablesFirewall:
 
     def _jumps(self, family: int) -> set[tuple[str, str, str]]:
         dump = self.runner.save(family, "nat") + self.runner.save(family, "filter")
-        return iptables.present_jumps(dump)
+        return listing.iptables_jumps(dump)
 
     def _payloads(self, cfg: config.Config) -> list[tuple[int, str]]:
         payloads = []
@@ -131,7 +131,7 @@ class IptablesFirewall:
             if "EGRESS-ROUTER" not in dump:
                 # Nothing of ours: a removal payload would create empty tables and chains.
                 continue
-            jumps = iptables.present_jumps(dump)
+            jumps = listing.iptables_jumps(dump)
             self.runner.restore(family, ruleset.render_iptables_removal(family, jumps))
             self.runner.delete_chains(family)
 
@@ -142,7 +142,7 @@ class IptablesFirewall:
         dumps = [
             self.runner.save(family, table) for family in (4, 6) for table in ("nat", "filter")
         ]
-        return ruleset.fingerprint_iptables(dumps)
+        return listing.fingerprint_iptables(dumps)
 
 
 def make_firewall(backend: config.Backend) -> Firewall:

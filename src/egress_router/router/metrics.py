@@ -14,7 +14,6 @@ scrape, which the waiting container cannot afford.
 
 from __future__ import annotations
 
-import re
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 
@@ -28,15 +27,13 @@ from prometheus_client import (
 from prometheus_client import generate_latest as _generate_latest
 
 from egress_router.core import config, ruleset
+from egress_router.core.listing import Counters, counter_key
 from egress_router.kernel import conntrack
 
 PREFIX = "egress_router"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FAMILY_LABEL = {4: "ipv4", 6: "ipv6"}
 
-_SET_START = re.compile(r"^\s*set (\w+) \{")
-_ELEMENT = re.compile(r"(tcp|udp|sctp) \. (\d+) counter packets (\d+) bytes (\d+)")
-_PROTO_INDEX = {p: i for i, p in enumerate(config.Proto)}
 
 # (name, type, help) of the per-rule families, in the order they are written.
 RULE_FAMILIES = (
@@ -61,11 +58,6 @@ RULE_FAMILIES = (
         "Connections of the rule in the conntrack table, not counting closing TCP ones.",
     ),
 )
-
-# set name -> counter_key(proto, port) -> packets << 64 | bytes. Plain ints rather
-# than tuples: 20,000 of them are built at every scrape of a 10,000-rule router.
-Counters = dict[str, dict[int, int]]
-
 
 class Metrics:
     """The process-level metrics, registered in their own registry."""
@@ -128,30 +120,6 @@ class Metrics:
 
     def generate(self) -> bytes:
         return _generate_latest(self.registry)
-
-
-def counter_key(proto: config.Proto, port: int) -> int:
-    return _PROTO_INDEX[proto] << 16 | port
-
-
-def read_counters(lines: Iterable[str]) -> Counters:
-    """Element counters of every set in ``nft list table`` output, read line by line."""
-    found: Counters = {}
-    current: dict[int, int] | None = None
-    for line in lines:
-        start = _SET_START.match(line)
-        if start:
-            current = found.setdefault(start.group(1), {})
-            continue
-        if line.strip() == "}":
-            current = None
-            continue
-        if current is None:
-            continue
-        for m in _ELEMENT.finditer(line):
-            key = _PROTO_INDEX[config.Proto(m.group(1))] << 16 | int(m.group(2))
-            current[key] = int(m.group(3)) << 64 | int(m.group(4))
-    return found
 
 
 def lookup(counters: Counters, name: str, key: ruleset.Key) -> tuple[int, int] | None:

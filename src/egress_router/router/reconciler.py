@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from egress_router.core import config, plan
+from egress_router.core import config, listing, plan
 from egress_router.kernel import announce, conntrack, iptables, netlink, nft, observe
 from egress_router.kernel.memory import HEAP
 from egress_router.router import engine, metrics, resolve
@@ -458,10 +458,10 @@ class Router:
         cfg = self.applied
         if cfg is None:
             return
-        counters: metrics.Counters | None = None
+        counters: listing.Counters | None = None
         if self.kernel.counters is not None:
             try:
-                counters = metrics.read_counters(self.kernel.counters())
+                counters = listing.read_counters(self.kernel.counters())
             except _KERNEL_FAILURES as err:
                 log.warning("cannot read rule counters: %s", err)
                 counters = {}

@@ -148,21 +148,6 @@ def test_named_fallback_with_several_addresses() -> None:
     ) in iptables
 
 
-def test_fingerprint_ignores_element_order_but_not_content() -> None:
-    a = "set s {\n\telements = { tcp . 80 counter,\n\t\t     tcp . 81 counter }\n}\n"
-    b = "set s {\n\telements = { tcp . 81 counter, tcp . 80 counter }\n}\n"
-    c = "set s {\n\telements = { tcp . 81 counter, tcp . 82 counter }\n}\n"
-    assert ruleset.fingerprint_nftables(a) == ruleset.fingerprint_nftables(b)
-    assert ruleset.fingerprint_nftables(a) != ruleset.fingerprint_nftables(c)
-
-
-def test_iptables_fingerprint_sees_only_our_rules() -> None:
-    ours = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j EGRESS-ROUTER-PREROUTING\nCOMMIT\n"
-    other = ours + "# a comment\n-A PREROUTING -j KUBE-SERVICES\n"
-    assert ruleset.fingerprint_iptables([ours]) == ruleset.fingerprint_iptables([other])
-    assert ruleset.fingerprint_iptables(["*nat\n-A PREROUTING -j KUBE-SERVICES\n"]) is None
-
-
 def test_http_port_is_accepted_and_kept_out_of_the_fallback() -> None:
     text = ruleset.render_nftables(load("80 tcp 203.0.113.25\n203.0.113.27\n"))
     lines = text.splitlines()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from egress_router.core import config
+from egress_router.core import config, listing
 from egress_router.router import metrics
 
 LISTING = (Path(__file__).parents[1] / "golden" / "kernel-listing.nft").read_text()
@@ -14,7 +14,7 @@ LISTING = (Path(__file__).parents[1] / "golden" / "kernel-listing.nft").read_tex
 
 
 def test_read_counters_from_a_real_listing() -> None:
-    counters = metrics.read_counters(LISTING.splitlines())
+    counters = listing.read_counters(LISTING.splitlines())
     assert set(counters) == {"conns_v4", "traffic_v4"}
     conns = {
         key: metrics.lookup(counters, "conns_v4", key)

@@ -1,0 +1,224 @@
+"""The one place that knows what the kernel's tools print: ``nft list``, ``iptables-save``.
+
+`wait` (drift and metrics), `status` (the report) and CNI CHECK all read the kernel back and
+compare it with what the configuration wants. They read it through these parsers only, the way
+knftables keeps the nft text format in one file for both directions (and its Fake reuses it), so
+a change in a tool's output is fixed once and the three readers can never disagree about it.
+
+Pure functions of text: the processes that produce the text live in ``egress_router.kernel``.
+Text rather than ``nft -j`` for the nftables listing: the long-running ``wait`` process reads
+a 10,000-rule table every few seconds, and as JSON that is tens of thousands of Python objects
+instead of one string (and the counters are read as a stream of lines, never held whole).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from egress_router.core import config, ruleset
+
+# ----------------------------------------------------------------------------- nft list table
+
+#: The head of a block inside ``table inet egress_router { ... }``, as nft prints it.
+BLOCK_HEADER = re.compile(r"^\s*(chain|map|set|flowtable) (\S+) \{")
+_COUNTER = re.compile(r"\bcounter packets \d+ bytes \d+")
+_ELEMENTS = re.compile(r"elements = \{([^}]*)\}")
+_SET_ELEMENT = re.compile(r"(tcp|udp|sctp) \. (\d+) counter packets (\d+) bytes (\d+)")
+_PROTO_INDEX = {p: i for i, p in enumerate(config.Proto)}
+_PROTOCOLS = {p.value for p in config.Proto}
+_NUMGEN_TARGET = re.compile(r"(\d+) : ([0-9a-fA-F.:]+)(?: \. (\d+))?")
+_DNAT = re.compile(r"dnat ip6? to (?:numgen inc mod \d+ map \{ ([^}]*) \}|([0-9a-fA-F.:]+))")
+
+
+@dataclass
+class Block:
+    """One chain, map, set or flowtable: its statements in order and its elements as listed."""
+
+    kind: str
+    name: str
+    lines: list[str] = field(default_factory=list)
+    elements: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Listing:
+    """``nft list table`` text as blocks, keyed ``"<kind> <name>"`` (``"chain forward"``)."""
+
+    blocks: dict[str, Block] = field(default_factory=dict)
+
+    def get(self, kind: str, name: str) -> Block | None:
+        return self.blocks.get(f"{kind} {name}")
+
+    def lines(self, kind: str, name: str) -> list[str]:
+        block = self.get(kind, name)
+        return [] if block is None else block.lines
+
+    def elements(self, kind: str, name: str) -> list[str]:
+        block = self.get(kind, name)
+        return [] if block is None else block.elements
+
+    def of_kind(self, kind: str) -> dict[str, Block]:
+        return {b.name: b for b in self.blocks.values() if b.kind == kind}
+
+
+def strip_counters(text: str) -> str:
+    """``counter packets 3 bytes 180`` -> ``counter``: the values change with traffic."""
+    return _COUNTER.sub("counter", text)
+
+
+def _split_elements(inner: str) -> list[str]:
+    return [e.strip() for e in inner.split(",") if e.strip()]
+
+
+def parse_table(text: str) -> Listing:
+    """``nft list table`` text as blocks: statement lines in order, elements split out.
+
+    Elements are separated from the statements because nft wraps them over lines by width;
+    counter values are kept (`strip_counters` drops them for comparisons).
+    """
+    listing = Listing()
+    current: Block | None = None
+    pending: list[str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if pending is not None:
+            pending.append(line)
+            if line.endswith("}"):
+                joined = " ".join(pending)
+                assert current is not None
+                inner = joined[joined.index("{") + 1 : joined.rindex("}")]
+                current.elements += _split_elements(inner)
+                pending = None
+            continue
+        header = BLOCK_HEADER.match(line)
+        if header:
+            current = Block(header.group(1), header.group(2))
+            listing.blocks[f"{current.kind} {current.name}"] = current
+            continue
+        if line == "}":
+            current = None
+            continue
+        if current is None:
+            continue  # the table line itself
+        if line.startswith("elements = {"):
+            pending = [line]
+            if line.endswith("}"):
+                current.elements += _split_elements(line[line.index("{") + 1 : line.rindex("}")])
+                pending = None
+            continue
+        current.lines.append(line)
+    return listing
+
+
+def element_key(text: str) -> ruleset.Key | None:
+    """The rule key of an element (``tcp . 80`` or ``tcp . 80 : ...``), None if not one."""
+    parts = text.split()
+    if len(parts) >= 3 and parts[0] in _PROTOCOLS and parts[1] == "." and parts[2].isdigit():
+        return config.Proto(parts[0]), int(parts[2])
+    return None
+
+
+def numgen_targets(text: str) -> list[tuple[str, str | None]]:
+    """(address, port or None) of each entry of a ``numgen inc mod N map { 0 : a . p, ... }``."""
+    return [(address, port or None) for _i, address, port in _NUMGEN_TARGET.findall(text)]
+
+
+def dnat_addresses(statement: str) -> list[str]:
+    """The addresses a ``dnat ip[6] to ...`` statement sends to (one, or a numgen spread)."""
+    match = _DNAT.search(statement)
+    if match is None:
+        return []
+    if match.group(2):
+        return [match.group(2)]
+    return [address for address, _port in numgen_targets(match.group(1))]
+
+
+# set name -> counter_key(proto, port) -> packets << 64 | bytes. Plain ints rather
+# than tuples: 20,000 of them are built at every scrape of a 10,000-rule router.
+Counters = dict[str, dict[int, int]]
+
+
+def counter_key(proto: config.Proto, port: int) -> int:
+    return _PROTO_INDEX[proto] << 16 | port
+
+
+def read_counters(lines: Iterable[str]) -> Counters:
+    """Element counters of every set in ``nft list table`` output, read line by line.
+
+    A stream, not `parse_table`: at every scrape, without holding the whole listing.
+    """
+    found: Counters = {}
+    current: dict[int, int] | None = None
+    for line in lines:
+        header = BLOCK_HEADER.match(line)
+        if header:
+            current = found.setdefault(header.group(2), {}) if header.group(1) == "set" else None
+            continue
+        if line.strip() == "}":
+            current = None
+            continue
+        if current is None:
+            continue
+        for m in _SET_ELEMENT.finditer(line):
+            key = _PROTO_INDEX[config.Proto(m.group(1))] << 16 | int(m.group(2))
+            current[key] = int(m.group(3)) << 64 | int(m.group(4))
+    return found
+
+
+def fingerprint_nftables(listing: str) -> str:
+    """A digest of ``nft -s list table`` output that changes only when the rules do.
+
+    Elements of hash sets are listed in hash order, which may change while the
+    content does not (rehashing as the set grows), so they are sorted first.
+    """
+
+    def ordered(match: re.Match[str]) -> str:
+        items = sorted(item.strip() for item in match.group(1).split(","))
+        return "elements = { " + ", ".join(items) + " }"
+
+    return hashlib.sha256(_ELEMENTS.sub(ordered, listing).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- iptables-save
+
+
+def iptables_jumps(saved: str) -> set[tuple[str, str, str]]:
+    """Our jumps found in an ``iptables-save`` dump (table, built-in chain, our chain)."""
+    found: set[tuple[str, str, str]] = set()
+    table = ""
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+            continue
+        for tbl, builtin, ours in ruleset.IPT_JUMPS:
+            if tbl == table and line.strip() == f"-A {builtin} -j {ours}":
+                found.add((tbl, builtin, ours))
+    return found
+
+
+def iptables_dnat_targets(saved: str, proto: config.Proto, port: int) -> list[str]:
+    """The ``--to-destination`` of our DNAT lines for ``proto`` port ``port``, in order."""
+    return [
+        line.rsplit("--to-destination ", 1)[-1]
+        for line in saved.splitlines()
+        if line.startswith(f"-A {ruleset.IPT_PREROUTING} ")
+        and f"-p {proto.value}" in line and f"--dport {port} " in line
+    ]
+
+
+def fingerprint_iptables(dumps: Iterable[str]) -> str | None:
+    """A digest of our chains and jumps in ``iptables-save`` dumps (None: no rules of ours)."""
+    ours = [
+        re.sub(r"^\[\d+:\d+\] ", "", line)
+        for dump in dumps
+        for line in dump.splitlines()
+        if line.startswith("*") or ("EGRESS-ROUTER-" in line and line.startswith(("-A ", "[")))
+    ]
+    if not any("EGRESS-ROUTER-" in line for line in ours):
+        return None
+    return hashlib.sha256("\n".join(ours).encode()).hexdigest()

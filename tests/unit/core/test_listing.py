@@ -1,0 +1,81 @@
+"""The one parser of what nft and iptables-save print: blocks, elements, counters, digests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from egress_router.core import config, listing, ruleset
+from support.cni import LISTING
+from support.golden import SEED_ENV
+
+KERNEL = (Path(__file__).parents[1] / "golden" / "kernel-listing.nft").read_text()
+
+
+def test_blocks_keep_statements_in_order_and_split_out_wrapped_elements() -> None:
+    table = listing.parse_table(LISTING)
+    assert list(table.blocks) == ["set conns_v4", "map redirect_v4", "chain forward"]
+    assert table.elements("set", "conns_v4") == [
+        "tcp . 80 counter packets 3 bytes 180", "tcp . 8080 counter packets 0 bytes 0"]
+    assert table.elements("map", "redirect_v4") == [
+        "tcp . 80 : 203.0.113.25 . 80", "tcp . 8080 : 203.0.113.26 . 80"]
+    assert table.lines("chain", "forward") == [
+        "type filter hook forward priority filter; policy drop;",
+        "ct state established,related accept",
+        'counter packets 12 bytes 720 comment "not a redirected connection: dropped"',
+    ]
+    assert table.lines("chain", "nope") == [] and table.get("set", "forward") is None
+    assert listing.strip_counters(table.lines("chain", "forward")[-1]) == (
+        'counter comment "not a redirected connection: dropped"')
+
+
+def test_our_rendered_script_and_the_kernels_listing_have_the_same_blocks() -> None:
+    rendered = listing.parse_table(ruleset.render_nftables(config.load_config(SEED_ENV)))
+    kernel = listing.parse_table(KERNEL)
+    assert set(rendered.of_kind("chain")) <= set(kernel.of_kind("chain"))
+    assert "tcp . 80 : 203.0.113.25 . 80" in rendered.elements("map", "redirect_v4")
+    assert set(rendered.of_kind("set")) == {"conns_v4", "traffic_v4"}
+
+
+def test_a_flowtable_is_a_block_too() -> None:
+    text = "table inet t {\n\tflowtable f {\n\t\thook ingress priority filter\n\t}\n}\n"
+    assert listing.parse_table(text).lines("flowtable", "f") == ["hook ingress priority filter"]
+
+
+def test_counters_are_read_from_sets_only() -> None:
+    text = (
+        "table inet egress_router {\n\tset conns_v4 {\n"
+        "\t\telements = { tcp . 80 counter packets 3 bytes 180 }\n\t}\n"
+        "\tmap redirect_v4 {\n\t\telements = { tcp . 81 counter packets 9 bytes 9 }\n\t}\n}\n"
+    )
+    counters = listing.read_counters(text.splitlines())
+    assert counters == {"conns_v4": {listing.counter_key(config.Proto.TCP, 80): 3 << 64 | 180}}
+
+
+def test_fingerprint_ignores_element_order_but_not_content() -> None:
+    a = "set s {\n\telements = { tcp . 80 counter,\n\t\t     tcp . 81 counter }\n}\n"
+    b = "set s {\n\telements = { tcp . 81 counter, tcp . 80 counter }\n}\n"
+    c = "set s {\n\telements = { tcp . 81 counter, tcp . 82 counter }\n}\n"
+    assert listing.fingerprint_nftables(a) == listing.fingerprint_nftables(b)
+    assert listing.fingerprint_nftables(a) != listing.fingerprint_nftables(c)
+
+
+def test_iptables_fingerprint_sees_only_our_rules() -> None:
+    ours = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j EGRESS-ROUTER-PREROUTING\nCOMMIT\n"
+    other = ours + "# a comment\n-A PREROUTING -j KUBE-SERVICES\n"
+    assert listing.fingerprint_iptables([ours]) == listing.fingerprint_iptables([other])
+    assert listing.fingerprint_iptables(["*nat\n-A PREROUTING -j KUBE-SERVICES\n"]) is None
+
+
+
+
+def test_iptables_jumps_and_dnat_targets_come_from_iptables_save() -> None:
+    saved = (
+        "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j EGRESS-ROUTER-PREROUTING\n"
+        "-A EGRESS-ROUTER-PREROUTING -p tcp -m tcp --dport 80 -j DNAT --to-destination "
+        "203.0.113.25:80\n"
+        "-A EGRESS-ROUTER-PREROUTING -p udp -m udp --dport 80 -j DNAT --to-destination "
+        "203.0.113.26:80\nCOMMIT\n*filter\n-A PREROUTING -j EGRESS-ROUTER-PREROUTING\nCOMMIT\n"
+    )
+    assert listing.iptables_jumps(saved) == {("nat", "PREROUTING", "EGRESS-ROUTER-PREROUTING")}
+    assert listing.iptables_dnat_targets(saved, config.Proto.TCP, 80) == ["203.0.113.25:80"]
+    assert listing.iptables_dnat_targets(saved, config.Proto.TCP, 8080) == []
