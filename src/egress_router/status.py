@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from egress_router.core import config, listing, plan, ruleset
+from egress_router.core import config, listing, plan, ruleset, state
 from egress_router.kernel import conntrack, iptables, nft, observe
 from egress_router.router import metrics
 
@@ -127,7 +127,7 @@ def _configuration(cfg: config.Config) -> dict[str, Any]:
 
 
 def _interfaces(
-    cfg: config.Config, read: Callable[[], observe.Snapshot]
+    cfg: config.Config, read: Callable[[], state.Snapshot]
 ) -> tuple[list[dict[str, Any]], list[str]]:
     try:
         snapshot = read()
@@ -282,7 +282,7 @@ def collect(
     *,
     runner: nft.Nft | None = None,
     xtables: iptables.Iptables | None = None,
-    read_links: Callable[[], observe.Snapshot] = observe.read_snapshot,
+    read_links: Callable[[], state.Snapshot] = observe.read_snapshot,
     tracker: conntrack.Conntrack | None = None,
 ) -> Report:
     """Read the kernel and compare it with ``cfg``."""

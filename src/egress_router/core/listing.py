@@ -1,11 +1,12 @@
-"""The one place that knows what the kernel's tools print: ``nft list``, ``iptables-save``.
+"""The one place that knows what the kernel's tools print: ``nft list``, ``iptables-save``, ``ip``.
 
 `wait` (drift and metrics), `status` (the report) and CNI CHECK all read the kernel back and
 compare it with what the configuration wants. They read it through these parsers only, the way
 knftables keeps the nft text format in one file for both directions (and its Fake reuses it), so
 a change in a tool's output is fixed once and the three readers can never disagree about it.
 
-Pure functions of text: the processes that produce the text live in ``egress_router.kernel``.
+Pure functions of text (``ip -j`` JSON into `egress_router.core.state`): the processes that
+produce the text live in ``egress_router.kernel``.
 Text rather than ``nft -j`` for the nftables listing: the long-running ``wait`` process reads
 a 10,000-rule table every few seconds, and as JSON that is tens of thousands of Python objects
 instead of one string (and the counters are read as a stream of lines, never held whole).
@@ -14,11 +15,13 @@ instead of one string (and the counters are read as a stream of lines, never hel
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from egress_router.core import config, ruleset
+from egress_router.core import config, plan, ruleset, state
 
 # ----------------------------------------------------------------------------- nft list table
 
@@ -222,3 +225,79 @@ def fingerprint_iptables(dumps: Iterable[str]) -> str | None:
     if not any("EGRESS-ROUTER-" in line for line in ours):
         return None
     return hashlib.sha256("\n".join(ours).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- ip -j
+
+# `ip -j` prints scopes and tables by name; the model keeps the kernel's numbers.
+_SCOPES = {"global": 0, "site": 200, "link": 253, "host": 254, "nowhere": 255}
+_TABLES = {"main": state.MAIN_TABLE, "local": 255, "default": 253}
+_FAMILY_NAMES = {"inet": 4, "inet6": 6}
+
+
+def parse_ip_addr(dump: list[dict[str, Any]]) -> tuple[list[state.Link], list[state.Address]]:
+    """Links and addresses from ``ip -j -d addr show`` (one entry per link, with its addr_info)."""
+    index_of = {str(entry["ifname"]): int(entry["ifindex"]) for entry in dump}
+    links: list[state.Link] = []
+    addresses: list[state.Address] = []
+    for entry in dump:
+        index = int(entry["ifindex"])
+        info = entry.get("linkinfo") or {}
+        kind = info.get("info_kind")
+        mode = (info.get("info_data") or {}).get("mode") if kind == "macvlan" else None
+        # The parent is named when it is in the same namespace, numbered when it is not.
+        parent = entry.get("link_index")
+        if parent is None and entry.get("link") is not None:
+            parent = index_of.get(str(entry["link"]))
+        links.append(state.Link(
+            index, str(entry["ifname"]), "UP" in entry.get("flags", []),
+            str(entry.get("address", "")), int(entry.get("mtu", 0)),
+            None if kind is None else str(kind), None if mode is None else str(mode),
+            None if parent is None else int(parent),
+        ))
+        for addr in entry.get("addr_info", []):
+            if addr.get("family") not in _FAMILY_NAMES or "local" not in addr:
+                continue
+            interface = ipaddress.ip_interface(f"{addr['local']}/{addr['prefixlen']}")
+            scope = _SCOPES.get(str(addr.get("scope", "global")), state.RT_SCOPE_UNIVERSE)
+            addresses.append(state.Address(index, interface, scope))
+    return links, addresses
+
+
+def parse_ip_route(
+    dump: list[dict[str, Any]], family: int, index_of: dict[str, int]
+) -> list[state.Route]:
+    """Main-table routes of one family from ``ip -j [-6] route show table main``."""
+    routes: list[state.Route] = []
+    for entry in dump:
+        dst = str(entry["dst"])
+        if dst == "default":
+            dst = "0.0.0.0/0" if family == 4 else "::/0"
+        gateway = ipaddress.ip_address(entry["gateway"]) if "gateway" in entry else None
+        # ip omits "type" for unicast routes and names the others (unreachable, ...).
+        kind = state.RTN_UNICAST if entry.get("type", "unicast") == "unicast" else 0
+        routes.append(state.Route(
+            family, ipaddress.ip_network(dst), gateway,
+            index_of.get(str(entry.get("dev", ""))), state.MAIN_TABLE, kind,
+        ))
+    return routes
+
+
+def parse_ip_rule(dump: list[dict[str, Any]], family: int) -> list[tuple[int, state.RuleKey]]:
+    """Our policy rules (`plan.RULE_PRIORITY` and the next three) from ``ip -j rule show``."""
+    rules: list[tuple[int, state.RuleKey]] = []
+    for entry in dump:
+        priority = int(entry.get("priority", 0))
+        if not plan.RULE_PRIORITY <= priority <= plan.RULE_PRIORITY + 3:
+            continue
+        table = str(entry.get("table", ""))
+        src = entry.get("src")
+        rules.append((family, (
+            priority,
+            entry.get("iif"),
+            None if src in (None, "all") else str(src),
+            _TABLES.get(table) or int(table),
+            # The JSON key is "suppress_prefixlen" (the text output says "...length").
+            entry.get("suppress_prefixlen") == 0,
+        )))
+    return rules

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from egress_router.core import plan
+from egress_router.core import plan, state
+from egress_router.core.state import MAIN_TABLE
 
 log = logging.getLogger(__name__)
 
 AF_INET = 2
 AF_INET6 = 10
-MAIN_TABLE = 254
 SCOPE_UNIVERSE = 0
 SCOPE_LINK = 253
 IFA_F_NODAD = 0x02
@@ -73,25 +73,7 @@ class FakeNetlink:
         self.applied.append(step)
 
 
-RuleKey = tuple[int, str | None, str | None, int, bool]
-
-
-def pod_return_rules(step: plan.KeepPodReturnPath, pod_addresses: list[str]) -> list[RuleKey]:
-    """The rules of `plan.KeepPodReturnPath`: (priority, iif, src, table, suppress default)."""
-    base = plan.RULE_PRIORITY
-    rules: list[RuleKey] = [
-        (base, step.egress_ifname, None, MAIN_TABLE, True),
-        (base + 1, step.egress_ifname, None, plan.POD_TABLE, False),
-    ]
-    for address in pod_addresses:
-        rules += [
-            (base + 2, None, address, MAIN_TABLE, True),
-            (base + 3, None, address, plan.POD_TABLE, False),
-        ]
-    return rules
-
-
-def rule_key(rule: Any) -> RuleKey:
+def rule_key(rule: Any) -> state.RuleKey:
     """A pyroute2 rule message as a `RuleKey`."""
     table = rule.get("FRA_TABLE") or rule["table"]
     suppress = rule.get("FRA_SUPPRESS_PREFIXLEN")
@@ -133,12 +115,6 @@ def _suppress(suppress: bool) -> dict[str, Any]:
     # pyroute2 spells FRA_SUPPRESS_PREFIXLEN "suppress_prefixlen" (another spelling is
     # silently ignored).
     return {"suppress_prefixlen": 0} if suppress else {}
-
-
-def _forwarding_path(family: int) -> Path:
-    if family == 4:
-        return Path("/proc/sys/net/ipv4/ip_forward")
-    return Path("/proc/sys/net/ipv6/conf/all/forwarding")
 
 
 class PyrouteNetlink:
@@ -247,7 +223,7 @@ class PyrouteNetlink:
                 "%s has no IPv%d default route: replies reach only its own subnet and routes",
                 step.pod_ifname, step.family,
             )
-        wanted = set(pod_return_rules(step, self._pod_sources(ipr, pod_index, family)))
+        wanted = set(state.pod_return_rules(step, self._pod_sources(ipr, pod_index, family)))
         present = {
             rule_key(rule)
             for rule in ipr.get_rules(family=family)
@@ -311,6 +287,6 @@ class PyrouteNetlink:
 
     @staticmethod
     def _forwarding(step: plan.EnableForwarding) -> None:
-        path = _forwarding_path(step.family)
+        path = Path(state.forwarding_path(step.family))
         if path.read_text().strip() != "1":
             path.write_text("1\n")

@@ -21,126 +21,21 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from egress_router.core import config, plan
-from egress_router.kernel import netlink
+from egress_router.core import config, listing, plan, ruleset, state
+from egress_router.kernel import netlink, netns
 
 IP_TIMEOUT = 10.0
-MAIN_TABLE = 254
-RTN_UNICAST = 1
-RT_SCOPE_UNIVERSE = 0
-# `ip -j` prints scopes by name; the drift checks compare the kernel's numbers.
-_SCOPES = {"global": 0, "site": 200, "link": 253, "host": 254, "nowhere": 255}
-_FAMILY_NAMES = {"inet": 4, "inet6": 6}
+NFT_TIMEOUT = 30.0
 
 
 class ReadError(OSError):
     """The kernel's state could not be read (the message says which and why)."""
-
-
-@dataclass(frozen=True)
-class Link:
-    index: int
-    name: str
-    up: bool
-    mac: str
-
-
-@dataclass(frozen=True)
-class Address:
-    index: int
-    interface: config.IPInterface
-    scope: int
-
-
-@dataclass(frozen=True)
-class Route:
-    family: int
-    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
-    gateway: config.IPAddress | None
-    oif: int | None
-    table: int
-    kind: int
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Links, addresses and main-table routes of the current network namespace."""
-
-    links: tuple[Link, ...]
-    addresses: tuple[Address, ...]
-    routes: tuple[Route, ...]
-    rules: tuple[tuple[int, netlink.RuleKey], ...] = ()  # (family, rule) in our priority range
-
-    def link(self, name: str) -> Link | None:
-        return next((link for link in self.links if link.name == name), None)
-
-
-def parse_ip_addr(dump: list[dict[str, Any]]) -> tuple[list[Link], list[Address]]:
-    """Links and addresses from ``ip -j addr show`` (one entry per link, with its addr_info)."""
-    links: list[Link] = []
-    addresses: list[Address] = []
-    for entry in dump:
-        index = int(entry["ifindex"])
-        links.append(
-            Link(index, str(entry["ifname"]), "UP" in entry.get("flags", []),
-                 str(entry.get("address", "")))
-        )
-        for info in entry.get("addr_info", []):
-            if info.get("family") not in _FAMILY_NAMES or "local" not in info:
-                continue
-            interface = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}")
-            scope = _SCOPES.get(str(info.get("scope", "global")), RT_SCOPE_UNIVERSE)
-            addresses.append(Address(index, interface, scope))
-    return links, addresses
-
-
-def parse_ip_route(
-    dump: list[dict[str, Any]], family: int, index_of: dict[str, int]
-) -> list[Route]:
-    """Main-table routes of one family from ``ip -j [-6] route show table main``."""
-    routes: list[Route] = []
-    for entry in dump:
-        dst = str(entry["dst"])
-        if dst == "default":
-            dst = "0.0.0.0/0" if family == 4 else "::/0"
-        gateway = ipaddress.ip_address(entry["gateway"]) if "gateway" in entry else None
-        # ip omits "type" for unicast routes and names the others (unreachable, ...).
-        kind = RTN_UNICAST if "type" not in entry or entry["type"] == "unicast" else 0
-        routes.append(
-            Route(family, ipaddress.ip_network(dst), gateway,
-                  index_of.get(str(entry.get("dev", ""))), MAIN_TABLE, kind)
-        )
-    return routes
-
-
-_TABLE_NAMES = {"main": MAIN_TABLE, "local": 255, "default": 253}
-
-
-def parse_ip_rule(dump: list[dict[str, Any]], family: int) -> list[tuple[int, netlink.RuleKey]]:
-    """Our policy rules (`plan.RULE_PRIORITY` and the next three) from ``ip -j rule show``."""
-    rules: list[tuple[int, netlink.RuleKey]] = []
-    for entry in dump:
-        priority = int(entry.get("priority", 0))
-        if not plan.RULE_PRIORITY <= priority <= plan.RULE_PRIORITY + 3:
-            continue
-        table = str(entry.get("table", ""))
-        src = entry.get("src")
-        rules.append((family, (
-            priority,
-            entry.get("iif"),
-            None if src in (None, "all") else str(src),
-            _TABLE_NAMES.get(table) or int(table),
-            # The JSON key is "suppress_prefixlen" (the text output says "...length").
-            entry.get("suppress_prefixlen") == 0,
-        )))
-    return rules
 
 
 def _ip_json(*args: str) -> list[dict[str, Any]]:
@@ -158,46 +53,72 @@ def _ip_json(*args: str) -> list[dict[str, Any]]:
     return parsed
 
 
-def read_snapshot() -> Snapshot:
-    """Read links, addresses and main-table routes of the current network namespace.
+def read_snapshot(*, table: bool = False) -> state.Snapshot:
+    """Read the current network namespace: links, addresses, routes, our rules, forwarding.
 
     Through iproute2's JSON output rather than pyroute2: importing pyroute2
     costs the long-running process about 23 MiB of resident memory, and a
-    read needs none of it.
+    read needs none of it. With ``table``, also ``nft list table`` of our
+    table (CNI CHECK compares it; `wait` compares cheaper fingerprints).
     """
-    links, addresses = parse_ip_addr(_ip_json("addr", "show"))
+    links, addresses = listing.parse_ip_addr(_ip_json("-d", "addr", "show"))
     index_of = {link.name: link.index for link in links}
     routes = [
         route
         for family, flag in ((4, "-4"), (6, "-6"))
-        for route in parse_ip_route(
+        for route in listing.parse_ip_route(
             _ip_json(flag, "route", "show", "table", "main"), family, index_of
         )
     ]
     rules = [
         rule
         for family, flag in ((4, "-4"), (6, "-6"))
-        for rule in parse_ip_rule(_ip_json(flag, "rule", "show"), family)
+        for rule in listing.parse_ip_rule(_ip_json(flag, "rule", "show"), family)
     ]
-    return Snapshot(tuple(links), tuple(addresses), tuple(routes), tuple(rules))
-
-
-def _forwarding(family: int) -> bool:
-    path = (
-        Path("/proc/sys/net/ipv4/ip_forward")
-        if family == 4
-        else Path("/proc/sys/net/ipv6/conf/all/forwarding")
+    return state.Snapshot(
+        tuple(links), tuple(addresses), tuple(routes), tuple(rules),
+        forwarding=read_forwarding(), table=_nft_table() if table else None,
     )
+
+
+def read_snapshot_in(path: str, *, table: bool = True, timeout: float = 30.0) -> state.Snapshot:
+    """`read_snapshot` inside the network namespace at ``path`` (a forked child enters it).
+
+    Raises `netns.NamespaceGoneError` when there is no such namespace.
+    """
+    return netns.run(path, lambda: read_snapshot(table=table), timeout=timeout)
+
+
+def read_forwarding() -> tuple[tuple[int, bool], ...]:
+    """The forwarding sysctl of each family this namespace has (IPv6 may be off)."""
+    values = []
+    for family in (4, 6):
+        try:
+            with open(state.forwarding_path(family), encoding="ascii") as fh:
+                values.append((family, fh.read().strip() == "1"))
+        except OSError:
+            continue
+    return tuple(values)
+
+
+def _nft_table() -> str | None:
+    binary = shutil.which("nft")
+    if binary is None:
+        return None
     try:
-        return path.read_text().strip() == "1"
-    except OSError:
-        return False
+        done = subprocess.run(
+            [binary, "list", "table", ruleset.TABLE_FAMILY, ruleset.TABLE],
+            capture_output=True, text=True, timeout=NFT_TIMEOUT, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ReadError(errno.ETIMEDOUT, "cannot list the nftables table: no answer") from None
+    return done.stdout if done.returncode == 0 else None
 
 
-def problem(step: plan.Step, snapshot: Snapshot) -> str | None:
+def problem(step: plan.Step, snapshot: state.Snapshot) -> str | None:
     """Why ``step`` does not hold in ``snapshot`` (None when it does)."""
     if isinstance(step, plan.EnableForwarding):
-        return None if _forwarding(step.family) else f"{step.sysctl} is not 1"
+        return None if snapshot.forwarding_on(step.family) else f"{step.sysctl} is not 1"
     link = snapshot.link(step.ifname)
     if link is None:
         return f"interface {step.ifname} does not exist"
@@ -210,7 +131,7 @@ def problem(step: plan.Step, snapshot: Snapshot) -> str | None:
             for a in snapshot.addresses
             if a.index == link.index
             and a.interface.version == wanted.version
-            and a.scope == RT_SCOPE_UNIVERSE
+            and a.scope == state.RT_SCOPE_UNIVERSE
         ]
         if wanted not in present:
             return f"address {wanted} is missing on {step.ifname}"
@@ -222,15 +143,15 @@ def problem(step: plan.Step, snapshot: Snapshot) -> str | None:
 
 
 def _return_path_problem(
-    step: plan.KeepPodReturnPath, pod: Link, snapshot: Snapshot
+    step: plan.KeepPodReturnPath, pod: state.Link, snapshot: state.Snapshot
 ) -> str | None:
     sources = sorted(
         str(a.interface.ip)
         for a in snapshot.addresses
         if a.index == pod.index and a.interface.version == step.family
-        and a.scope == RT_SCOPE_UNIVERSE
+        and a.scope == state.RT_SCOPE_UNIVERSE
     )
-    wanted = set(netlink.pod_return_rules(step, sources))
+    wanted = set(state.pod_return_rules(step, sources))
     present = {rule for family, rule in snapshot.rules if family == step.family}
     if wanted == present:
         return None
@@ -240,13 +161,13 @@ def _return_path_problem(
     )
 
 
-def _route_problem(step: plan.SetRoute, link: Link, snapshot: Snapshot) -> str | None:
+def _route_problem(step: plan.SetRoute, link: state.Link, snapshot: state.Snapshot) -> str | None:
     family = step.destination.version
     if step.is_default:
         defaults = [
             r
             for r in snapshot.routes
-            if r.family == family and r.dst.prefixlen == 0 and r.kind == RTN_UNICAST
+            if r.family == family and r.dst.prefixlen == 0 and r.kind == state.RTN_UNICAST
         ]
         good = [r for r in defaults if r.gateway == step.gateway and r.oif == link.index]
         if not good:
@@ -261,7 +182,9 @@ def _route_problem(step: plan.SetRoute, link: Link, snapshot: Snapshot) -> str |
     return None if found else f"route {step.destination} dev {step.ifname} is missing"
 
 
-def drift(cfg: config.Config, snapshot: Snapshot | None = None) -> list[tuple[plan.Step, str]]:
+def drift(
+    cfg: config.Config, snapshot: state.Snapshot | None = None
+) -> list[tuple[plan.Step, str]]:
     """The steps of the interface plan that the kernel does not hold, each with the reason."""
     snapshot = snapshot if snapshot is not None else read_snapshot()
     found: list[tuple[plan.Step, str]] = []

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from egress_router import status
-from egress_router.core import config
-from egress_router.kernel import conntrack, observe
+from egress_router.core import config, state
+from egress_router.kernel import conntrack
 
 LISTING = (Path(__file__).parents[1] / "golden" / "kernel-listing.nft").read_text()
 ENV = {
@@ -65,7 +65,7 @@ def test_status_counts_chain_rules() -> None:
 
 def test_status_json_and_exit_verdict() -> None:
     cfg = config.load_config(ENV)
-    snapshot = observe.Snapshot(links=(), addresses=(), routes=())
+    snapshot = state.Snapshot(links=(), addresses=(), routes=())
     report = status.collect(
         cfg,
         runner=_Lister(LISTING),

@@ -1,10 +1,11 @@
-"""The one parser of what nft and iptables-save print: blocks, elements, counters, digests."""
+"""The one parser of what nft, iptables-save and `ip -j` print (the real formats)."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from egress_router.core import config, listing, ruleset
+from egress_router.core import config, listing, ruleset, state
 from support.cni import LISTING
 from support.golden import SEED_ENV
 
@@ -79,3 +80,64 @@ def test_iptables_jumps_and_dnat_targets_come_from_iptables_save() -> None:
     assert listing.iptables_jumps(saved) == {("nat", "PREROUTING", "EGRESS-ROUTER-PREROUTING")}
     assert listing.iptables_dnat_targets(saved, config.Proto.TCP, 80) == ["203.0.113.25:80"]
     assert listing.iptables_dnat_targets(saved, config.Proto.TCP, 8080) == []
+
+
+# ----------------------------------------------------------------------------- ip -j
+
+
+IP_ADDR = [
+    {"ifindex": 1, "ifname": "lo", "flags": ["LOOPBACK", "UP", "LOWER_UP"],
+     "address": "00:00:00:00:00:00",
+     "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8, "scope": "host"}]},
+    {"ifindex": 6, "ifname": "macvlan0", "flags": ["BROADCAST", "MULTICAST", "UP", "LOWER_UP"],
+     "address": "9e:e1:36:ed:2b:3b", "link_index": 2, "link_netnsid": 0, "mtu": 1500,
+     "linkinfo": {"info_kind": "macvlan", "info_data": {"mode": "private"}},
+     "addr_info": [
+         {"family": "inet", "local": "192.168.12.99", "prefixlen": 24, "scope": "global"},
+         {"family": "inet6", "local": "fe80::9ce1:36ff:feed:2b3b", "prefixlen": 64,
+          "scope": "link"},
+     ]},
+    {"ifindex": 7, "ifname": "net9", "flags": ["BROADCAST"], "address": "02:00:00:00:00:09",
+     "link": "macvlan0", "addr_info": []},
+]
+IP_ROUTE6 = [
+    {"dst": "2001:db8:12::1", "dev": "macvlan0", "protocol": "static", "metric": 1024},
+    {"dst": "default", "gateway": "2001:db8:12::1", "dev": "macvlan0", "metric": 1024},
+    {"type": "unreachable", "dst": "2001:db8:99::/48", "dev": "lo", "metric": 1024},
+]
+
+
+def test_ip_json_links_addresses_and_routes() -> None:
+    links, addresses = listing.parse_ip_addr(IP_ADDR)
+    assert links[1] == state.Link(6, "macvlan0", True, "9e:e1:36:ed:2b:3b", 1500, "macvlan",
+                                  "private", parent=2)
+    assert links[2] == state.Link(7, "net9", False, "02:00:00:00:00:09", parent=6)
+    assert addresses[1:] == [
+        state.Address(6, ipaddress.ip_interface("192.168.12.99/24"), 0),
+        state.Address(6, ipaddress.ip_interface("fe80::9ce1:36ff:feed:2b3b/64"), 253),
+    ]
+    routes = listing.parse_ip_route(IP_ROUTE6, 6, {link.name: link.index for link in links})
+    assert routes == [
+        state.Route(6, ipaddress.ip_network("2001:db8:12::1/128"), None, 6, 254, 1),
+        state.Route(6, ipaddress.ip_network("::/0"),
+                        ipaddress.ip_address("2001:db8:12::1"), 6, 254, 1),
+        state.Route(6, ipaddress.ip_network("2001:db8:99::/48"), None, 1, 254, 0),
+    ]
+
+
+def test_ip_json_rules_keeps_ours_only() -> None:
+    dump = [  # `ip -j rule show` as printed by iproute2 6.1
+        {"priority": 0, "src": "all", "table": "local"},
+        {"priority": 25970, "src": "all", "iif": "macvlan0", "table": "main",
+         "suppress_prefixlen": 0},
+        {"priority": 25971, "src": "all", "iif": "macvlan0", "table": "25970"},
+        {"priority": 25972, "src": "10.128.0.2", "table": "main", "suppress_prefixlen": 0},
+        {"priority": 25973, "src": "10.128.0.2", "table": "25970"},
+        {"priority": 32766, "src": "all", "table": "main"},
+    ]
+    assert listing.parse_ip_rule(dump, 4) == [
+        (4, (25970, "macvlan0", None, 254, True)),
+        (4, (25971, "macvlan0", None, 25970, False)),
+        (4, (25972, None, "10.128.0.2", 254, True)),
+        (4, (25973, None, "10.128.0.2", 25970, False)),
+    ]
