@@ -8,10 +8,12 @@ exit status says whether the kernel matches the configuration, so the
 command doubles as a probe.
 
 Everything is read from the kernel of the current network namespace
-(``nft list table``, rtnetlink, the conntrack table), never from the waiting
+(``nft list table``, ``ip -j``, the conntrack table), never from the waiting
 container's memory: the command also works where only the init container
-ran. DNS-named rules are checked for presence (the addresses are whatever
-the waiting container last resolved), address rules for their exact target.
+ran. The interfaces are judged by the comparison `wait` repairs from
+(`egress_router.core.drift`). DNS-named rules are checked for presence (the
+addresses are whatever the waiting container last resolved), address rules
+for their exact target.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from egress_router.core import config, listing, plan, ruleset, state
+from egress_router.core import config, drift, listing, plan, ruleset, state
 from egress_router.kernel import conntrack, iptables, nft, observe
 from egress_router.router import metrics
 
@@ -136,7 +138,7 @@ def _interfaces(
     rows = []
     problems = []
     for step in plan.plan_interfaces(cfg):
-        problem = observe.problem(step, snapshot)
+        problem = drift.step_problem(step, snapshot)
         rows.append({"step": step.describe(), "ok": problem is None, "problem": problem})
         if problem is not None:
             problems.append(problem)

@@ -1,0 +1,150 @@
+"""The one comparison: plan steps, policy rules, macvlan shape and ruleset vs a Snapshot."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from egress_router.core import config, drift, plan, state
+from support.cni import LISTING, MAC
+
+ENV = {
+    "EGRESS_SOURCE": "192.168.12.99/24",
+    "EGRESS_GATEWAY": "192.168.12.1",
+    "EGRESS_DESTINATION": (
+        "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n53 udp 203.0.113.25\n"
+        "443 tcp multi.lab.test\n203.0.113.27\n"
+    ),
+}
+
+
+def test_drift_names_what_is_missing() -> None:
+    cfg = config.load_config(ENV)
+    mac = "9e:e1:36:ed:2b:3b"
+    pod = state.Link(2, "eth0", True, "0a:58:0a:80:00:02")
+    return_rules = (
+        (4, (25970, "macvlan0", None, 254, True)),
+        (4, (25971, "macvlan0", None, 25970, False)),
+        (4, (25972, None, "10.128.0.2", 254, True)),
+        (4, (25973, None, "10.128.0.2", 25970, False)),
+    )
+    good = state.Snapshot(
+        links=(pod, state.Link(6, "macvlan0", True, mac)),
+        addresses=(
+            state.Address(2, ipaddress.ip_interface("10.128.0.2/24"), 0),
+            state.Address(6, ipaddress.ip_interface("192.168.12.99/24"), 0),
+        ),
+        routes=(
+            state.Route(4, ipaddress.ip_network("192.168.12.1/32"), None, 6, 254, 1),
+            state.Route(4, ipaddress.ip_network("0.0.0.0/0"),
+                            ipaddress.ip_address("192.168.12.1"), 6, 254, 1),
+        ),
+        rules=return_rules,
+        forwarding=((4, True),),
+    )
+    steps = plan.plan_interfaces(cfg)
+    assert [drift.step_problem(s, good) for s in steps] == [None] * 6
+    bad = state.Snapshot(
+        links=(pod, state.Link(6, "macvlan0", False, mac)),
+        addresses=(
+            state.Address(6, ipaddress.ip_interface("192.168.12.98/24"), 0),
+            state.Address(6, ipaddress.ip_interface("fe80::1/64"), 253),
+        ),
+        routes=(
+            state.Route(4, ipaddress.ip_network("0.0.0.0/0"),
+                            ipaddress.ip_address("10.128.0.1"), 2, 254, 1),
+        ),
+    )
+    assert [drift.step_problem(s, bad) for s in steps] == [
+        "interface macvlan0 is down",
+        "address 192.168.12.99/24 is missing on macvlan0",
+        "route 192.168.12.1/32 dev macvlan0 is missing",
+        "IPv4 policy rules for replies to the pod network differ: missing ip rule add priority "
+        "25970 iif macvlan0 lookup main suppress_prefixlength 0; missing ip rule add priority "
+        "25971 iif macvlan0 lookup 25970",
+        "no IPv4 default route via 192.168.12.1 dev macvlan0",
+        "net.ipv4.ip_forward is not 1",
+    ]
+
+
+def _return_path_snapshot(rules: tuple[tuple[int, state.RuleKey], ...]) -> state.Snapshot:
+    return state.Snapshot(
+        links=(state.Link(2, "eth0", True, ""), state.Link(6, "macvlan0", True, "")),
+        addresses=(state.Address(2, ipaddress.ip_interface("10.128.0.2/24"), 0),),
+        routes=(), rules=rules,
+    )
+
+
+def test_a_deleted_return_path_rule_is_named_with_the_command_that_makes_it() -> None:
+    step = plan.KeepPodReturnPath(4, "eth0", "macvlan0")
+    wanted = tuple((4, r) for r in state.pod_return_rules(step, ["10.128.0.2"]))
+    assert drift.step_problem(step, _return_path_snapshot(wanted)) is None
+    assert drift.step_problem(step, _return_path_snapshot(wanted[1:])) == (
+        "IPv4 policy rules for replies to the pod network differ: missing ip rule add priority "
+        "25970 iif macvlan0 lookup main suppress_prefixlength 0"
+    )
+    stray = (4, (25972, None, "10.128.0.9", 254, True))
+    assert drift.step_problem(step, _return_path_snapshot((*wanted, stray))) == (
+        "IPv4 policy rules for replies to the pod network differ: unexpected ip rule add "
+        "priority 25972 from 10.128.0.9 lookup main suppress_prefixlength 0"
+    )
+
+
+SHAPE = drift.MacvlanShape("net1", "private", mtu=1500, mac=MAC, parent=2, master="ens3")
+
+
+def test_the_macvlan_shape_names_mode_mac_mtu_and_master() -> None:
+    link = state.Link(3, "net1", True, MAC, 1500, "macvlan", "private", 2)
+    good = state.Snapshot((link,), (), ())
+    assert drift.macvlan_problems(SHAPE, good) == []
+    bad = state.Snapshot(
+        (state.Link(3, "net1", True, "02:00:00:00:00:01", 1400, "macvlan", "bridge", 7),), (), ()
+    )
+    assert [str(p) for p in drift.macvlan_problems(SHAPE, bad)] == [
+        "macvlan net1 is in bridge mode, expected private",
+        f"interface net1 has MAC 02:00:00:00:00:01, but ADD reported {MAC}",
+        "interface net1 has MTU 1400, expected 1500",
+        "macvlan net1 is not on master ens3",
+    ]
+    veth = state.Snapshot((state.Link(3, "net1", True, MAC, 1500, "veth"),), (), ())
+    assert [str(p) for p in drift.macvlan_problems(SHAPE, veth)] == [
+        "interface net1 is a veth link, not a macvlan"]
+    orphan = drift.MacvlanShape("net1", "private", master="ens3")
+    assert [str(p) for p in drift.macvlan_problems(orphan, state.Snapshot((), (), ()))] == [
+        "master interface ens3 no longer exists on the node"]
+
+
+def test_ruleset_differences_in_nfts_words() -> None:
+    rewrapped = LISTING.replace(",\n\t\t\t     tcp . 8080 : ", ", tcp . 8080 : ").replace(
+        "packets 12 bytes 720", "packets 0 bytes 0")
+    assert drift.ruleset_problems(LISTING, rewrapped) == []
+    tampered = (
+        LISTING.replace("tcp . 8080 : 203.0.113.26 . 80", "tcp . 8080 : 198.51.100.9 . 80")
+        .replace("policy drop;", "policy accept;")
+    )
+    assert [str(p) for p in drift.ruleset_problems(LISTING, tampered)] == [
+        "nftables map redirect_v4: missing element 'tcp . 8080 : 203.0.113.26 . 80'",
+        "nftables map redirect_v4: unexpected element 'tcp . 8080 : 198.51.100.9 . 80'",
+        "nftables chain forward: missing 'type filter hook forward priority filter; policy "
+        "drop;'",
+        "nftables chain forward: unexpected 'type filter hook forward priority filter; policy "
+        "accept;'",
+    ]
+    assert [str(p) for p in drift.ruleset_problems(LISTING, None)] == [
+        "nftables table inet egress_router is missing"
+    ]
+
+
+def test_compare_puts_the_link_first_and_the_ruleset_last_and_names_each_reason_once() -> None:
+    cfg = config.load_config({**ENV, "EGRESS_INTERFACE": "net1"})
+    empty = state.Snapshot((state.Link(2, "eth0", True, ""),), (), (), table=None)
+    found = drift.compare(plan.plan_interfaces(cfg), empty, ruleset_listing=LISTING, macvlan=SHAPE)
+    assert found[0] == drift.Problem("interface net1 does not exist", plan.LinkUp("net1"))
+    assert drift.reasons(found) == [
+        "interface net1 does not exist",
+        "IPv4 policy rules for replies to the pod network differ: missing ip rule add priority "
+        "25970 iif net1 lookup main suppress_prefixlength 0; missing ip rule add priority 25971 "
+        "iif net1 lookup 25970",
+        "net.ipv4.ip_forward is not 1",
+        "nftables table inet egress_router is missing",
+    ]
+    assert drift.summarise([f"p{i}" for i in range(22)]).endswith("p19; and 2 more")
