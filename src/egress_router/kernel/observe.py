@@ -1,12 +1,14 @@
-"""Read the router's links, addresses and routes back from the kernel, and find drift.
+"""Read a network namespace back into a `state.Snapshot`, and change interfaces in a child.
 
 The waiting container checks every few seconds that the kernel still holds
 what `plan.plan_interfaces` asked for: someone may have taken the macvlan
 down, deleted the default route or the reserved address. pyroute2, which
 executes the plan, costs about 23 MiB of resident memory once imported,
 which alone would break the waiting process's 40 MiB budget. So reads go
-through iproute2's JSON output (``ip -j addr`` and ``ip -j route``), a
-well-kept tool already in the image, and writes through pyroute2 in a child.
+through iproute2's JSON output (``ip -j addr``, ``route``, ``rule``; parsed in
+`egress_router.core.listing`), a well-kept tool already in the image, and
+writes through pyroute2 in a child. `read_snapshot_in` reads a pod's
+namespace the same way (CNI CHECK); `egress_router.core.drift` compares.
 
 `CheckedNetlink` puts the two together behind the engine's `netlink.Netlink`
 protocol: a step that already holds is skipped, and a step that must change
@@ -27,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from egress_router.core import config, listing, plan, ruleset, state
+from egress_router.core import drift, listing, plan, ruleset, state
 from egress_router.kernel import netlink, netns
 
 IP_TIMEOUT = 10.0
@@ -113,86 +115,6 @@ def _nft_table() -> str | None:
     except subprocess.TimeoutExpired:
         raise ReadError(errno.ETIMEDOUT, "cannot list the nftables table: no answer") from None
     return done.stdout if done.returncode == 0 else None
-
-
-def problem(step: plan.Step, snapshot: state.Snapshot) -> str | None:
-    """Why ``step`` does not hold in ``snapshot`` (None when it does)."""
-    if isinstance(step, plan.EnableForwarding):
-        return None if snapshot.forwarding_on(step.family) else f"{step.sysctl} is not 1"
-    link = snapshot.link(step.ifname)
-    if link is None:
-        return f"interface {step.ifname} does not exist"
-    if isinstance(step, plan.LinkUp):
-        return None if link.up else f"interface {step.ifname} is down"
-    if isinstance(step, plan.SetAddress):
-        wanted = step.interface
-        present = [
-            a.interface
-            for a in snapshot.addresses
-            if a.index == link.index
-            and a.interface.version == wanted.version
-            and a.scope == state.RT_SCOPE_UNIVERSE
-        ]
-        if wanted not in present:
-            return f"address {wanted} is missing on {step.ifname}"
-        extra = [str(a) for a in present if a != wanted]
-        return f"{step.ifname} has other addresses: {', '.join(extra)}" if extra else None
-    if isinstance(step, plan.KeepPodReturnPath):
-        return _return_path_problem(step, link, snapshot)
-    return _route_problem(step, link, snapshot)
-
-
-def _return_path_problem(
-    step: plan.KeepPodReturnPath, pod: state.Link, snapshot: state.Snapshot
-) -> str | None:
-    sources = sorted(
-        str(a.interface.ip)
-        for a in snapshot.addresses
-        if a.index == pod.index and a.interface.version == step.family
-        and a.scope == state.RT_SCOPE_UNIVERSE
-    )
-    wanted = set(state.pod_return_rules(step, sources))
-    present = {rule for family, rule in snapshot.rules if family == step.family}
-    if wanted == present:
-        return None
-    return (
-        f"IPv{step.family} policy rules for replies to the pod network differ "
-        f"({len(wanted - present)} missing, {len(present - wanted)} unexpected)"
-    )
-
-
-def _route_problem(step: plan.SetRoute, link: state.Link, snapshot: state.Snapshot) -> str | None:
-    family = step.destination.version
-    if step.is_default:
-        defaults = [
-            r
-            for r in snapshot.routes
-            if r.family == family and r.dst.prefixlen == 0 and r.kind == state.RTN_UNICAST
-        ]
-        good = [r for r in defaults if r.gateway == step.gateway and r.oif == link.index]
-        if not good:
-            return f"no IPv{family} default route via {step.gateway} dev {step.ifname}"
-        if len(defaults) > 1:
-            return f"{len(defaults) - 1} other IPv{family} default route(s)"
-        return None
-    found = any(
-        r.dst == step.destination and r.oif == link.index and r.gateway == step.gateway
-        for r in snapshot.routes
-    )
-    return None if found else f"route {step.destination} dev {step.ifname} is missing"
-
-
-def drift(
-    cfg: config.Config, snapshot: state.Snapshot | None = None
-) -> list[tuple[plan.Step, str]]:
-    """The steps of the interface plan that the kernel does not hold, each with the reason."""
-    snapshot = snapshot if snapshot is not None else read_snapshot()
-    found: list[tuple[plan.Step, str]] = []
-    for step in plan.plan_interfaces(cfg):
-        reason = problem(step, snapshot)
-        if reason is not None:
-            found.append((step, reason))
-    return found
 
 
 def encode_step(step: plan.Step) -> dict[str, Any]:
@@ -292,7 +214,7 @@ class CheckedNetlink:
 
     def apply(self, step: plan.Step) -> None:
         snapshot = read_snapshot()
-        if problem(step, snapshot) is None:
+        if drift.step_problem(step, snapshot) is None:
             return
         if not isinstance(step, plan.EnableForwarding) and snapshot.link(step.ifname) is None:
             raise netlink.KernelRefusedError(
@@ -315,7 +237,7 @@ class CheckedNetlink:
             step for step in steps
             if not isinstance(step, plan.EnableForwarding)
             and snapshot.link(step.ifname) is not None  # a missing one: the engine says so
-            and problem(step, snapshot) is not None
+            and drift.step_problem(step, snapshot) is not None
         ])
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from egress_router.core import config, listing, plan
+from egress_router.core import config, drift, listing, plan
 from egress_router.kernel import announce, conntrack, iptables, netlink, nft, observe
 from egress_router.kernel.memory import HEAP
 from egress_router.router import engine, metrics, resolve
@@ -32,6 +32,12 @@ _KERNEL_FAILURES = (
 )
 
 
+def read_drift(cfg: config.Config) -> list[tuple[plan.Step, str]]:
+    """The interface plan's steps this namespace does not hold (`core.drift`), with the reason."""
+    found = drift.interface_problems(plan.plan_interfaces(cfg), observe.read_snapshot())
+    return [(p.step, p.reason) for p in found if p.step is not None]
+
+
 @dataclass
 class Kernel:
     """The edges the router drives; tests replace them with fakes."""
@@ -41,7 +47,7 @@ class Kernel:
     announcer: announce.Announcer
     conntrack: conntrack.Conntrack
     resolver: resolve.Resolver
-    drift: Callable[[config.Config], list[tuple[plan.Step, str]]] = observe.drift
+    drift: Callable[[config.Config], list[tuple[plan.Step, str]]] = read_drift
     counters: Callable[[], Iterable[str]] | None = None  # nft list table (None: no counters)
     stale: engine.Firewall | None = None  # the other backend, cleaned up at start
     generation: Callable[[], int | None] = lambda: None  # nftables generation (None: unknown)
