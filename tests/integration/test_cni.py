@@ -288,12 +288,12 @@ def test_check_reports_tampering_and_del_is_idempotent(pods: Pods) -> None:
     error = drifted.json
     assert error is not None
     assert error["details"].splitlines() == [
-        "route missing: ip -6 route default via 2001:db8:12::1 dev net1",
+        "no IPv6 default route via 2001:db8:12::1 dev net1",
         "nftables table inet egress_router is missing",
     ]
     assert error["msg"].startswith(
         f"egress router net1 in /var/run/netns/{pods.lab.router} differs from its "
-        "configuration: route missing: ip -6 route default via 2001:db8:12::1 dev net1; "
+        "configuration: no IPv6 default route via 2001:db8:12::1 dev net1; "
     )
 
     for _ in range(2):  # DEL twice: the second finds nothing and still succeeds
@@ -308,6 +308,33 @@ def test_check_reports_tampering_and_del_is_idempotent(pods: Pods) -> None:
     done_del = labmod.run_in(pods.lab.node, ["ip", "netns", "delete", pods.lab.router])
     assert done_del.returncode == 0, done_del.stderr
     assert pods.cni("DEL", DUAL_CONF, prev_result=result).ok
+
+
+def test_check_fails_naming_a_deleted_return_path_rule(pods: Pods) -> None:
+    result = pods.add(UPSTREAM_CONF)
+    assert pods.cni("CHECK", UPSTREAM_CONF, prev_result=result).ok  # control: all in place
+
+    rule = ["priority", "25970", "iif", "net1", "lookup", "main", "suppress_prefixlength", "0"]
+    before = ip_json(pods.lab.router, "-4", "rule", "show")
+    assert any(r.get("priority") == 25970 and r.get("iif") == "net1" for r in before), before
+    done = labmod.run_in(pods.lab.router, ["ip", "-4", "rule", "del", *rule])
+    assert done.returncode == 0, done.stderr
+    assert not any(r.get("priority") == 25970 for r in ip_json(pods.lab.router, "-4", "rule",
+                                                                "show"))
+    drifted = pods.cni("CHECK", UPSTREAM_CONF, prev_result=result)
+    assert drifted.code == 105, drifted.stdout
+    error = drifted.json
+    assert error is not None
+    assert error["details"].splitlines() == [
+        "IPv4 policy rules for replies to the pod network differ: missing ip rule add priority "
+        "25970 iif net1 lookup main suppress_prefixlength 0",
+    ]
+
+    # Put exactly that rule back: CHECK passes again, so it was this rule CHECK missed.
+    done = labmod.run_in(pods.lab.router, ["ip", "-4", "rule", "add", *rule])
+    assert done.returncode == 0, done.stderr
+    assert pods.cni("CHECK", UPSTREAM_CONF, prev_result=result).ok
+    assert pods.cni("DEL", UPSTREAM_CONF, prev_result=result).ok
 
 
 def test_failure_halfway_is_rolled_back(pods: Pods) -> None:

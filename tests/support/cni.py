@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
-from egress_router.cni import drift
+from egress_router.core import plan, state
 
 NETNS = "/var/run/netns/pod"
 
@@ -45,13 +46,28 @@ LISTING = """table inet egress_router {
 }
 """
 
-def healthy() -> drift.Observed:
-    return drift.Observed(
-        link=drift.LinkState("net1", "macvlan", "private", 1500, MAC, True, 2),
-        pod_interface=True,
-        addresses=("192.168.12.99/24",),
-        routes=(drift.Route("192.168.12.1/32"), drift.Route("0.0.0.0/0", "192.168.12.1"),
-                drift.Route("192.168.12.0/24")),
-        forwarding=((4, "1"), (6, "0")),
-        ruleset=LISTING,
+def healthy() -> state.Snapshot:
+    """The pod's namespace right after a good ADD of `CONF` (ens3 is index 2 on the node)."""
+    return_path = plan.KeepPodReturnPath(4, "eth0", "net1")
+    return state.Snapshot(
+        links=(
+            state.Link(1, "lo", True, "00:00:00:00:00:00", 65536),
+            state.Link(2, "eth0", True, "0a:58:0a:80:00:02", 1500, "veth"),
+            state.Link(3, "net1", True, MAC, 1500, "macvlan", "private", parent=2),
+        ),
+        addresses=(
+            state.Address(2, ipaddress.ip_interface("10.128.0.2/24"), state.RT_SCOPE_UNIVERSE),
+            state.Address(3, ipaddress.ip_interface("192.168.12.99/24"), state.RT_SCOPE_UNIVERSE),
+        ),
+        routes=(
+            state.Route(4, ipaddress.ip_network("192.168.12.1/32"), None, 3, state.MAIN_TABLE,
+                        state.RTN_UNICAST),
+            state.Route(4, ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_address("192.168.12.1"),
+                        3, state.MAIN_TABLE, state.RTN_UNICAST),
+            state.Route(4, ipaddress.ip_network("192.168.12.0/24"), None, 3, state.MAIN_TABLE,
+                        state.RTN_UNICAST),
+        ),
+        rules=tuple((4, r) for r in state.pod_return_rules(return_path, ["10.128.0.2"])),
+        forwarding=((4, True), (6, False)),
+        table=LISTING,
     )

@@ -28,11 +28,11 @@ from typing import Any, Protocol
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from egress_router.cni import drift, errors
+from egress_router.cni import errors
 from egress_router.cni.errors import CniError
 from egress_router.cni.result import Link
-from egress_router.core import config, ruleset
-from egress_router.kernel import announce, netlink, netns
+from egress_router.core import config, ruleset, state
+from egress_router.kernel import announce, netlink, netns, observe
 from egress_router.router import engine
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Kernel(Protocol):
 
     def teardown_pod(self, path: str, ifname: str) -> list[str]: ...
 
-    def inspect_pod(self, path: str, ifname: str, pod_interface: str) -> drift.Observed: ...
+    def inspect_pod(self, path: str) -> state.Snapshot: ...
 
     def ruleset_listing(self, cfg: config.Config) -> str: ...
 
@@ -491,49 +491,18 @@ class RealKernel:
         removed: list[str] = self._in_pod(path, teardown, f"remove the egress router from {path}")
         return removed
 
-    def inspect_pod(self, path: str, ifname: str, pod_interface: str) -> drift.Observed:
-        def inspect() -> _Answer:
-            with _ipr() as ipr:
-                raw = _lookup(ipr, ifname)
-                link: drift.LinkState | None = None
-                addresses: list[str] = []
-                routes: list[drift.Route] = []
-                if raw is not None:
-                    kind, mode = _kind(raw)
-                    link = drift.LinkState(
-                        name=ifname,
-                        kind=kind,
-                        mode=mode,
-                        mtu=int(raw.get("IFLA_MTU")),
-                        mac=str(raw.get("IFLA_ADDRESS")),
-                        up=bool(raw["flags"] & IFF_UP),
-                        parent_index=raw.get("IFLA_LINK"),
-                    )
-                    index = raw["index"]
-                    for addr in ipr.get_addr(index=index):
-                        if addr["scope"] == SCOPE_UNIVERSE:
-                            addresses.append(f"{addr.get('IFA_ADDRESS')}/{addr['prefixlen']}")
-                    for family in (AF_INET, AF_INET6):
-                        for route in ipr.get_routes(family=family, table=MAIN_TABLE):
-                            if route.get("RTA_OIF") != index or route["type"] != RTN_UNICAST:
-                                continue
-                            dst = route.get("RTA_DST") or ("0.0.0.0" if family == AF_INET
-                                                           else "::")
-                            routes.append(
-                                drift.Route(f"{dst}/{route['dst_len']}", route.get("RTA_GATEWAY"))
-                            )
-                observed = drift.Observed(
-                    link=link,
-                    pod_interface=bool(ipr.link_lookup(ifname=pod_interface)),
-                    addresses=tuple(addresses),
-                    routes=tuple(routes),
-                    forwarding=_read_forwarding(),
-                    ruleset=_listing(),
-                )
-            return _Answer(observed)
-
-        observed: drift.Observed = self._in_pod(path, inspect, f"inspect {ifname} in {path}")
-        return observed
+    def inspect_pod(self, path: str) -> state.Snapshot:
+        """The pod's namespace as a `state.Snapshot`, read by the one reader (kernel/observe)."""
+        what = f"inspect the container {path}"
+        try:
+            return observe.read_snapshot_in(path, table=True, timeout=self.pod_timeout)
+        except netns.NamespaceGoneError as err:
+            raise CniError(errors.CONTAINER_UNKNOWN, f"cannot {what}: {err}") from None
+        except netns.NetnsError as err:
+            if err.details:
+                log.debug("%s", err.details)
+            code = errors.TIMED_OUT if "no answer within" in str(err) else errors.INTERNAL
+            raise CniError(code, f"cannot {what}: {err}") from None
 
     def ruleset_listing(self, cfg: config.Config) -> str:
         script = ruleset.render_nftables(cfg)

@@ -24,9 +24,10 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, TextIO
 
-from egress_router.cni import drift, errors, macvlan, netconf, result
+from egress_router.cni import errors, macvlan, netconf, result
 from egress_router.cni.errors import CniError
 from egress_router.cni.netconf import Environment, NetConf
+from egress_router.core import drift, plan
 
 log = logging.getLogger("egress_router.cni")
 
@@ -220,21 +221,21 @@ class Plugin:
         master_name = self._master(conf)
         master = self.kernel.host_link(master_name)
         cfg = conf.router_config(env.ifname)
-        expected = drift.Expected(
+        shape = drift.MacvlanShape(
             ifname=env.ifname,
-            pod_interface=conf.pod_interface,
             mode=conf.macvlan.mode,
-            addresses=tuple(s.interface for s in cfg.sources) + recorded.addresses,
-            routes=drift.expected_routes(cfg),
-            families=cfg.families(),
-            ruleset=self.kernel.ruleset_listing(cfg),
             mtu=conf.macvlan.mtu,
             mac=recorded.mac,
-            parent_index=master.index if master else None,
+            parent=master.index if master else None,
             master=master_name,
         )
-        observed = self.kernel.inspect_pod(env.netns, env.ifname, conf.pod_interface)
-        found = drift.differences(expected, observed, macvlan.TABLE)
+        # The same comparison wait repairs from and status reports (core/drift).
+        found = drift.reasons(drift.compare(
+            plan.plan_interfaces(cfg),
+            self.kernel.inspect_pod(env.netns),
+            ruleset_listing=self.kernel.ruleset_listing(cfg),
+            macvlan=shape,
+        ))
         if found:
             raise CniError(
                 errors.CHECK_FAILED,

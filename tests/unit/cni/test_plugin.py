@@ -8,6 +8,7 @@ configurations (which fail before any side effect, so need no root).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -18,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from egress_router.cni import drift, errors, macvlan, netconf, plugin, result
+from egress_router.cni import errors, macvlan, netconf, plugin, result
 from egress_router.cni import runtime as cnirun
 from egress_router.cni.errors import CniError
-from egress_router.core import config
+from egress_router.core import config, state
 from support.cni import CONF, LISTING, MAC, NETNS, healthy
 
 ENV = {
@@ -52,7 +53,7 @@ class FakeKernel:
     default_iface: str | None = "ens3"
     ops: list[str] = field(default_factory=list)
     fail: str | None = None
-    observed: drift.Observed | None = None
+    observed: state.Snapshot | None = None
     nft_missing: bool = False
 
     def _maybe_fail(self, name: str) -> None:
@@ -114,7 +115,8 @@ class FakeKernel:
             return [f"macvlan {ifname}"]
         return []
 
-    def inspect_pod(self, path: str, ifname: str, pod_interface: str) -> drift.Observed:
+    def inspect_pod(self, path: str) -> state.Snapshot:
+        self.ops.append(f"inspect {path}")
         assert self.observed is not None
         return self.observed
 
@@ -270,7 +272,7 @@ def test_check_passes_and_reports_drift() -> None:
     fake.host["ens3"] = macvlan.HostLink("ens3", 2, 1500, True)
     conf = {**CONF, "prevResult": prev}
     assert invoke(conf, fake, CNI_COMMAND="CHECK")[:2] == (0, "")
-    fake.observed = drift.Observed(**{**healthy().__dict__, "ruleset": None})
+    fake.observed = dataclasses.replace(healthy(), table=None)
     code, out, _ = invoke(conf, fake, CNI_COMMAND="CHECK")
     assert code == 1
     obj = json.loads(out)
@@ -283,6 +285,18 @@ def test_check_passes_and_reports_drift() -> None:
     code, out, _ = invoke({**CONF, "cniVersion": "0.3.1", "prevResult": prev}, fake,
                           CNI_COMMAND="CHECK")
     assert error_of(out)[0] == errors.INCOMPATIBLE_VERSION
+
+
+def test_check_names_a_deleted_return_path_rule() -> None:
+    prev = result.build(netconf.parse(CONF), result.Link("net1", MAC, 1500, NETNS))
+    good = healthy()
+    fake = FakeKernel(observed=dataclasses.replace(good, rules=good.rules[1:]))
+    code, out, _ = invoke({**CONF, "prevResult": prev}, fake, CNI_COMMAND="CHECK")
+    assert code == 1
+    assert json.loads(out)["details"] == (
+        "IPv4 policy rules for replies to the pod network differ: missing ip rule add priority "
+        "25970 iif net1 lookup main suppress_prefixlength 0"
+    )
 
 
 def test_status_and_gc() -> None:

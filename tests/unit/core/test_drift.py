@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 from egress_router.core import config, drift, plan, state
-from support.cni import LISTING, MAC
+from support.cni import LISTING, MAC, healthy
 
 ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24",
@@ -148,3 +149,30 @@ def test_compare_puts_the_link_first_and_the_ruleset_last_and_names_each_reason_
         "nftables table inet egress_router is missing",
     ]
     assert drift.summarise([f"p{i}" for i in range(22)]).endswith("p19; and 2 more")
+
+
+CNI_ENV = {**ENV, "EGRESS_INTERFACE": "net1", "EGRESS_POD_INTERFACE": "eth0"}
+
+
+def test_a_healthy_pod_has_no_problem_and_a_broken_one_names_each() -> None:
+    steps = plan.plan_interfaces(config.load_config(CNI_ENV))
+    good = healthy()
+    assert drift.compare(steps, good, ruleset_listing=LISTING, macvlan=SHAPE) == []
+    broken = dataclasses.replace(
+        good,
+        links=(good.links[0], state.Link(3, "net1", False, "02:00:00:00:00:01", 1400, "macvlan",
+                                         "bridge", 2)),
+        addresses=(state.Address(3, ipaddress.ip_interface("192.168.12.98/24"), 0),),
+        routes=good.routes[:1],
+        forwarding=((4, False),),
+    )
+    assert drift.reasons(drift.compare(steps, broken, ruleset_listing=LISTING, macvlan=SHAPE)) == [
+        "macvlan net1 is in bridge mode, expected private",
+        f"interface net1 has MAC 02:00:00:00:00:01, but ADD reported {MAC}",
+        "interface net1 has MTU 1400, expected 1500",
+        "interface net1 is down",
+        "address 192.168.12.99/24 is missing on net1",
+        "interface eth0 does not exist",
+        "no IPv4 default route via 192.168.12.1 dev net1",
+        "net.ipv4.ip_forward is not 1",
+    ]
