@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from egress_router.core import config, drift, listing, plan, ruleset, state
-from egress_router.kernel import conntrack, iptables, nft, observe
+from egress_router.kernel import conntrack, errors, iptables, nft, observe
 from egress_router.router import metrics
 
 EXIT_DRIFT = 4
@@ -133,7 +133,7 @@ def _interfaces(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     try:
         snapshot = read()
-    except OSError as err:
+    except errors.KernelError as err:
         return [], [f"cannot read the interfaces: {err}"]
     rows = []
     problems = []
@@ -300,7 +300,7 @@ def collect(
             xtables = xtables or iptables.IptablesCommand()
             dumps = {f: xtables.save(f, "nat") + xtables.save(f, "filter") for f in cfg.families()}
             state, rules, found = collect_iptables(cfg, dumps, active)
-    except (nft.NftError, iptables.IptablesError) as err:
+    except errors.KernelError as err:
         state, rules, found = {"present": None}, [], [str(err)]
     state["backend"] = cfg.backend.value
     return Report(_configuration(cfg), interfaces, state, rules, problems + found)

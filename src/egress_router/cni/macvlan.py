@@ -18,8 +18,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,20 +30,16 @@ from egress_router.cni import errors
 from egress_router.cni.errors import CniError
 from egress_router.cni.result import Link
 from egress_router.core import config, ruleset, state
-from egress_router.kernel import announce, netlink, netns, observe
+from egress_router.kernel import announce, netlink, netns, nft, observe
 from egress_router.router import engine
 
 log = logging.getLogger(__name__)
 
 AF_INET = 2
 AF_INET6 = 10
-MAIN_TABLE = 254
-RTN_UNICAST = 1
-SCOPE_UNIVERSE = 0
 IFF_UP = 0x1
 TEMP_PREFIX = "egr"
 _TEMP_NAME = re.compile(rf"^{TEMP_PREFIX}[0-9a-f]{{12}}$")
-NFT_TIMEOUT = 30.0
 POD_TIMEOUT = 30.0
 TABLE = f"{ruleset.TABLE_FAMILY} {ruleset.TABLE}"
 _TRANSIENT = (errno.EBUSY, errno.EAGAIN)
@@ -82,7 +76,7 @@ class PodProbe:
     ifname_exists: bool
     pod_interface_exists: bool
     default_routes: tuple[dict[str, Any], ...] = ()
-    forwarding: tuple[tuple[int, str], ...] = ()
+    forwarding: tuple[tuple[int, bool], ...] = ()
     table_exists: bool = False
 
 
@@ -179,50 +173,25 @@ def _delete_macvlan(ipr: Any, name: str) -> bool:
     return True
 
 
-def _nft(args: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("nft") or "nft"
-    return subprocess.run(
-        [binary, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=NFT_TIMEOUT,
-        check=False,
-    )
+def _table_exists() -> bool:
+    return nft.NftCommand().list_table_text() is not None
 
 
-def _listing() -> str | None:
-    done = _nft(["list", "table", ruleset.TABLE_FAMILY, ruleset.TABLE])
-    return done.stdout if done.returncode == 0 else None
-
-
-def _forwarding_path(family: int) -> str:
-    if family == 4:
-        return "/proc/sys/net/ipv4/ip_forward"
-    return "/proc/sys/net/ipv6/conf/all/forwarding"
-
-
-def _read_forwarding() -> tuple[tuple[int, str], ...]:
-    values = []
-    for family in (4, 6):
-        try:
-            with open(_forwarding_path(family), encoding="ascii") as fh:
-                values.append((family, fh.read().strip()))
-        except OSError:
-            continue
-    return tuple(values)
+def _firewall() -> engine.NftablesFirewall:
+    """The same nftables edge (and `Firewall.remove`) as the init container and wait."""
+    return engine.NftablesFirewall(nft.NftCommand())
 
 
 def _default_routes(ipr: Any) -> tuple[dict[str, Any], ...]:
     routes = []
     for family in (AF_INET, AF_INET6):
-        for route in ipr.get_routes(family=family, table=MAIN_TABLE):
-            if route["dst_len"] != 0 or route["type"] != RTN_UNICAST:
+        for route in ipr.get_routes(family=family, table=state.MAIN_TABLE):
+            if route["dst_len"] != 0 or route["type"] != state.RTN_UNICAST:
                 continue
             spec: dict[str, Any] = {
                 "dst": "0.0.0.0/0" if family == AF_INET else "::/0",
                 "family": family,
-                "table": MAIN_TABLE,
+                "table": state.MAIN_TABLE,
                 "oif": route.get("RTA_OIF"),
                 "proto": route["proto"],
             }
@@ -248,8 +217,8 @@ class RealKernel:
     def default_route_interface(self) -> str | None:
         with _ipr() as ipr:
             for family in (AF_INET, AF_INET6):
-                for route in ipr.get_routes(family=family, table=MAIN_TABLE):
-                    if route["dst_len"] != 0 or route["type"] != RTN_UNICAST:
+                for route in ipr.get_routes(family=family, table=state.MAIN_TABLE):
+                    if route["dst_len"] != 0 or route["type"] != state.RTN_UNICAST:
                         continue
                     index = route.get("RTA_OIF")
                     if index is None:
@@ -279,7 +248,7 @@ class RealKernel:
             return sorted(str(link.get("IFLA_IFNAME")) for link in ipr.get_links())
 
     def nft_problem(self) -> str | None:
-        if shutil.which("nft") is None:
+        if not nft.is_installed():
             return "the nft binary is not on the node; install nftables (apt install nftables)"
         return None
 
@@ -366,8 +335,8 @@ class RealKernel:
                         ifname_exists=bool(ipr.link_lookup(ifname=ifname)),
                         pod_interface_exists=bool(ipr.link_lookup(ifname=pod_interface)),
                         default_routes=_default_routes(ipr),
-                        forwarding=_read_forwarding(),
-                        table_exists=_listing() is not None,
+                        forwarding=observe.read_forwarding(),
+                        table_exists=_table_exists(),
                     )
                 )
 
@@ -446,15 +415,17 @@ class RealKernel:
                         log.warning("cannot restore default route %s: %s", route, err)
                 if netlink.remove_pod_return_path(ipr):
                     undone.append("removed the pod return-path rules")
-            if _listing() is not None:
-                done = _nft(["-f", "-"], ruleset.render_nftables_removal())
-                if done.returncode == 0:
+            try:
+                if _table_exists():
+                    _firewall().remove()
                     undone.append(f"removed table {TABLE}")
-            for family, value in probe.forwarding:
-                if dict(_read_forwarding()).get(family) != value:
-                    with open(_forwarding_path(family), "w", encoding="ascii") as fh:
-                        fh.write(f"{value}\n")
-                    undone.append(f"IPv{family} forwarding back to {value}")
+            except nft.NftError as err:
+                log.warning("cannot remove table %s: %s", TABLE, err)
+            for family, on in probe.forwarding:
+                if dict(observe.read_forwarding()).get(family) != on:
+                    with open(state.forwarding_path(family), "w", encoding="ascii") as fh:
+                        fh.write("1\n" if on else "0\n")
+                    undone.append(f"IPv{family} forwarding back to {int(on)}")
             return _Answer(undone)
 
         undone: list[str] = self._in_pod(path, undo, f"undo the partial setup in {path}")
@@ -465,16 +436,17 @@ class RealKernel:
         def teardown() -> _Answer:
             removed: list[str] = []
             try:
-                present = _listing() is not None
-            except OSError as err:  # no nft: there can be no table to remove either
-                log.warning("cannot look for table %s: %s", TABLE, err.strerror or err)
+                present = _table_exists()
+            except nft.NftError as err:  # e.g. no nft: there can be no table to remove either
+                log.warning("cannot look for table %s: %s", TABLE, err)
                 present = False
             if present:
-                done = _nft(["-f", "-"], ruleset.render_nftables_removal())
-                if done.returncode != 0:
+                try:
+                    _firewall().remove()
+                except nft.NftError as err:
                     return _Answer(
                         code=errors.ROUTER_SETUP_FAILED,
-                        msg=f"cannot remove table {TABLE} from {path}: {done.stderr.strip()}",
+                        msg=f"cannot remove table {TABLE} from {path}: {err}",
                     )
                 removed.append(f"table {TABLE}")
             with _ipr() as ipr:
@@ -508,13 +480,13 @@ class RealKernel:
         script = ruleset.render_nftables(cfg)
 
         def render() -> _Answer:
-            done = _nft(["-f", "-"], script)
-            if done.returncode != 0:
-                return _Answer(
-                    code=errors.INTERNAL,
-                    msg=f"cannot render the expected ruleset: {done.stderr.strip()}",
-                )
-            return _Answer(_listing() or "")
+            runner = nft.NftCommand()
+            try:
+                runner.run(script)
+                return _Answer(runner.list_table_text() or "")
+            except nft.NftError as err:
+                failure = f"cannot render the expected ruleset: {err}"
+                return _Answer(code=errors.INTERNAL, msg=failure)
 
         try:
             answer: _Answer = netns.run(None, render, timeout=self.pod_timeout)

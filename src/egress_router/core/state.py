@@ -27,7 +27,7 @@ RuleKey = tuple[int, str | None, str | None, int, bool]
 
 def forwarding_sysctl(family: int) -> str:
     """The sysctl that switches forwarding on for ``family``."""
-    return "net.ipv4.ip_forward" if family == 4 else "net.ipv6.conf.all.forwarding"
+    return plan.EnableForwarding(family).sysctl
 
 
 def forwarding_path(family: int) -> str:

@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from egress_router.kernel import errors
+
 ETH_P_ARP = 0x0806
 ARP_REQUEST = 1
 ND_NEIGHBOR_ADVERT = 136
@@ -74,10 +76,25 @@ class FakeAnnouncer:
         self.sent.append((ifname, str(address)))
 
 
+class AnnounceError(errors.KernelError):
+    """A raw socket refused to send an announcement."""
+
+    default_kind = errors.Kind.NETLINK_REFUSED
+
+
 class SocketAnnouncer:
     """Sends through raw sockets in the current network namespace."""
 
     def send(
+        self, ifname: str, ifindex: int, mac: str, address: ipaddress.IPv4Address
+        | ipaddress.IPv6Address
+    ) -> None:
+        try:
+            self._send(ifname, ifindex, mac, address)
+        except OSError as err:
+            raise AnnounceError(f"cannot announce {address} on {ifname}: {err}") from None
+
+    def _send(
         self, ifname: str, ifindex: int, mac: str, address: ipaddress.IPv4Address
         | ipaddress.IPv6Address
     ) -> None:

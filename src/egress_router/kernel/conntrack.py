@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from egress_router.core import config
+from egress_router.kernel import errors
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ _STATE = re.compile(r"^\S+\s+\d+\s+\d+\s+([A-Z_]+)\s")
 _ENDING = frozenset({"TIME_WAIT", "CLOSE"})
 
 
-class ConntrackError(RuntimeError):
+class ConntrackError(errors.KernelError):
     """The conntrack tool failed; the message says what and what to do."""
+
+    default_kind = errors.Kind.CONNTRACK_FAILED
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from egress_router.core import ruleset
+from egress_router.kernel import errors
 
 IPT_TIMEOUT = 30.0
 _SAVE = {4: "iptables-save", 6: "ip6tables-save"}
 _RESTORE = {4: "iptables-restore", 6: "ip6tables-restore"}
 
 
-class IptablesError(RuntimeError):
-    """iptables-restore refused the payload; that table's commit did not happen."""
+class IptablesError(errors.KernelError):
+    """iptables-restore refused the payload (its table was not committed), or could not run."""
+
+    default_kind = errors.Kind.IPTABLES_REFUSED
 
 
 class Iptables(Protocol):
@@ -63,7 +66,7 @@ class IptablesCommand:
         if binary is None:
             raise IptablesError(
                 f"cannot run {argv[0]!r}: not installed; install the iptables package "
-                "or use EGRESS_ROUTER_BACKEND=nftables"
+                "or use EGRESS_ROUTER_BACKEND=nftables", errors.Kind.TOOL_MISSING,
             )
         try:
             return subprocess.run(
@@ -75,7 +78,11 @@ class IptablesCommand:
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            raise IptablesError(f"cannot run {argv[0]}: no answer in {IPT_TIMEOUT:g}s") from None
+            raise IptablesError(
+                f"cannot run {argv[0]}: no answer in {IPT_TIMEOUT:g}s", errors.Kind.TIMED_OUT
+            ) from None
+        except OSError as err:
+            raise IptablesError(f"cannot run {argv[0]}: {err.strerror or err}") from None
 
     def save(self, family: int, table: str) -> str:
         done = self._exec([_SAVE[family], "-t", table])

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from egress_router.core import plan, state
 from egress_router.core.state import MAIN_TABLE
+from egress_router.kernel import errors
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,10 @@ IFA_F_NODAD = 0x02
 _FAMILY = {4: AF_INET, 6: AF_INET6}
 
 
-class KernelRefusedError(RuntimeError):
+class KernelRefusedError(errors.KernelError):
     """The kernel refused a step of the interface plan (the message says which and why)."""
+
+    default_kind = errors.Kind.NETLINK_REFUSED
 
 
 class Netlink(Protocol):

@@ -31,6 +31,8 @@ import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
+from egress_router.kernel import errors
+
 log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
@@ -41,11 +43,13 @@ _T = TypeVar("_T")
 _LIBC: list[ctypes.CDLL] = []
 
 
-class NetnsError(RuntimeError):
+class NetnsError(errors.KernelError):
     """Entering a namespace, or the code run inside it, failed unexpectedly.
 
     ``details`` carries the child's traceback (for the debug log, never for users).
     """
+
+    default_kind = errors.Kind.NAMESPACE_FAILED
 
     def __init__(self, message: str, details: str = "") -> None:
         super().__init__(message)

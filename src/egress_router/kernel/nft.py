@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from egress_router.core import listing, ruleset
+from egress_router.kernel import errors
 
 NFT_TIMEOUT = 30.0
 
@@ -28,8 +29,10 @@ _NFTA_GEN_ID = 1
 _NLMSG = struct.Struct("=IHHII")
 
 
-class NftError(RuntimeError):
-    """``nft`` refused a transaction; nothing of it was committed."""
+class NftError(errors.KernelError):
+    """``nft`` refused a transaction (nothing of it was committed), or could not run."""
+
+    default_kind = errors.Kind.NFT_REFUSED
 
 
 class Nft(Protocol):
@@ -72,6 +75,11 @@ class FakeNft:
         return iter((self.list_table_text() or "").splitlines())
 
 
+def is_installed(binary: str = "nft") -> bool:
+    """Whether the ``nft`` binary is on the PATH (CNI STATUS and ADD ask before anything else)."""
+    return shutil.which(binary) is not None
+
+
 class NftCommand:
     """The ``nft`` binary in the current network namespace."""
 
@@ -92,10 +100,14 @@ class NftCommand:
         except FileNotFoundError:
             raise NftError(
                 f"cannot run {self._binary!r}: not installed; install the nftables package "
-                "or set EGRESS_ROUTER_BACKEND=iptables"
+                "or set EGRESS_ROUTER_BACKEND=iptables", errors.Kind.TOOL_MISSING,
             ) from None
         except subprocess.TimeoutExpired:
-            raise NftError(f"cannot run nft: no answer within {NFT_TIMEOUT:g}s") from None
+            raise NftError(
+                f"cannot run nft: no answer within {NFT_TIMEOUT:g}s", errors.Kind.TIMED_OUT
+            ) from None
+        except OSError as err:
+            raise NftError(f"cannot run {self._binary!r}: {err.strerror or err}") from None
 
     def run(self, script: str, *, check_only: bool = False) -> None:
         args = ["-c", "-f", "-"] if check_only else ["-f", "-"]
@@ -140,7 +152,11 @@ class NftCommand:
                 text=True,
             )
         except FileNotFoundError:
-            raise NftError(f"cannot run {self._binary!r}: not installed") from None
+            raise NftError(
+                f"cannot run {self._binary!r}: not installed", errors.Kind.TOOL_MISSING
+            ) from None
+        except OSError as err:
+            raise NftError(f"cannot run {self._binary!r}: {err.strerror or err}") from None
         assert proc.stdout is not None
         try:
             yield from proc.stdout

@@ -20,7 +20,6 @@ a few tenths of a second each time, and nothing in between.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import json
 import shutil
@@ -30,14 +29,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from egress_router.core import drift, listing, plan, ruleset, state
-from egress_router.kernel import netlink, netns
+from egress_router.kernel import errors, netlink, netns
 
 IP_TIMEOUT = 10.0
 NFT_TIMEOUT = 30.0
 
 
-class ReadError(OSError):
+class ReadError(errors.KernelError):
     """The kernel's state could not be read (the message says which and why)."""
+
+    default_kind = errors.Kind.READ_FAILED
 
 
 def _ip_json(*args: str) -> list[dict[str, Any]]:
@@ -46,11 +47,15 @@ def _ip_json(*args: str) -> list[dict[str, Any]]:
             ["ip", "-j", *args], capture_output=True, text=True, timeout=IP_TIMEOUT, check=False
         )
     except FileNotFoundError:
-        raise ReadError(errno.ENOENT, "cannot run ip: install iproute2") from None
+        raise ReadError("cannot run ip: install iproute2", errors.Kind.TOOL_MISSING) from None
     except subprocess.TimeoutExpired:
-        raise ReadError(errno.ETIMEDOUT, f"cannot run ip {' '.join(args)}: no answer") from None
+        raise ReadError(
+            f"cannot run ip {' '.join(args)}: no answer", errors.Kind.TIMED_OUT
+        ) from None
+    except OSError as err:
+        raise ReadError(f"cannot run ip {' '.join(args)}: {err.strerror or err}") from None
     if done.returncode != 0:
-        raise ReadError(errno.EIO, f"cannot run ip {' '.join(args)}: {done.stderr.strip()}")
+        raise ReadError(f"cannot run ip {' '.join(args)}: {done.stderr.strip()}")
     parsed: list[dict[str, Any]] = json.loads(done.stdout or "[]")
     return parsed
 
@@ -113,7 +118,9 @@ def _nft_table() -> str | None:
             capture_output=True, text=True, timeout=NFT_TIMEOUT, check=False,
         )
     except subprocess.TimeoutExpired:
-        raise ReadError(errno.ETIMEDOUT, "cannot list the nftables table: no answer") from None
+        raise ReadError(
+            "cannot list the nftables table: no answer", errors.Kind.TIMED_OUT
+        ) from None
     return done.stdout if done.returncode == 0 else None
 
 

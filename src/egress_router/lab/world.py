@@ -57,6 +57,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from egress_router.core import state
 from egress_router.lab import server as labserver
 
 # --------------------------------------------------------------------------- address plan
@@ -141,7 +142,7 @@ STOP_TIMEOUT = 5.0
 POLL_INTERVAL = 0.02
 
 _NO_DAD = {"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
-_FORWARDING = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+_FORWARDING = tuple(state.forwarding_sysctl(family) for family in (4, 6))
 # Only the gateway routes. The node does not (see the module docstring); the
 # router pod starts without forwarding, so the product has to enable it.
 _FORWARDING_ROLES = ("gw",)

@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from egress_router.core import config, listing, plan, ruleset
-from egress_router.kernel import announce, iptables, netlink, nft
+from egress_router.kernel import announce, errors, iptables, netlink, nft
 
 log = logging.getLogger(__name__)
 
 
-class ApplyError(RuntimeError):
+class ApplyError(errors.KernelError):
     """Setting up the router failed; the message says which step and why."""
+
+    default_kind = errors.Kind.SETUP_FAILED
 
 
 class Firewall(Protocol):
@@ -111,11 +113,7 @@ class IptablesFirewall:
         return payloads
 
     def render(self, cfg: config.Config) -> str:
-        return "".join(
-            f"# --- {'ip6tables' if family == 6 else 'iptables'}-restore --noflush\n"
-            f"{ruleset.render_iptables(cfg, family)}"
-            for family in cfg.families()
-        )
+        return render_iptables(cfg)
 
     def check(self, cfg: config.Config) -> None:
         for family, payload in self._payloads(cfg):
@@ -162,9 +160,6 @@ class Report:
         self.stages[stage] = time.monotonic() - started
 
 
-_FAILURES = (nft.NftError, iptables.IptablesError, netlink.KernelRefusedError, OSError)
-
-
 def setup(
     cfg: config.Config,
     links: netlink.Netlink,
@@ -202,12 +197,12 @@ def setup(
             log.debug("%s", step.describe())
             links.apply(step)
         report.time("interface plan", started)
-    except _FAILURES as err:
-        raise ApplyError(str(err)) from None
+    except errors.KernelError as err:
+        raise ApplyError(str(err), err.kind) from None
     if stale is not None:
         try:
             stale.remove()
-        except _FAILURES as err:
+        except errors.KernelError as err:
             log.debug("no %s rules to remove: %s", stale.name, err)
     started = time.monotonic()
     announce_all(cfg, links, announcer, sleep=sleep)
@@ -228,7 +223,7 @@ def announce_all(
         return
     try:
         index, mac = links.link_info(cfg.egress_interface)
-    except _FAILURES as err:
+    except errors.KernelError as err:
         log.warning("cannot announce the reserved address: %s", err)
         return
     rounds = max(step.count for step in steps)
@@ -239,22 +234,28 @@ def announce_all(
             try:
                 announcer.send(step.ifname, index, mac, step.address)
                 log.debug("%s (%d/%d)", step.describe(), number + 1, step.count)
-            except OSError as err:
-                log.warning("cannot announce %s on %s: %s", step.address, step.ifname, err)
+            except errors.KernelError as err:
+                log.warning("%s", err)
         if number + 1 < rounds:
             sleep(cfg.announce_interval)
 
 
-def unit_test_report(cfg: config.Config) -> str:
-    """What ``EGRESS_ROUTER_MODE=unit-test`` prints: the interface plan and the ruleset."""
-    firewall: Firewall
-    if cfg.backend is config.Backend.IPTABLES:
-        firewall = IptablesFirewall(iptables.FakeIptables())
-    else:
-        firewall = NftablesFirewall(nft.FakeNft())
-    return (
-        "# interface plan\n"
-        + plan.describe_plan(cfg)
-        + f"# {firewall.name} ruleset\n"
-        + firewall.render(cfg)
+def render_iptables(cfg: config.Config) -> str:
+    """The iptables-restore payloads of every family, as one readable text."""
+    return "".join(
+        f"# --- {'ip6tables' if family == 6 else 'iptables'}-restore --noflush\n"
+        f"{ruleset.render_iptables(cfg, family)}"
+        for family in cfg.families()
     )
+
+
+def unit_test_report(cfg: config.Config) -> str:
+    """What ``EGRESS_ROUTER_MODE=unit-test`` prints: the interface plan and the ruleset.
+
+    Rendered without any backend object: nothing here may touch (or fake) the kernel.
+    """
+    if cfg.backend is config.Backend.IPTABLES:
+        name, text = IptablesFirewall.name, render_iptables(cfg)
+    else:
+        name, text = NftablesFirewall.name, ruleset.render_nftables(cfg)
+    return "# interface plan\n" + plan.describe_plan(cfg) + f"# {name} ruleset\n" + text

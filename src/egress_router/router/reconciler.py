@@ -17,19 +17,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from egress_router.core import config, drift, listing, plan
-from egress_router.kernel import announce, conntrack, iptables, netlink, nft, observe
+from egress_router.kernel import announce, conntrack, errors, netlink, nft, observe
 from egress_router.kernel.memory import HEAP
 from egress_router.router import engine, metrics, resolve
 
 log = logging.getLogger(__name__)
 
-_KERNEL_FAILURES = (
-    nft.NftError,
-    iptables.IptablesError,
-    netlink.KernelRefusedError,
-    engine.ApplyError,
-    OSError,
-)
 
 
 def read_drift(cfg: config.Config) -> list[tuple[plan.Step, str]]:
@@ -171,7 +164,7 @@ class Router:
                 # (legacy mode) costs one helper process, not one per step.
                 try:
                     self.kernel.prepare(plan.plan_interfaces(desired))
-                except _KERNEL_FAILURES as err:
+                except errors.KernelError as err:
                     raise engine.ApplyError(str(err)) from None
             engine.setup(
                 desired,
@@ -280,7 +273,7 @@ class Router:
                 return False
             try:
                 self._transaction(old, desired)
-            except _KERNEL_FAILURES as err:
+            except errors.KernelError as err:
                 log.error("cannot apply the new rules: %s; the running rules stay", err)
                 self.metrics.applies.labels(result="failed").inc()
                 return False
@@ -295,7 +288,7 @@ class Router:
             try:
                 if firewall.update(old, desired):
                     return
-            except _KERNEL_FAILURES as err:
+            except errors.KernelError as err:
                 log.warning("cannot update the rules in place (%s); replacing them whole", err)
         elif old is not None:
             self.metrics.repairs.labels(kind="ruleset").inc()
@@ -384,7 +377,7 @@ class Router:
             firewall = self.kernel.firewall
             try:
                 matches = self._rules_match()
-            except _KERNEL_FAILURES as err:
+            except errors.KernelError as err:
                 matches = False
                 log.warning("cannot read our rules back: %s", err)
             if not matches:
@@ -395,13 +388,13 @@ class Router:
                     firewall.apply(desired)
                     self._remember_rules()
                     self.metrics.repairs.labels(kind="ruleset").inc()
-                except _KERNEL_FAILURES as err:
+                except errors.KernelError as err:
                     log.error("cannot repair the %s rules: %s", firewall.name, err)
                     self.metrics.repair_failures.labels(kind="ruleset").inc()
                     problems.append(f"ruleset: {err}")
             try:
                 drifted = self.kernel.drift(desired)
-            except OSError as err:
+            except errors.KernelError as err:
                 drifted = []
                 problems.append(str(err))
             for step, reason in drifted:
@@ -409,7 +402,7 @@ class Router:
                 log.warning("drift: %s; repairing: %s", reason, step.describe())
                 try:
                     self.kernel.links.apply(step)
-                except _KERNEL_FAILURES as err:
+                except errors.KernelError as err:
                     log.error("cannot repair %s: %s", kind, err)
                     self.metrics.repair_failures.labels(kind=kind).inc()
                     problems.append(f"{reason} ({err})")
@@ -438,7 +431,7 @@ class Router:
                 if not self._rules_match():
                     return False, "our rules in the kernel differ from the applied ones"
                 drifted = self.kernel.drift(self.applied)
-            except _KERNEL_FAILURES as err:
+            except errors.KernelError as err:
                 return False, f"cannot read the kernel's state: {err}"
             if drifted:
                 return False, "; ".join(reason for _step, reason in drifted)
@@ -468,7 +461,7 @@ class Router:
         if self.kernel.counters is not None:
             try:
                 counters = listing.read_counters(self.kernel.counters())
-            except _KERNEL_FAILURES as err:
+            except errors.KernelError as err:
                 log.warning("cannot read rule counters: %s", err)
                 counters = {}
         try:

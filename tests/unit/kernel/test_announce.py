@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from egress_router.kernel import announce
+from egress_router.kernel import announce, errors
 
 
 def test_gratuitous_arp_frame() -> None:
@@ -33,3 +33,10 @@ def test_unsolicited_neighbour_advert() -> None:
 def test_bad_mac_is_rejected() -> None:
     with pytest.raises(ValueError, match="not a MAC address"):
         announce.mac_bytes("02:00")
+
+
+def test_a_socket_failure_is_a_kernel_error_naming_address_and_interface() -> None:
+    with pytest.raises(errors.KernelError, match=r"cannot announce 192\.168\.12\.99 on ert-none0"):
+        announce.SocketAnnouncer().send(
+            "ert-none0", 999999, "02:00:c0:a8:0c:63", ipaddress.ip_address("192.168.12.99")
+        )

@@ -116,10 +116,11 @@ def test_announcement_failure_only_warns(caplog: pytest.LogCaptureFixture) -> No
 
     class Broken:
         def send(self, ifname: str, ifindex: int, mac: str, address: object) -> None:
-            raise PermissionError(1, "Operation not permitted")
+            raise announce.AnnounceError(f"cannot announce {address} on {ifname}: refused")
 
     engine.setup(cfg, links, engine.NftablesFirewall(runner), Broken(), sleep=lambda _s: None)
-    assert "cannot announce 192.168.12.99 on macvlan0" in caplog.text
+    assert "cannot announce 192.168.12.99 on macvlan0: refused" in caplog.text
+    assert runner.applied  # the router is set up all the same
 
 
 def test_plan_without_prefix_has_no_subnet_note() -> None:
