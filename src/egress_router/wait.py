@@ -41,7 +41,7 @@ from types import FrameType
 
 from egress_router.core import config
 from egress_router.router import metrics
-from egress_router.router.reconciler import Kernel, Router, real_kernel
+from egress_router.router.reconciler import Edges, Router, real_edges
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def _backend(env: Mapping[str, str]) -> config.Backend:
         return config.Backend.NFTABLES  # Router.load reports the bad value
 
 
-def run(env: Mapping[str, str], kernel: Kernel | None = None) -> int:
+def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
     """Take the lock, apply, serve and watch until SIGTERM; the exit code (0).
 
     Raises `config.ConfigError` (exit 1) for a bad configuration and
@@ -287,7 +287,7 @@ def run(env: Mapping[str, str], kernel: Kernel | None = None) -> int:
     try:
         registry = metrics.Metrics()
         router = Router(
-            env, settings, kernel or real_kernel(_backend(env), settings), registry,
+            env, settings, kernel or real_edges(_backend(env), settings), registry,
             sleep=signals.sleep,
         )
         router.load()  # parsed once, here: 10,000 rules are worth not parsing twice

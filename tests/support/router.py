@@ -65,7 +65,7 @@ class Harness:
         self.drifted: list[tuple[plan.Step, str]] = []
         self.clock = Clock()
         self.registry = metrics.Metrics()
-        kernel = reconciler.Kernel(
+        kernel = reconciler.Edges(
             firewall=engine.NftablesFirewall(self.runner),
             links=self.links,
             announcer=self.announcer,

@@ -28,7 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from egress_router.cni import errors
 from egress_router.cni.errors import CniError
-from egress_router.cni.result import Link
+from egress_router.cni.result import Interface
 from egress_router.core import config, ruleset, state
 from egress_router.kernel import announce, netlink, netns, nft, observe
 from egress_router.router import engine
@@ -112,7 +112,7 @@ class Kernel(Protocol):
 
     def probe_pod(self, path: str, ifname: str, pod_interface: str) -> PodProbe: ...
 
-    def setup_pod(self, path: str, temp: str, cfg: config.Config) -> Link: ...
+    def setup_pod(self, path: str, temp: str, cfg: config.Config) -> Interface: ...
 
     def undo_pod(self, path: str, names: Sequence[str], probe: PodProbe) -> None: ...
 
@@ -343,7 +343,7 @@ class RealKernel:
         probe_result: PodProbe = self._in_pod(path, probe, f"inspect the container {path}")
         return probe_result
 
-    def setup_pod(self, path: str, temp: str, cfg: config.Config) -> Link:
+    def setup_pod(self, path: str, temp: str, cfg: config.Config) -> Interface:
         ifname = cfg.egress_interface
 
         def setup() -> _Answer:
@@ -383,7 +383,7 @@ class RealKernel:
                 link = _lookup(ipr, ifname)
                 assert link is not None
                 return _Answer(
-                    Link(
+                    Interface(
                         name=ifname,
                         mac=str(link.get("IFLA_ADDRESS")),
                         mtu=int(link.get("IFLA_MTU")),
@@ -392,7 +392,7 @@ class RealKernel:
                 )
 
         announcing = cfg.announce_count * cfg.announce_interval
-        link: Link = self._in_pod(
+        link: Interface = self._in_pod(
             path, setup, f"set up the egress router in {path}", self.pod_timeout + announcing
         )
         return link

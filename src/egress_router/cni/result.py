@@ -20,7 +20,7 @@ from egress_router.core import config
 
 
 @dataclass(frozen=True)
-class Link:
+class Interface:
     """What the kernel says about the macvlan after ADD."""
 
     name: str
@@ -35,7 +35,7 @@ def _list(result: Mapping[str, Any], key: str) -> list[Any]:
 
 
 def build(
-    conf: netconf.NetConf, link: Link, prev_result: Mapping[str, Any] | None = None
+    conf: netconf.NetConf, link: Interface, prev_result: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The ADD result: ``prev_result``'s entries (if chained) followed by ours."""
     prev = prev_result or {}

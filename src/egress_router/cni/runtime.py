@@ -102,7 +102,7 @@ def find_plugin(name: str, cni_path: Sequence[str]) -> str:
     )
 
 
-def load_config(path: Path, index: int | None = None) -> dict[str, Any]:
+def read_network_config(path: Path, index: int | None = None) -> dict[str, Any]:
     """A plugin configuration from a JSON file, a .conflist, or a NetworkAttachmentDefinition."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -253,12 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cni_path = tuple(p for p in args.cni_path.split(":") if p)
     try:
-        conf = load_config(args.config, args.plugin_index) if args.config else None
+        conf = read_network_config(args.config, args.plugin_index) if args.config else None
         if conf is None and args.command != "VERSION":
             raise CniRunError(f"{args.command} needs a configuration file")
         prev = None
         if args.prev_result is not None:
-            prev = load_config(args.prev_result)
+            prev = read_network_config(args.prev_result)
         plugin = args.plugin or _plugin_for(conf, cni_path)
         outcome = invoke(
             plugin,

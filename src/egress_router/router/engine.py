@@ -151,7 +151,7 @@ def make_firewall(backend: config.Backend) -> Firewall:
 
 
 @dataclass
-class Report:
+class Timings:
     """Seconds spent in each stage of a setup, in order (for logs and benchmarks)."""
 
     stages: dict[str, float] = field(default_factory=dict)
@@ -168,13 +168,13 @@ def setup(
     *,
     sleep: Callable[[float], object] = time.sleep,
     stale: Firewall | None = None,
-) -> Report:
+) -> Timings:
     """Make the kernel match ``cfg``; idempotent. Raises `ApplyError` naming the failed step.
 
     ``stale`` is the other backend: its rules, if a previous run left any,
     are removed after ours are in place (best effort, logged).
     """
-    report = Report()
+    report = Timings()
     started = time.monotonic()
     for ifname in (cfg.pod_interface, cfg.egress_interface):
         if not links.has_link(ifname):

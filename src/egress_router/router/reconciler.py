@@ -2,7 +2,7 @@
 
 `Router` holds the desired state (the configuration, names resolved), what the kernel held right
 after the last apply, and the loop's verbs (`load`, `start`, `poll_file`, `refresh_dns`,
-`reconcile`, `announce`); the process shell in ``egress_router.wait`` only calls them. `Kernel`
+`reconcile`, `announce`); the process shell in ``egress_router.wait`` only calls them. `Edges`
 bundles the edges it drives, so unit tests hand it fakes.
 """
 
@@ -32,7 +32,7 @@ def read_drift(cfg: config.Config) -> list[tuple[plan.Step, str]]:
 
 
 @dataclass
-class Kernel:
+class Edges:
     """The edges the router drives; tests replace them with fakes."""
 
     firewall: engine.Firewall
@@ -47,7 +47,7 @@ class Kernel:
     prepare: Callable[[Sequence[plan.Step]], None] | None = None  # batch of interface steps
 
 
-def real_kernel(backend: config.Backend, settings: config.WaitSettings) -> Kernel:
+def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
     """The kernel of the current network namespace."""
     other = (
         config.Backend.IPTABLES
@@ -62,7 +62,7 @@ def real_kernel(backend: config.Backend, settings: config.WaitSettings) -> Kerne
         counters = lister.table_lines
     else:
         firewall = engine.make_firewall(backend)
-    return Kernel(
+    return Edges(
         firewall=firewall,
         links=links,
         announcer=announce.SocketAnnouncer(),
@@ -106,7 +106,7 @@ class Router:
         self,
         env: Mapping[str, str],
         settings: config.WaitSettings,
-        kernel: Kernel,
+        kernel: Edges,
         registry: metrics.Metrics,
         *,
         sleep: Callable[[float], object] = time.sleep,

@@ -99,11 +99,11 @@ class FakeKernel:
         self.ops.append("probe")
         return macvlan.PodProbe(ifname in self.pod_links, pod_interface in self.pod_links)
 
-    def setup_pod(self, path: str, temp: str, cfg: config.Config) -> result.Link:
+    def setup_pod(self, path: str, temp: str, cfg: config.Config) -> result.Interface:
         self._maybe_fail("setup_pod")
         self.ops.append(f"setup {cfg.egress_interface} pod={cfg.pod_interface}")
         self.pod_links.add(cfg.egress_interface)
-        return result.Link(cfg.egress_interface, MAC, 1500, path)
+        return result.Interface(cfg.egress_interface, MAC, 1500, path)
 
     def undo_pod(self, path: str, names: Sequence[str], probe: macvlan.PodProbe) -> None:
         self.ops.append(f"undo {','.join(names)}")
@@ -267,7 +267,7 @@ def test_del_is_idempotent_and_tolerates_what_add_refused() -> None:
 
 
 def test_check_passes_and_reports_drift() -> None:
-    prev = result.build(netconf.parse(CONF), result.Link("net1", MAC, 1500, NETNS))
+    prev = result.build(netconf.parse(CONF), result.Interface("net1", MAC, 1500, NETNS))
     fake = FakeKernel(observed=healthy())
     fake.host["ens3"] = macvlan.HostLink("ens3", 2, 1500, True)
     conf = {**CONF, "prevResult": prev}
@@ -288,7 +288,7 @@ def test_check_passes_and_reports_drift() -> None:
 
 
 def test_check_names_a_deleted_return_path_rule() -> None:
-    prev = result.build(netconf.parse(CONF), result.Link("net1", MAC, 1500, NETNS))
+    prev = result.build(netconf.parse(CONF), result.Interface("net1", MAC, 1500, NETNS))
     good = healthy()
     fake = FakeKernel(observed=dataclasses.replace(good, rules=good.rules[1:]))
     code, out, _ = invoke({**CONF, "prevResult": prev}, fake, CNI_COMMAND="CHECK")

@@ -9,7 +9,7 @@ from support.cni import CONF, MAC, NETNS
 
 
 def test_result_for_each_version() -> None:
-    link = result.Link("net1", MAC, 1400, NETNS)
+    link = result.Interface("net1", MAC, 1400, NETNS)
     new = result.build(netconf.parse({**CONF, "cniVersion": "1.1.0"}), link)
     assert new == {
         "cniVersion": "1.1.0",
@@ -34,7 +34,7 @@ def test_result_chains_onto_prev_result() -> None:
         "routes": [{"dst": "0.0.0.0/0"}],
         "dns": {"nameservers": ["10.0.0.10"]},
     }
-    chained = result.build(netconf.parse(CONF), result.Link("net1", MAC, 1500, NETNS), prev)
+    chained = result.build(netconf.parse(CONF), result.Interface("net1", MAC, 1500, NETNS), prev)
     assert chained["interfaces"][:2] == prev["interfaces"]
     assert chained["interfaces"][2]["name"] == "net1"
     assert chained["ips"] == [

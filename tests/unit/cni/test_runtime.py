@@ -17,9 +17,9 @@ def test_cnirun_reads_a_network_attachment_definition(tmp_path: Path) -> None:
         "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\n"
         "metadata:\n  name: egress\nspec:\n  config: '" + json.dumps(CONF) + "'\n"
     )
-    assert cnirun.load_config(nad) == CONF
+    assert cnirun.read_network_config(nad) == CONF
     conflist = tmp_path / "list.conflist"
     conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "l", "plugins": [
         {"type": "egress-router", "ip": CONF["ip"]}]}))
-    assert cnirun.load_config(conflist) == {"type": "egress-router", "ip": CONF["ip"],
+    assert cnirun.read_network_config(conflist) == {"type": "egress-router", "ip": CONF["ip"],
                                             "cniVersion": "1.0.0", "name": "l"}
