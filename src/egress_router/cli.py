@@ -284,6 +284,16 @@ def lab_down(prefix: str) -> None:
     click.echo(f"lab {prefix!r} is down")
 
 
+@lab.command("sweep")
+@_PREFIX
+def lab_sweep(prefix: str) -> None:
+    """Remove leftovers of crashed labs whose prefix starts with PREFIX (live ones stay)."""
+    from egress_router.lab import world as lab_module  # noqa: PLC0415
+
+    removed = lab_module.sweep(prefix)
+    click.echo("\n".join(removed) if removed else f"no leftovers of {prefix!r}")
+
+
 _INPUT = click.Path(dir_okay=False, exists=True, allow_dash=True, path_type=Path)
 
 

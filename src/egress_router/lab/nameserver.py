@@ -16,24 +16,23 @@ log, so a test can see when the router asked. It runs as its own process
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import select
-import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+import click
 import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
+
+from egress_router.lab import server as labserver
 
 _TYPES = {dns.rdatatype.A: "A", dns.rdatatype.AAAA: "AAAA"}
 
@@ -88,12 +87,11 @@ def serve(listen: str, port: int, records_path: Path, log_path: Path, ready: Pat
     """Answer until SIGTERM."""
     stopping = False
 
-    def stop(signum: int, frame: FrameType | None) -> None:
+    def stop() -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    labserver.on_stop_signals(stop)
     family = socket.AF_INET6 if ":" in listen else socket.AF_INET
     records = Records(records_path)
     with socket.socket(family, socket.SOCK_DGRAM) as sock, log_path.open("a") as log:
@@ -122,16 +120,16 @@ def serve(listen: str, port: int, records_path: Path, log_path: Path, ready: Pat
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m egress_router.lab.nameserver")
-    parser.add_argument("--listen", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=53)
-    parser.add_argument("--records", type=Path, required=True)
-    parser.add_argument("--log", type=Path, required=True)
-    parser.add_argument("--ready", type=Path)
-    args = parser.parse_args(argv)
-    return serve(args.listen, args.port, args.records, args.log, args.ready)
+@click.command(help="Answer the lab's DNS queries from a records file until SIGTERM.")
+@click.option("--listen", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=53, show_default=True)
+@click.option("--records", type=click.Path(path_type=Path), required=True)
+@click.option("--log", "log_path", type=click.Path(path_type=Path), required=True)
+@click.option("--ready", type=click.Path(path_type=Path))
+def main(listen: str, port: int, records: Path, log_path: Path, ready: Path | None) -> None:
+    """``python -m egress_router.lab.nameserver --records F --log F``."""
+    sys.exit(serve(listen, port, records, log_path, ready))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -27,7 +27,6 @@ then echoes every further line until the client closes (or stays idle for
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
@@ -43,6 +42,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, cast
+
+import click
 
 STREAM_HELLO = "STREAM"
 LINE_TIMEOUT = 5.0
@@ -300,8 +301,7 @@ async def serve(
     """Serve until SIGTERM or SIGINT; return the exit code."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    on_stop_signals(stop.set, loop)
     log = EventLog(log_path)
     server = Server(log, stream_idle)
     try:
@@ -457,52 +457,66 @@ def stream(
 # --------------------------------------------------------------------------- program
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m egress_router.lab.server", description=__doc__.split("\n")[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p_serve = sub.add_parser("serve", help="answer on the given endpoints until SIGTERM")
-    p_serve.add_argument("endpoints", nargs="+", help="tcp:ADDR:PORT or udp:[ADDR6]:PORT")
-    p_serve.add_argument("--log", type=Path, help="append one JSON line per event here")
-    p_serve.add_argument("--ready", type=Path, help="create this file once all sockets are bound")
-    p_serve.add_argument("--stream-idle", type=float, default=STREAM_IDLE_TIMEOUT)
-
-    p_dial = sub.add_parser("dial", help="send one payload, print the reply or failure as JSON")
-    p_dial.add_argument("proto", choices=PROTOCOLS)
-    p_dial.add_argument("host")
-    p_dial.add_argument("port", type=int)
-    p_dial.add_argument("--payload", default="hello")
-    p_dial.add_argument("--timeout", type=float, default=3.0)
-
-    p_stream = sub.add_parser("stream", help="hold a TCP stream connection, print a summary")
-    p_stream.add_argument("host")
-    p_stream.add_argument("port", type=int)
-    p_stream.add_argument("--count", type=int, default=10)
-    p_stream.add_argument("--interval", type=float, default=0.1)
-    p_stream.add_argument("--timeout", type=float, default=3.0)
-    return parser
+@click.group(help=(__doc__ or "").split("\n")[0])
+def main() -> None:
+    """``python -m egress_router.lab.server serve|dial|stream``."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
-    if args.command == "serve":
-        try:
-            endpoints = [parse_endpoint(text) for text in args.endpoints]
-        except EndpointError as exc:
-            print(exc, file=sys.stderr)
-            return 2
-        return asyncio.run(serve(endpoints, args.log, args.ready, args.stream_idle))
-    if args.command == "dial":
-        result = dial(args.proto, args.host, args.port, args.payload, args.timeout)
-    else:
-        result = stream(
-            args.host, args.port, count=args.count, interval=args.interval, timeout=args.timeout
-        )
-    print(json.dumps(result), flush=True)
-    return 0
+@main.command("serve")
+@click.argument("endpoints", nargs=-1, required=True)
+@click.option("--log", "log_path", type=click.Path(path_type=Path),
+              help="Append one JSON line per event here.")
+@click.option("--ready", type=click.Path(path_type=Path),
+              help="Create this file once all sockets are bound.")
+@click.option("--stream-idle", type=float, default=STREAM_IDLE_TIMEOUT, show_default=True)
+def serve_command(
+    endpoints: tuple[str, ...], log_path: Path | None, ready: Path | None, stream_idle: float
+) -> None:
+    """Answer on ENDPOINTS (tcp:ADDR:PORT, udp:[ADDR6]:PORT) until SIGTERM."""
+    try:
+        parsed = [parse_endpoint(text) for text in endpoints]
+    except EndpointError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    sys.exit(asyncio.run(serve(parsed, log_path, ready, stream_idle)))
+
+
+@main.command("dial")
+@click.argument("proto", type=click.Choice(PROTOCOLS))
+@click.argument("host")
+@click.argument("port", type=int)
+@click.option("--payload", default="hello", show_default=True)
+@click.option("--timeout", type=float, default=3.0, show_default=True)
+def dial_command(proto: str, host: str, port: int, payload: str, timeout: float) -> None:
+    """Send one payload, print the reply or failure as JSON."""
+    click.echo(json.dumps(dial(proto, host, port, payload, timeout)))
+
+
+@main.command("stream")
+@click.argument("host")
+@click.argument("port", type=int)
+@click.option("--count", type=int, default=10, show_default=True)
+@click.option("--interval", type=float, default=0.1, show_default=True)
+@click.option("--timeout", type=float, default=3.0, show_default=True)
+def stream_command(host: str, port: int, count: int, interval: float, timeout: float) -> None:
+    """Hold a TCP stream connection, print a summary as JSON."""
+    click.echo(json.dumps(stream(host, port, count=count, interval=interval, timeout=timeout)))
+
+
+def on_stop_signals(
+    stop: Callable[[], object], loop: asyncio.AbstractEventLoop | None = None
+) -> None:
+    """Call ``stop`` on SIGTERM or SIGINT: the one signal handler of the lab's programs.
+
+    With ``loop`` the handler runs in the event loop (asyncio servers), otherwise in the
+    main thread between bytecodes (blocking servers must poll with a timeout).
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if loop is not None:
+            loop.add_signal_handler(signum, stop)
+        else:
+            signal.signal(signum, lambda _signum, _frame: stop())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

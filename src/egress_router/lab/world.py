@@ -28,7 +28,6 @@ way back because the router SNATs to the reserved source.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -1115,29 +1114,3 @@ def demo(
     except LabError as exc:
         console.print(f"[red]{escape(str(exc))}[/]", highlight=False)
         return 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m egress_router.lab.world up|down|sweep|demo PREFIX``, for manual use."""
-    parser = argparse.ArgumentParser(prog="python -m egress_router.lab.world")
-    parser.add_argument("action", choices=("up", "down", "sweep", "demo"))
-    parser.add_argument("prefix")
-    parser.add_argument("--keep", action="store_true", help="demo: keep the lab afterwards")
-    args = parser.parse_args(argv)
-    try:
-        if args.action == "up":
-            up(args.prefix)
-        elif args.action == "down":
-            down(args.prefix)
-        elif args.action == "sweep":
-            print("\n".join(sweep(args.prefix)))
-        else:
-            return demo(args.prefix, keep=args.keep)
-    except LabError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

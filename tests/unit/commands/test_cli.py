@@ -93,8 +93,18 @@ def test_rules_prints_the_backend_ruleset(backend: str) -> None:
     assert marker in result.output
 
 
+def test_lab_sweep_is_a_subcommand_and_refuses_an_empty_prefix() -> None:
+    nothing = CliRunner().invoke(cli.cli, ["lab", "sweep", "--prefix", "ert-unit-no-such-lab"])
+    assert nothing.exit_code == 0, nothing.output
+    assert nothing.output == "no leftovers of 'ert-unit-no-such-lab'\n"
+    empty = CliRunner().invoke(cli.cli, ["lab", "sweep", "--prefix", ""])
+    assert empty.exit_code != 0
+    assert "cannot sweep: give a non-empty prefix" in str(empty.exception) + empty.output
+
+
 def test_help_everywhere() -> None:
-    for args in (["--help"], ["validate", "--help"], ["rules", "--help"], ["lab", "--help"]):
+    for args in (["--help"], ["validate", "--help"], ["rules", "--help"], ["lab", "--help"],
+                 ["lab", "sweep", "--help"]):
         result = CliRunner().invoke(cli.cli, args)
         assert result.exit_code == 0
         assert "Usage:" in result.output
