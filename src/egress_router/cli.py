@@ -269,9 +269,9 @@ def lab_up(prefix: str, macvlan: str) -> None:
 @click.option("--keep", is_flag=True, help="Leave the lab running afterwards.")
 def lab_demo(prefix: str, macvlan: str, keep: bool) -> None:
     """Build the lab, configure the router with the seed example, send real traffic."""
-    from egress_router.lab import world as lab_module  # noqa: PLC0415
+    from egress_router.lab import demo  # noqa: PLC0415
 
-    sys.exit(lab_module.demo(prefix, keep=keep, macvlan=macvlan))
+    sys.exit(demo.demo(prefix, keep=keep, macvlan=macvlan))
 
 
 @lab.command("down")

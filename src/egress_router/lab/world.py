@@ -24,6 +24,11 @@ The node does not forward pod traffic (its own masqueraded egress is not
 modelled), and the gateway has no route to the pod network: whatever reaches
 a destination came through the router's macvlan, and replies only find their
 way back because the router SNATs to the reserved source.
+
+This module builds and removes the namespaces; the address plan and names are in
+`egress_router.lab.topology`, running things inside them in `egress_router.lab.processes`,
+the demo in `egress_router.lab.demo`. Its users (tests, bench, the cli) import this one
+module: the others' public names are re-exported here (``__all__``).
 """
 
 from __future__ import annotations
@@ -31,451 +36,126 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import selectors
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from ipaddress import (
-    IPv4Address,
     IPv4Interface,
-    IPv4Network,
-    IPv6Address,
     IPv6Interface,
-    IPv6Network,
-    ip_address,
 )
-from pathlib import Path
-from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
-from egress_router.core import state
 from egress_router.lab import server as labserver
-
-# --------------------------------------------------------------------------- address plan
-# DESIGN.md's test address plan; only ever configured inside the lab's namespaces.
-
-POD_NET4 = IPv4Network("10.128.0.0/24")
-POD_NET6 = IPv6Network("fd00:128::/64")
-NODE_POD4 = IPv4Interface("10.128.0.1/24")  # cbr0, the pods' default gateway
-NODE_POD6 = IPv6Interface("fd00:128::1/64")
-ROUTER_POD4 = IPv4Interface("10.128.0.2/24")  # router pod eth0, what clients dial
-ROUTER_POD6 = IPv6Interface("fd00:128::2/64")
-CLIENT_POD4 = IPv4Interface("10.128.0.10/24")
-CLIENT_POD6 = IPv6Interface("fd00:128::10/64")
-
-PHYS_NET4 = IPv4Network("192.168.12.0/24")
-PHYS_NET6 = IPv6Network("2001:db8:12::/64")
-NODE_PHYS4 = IPv4Interface("192.168.12.10/24")  # node ens3
-NODE_PHYS6 = IPv6Interface("2001:db8:12::10/64")
-GATEWAY4 = IPv4Interface("192.168.12.1/24")  # gw lan0, the node's default gateway
-GATEWAY6 = IPv6Interface("2001:db8:12::1/64")
-EGRESS_SOURCE4 = IPv4Address("192.168.12.99")  # reserved source, configured by the product
-EGRESS_SOURCE6 = IPv6Address("2001:db8:12::99")
-
-EXT_NET4 = IPv4Network("203.0.113.0/24")
-EXT_NET6 = IPv6Network("2001:db8:113::/64")
-EXT_GATEWAY4 = IPv4Interface("203.0.113.1/24")  # gw wan0
-EXT_GATEWAY6 = IPv6Interface("2001:db8:113::1/64")
-DESTINATIONS4 = (
-    IPv4Interface("203.0.113.25/24"),
-    IPv4Interface("203.0.113.26/24"),
-    IPv4Interface("203.0.113.27/24"),
+from egress_router.lab.processes import (
+    DNS_LOG_FILE,
+    DNS_READY_FILE,
+    DNS_RECORDS_FILE,
+    LAB_RESOLVER,
+    NETNS_ETC,
+    Stream,
+    dial,
+    dns_queries,
+    ip,
+    ip_json,
+    open_stream,
+    process_record,
+    recorded_process_alive,
+    router_command,
+    run,
+    run_in,
+    served,
+    set_dns_records,
+    spawn_router,
+    start_dns,
+    start_server,
+    stop_dns,
+    stop_server,
+    sysctl,
+    terminate,
 )
-DESTINATIONS6 = (
-    IPv6Interface("2001:db8:113::25/64"),
-    IPv6Interface("2001:db8:113::26/64"),
-    IPv6Interface("2001:db8:113::27/64"),
+from egress_router.lab.topology import (
+    BRIDGE,
+    CLIENT_POD4,
+    CLIENT_POD6,
+    CLIENT_VETH,
+    DEFAULT_ENDPOINTS,
+    DEFAULT_MTU,
+    DEMO_DIALS,
+    DEMO_ENV,
+    DESTINATIONS4,
+    DESTINATIONS6,
+    EGRESS_SOURCE4,
+    EGRESS_SOURCE6,
+    EXT_GATEWAY4,
+    EXT_GATEWAY6,
+    EXT_IF,
+    EXT_NET4,
+    EXT_NET6,
+    FORWARDING_ROLES,
+    FORWARDING_SYSCTLS,
+    GATEWAY4,
+    GATEWAY6,
+    GW_LAN,
+    GW_WAN,
+    IP_TIMEOUT,
+    MACVLAN_IF,
+    MACVLAN_TMP,
+    NO_DAD,
+    NO_MACVLAN,
+    NODE_NIC,
+    NODE_PHYS4,
+    NODE_PHYS6,
+    NODE_POD4,
+    NODE_POD6,
+    OWNER_FILE,
+    PHYS_NET4,
+    PHYS_NET6,
+    POD_IF,
+    POD_NET4,
+    POD_NET6,
+    POLL_INTERVAL,
+    PREFIX_RE,
+    ROLES,
+    ROUTER_POD4,
+    ROUTER_POD6,
+    ROUTER_VETH,
+    SERVED_LOG_FILE,
+    SERVER_OUTPUT_FILE,
+    SERVER_PID_FILE,
+    SERVER_READY_FILE,
+    SERVER_READY_TIMEOUT,
+    STATE_ROOT,
+    STOP_TIMEOUT,
+    DialResult,
+    Lab,
+    LabError,
 )
-
-DEFAULT_ENDPOINTS: tuple[str, ...] = (
-    "tcp:203.0.113.25:80",
-    "tcp:203.0.113.26:80",
-    "tcp:203.0.113.26:443",
-    "tcp:203.0.113.27:9000",
-    "tcp:203.0.113.27:7000",
-    "udp:203.0.113.25:53",
-    "udp:203.0.113.27:9000",
-    "tcp:[2001:db8:113::25]:80",
-    "tcp:[2001:db8:113::26]:80",
-    "tcp:[2001:db8:113::26]:443",
-    "tcp:[2001:db8:113::27]:9000",
-    "udp:[2001:db8:113::25]:53",
-)
-
-# --------------------------------------------------------------------------- names
-
-ROLES = ("node", "client", "router", "gw", "ext")
-BRIDGE = "cbr0"
-NODE_NIC = "ens3"
-POD_IF = "eth0"
-MACVLAN_IF = "macvlan0"
-MACVLAN_TMP = "mvtmp0"  # name in the node namespace before the move
-CLIENT_VETH = "veth-client"  # node-side peers, enslaved to cbr0
-ROUTER_VETH = "veth-router"
-GW_LAN = "lan0"
-GW_WAN = "wan0"
-EXT_IF = "eth0"
-DEFAULT_MTU = 1500
-
-STATE_ROOT = Path("/run/egress-router-lab")
-OWNER_FILE = "owner"
-SERVER_PID_FILE = "server.pid"
-SERVER_READY_FILE = "server.ready"
-SERVER_OUTPUT_FILE = "server.out"
-SERVED_LOG_FILE = "served.jsonl"
-
-PREFIX_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,22}[a-z0-9])?$")
-NO_MACVLAN = ("", "false")
-
-IP_TIMEOUT = 10.0
-SERVER_READY_TIMEOUT = 15.0
-STOP_TIMEOUT = 5.0
-POLL_INTERVAL = 0.02
-
-_NO_DAD = {"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
-_FORWARDING = tuple(state.forwarding_sysctl(family) for family in (4, 6))
-# Only the gateway routes. The node does not (see the module docstring); the
-# router pod starts without forwarding, so the product has to enable it.
-_FORWARDING_ROLES = ("gw",)
-
-
-class LabError(RuntimeError):
-    """The lab could not be built, used or removed; the message says why."""
-
-
-# --------------------------------------------------------------------------- the lab
-
-
-@dataclass(frozen=True)
-class Lab:
-    """Handle on a lab: its prefix, and everything derived from it."""
-
-    prefix: str
-
-    def __post_init__(self) -> None:
-        if not PREFIX_RE.match(self.prefix):
-            raise LabError(
-                f"cannot use lab prefix {self.prefix!r}: use 1-24 characters a-z, 0-9 and '-',"
-                " starting with a letter"
-            )
-
-    @property
-    def node(self) -> str:
-        return f"{self.prefix}-node"
-
-    @property
-    def client(self) -> str:
-        return f"{self.prefix}-client"
-
-    @property
-    def router(self) -> str:
-        return f"{self.prefix}-router"
-
-    @property
-    def gw(self) -> str:
-        return f"{self.prefix}-gw"
-
-    @property
-    def ext(self) -> str:
-        return f"{self.prefix}-ext"
-
-    @property
-    def namespaces(self) -> tuple[str, ...]:
-        return tuple(f"{self.prefix}-{role}" for role in ROLES)
-
-    @property
-    def state_dir(self) -> Path:
-        return STATE_ROOT / self.prefix
-
-    @property
-    def served_log(self) -> Path:
-        return self.state_dir / SERVED_LOG_FILE
-
-
-@dataclass(frozen=True)
-class DialResult:
-    """What one dial got back: the server's reply, or why there was none.
-
-    ``error`` is None on success, else ``refused``, ``timeout``,
-    ``unreachable``, ``reset``, ``closed``, ``bad-reply`` or an errno name.
-    """
-
-    proto: str
-    target: str
-    error: str | None = None
-    detail: str = ""
-    server: str | None = None
-    peer: str | None = None
-    data: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def server_ip(self) -> IPv4Address | IPv6Address | None:
-        """The destination that answered, without its port."""
-        return _host_of(self.server)
-
-    @property
-    def peer_ip(self) -> IPv4Address | IPv6Address | None:
-        """The source address the destination saw, without its port."""
-        return _host_of(self.peer)
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any], proto: str, target: str) -> DialResult:
-        if obj.get("error"):
-            return cls(proto, target, error=str(obj["error"]), detail=str(obj.get("detail", "")))
-        return cls(
-            proto,
-            target,
-            server=str(obj.get("server")),
-            peer=str(obj.get("peer")),
-            data=str(obj.get("data")),
-        )
-
-
-def _host_of(hostport: str | None) -> IPv4Address | IPv6Address | None:
-    if not hostport:
-        return None
-    host = hostport.rpartition(":")[0].strip("[]")
-    try:
-        return ip_address(host)
-    except ValueError:
-        return None
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def _base_env() -> dict[str, str]:
-    """A minimal environment, like a container's, that still finds this package."""
-    path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    for extra in ("/usr/local/sbin", "/usr/sbin", "/sbin"):
-        if extra not in path.split(":"):
-            path = f"{path}:{extra}"
-    return {"PATH": path, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-
-
-def _netns_exec(ns: str, argv: Sequence[str]) -> list[str]:
-    return ["ip", "netns", "exec", ns, *argv]
-
-
-def run_in(
-    ns: str,
-    argv: Sequence[str],
-    env: Mapping[str, str] | None = None,
-    timeout: float = 60,
-    input: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` in namespace ``ns`` and return its captured text output.
-
-    ``env`` replaces the environment when given. A command still running
-    after ``timeout`` seconds is killed and raises :class:`LabError`.
-    """
-    try:
-        return subprocess.run(
-            _netns_exec(ns, argv),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=dict(env) if env is not None else None,
-            input=input,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise LabError(
-            f"cannot run {' '.join(argv)} in {ns}: still running after {timeout:g} s, killed"
-        ) from exc
-    except OSError as exc:
-        raise LabError(f"cannot run {' '.join(argv)} in {ns}: {exc}") from exc
-
-
-def _run(argv: Sequence[str], what: str, timeout: float = IP_TIMEOUT) -> str:
-    """Run a platform command in the caller's namespace; stdout, or LabError."""
-    try:
-        cp = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LabError(f"cannot {what}: {exc}") from exc
-    if cp.returncode != 0:
-        cause = cp.stderr.strip() or f"exit status {cp.returncode}"
-        raise LabError(f"cannot {what}: {' '.join(argv)}: {cause}")
-    return cp.stdout
-
-
-def _ip(ns: str, *args: str, what: str) -> str:
-    return _run(["ip", "-n", ns, *args], what)
-
-
-def _ip_json(ns: str, *args: str, what: str) -> list[dict[str, Any]]:
-    out = _run(["ip", "-j", "-n", ns, *args], what)
-    data = json.loads(out) if out.strip() else []
-    return data if isinstance(data, list) else []
-
-
-def _sysctl(ns: str, settings: Mapping[str, str]) -> None:
-    argv = ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in settings.items())]
-    cp = run_in(ns, argv, timeout=IP_TIMEOUT)
-    if cp.returncode != 0:
-        raise LabError(f"cannot set sysctls in {ns}: {cp.stderr.strip()}")
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks, or None if gone or a zombie.
-
-    Together with the pid it identifies a process across pid reuse.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    if not fields or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def _process_record(pid: int) -> str:
-    return f"{pid} {_start_time(pid)}\n"
-
-
-def _recorded_process_alive(path: Path) -> int | None:
-    """The pid recorded in ``path`` if that very process still runs."""
-    try:
-        pid_text, _, start_text = path.read_text(encoding="utf-8").strip().partition(" ")
-        pid = int(pid_text)
-    except (OSError, ValueError):
-        return None
-    start = _start_time(pid)
-    return pid if start is not None and str(start) == start_text else None
-
-
-def _wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
-    """Poll until the processes are gone (zombies count as gone); the survivors."""
-    deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive:
-        alive = [pid for pid in alive if _start_time(pid) is not None]
-        if not alive or time.monotonic() >= deadline:
-            break
-        time.sleep(POLL_INTERVAL)
-    return alive
-
-
-def _terminate(pids: Sequence[int]) -> None:
-    """SIGTERM, then SIGKILL what is left after a grace period."""
-    pids = [pid for pid in pids if pid != os.getpid()]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        pids = _wait_gone(pids, STOP_TIMEOUT)
-        if not pids:
-            return
-
-
-# Servers started by this process, so that down() can reap them (no zombies).
-_SERVERS: dict[str, subprocess.Popen[bytes]] = {}
-
-
-def _start_server(lab: Lab, endpoints: Sequence[str]) -> None:
-    state = lab.state_dir
-    ready = state / SERVER_READY_FILE
-    output = state / SERVER_OUTPUT_FILE
-    ready.unlink(missing_ok=True)
-    argv = _netns_exec(
-        lab.ext,
-        [
-            sys.executable,
-            "-m",
-            "egress_router.lab.server",
-            "serve",
-            "--log",
-            str(lab.served_log),
-            "--ready",
-            str(ready),
-            *endpoints,
-        ],
-    )
-    with output.open("wb") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=_base_env(),
-            start_new_session=True,
-        )
-    _SERVERS[lab.prefix] = proc
-    # `ip netns exec` execs the command, so this pid is the server itself.
-    (state / SERVER_PID_FILE).write_text(_process_record(proc.pid), encoding="utf-8")
-    deadline = time.monotonic() + SERVER_READY_TIMEOUT
-    while not ready.exists():
-        if proc.poll() is not None:
-            text = output.read_text(encoding="utf-8", errors="replace").strip()
-            raise LabError(
-                f"cannot start destination server in {lab.ext}: exit status {proc.returncode}:"
-                f" {text}"
-            )
-        if time.monotonic() >= deadline:
-            raise LabError(
-                f"cannot start destination server in {lab.ext}: not ready after"
-                f" {SERVER_READY_TIMEOUT:g} s (see {output})"
-            )
-        time.sleep(POLL_INTERVAL)
-
-
-def _stop_server(prefix: str) -> None:
-    proc = _SERVERS.pop(prefix, None)
-    if proc is not None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
-    pid = _recorded_process_alive(STATE_ROOT / prefix / SERVER_PID_FILE)
-    if pid is not None:
-        _terminate([pid])
-
 
 # --------------------------------------------------------------------------- namespaces
 
 
 def _list_netns() -> list[str]:
-    out = _run(["ip", "-j", "netns", "list"], "list network namespaces")
+    out = run(["ip", "-j", "netns", "list"], "list network namespaces")
     entries = json.loads(out) if out.strip() else []
     return [str(entry["name"]) for entry in entries if isinstance(entry, dict)]
 
 
 def _netns_pids(ns: str) -> list[int]:
-    out = _run(["ip", "netns", "pids", ns], f"list processes in {ns}")
+    out = run(["ip", "netns", "pids", ns], f"list processes in {ns}")
     return [int(word) for word in out.split() if word.isdigit()]
 
 
 def _remove(prefix: str, namespaces: Sequence[str]) -> list[str]:
     """Stop the lab's processes, delete the given namespaces and the state."""
-    _stop_server(prefix)
-    _stop_dns(prefix)
+    stop_server(prefix)
+    stop_dns(prefix)
     # Processes inside a namespace keep it (and its links) alive after
     # `ip netns del`, so end them first. Only lab code starts processes there.
     pids = [pid for ns in namespaces for pid in _netns_pids(ns)]
-    _terminate(pids)
+    terminate(pids)
     removed: list[str] = []
     errors: list[str] = []
     for ns in namespaces:
         try:
-            _run(["ip", "netns", "delete", ns], f"delete namespace {ns}")
+            run(["ip", "netns", "delete", ns], f"delete namespace {ns}")
             removed.append(ns)
         except LabError as exc:
             errors.append(str(exc))
@@ -503,7 +183,7 @@ def down(prefix: str) -> None:
 
 def _owned_elsewhere(prefix: str) -> bool:
     """True if another live process built the lab with this prefix."""
-    pid = _recorded_process_alive(STATE_ROOT / prefix / OWNER_FILE)
+    pid = recorded_process_alive(STATE_ROOT / prefix / OWNER_FILE)
     return pid is not None and pid != os.getpid()
 
 
@@ -542,11 +222,11 @@ def check_host() -> str | None:
             return f"the lab needs {tool!r} on PATH"
     probe = f"erlprobe{os.getpid()}"
     try:
-        _run(["ip", "netns", "add", probe], "create a network namespace")
+        run(["ip", "netns", "add", probe], "create a network namespace")
     except LabError as exc:
         return str(exc)
     try:
-        _run(["ip", "netns", "delete", probe], "delete a network namespace")
+        run(["ip", "netns", "delete", probe], "delete a network namespace")
     except LabError as exc:
         return str(exc)
     return None
@@ -556,7 +236,7 @@ def _macvlan_parent(lab: Lab, macvlan: str) -> str:
     if macvlan != "true":
         return macvlan
     # As openshift-sdn does: the interface of the node's IPv4 default route.
-    routes = _ip_json(lab.node, "-4", "route", "show", "default", what="read node routes")
+    routes = ip_json(lab.node, "-4", "route", "show", "default", what="read node routes")
     for route in routes:
         if route.get("dev"):
             return str(route["dev"])
@@ -568,11 +248,11 @@ def _add_macvlan(lab: Lab, macvlan: str) -> None:
     the parent's MTU, left down and without addresses for the product."""
     parent = _macvlan_parent(lab, macvlan)
     what = f"create {MACVLAN_IF} on {parent}"
-    links = _ip_json(lab.node, "link", "show", "dev", parent, what=what)
+    links = ip_json(lab.node, "link", "show", "dev", parent, what=what)
     if not links:
         raise LabError(f"cannot {what}: no interface {parent} in {lab.node}")
     mtu = str(links[0]["mtu"])
-    _ip(
+    ip(
         lab.node,
         "link",
         "add",
@@ -587,15 +267,15 @@ def _add_macvlan(lab: Lab, macvlan: str) -> None:
         "private",
         what=what,
     )
-    _ip(lab.node, "link", "set", MACVLAN_TMP, "netns", lab.router, what=what)
-    _ip(lab.router, "link", "set", MACVLAN_TMP, "name", MACVLAN_IF, what=what)
+    ip(lab.node, "link", "set", MACVLAN_TMP, "netns", lab.router, what=what)
+    ip(lab.router, "link", "set", MACVLAN_TMP, "name", MACVLAN_IF, what=what)
 
 
 def _veth(ns: str, name: str, peer_ns: str, peer: str, mtu: int | None = None) -> None:
     # Created inside the namespaces with the peer placed directly in its own:
     # no veth end ever exists in the root namespace.
     mtu_args = ["mtu", str(mtu)] if mtu else []
-    _ip(
+    ip(
         ns,
         "link",
         "add",
@@ -616,12 +296,12 @@ def _veth(ns: str, name: str, peer_ns: str, peer: str, mtu: int | None = None) -
 def _address(ns: str, dev: str, addr: IPv4Interface | IPv6Interface) -> None:
     # nodad: usable at once, no tentative phase (DAD is also off by sysctl).
     extra = ["nodad"] if addr.version == 6 else []
-    _ip(ns, "addr", "add", str(addr), "dev", dev, *extra, what=f"add {addr} to {ns}/{dev}")
+    ip(ns, "addr", "add", str(addr), "dev", dev, *extra, what=f"add {addr} to {ns}/{dev}")
 
 
 def _default_route(ns: str, via: IPv4Interface | IPv6Interface) -> None:
     family = f"-{via.version}"
-    _ip(
+    ip(
         ns,
         family,
         "route",
@@ -635,10 +315,10 @@ def _default_route(ns: str, via: IPv4Interface | IPv6Interface) -> None:
 
 def _build(lab: Lab, macvlan: str | None, phys_mtu: int, router_eth0: bool = True) -> None:
     for role, ns in zip(ROLES, lab.namespaces, strict=True):
-        _run(["ip", "netns", "add", ns], f"create namespace {ns}")
-        forwarding = "1" if role in _FORWARDING_ROLES else "0"
-        _sysctl(ns, {**_NO_DAD, **dict.fromkeys(_FORWARDING, forwarding)})
-        _ip(ns, "link", "set", "lo", "up", what=f"bring up lo in {ns}")
+        run(["ip", "netns", "add", ns], f"create namespace {ns}")
+        forwarding = "1" if role in FORWARDING_ROLES else "0"
+        sysctl(ns, {**NO_DAD, **dict.fromkeys(FORWARDING_SYSCTLS, forwarding)})
+        ip(ns, "link", "set", "lo", "up", what=f"bring up lo in {ns}")
 
     _veth(lab.node, NODE_NIC, lab.gw, GW_LAN, phys_mtu)
     _veth(lab.client, POD_IF, lab.node, CLIENT_VETH)
@@ -646,7 +326,7 @@ def _build(lab: Lab, macvlan: str | None, phys_mtu: int, router_eth0: bool = Tru
         _veth(lab.router, POD_IF, lab.node, ROUTER_VETH)
     _veth(lab.ext, EXT_IF, lab.gw, GW_WAN)
     # Without a multicast querier, snooping can starve IPv6 neighbour discovery.
-    _ip(
+    ip(
         lab.node,
         "link",
         "add",
@@ -658,7 +338,7 @@ def _build(lab: Lab, macvlan: str | None, phys_mtu: int, router_eth0: bool = Tru
         what=f"create bridge {BRIDGE}",
     )
     for port in (CLIENT_VETH, ROUTER_VETH) if router_eth0 else (CLIENT_VETH,):
-        _ip(lab.node, "link", "set", port, "master", BRIDGE, what=f"attach {port} to {BRIDGE}")
+        ip(lab.node, "link", "set", port, "master", BRIDGE, what=f"attach {port} to {BRIDGE}")
 
     up_links = {
         lab.node: (BRIDGE, CLIENT_VETH, ROUTER_VETH, NODE_NIC),
@@ -672,7 +352,7 @@ def _build(lab: Lab, macvlan: str | None, phys_mtu: int, router_eth0: bool = Tru
         del up_links[lab.router]
     for ns, devs in up_links.items():
         for dev in devs:
-            _ip(ns, "link", "set", dev, "up", what=f"bring up {ns}/{dev}")
+            ip(ns, "link", "set", dev, "up", what=f"bring up {ns}/{dev}")
 
     addresses: list[tuple[str, str, IPv4Interface | IPv6Interface]] = [
         (lab.node, BRIDGE, NODE_POD4),
@@ -739,9 +419,9 @@ def up(
     down(prefix)
     try:
         lab.state_dir.mkdir(parents=True, exist_ok=True)
-        (lab.state_dir / OWNER_FILE).write_text(_process_record(os.getpid()), encoding="utf-8")
+        (lab.state_dir / OWNER_FILE).write_text(process_record(os.getpid()), encoding="utf-8")
         _build(lab, macvlan, phys_mtu, router_eth0)
-        _start_server(lab, endpoints)
+        start_server(lab, endpoints)
     except BaseException as exc:
         with contextlib.suppress(Exception):
             down(prefix)
@@ -751,366 +431,90 @@ def up(
     return lab
 
 
-# --------------------------------------------------------------------------- using the lab
-
-
-def router_command(
-    lab: Lab, env: Mapping[str, str], timeout: float = 60, args: Sequence[str] = ()
-) -> subprocess.CompletedProcess[str]:
-    """Run the product in the router pod as its init container would.
-
-    ``env`` (EGRESS_SOURCE, EGRESS_ROUTER_MODE, ...) is merged over a minimal
-    environment; nothing else of the caller's environment leaks in. ``args``
-    are command-line arguments (e.g. ``["status", "--json"]``).
-    """
-    return run_in(
-        lab.router,
-        [sys.executable, "-m", "egress_router", *args],
-        env={**_base_env(), **env},
-        timeout=timeout,
-    )
-
-
-def spawn_router(
-    lab: Lab, env: Mapping[str, str], args: Sequence[str] = ()
-) -> subprocess.Popen[str]:
-    """Start the product in the router pod without waiting (``legacy`` mode).
-
-    ``args`` are command-line arguments (e.g. ``["wait"]``). The caller ends
-    it; :func:`down` ends it anyway.
-    """
-    return subprocess.Popen(
-        _netns_exec(lab.router, [sys.executable, "-m", "egress_router", *args]),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**_base_env(), **env},
-        start_new_session=True,
-    )
-
-
-def _labserver_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "egress_router.lab.server", *args]
-
-
-def _last_json(text: str, what: str) -> dict[str, Any]:
-    lines = [line for line in text.splitlines() if line.strip()]
-    try:
-        obj = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError) as exc:
-        raise LabError(f"cannot {what}: no JSON result in {text!r}") from exc
-    if not isinstance(obj, dict):
-        raise LabError(f"cannot {what}: unexpected result {obj!r}")
-    return obj
-
-
-def dial(
-    lab: Lab,
-    proto: str,
-    host: str | IPv4Address | IPv6Address,
-    port: int,
-    *,
-    payload: str = "hello",
-    timeout: float = 3.0,
-    ns: str | None = None,
-) -> DialResult:
-    """Send one payload from the client pod (or namespace ``ns``) and report.
-
-    Failures to connect are results (``error`` set), not exceptions;
-    :class:`LabError` means the dial program itself could not run.
-    """
-    ns = ns or lab.client
-    target = labserver.format_hostport(str(host), port)
-    what = f"dial {proto} {target} from {ns}"
-    argv = _labserver_argv(
-        "dial", proto, str(host), str(port), f"--payload={payload}", f"--timeout={timeout}"
-    )
-    cp = run_in(ns, argv, env=_base_env(), timeout=timeout + 15)
-    if cp.returncode != 0:
-        raise LabError(f"cannot {what}: {cp.stderr.strip()}")
-    return DialResult.from_json(_last_json(cp.stdout, what), proto, target)
-
-
-def served(lab: Lab) -> list[dict[str, Any]]:
-    """The destination server's log: one dict per event, oldest first.
-
-    Each has ``proto``, ``server``, ``peer``, ``data``, ``event`` (``reply``,
-    or ``stream-end`` with ``lines``) and ``ts``.
-    """
-    try:
-        text = lab.served_log.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    entries: list[dict[str, Any]] = []
-    for line in text.splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break  # being written right now
-        entries.append(json.loads(line))
-    return entries
-
-
-class Stream:
-    """A long-lived TCP connection from the client pod, held by a subprocess.
-
-    It sends ``count`` lines ``interval`` seconds apart and expects each one
-    echoed. Use :meth:`connected` to wait until the connection stands, then
-    change things, then :meth:`result` for the summary (``error`` is None if
-    every line came back).
-    """
-
-    def __init__(self, proc: subprocess.Popen[bytes], what: str) -> None:
-        self._proc = proc
-        self._what = what
-        self._buffer = b""
-
-    def connected(self, timeout: float = 5.0) -> DialResult:
-        """Wait for the server's greeting (bounded) and return it."""
-        assert self._proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._proc.stdout, selectors.EVENT_READ)
-            while b"\n" not in self._buffer:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not sel.select(remaining):
-                    raise LabError(f"cannot {self._what}: no greeting within {timeout:g} s")
-                chunk = os.read(self._proc.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                self._buffer += chunk
-        line = self._buffer.partition(b"\n")[0].decode(errors="replace")
-        return DialResult.from_json(_last_json(line, self._what), "tcp", self._what)
-
-    def result(self, timeout: float = 60.0) -> dict[str, Any]:
-        """Wait (bounded) for the stream to finish; its summary."""
-        try:
-            out, err = self._proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            self.close()
-            raise LabError(f"cannot {self._what}: not finished after {timeout:g} s") from exc
-        text = (self._buffer + out).decode(errors="replace")
-        if self._proc.returncode != 0:
-            raise LabError(f"cannot {self._what}: {err.decode(errors='replace').strip()}")
-        return _last_json(text, self._what)
-
-    def close(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.communicate()
-
-
-def open_stream(
-    lab: Lab,
-    host: str | IPv4Address | IPv6Address,
-    port: int,
-    *,
-    count: int = 20,
-    interval: float = 0.1,
-    timeout: float = 3.0,
-    ns: str | None = None,
-) -> Stream:
-    """Start a :class:`Stream` from the client pod (or namespace ``ns``)."""
-    ns = ns or lab.client
-    what = f"stream to {labserver.format_hostport(str(host), port)} from {ns}"
-    argv = _labserver_argv(
-        "stream",
-        str(host),
-        str(port),
-        f"--count={count}",
-        f"--interval={interval}",
-        f"--timeout={timeout}",
-    )
-    proc = subprocess.Popen(
-        _netns_exec(ns, argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_base_env(),
-        bufsize=0,
-        start_new_session=True,
-    )
-    return Stream(proc, what)
-
-
-# --------------------------------------------------------------------------- DNS for the router
-
-# `ip netns exec NS` bind-mounts every file of /etc/netns/NS over /etc in the
-# process it starts: a resolv.conf there is the namespace's resolver, as a
-# pod's /etc/resolv.conf is the pod's.
-NETNS_ETC = Path("/etc/netns")
-DNS_RECORDS_FILE = "dns.json"
-DNS_LOG_FILE = "dns.jsonl"
-DNS_READY_FILE = "dns.ready"
-LAB_RESOLVER = "127.0.0.1"
-
-_DNS_SERVERS: dict[str, subprocess.Popen[bytes]] = {}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def set_dns_records(lab: Lab, records: Mapping[str, Mapping[str, Any]]) -> None:
-    """Replace the lab resolver's records: ``{name: {"A": [...], "AAAA": [...], "ttl": s}}``."""
-    _write_atomic(lab.state_dir / DNS_RECORDS_FILE, json.dumps(records))
-
-
-def start_dns(lab: Lab, records: Mapping[str, Mapping[str, Any]]) -> None:
-    """Give the router pod a DNS resolver whose answers the test controls.
-
-    Starts `labdns` on 127.0.0.1:53 inside the router namespace and writes
-    ``/etc/netns/<router>/resolv.conf`` pointing at it, so every process
-    started in the router pod from now on (`router_command`, `spawn_router`)
-    resolves through it. :func:`down` stops it and removes the file.
-    """
-    set_dns_records(lab, records)
-    etc = NETNS_ETC / lab.router
-    etc.mkdir(parents=True, exist_ok=True)
-    (etc / "resolv.conf").write_text(
-        f"# egress-router lab {lab.prefix}: removed by `lab down`\n"
-        f"nameserver {LAB_RESOLVER}\noptions timeout:1 attempts:2\n",
-        encoding="utf-8",
-    )
-    ready = lab.state_dir / DNS_READY_FILE
-    ready.unlink(missing_ok=True)
-    argv = _netns_exec(
-        lab.router,
-        [
-            sys.executable, "-m", "egress_router.lab.nameserver",
-            "--listen", LAB_RESOLVER,
-            "--records", str(lab.state_dir / DNS_RECORDS_FILE),
-            "--log", str(lab.state_dir / DNS_LOG_FILE),
-            "--ready", str(ready),
-        ],
-    )
-    output = (lab.state_dir / "dns.out").open("wb")
-    with output:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-            env=_base_env(), start_new_session=True,
-        )
-    _DNS_SERVERS[lab.prefix] = proc
-    deadline = time.monotonic() + SERVER_READY_TIMEOUT
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() >= deadline:
-            text = (lab.state_dir / "dns.out").read_text(errors="replace").strip()
-            _stop_dns(lab.prefix)
-            raise LabError(f"cannot start the lab DNS server in {lab.router}: {text}")
-        time.sleep(POLL_INTERVAL)
-
-
-def dns_queries(lab: Lab) -> list[dict[str, Any]]:
-    """The lab resolver's log: one dict per query (``name``, ``type``, ``answer``, ``ts``)."""
-    try:
-        text = (lab.state_dir / DNS_LOG_FILE).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
-
-
-def _stop_dns(prefix: str) -> None:
-    proc = _DNS_SERVERS.pop(prefix, None)
-    if proc is None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(STOP_TIMEOUT)
-
-
-# --------------------------------------------------------------------------- the demo
-
-DEMO_ENV = {
-    "EGRESS_SOURCE": f"{EGRESS_SOURCE4}/{PHYS_NET4.prefixlen}",
-    "EGRESS_GATEWAY": str(GATEWAY4.ip),
-    "EGRESS_DESTINATION": "\n".join(
-        (
-            "80 tcp 203.0.113.25",
-            "8080 tcp 203.0.113.26 80",
-            "8443 tcp 203.0.113.26 443",
-            "53 udp 203.0.113.25",
-            "203.0.113.27",
-        )
-    ),
-    "EGRESS_ROUTER_MODE": "init",
-}
-
-# (proto, port dialled at the router, destination expected to answer)
-DEMO_DIALS: tuple[tuple[str, int, str], ...] = (
-    ("tcp", 80, "203.0.113.25:80"),
-    ("tcp", 8080, "203.0.113.26:80"),
-    ("tcp", 8443, "203.0.113.26:443"),
-    ("tcp", 9000, "203.0.113.27:9000"),
-    ("udp", 53, "203.0.113.25:53"),
-    ("udp", 9000, "203.0.113.27:9000"),
-)
-
-
-@contextlib.contextmanager
-def _lab_for_demo(prefix: str, keep: bool, console: Console, macvlan: str) -> Iterator[Lab]:
-    lab = up(prefix, macvlan=macvlan)
-    try:
-        yield lab
-    finally:
-        if keep:
-            console.print(
-                f"kept the lab: try [bold]ip netns exec {lab.client} bash[/]; remove it with"
-                f" [bold]egress-router lab down --prefix {prefix}[/]"
-            )
-        else:
-            down(prefix)
-
-
-def demo(
-    prefix: str, keep: bool = False, console: Console | None = None, macvlan: str = "true"
-) -> int:
-    """Build the lab, set up the router with the classic example, dial through it.
-
-    Prints a table of what the client dialled, who answered and which source
-    the destination saw. Returns 0 if every dial left from the reserved source
-    and reached the expected destination, else 1. Tears the lab down unless
-    ``keep``. ``macvlan`` is the annotation's value, as for :func:`up`.
-    """
-    console = console or Console()
-    console.print(f"building lab [bold]{prefix}[/] (namespaces {prefix}-*) ...")
-    try:
-        with _lab_for_demo(prefix, keep, console, macvlan) as lab:
-            console.print(f"setting up the router in [bold]{lab.router}[/]:")
-            for name, value in DEMO_ENV.items():
-                first, *more = value.splitlines()
-                console.print(
-                    f"  {name}={first}",
-                    *(f"    {line}" for line in more),
-                    sep="\n",
-                    markup=False,
-                    highlight=False,
-                )
-            cp = router_command(lab, DEMO_ENV)
-            if cp.returncode != 0:
-                console.print(f"[red]router setup failed (exit status {cp.returncode}):[/]")
-                console.print(cp.stderr.rstrip() or "(no output)", markup=False, highlight=False)
-                return 1
-            table = Table(title=f"client {CLIENT_POD4.ip} dials router {ROUTER_POD4.ip}")
-            for column in ("dialled", "expected", "answered by", "source seen", "result"):
-                table.add_column(column, no_wrap=True)
-            failures = 0
-            for proto, port, expected in DEMO_DIALS:
-                r = dial(lab, proto, ROUTER_POD4.ip, port)
-                ok = r.ok and r.server == expected and r.peer_ip == EGRESS_SOURCE4
-                failures += not ok
-                table.add_row(
-                    f"{proto} {port}",
-                    expected,
-                    r.server or f"({r.error})",
-                    str(r.peer_ip or "-"),
-                    "[green]OK[/]" if ok else "[red]FAIL[/]",
-                )
-            console.print(table)
-            return 1 if failures else 0
-    except LabError as exc:
-        console.print(f"[red]{escape(str(exc))}[/]", highlight=False)
-        return 1
+# The lab as one module for its users (tests, bench, cli): the parts re-exported here.
+__all__ = [
+    "BRIDGE",
+    "CLIENT_POD4",
+    "CLIENT_POD6",
+    "CLIENT_VETH",
+    "DEFAULT_ENDPOINTS",
+    "DEFAULT_MTU",
+    "DEMO_DIALS",
+    "DEMO_ENV",
+    "DESTINATIONS4",
+    "DESTINATIONS6",
+    "DNS_LOG_FILE",
+    "DNS_READY_FILE",
+    "DNS_RECORDS_FILE",
+    "EGRESS_SOURCE4",
+    "EGRESS_SOURCE6",
+    "EXT_GATEWAY4",
+    "EXT_GATEWAY6",
+    "EXT_IF",
+    "EXT_NET4",
+    "EXT_NET6",
+    "FORWARDING_ROLES",
+    "FORWARDING_SYSCTLS",
+    "GATEWAY4",
+    "GATEWAY6",
+    "GW_LAN",
+    "GW_WAN",
+    "IP_TIMEOUT",
+    "LAB_RESOLVER",
+    "MACVLAN_IF",
+    "MACVLAN_TMP",
+    "NETNS_ETC",
+    "NODE_NIC",
+    "NODE_PHYS4",
+    "NODE_PHYS6",
+    "NODE_POD4",
+    "NODE_POD6",
+    "NO_DAD",
+    "NO_MACVLAN",
+    "OWNER_FILE",
+    "PHYS_NET4",
+    "PHYS_NET6",
+    "POD_IF",
+    "POD_NET4",
+    "POD_NET6",
+    "POLL_INTERVAL",
+    "PREFIX_RE",
+    "ROLES",
+    "ROUTER_POD4",
+    "ROUTER_POD6",
+    "ROUTER_VETH",
+    "SERVED_LOG_FILE",
+    "SERVER_OUTPUT_FILE",
+    "SERVER_PID_FILE",
+    "SERVER_READY_FILE",
+    "SERVER_READY_TIMEOUT",
+    "STATE_ROOT",
+    "STOP_TIMEOUT",
+    "DialResult",
+    "Lab",
+    "LabError",
+    "Stream",
+    "check_host",
+    "dial",
+    "dns_queries",
+    "down",
+    "ip",
+    "ip_json",
+    "open_stream",
+    "process_record",
+    "recorded_process_alive",
+    "router_command",
+    "run",
+    "run_in",
+    "served",
+    "set_dns_records",
+    "spawn_router",
+    "start_dns",
+    "start_server",
+    "stop_dns",
+    "stop_server",
+    "sweep",
+    "sysctl",
+    "terminate",
+    "up",
+]
