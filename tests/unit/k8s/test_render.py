@@ -667,8 +667,11 @@ def test_image_entry_point_is_the_console_script_and_runs_as_non_root() -> None:
     (entrypoint,) = [json.loads(a) for i, a in instructions if i == "ENTRYPOINT"]
     assert entrypoint == ["egress-router"]
     assert entrypoint[0] in scripts
-    (base,) = [a for i, a in instructions if i == "FROM"]
-    assert "python:3.11-slim" in base
+    # Two stages on one base, a build argument whose default is the public Python base.
+    (arg,) = [a for i, a in instructions if i == "ARG"]
+    name, _, default = arg.partition("=")
+    assert "python:3.11-slim" in default
+    assert [a.split()[0] for i, a in instructions if i == "FROM"] == [f"${{{name}}}"] * 2
     (user,) = [a for i, a in instructions if i == "USER"]
     assert user.split(":")[0] not in ("0", "root")
     runs = " ".join(a for i, a in instructions if i == "RUN")

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Build the egress-router image with no image registry: a Debian 12 base made from Debian's
+# packages (mmdebstrap), imported into podman, then `podman build` of the Containerfile on it.
+#
+#   bash scripts/build-image.sh            # -> localhost/egress-router:<version>
+#
+# Idempotent and cached: the base is rebuilt only when its inputs change (suite, packages,
+# this machine's apt sources, apt fetch settings, CA certificates, pip settings: their hash
+# is the base's tag), and podman's layer cache makes an unchanged image a no-op.
+#
+# Environment: EGRESS_ROUTER_IMAGE (the tag to build), EGRESS_ROUTER_BASE_SUITE (bookworm),
+# EGRESS_ROUTER_BASE_SOURCES (an apt sources file; default: this machine's for the suite).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root_dir="$PWD"
+
+export CONTAINERS_CONF="$root_dir/scripts/containers.conf"
+
+version="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' src/egress_router/__init__.py)"
+image="${EGRESS_ROUTER_IMAGE:-localhost/egress-router:$version}"
+suite="${EGRESS_ROUTER_BASE_SUITE:-bookworm}"
+base_repo="localhost/egress-router-base"
+# What the image needs at run time; the build stage adds python3-venv on its own.
+packages="passwd,python3,nftables,iptables,iproute2,conntrack"
+
+say() { printf 'build-image: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+# --------------------------------------------------------------------------- tools
+need=()
+for cmd in podman:podman runc:runc mmdebstrap:mmdebstrap; do
+  command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd#*:}")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  [ "$(id -u)" -eq 0 ] || die "cannot install ${need[*]}: need root (apt-get install ${need[*]})"
+  say "installing ${need[*]} from Debian"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# --------------------------------------------------------------------------- the base's inputs
+# apt: the sources this machine uses for the suite, and the apt.conf.d files that say how it
+# fetches (Acquire::: proxies, certificates, validity checks) — they go into the base too.
+sources=()
+if [ -n "${EGRESS_ROUTER_BASE_SOURCES:-}" ]; then
+  sources=("$EGRESS_ROUTER_BASE_SOURCES")
+else
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] && grep -v '^[[:space:]]*#' "$f" | grep -qw "$suite" && sources+=("$f")
+  done
+fi
+[ "${#sources[@]}" -gt 0 ] || die "cannot find apt sources for $suite: set EGRESS_ROUTER_BASE_SOURCES to a sources file"
+aptopts=()
+for f in /etc/apt/apt.conf.d/*; do
+  [ -f "$f" ] && grep -q '^[[:space:]]*Acquire' "$f" && aptopts+=("--aptopt=$f")
+done
+# pip: the system-wide configuration (index, certificate, timeouts); the user's own
+# (~/.config/pip) names directories of this machine's disk that a container cannot see.
+pip_files=()
+for f in /etc/pip.conf /etc/xdg/pip/*; do
+  [ -f "$f" ] && pip_files+=("$f")
+done
+ca_bundle=/etc/ssl/certs/ca-certificates.crt
+[ -f "$ca_bundle" ] || die "cannot find this machine's CA certificates: $ca_bundle is missing (apt-get install ca-certificates)"
+
+mmdebstrap_args=(
+  --variant=apt
+  # merged /usr without the usrmerge package, which pulls in perl (~50 MB)
+  --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
+  --include="$packages"
+  "${aptopts[@]}"
+  --dpkgopt='path-exclude=/usr/share/man/*'
+  --dpkgopt='path-exclude=/usr/share/doc/*'
+  --dpkgopt='path-include=/usr/share/doc/*/copyright'
+  --dpkgopt='path-exclude=/usr/share/locale/*'
+  --dpkgopt='path-exclude=/usr/share/info/*'
+)
+# The files copied into the base are part of its identity, and so is this recipe.
+inputs_hash="$(
+  {
+    printf '%s\n' "$suite" "${mmdebstrap_args[@]}" "${pip_files[@]}" local-ca-v1
+    cat "${sources[@]}" "${aptopts[@]#--aptopt=}" "${pip_files[@]}" "$ca_bundle"
+  } | sha256sum | cut -c1-16
+)"
+base="$base_repo:$suite-$inputs_hash"
+
+# --------------------------------------------------------------------------- the base
+start=$SECONDS
+if podman image exists "$base"; then
+  say "base $base: cached"
+else
+  say "base $base: building with mmdebstrap ($suite; $packages)"
+  # The bundle also as a local CA, so that ca-certificates (pulled in by a later apt-get
+  # install) regenerates the bundle with this machine's certificates still in it.
+  local_ca=/usr/local/share/ca-certificates/build-host.crt
+  copy_in=(--customize-hook="mkdir -p \"\$1${local_ca%/*}\" && cp '$ca_bundle' \"\$1$local_ca\"")
+  for f in "$ca_bundle" "${pip_files[@]}"; do
+    copy_in+=(--customize-hook="mkdir -p \"\$1$(dirname "$f")\" && cp '$f' \"\$1$f\"")
+  done
+  tmp="$(mktemp -d /var/tmp/egress-router-base.XXXXXX)"
+  trap 'rm -rf "$tmp"' EXIT
+  mmdebstrap --quiet "${mmdebstrap_args[@]}" "${copy_in[@]}" "$suite" "$tmp/base.tar" "${sources[@]}" \
+    || die "cannot build the base with mmdebstrap (see its messages above)"
+  podman import --quiet --change 'CMD ["/bin/bash"]' \
+    --change "LABEL org.opencontainers.image.title=egress-router-base" \
+    "$tmp/base.tar" "$base" >/dev/null
+  rm -rf "$tmp"
+  say "base $base: built in $((SECONDS - start)) s"
+fi
+
+# --------------------------------------------------------------------------- the image
+start=$SECONDS
+say "image $image: podman build on $base"
+podman build --pull=never --network host --layers \
+  --build-arg BASE="$base" -t "$image" -f Containerfile . >&2 \
+  || die "cannot build $image (see podman's messages above)"
+size="$(podman image inspect --format '{{.Size}}' "$image")"
+say "image $image: built in $((SECONDS - start)) s, $((size / 1000000)) MB"
+printf '%s\n' "$image"
