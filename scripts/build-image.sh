@@ -25,6 +25,10 @@ packages="passwd,python3,nftables,iptables,iproute2,conntrack"
 
 say() { printf 'build-image: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
+# The tools' own output goes to a log, shown when they fail.
+log="${TMPDIR:-/tmp}/egress-router-build-image.log"
+: >"$log"
+failed() { tail -n 60 "$log" >&2; die "$* (the whole log: $log)"; }
 
 # --------------------------------------------------------------------------- tools
 need=()
@@ -100,20 +104,28 @@ else
   tmp="$(mktemp -d /var/tmp/egress-router-base.XXXXXX)"
   trap 'rm -rf "$tmp"' EXIT
   mmdebstrap --quiet "${mmdebstrap_args[@]}" "${copy_in[@]}" "$suite" "$tmp/base.tar" "${sources[@]}" \
-    || die "cannot build the base with mmdebstrap (see its messages above)"
+    >>"$log" 2>&1 || failed "cannot build the base with mmdebstrap"
   podman import --quiet --change 'CMD ["/bin/bash"]' \
     --change "LABEL org.opencontainers.image.title=egress-router-base" \
-    "$tmp/base.tar" "$base" >/dev/null
+    "$tmp/base.tar" "$base" >>"$log" 2>&1 || failed "cannot import the base into podman"
   rm -rf "$tmp"
   say "base $base: built in $((SECONDS - start)) s"
 fi
 
 # --------------------------------------------------------------------------- the image
+# What the Containerfile copies, as a digest on the image: the tests refuse an image older
+# than the source (tests/integration/test_image.py computes the same digest).
+source_digest="$(
+  find pyproject.toml README.md Containerfile src -type f \
+    ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 \
+    | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64
+)"
 start=$SECONDS
 say "image $image: podman build on $base"
 podman build --pull=never --network host --layers \
-  --build-arg BASE="$base" -t "$image" -f Containerfile . >&2 \
-  || die "cannot build $image (see podman's messages above)"
+  --label "egress-router.source-sha256=$source_digest" \
+  --build-arg BASE="$base" -t "$image" -f Containerfile . >>"$log" 2>&1 \
+  || failed "cannot build $image"
 size="$(podman image inspect --format '{{.Size}}' "$image")"
 say "image $image: built in $((SECONDS - start)) s, $((size / 1000000)) MB"
 printf '%s\n' "$image"

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The full test suite on a fresh machine: set-up, static checks, unit and integration tests.
+# The full test suite on a fresh machine: set-up, the image, static checks, unit and
+# integration tests.
 # As root the privileged (network namespace) tests run; with EGRESS_ROUTER_REQUIRE_PRIVILEGED=1
 # (CI) a privileged test that would skip fails instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The image the image tests run (tests/integration/test_image.py); it needs root, as they do.
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/build-image.sh >/dev/null
+fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/lint-imports

@@ -12,9 +12,12 @@ session-wide sweep removes leftovers of earlier, crashed runs.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import pytest
@@ -121,3 +124,73 @@ def lab_prefix() -> Iterator[str]:
 def lab(lab_factory: LabFactory) -> labmod.Lab:
     """A fresh default lab: macvlan0 on the node's default-route NIC."""
     return lab_factory()
+
+
+# --------------------------------------------------------------------------- the host's namespace
+
+
+def _strip_counters(value: object) -> object:
+    """nft JSON without packet/byte counts, which traffic changes between two reads."""
+    if isinstance(value, dict):
+        if "counter" in value and isinstance(value["counter"], dict):
+            return {"counter": {}}
+        return {key: _strip_counters(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_strip_counters(item) for item in value]
+    return value
+
+
+def _as_list(value: object) -> list[dict[str, object]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def root_namespace_state() -> dict[str, object]:
+    """What tests must never change in the namespace they run in (the host's), read with
+    iproute2 and nft: links, addresses, routes, policy rules, the ruleset, forwarding."""
+
+    def run_json(*argv: str) -> object:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
+        return json.loads(done.stdout) if done.stdout.strip() else []
+
+    links = run_json("ip", "-j", "link", "show")
+    addrs = run_json("ip", "-j", "addr", "show")
+    assert isinstance(links, list) and isinstance(addrs, list)
+    ruleset = run_json("nft", "-j", "list", "ruleset")
+    assert isinstance(ruleset, dict)
+    forwarding = {
+        key: Path("/proc/sys/net", key).read_text(encoding="utf-8").strip()
+        for key in ("ipv4/ip_forward", "ipv6/conf/all/forwarding")
+    }
+    return {
+        "links": sorted(str(link["ifname"]) for link in links),
+        "addresses": sorted(
+            f"{a['ifname']} {i['local']}/{i['prefixlen']}"
+            for a in addrs
+            for i in a.get("addr_info", [])
+        ),
+        "routes": sorted(
+            " ".join(str(route.get(key, "")) for key in ("table", "type", "dst", "gateway", "dev"))
+            for family in ("-4", "-6")
+            for route in _as_list(run_json("ip", "-j", family, "route", "show", "table", "all"))
+        ),
+        "rules": [run_json("ip", "-j", family, "rule", "show") for family in ("-4", "-6")],
+        "ruleset": _strip_counters(
+            [item for item in ruleset.get("nftables", []) if "metainfo" not in item]
+        ),
+        "forwarding": forwarding,
+    }
+
+
+@pytest.fixture
+def root_namespace_untouched() -> Iterator[dict[str, object]]:
+    """Fail the test if the host's own namespace changed while it ran (container runtimes
+    create bridges, addresses and firewall rules wherever they run)."""
+    require_privileged()
+    before = root_namespace_state()
+    yield before
+    after = root_namespace_state()
+    changed = sorted(key for key in before if before[key] != after[key])
+    assert not changed, (
+        f"the host's network namespace changed ({', '.join(changed)}):"
+        f" before {[before[k] for k in changed]}, after {[after[k] for k in changed]}"
+    )
