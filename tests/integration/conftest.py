@@ -12,9 +12,11 @@ session-wide sweep removes leftovers of earlier, crashed runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Protocol
 
 import pytest
 
+from egress_router import __version__
 from egress_router.lab import world as labmod
 
 RUN_PREFIX = "ert"
@@ -194,3 +197,84 @@ def root_namespace_untouched() -> Iterator[dict[str, object]]:
         f"the host's network namespace changed ({', '.join(changed)}):"
         f" before {[before[k] for k in changed]}, after {[after[k] for k in changed]}"
     )
+
+
+# --------------------------------------------------------------------------- podman and the image
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTAINERS_CONF = ROOT / "scripts" / "containers.conf"
+IMAGE = os.environ.get("EGRESS_ROUTER_IMAGE") or f"localhost/egress-router:{__version__}"
+IMAGE_SOURCE_LABEL = "egress-router.source-sha256"
+
+
+class Podman:
+    """Debian's podman with the project's settings (runc, ulimits, no default network:
+    scripts/containers.conf), run in this network namespace or in ``netns``."""
+
+    def __init__(
+        self, conf: Path = CONTAINERS_CONF, netns: str | None = None,
+        global_args: Sequence[str] = (),
+    ) -> None:
+        self.conf = conf
+        self.netns = netns
+        self.global_args = tuple(global_args)
+
+    def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        argv = ["podman", *self.global_args, *args]
+        if self.netns is not None:
+            # nsenter, not `ip netns exec`: that one mounts a fresh /sys, hiding the cgroup
+            # mounts runc needs, and a private mount namespace would hide the container
+            # namespaces podman mounts under /run/netns from everyone else.
+            argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "CONTAINERS_CONF": str(self.conf)}, check=False,
+        )
+
+
+def image_source_digest(root: Path = ROOT) -> str:
+    """The digest scripts/build-image.sh labels the image with: sha256sum of the sorted
+    sha256sum lines of what the Containerfile copies."""
+    files = [root / name for name in ("pyproject.toml", "README.md", "Containerfile")]
+    files += [
+        path
+        for path in (root / "src").rglob("*")
+        if path.is_file()
+        and "__pycache__" not in path.parts
+        and not any(part.endswith(".egg-info") for part in path.parts)
+    ]
+    names = sorted(str(path.relative_to(root)) for path in files)
+    lines = "".join(
+        f"{hashlib.sha256((root / name).read_bytes()).hexdigest()}  {name}\n" for name in names
+    )
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _no_image(reason: str) -> None:
+    reason = f"{reason}: run `bash scripts/build-image.sh`"
+    if os.environ.get(REQUIRE_PRIVILEGED_ENV) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_PRIVILEGED_ENV}=1 forbids skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def podman() -> Podman:
+    """podman in the host's namespace, for containers that join a lab namespace
+    (``--network ns:/run/netns/...``) and never get a network of podman's own."""
+    if shutil.which("podman") is None:
+        _no_image("podman is not installed")
+    return Podman()
+
+
+@pytest.fixture(scope="session")
+def built_image(podman: Podman) -> str:
+    """The image scripts/build-image.sh built; it must be built from this very source."""
+    require_privileged()
+    done = podman("image", "inspect", "--format", "{{json .Labels}}", IMAGE)
+    if done.returncode != 0:
+        _no_image(f"there is no image {IMAGE}")
+    built_from = (json.loads(done.stdout) or {}).get(IMAGE_SOURCE_LABEL)
+    if built_from != image_source_digest():
+        _no_image(f"image {IMAGE} was built from another source"
+                  f" ({IMAGE_SOURCE_LABEL}={built_from})")
+    return IMAGE

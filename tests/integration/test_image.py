@@ -13,11 +13,7 @@ container must be the one that puts the data path back after its table was delet
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +22,6 @@ from typing import Any
 
 import pytest
 
-import egress_router
 from egress_router.core import ruleset
 from egress_router.k8s import manifest, render
 from egress_router.lab import world as labmod
@@ -34,72 +29,12 @@ from egress_router.lab import world as labmod
 pytestmark = pytest.mark.privileged
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = (
-    os.environ.get("EGRESS_ROUTER_IMAGE") or f"localhost/egress-router:{egress_router.__version__}"
-)
-CONTAINERS_CONF = ROOT / "scripts" / "containers.conf"
-SOURCE_LABEL = "egress-router.source-sha256"
 IMAGE_USER = "65532:65532"  # the Containerfile's USER
 ROUTER_IP = str(labmod.ROUTER_POD4.ip)
 SOURCE = str(labmod.EGRESS_SOURCE4)
 # CapEff of a process holding exactly CAP_NET_ADMIN (12) and CAP_NET_RAW (13).
 NET_ADMIN_NET_RAW = (1 << 12) | (1 << 13)
 READY_TIMEOUT = 30.0
-
-
-# --------------------------------------------------------------------------- podman
-
-
-def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Debian's podman with the project's settings (runc, ulimits, no default network)."""
-    return subprocess.run(
-        ["podman", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)},
-        check=False,
-    )
-
-
-def source_digest(root: Path = ROOT) -> str:
-    """The digest scripts/build-image.sh labels the image with: sha256sum of the sorted
-    sha256sum lines of what the Containerfile copies."""
-    files = [root / name for name in ("pyproject.toml", "README.md", "Containerfile")]
-    files += [
-        path
-        for path in (root / "src").rglob("*")
-        if path.is_file()
-        and "__pycache__" not in path.parts
-        and not any(part.endswith(".egg-info") for part in path.parts)
-    ]
-    names = sorted(str(path.relative_to(root)) for path in files)
-    lines = "".join(
-        f"{hashlib.sha256((root / name).read_bytes()).hexdigest()}  {name}\n" for name in names
-    )
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def _unavailable(reason: str) -> None:
-    reason = f"{reason}: run `bash scripts/build-image.sh`"
-    if os.environ.get("EGRESS_ROUTER_REQUIRE_PRIVILEGED") == "1":
-        pytest.fail(f"{reason} (EGRESS_ROUTER_REQUIRE_PRIVILEGED=1 forbids skipping)",
-                    pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """The image under test; it must exist and be built from this very source."""
-    if shutil.which("podman") is None:
-        _unavailable("podman is not installed")
-    done = podman("image", "inspect", "--format", "{{json .Labels}}", IMAGE)
-    if done.returncode != 0:
-        _unavailable(f"there is no image {IMAGE}")
-    built_from = (json.loads(done.stdout) or {}).get(SOURCE_LABEL)
-    if built_from != source_digest():
-        _unavailable(f"image {IMAGE} was built from another source ({SOURCE_LABEL}={built_from})")
-    return IMAGE
 
 
 # --------------------------------------------------------------------------- the pod
@@ -155,7 +90,7 @@ def write_config_map(config_map: Mapping[str, Any], directory: Path) -> Path:
 
 
 @contextlib.contextmanager
-def removed_afterwards(*names: str) -> Iterator[None]:
+def removed_afterwards(podman: Any, *names: str) -> Iterator[None]:
     """Remove these containers when the block ends, pass or fail."""
     try:
         yield
@@ -208,7 +143,8 @@ def assert_redirected(lab: labmod.Lab, port: int, want: str) -> None:
 
 
 def test_image_init_and_wait_containers_redirect_from_the_reserved_source(
-    image: str,
+    built_image: str,
+    podman: Any,
     lab_factory: Any,
     tmp_path: Path,
     root_namespace_untouched: dict[str, object],
@@ -224,11 +160,11 @@ def test_image_init_and_wait_containers_redirect_from_the_reserved_source(
     volumes = {config_map["metadata"]["name"]: write_config_map(config_map, tmp_path / "cm")}
     setup_name, wait_name = f"{lab.prefix}-setup", f"{lab.prefix}-wait"
 
-    with removed_afterwards(setup_name, wait_name):
+    with removed_afterwards(podman, setup_name, wait_name):
         # The init container: privileged, as root, set up and exit.
         init_args = run_args(pod, init, volumes, lab.router)
         assert "--privileged" in init_args
-        done = podman("run", "--rm", "--name", setup_name, *init_args, image,
+        done = podman("run", "--rm", "--name", setup_name, *init_args, built_image,
                       *init.get("args", []))
         assert done.returncode == 0, f"init container failed: {done.stdout}{done.stderr}"
         assert "egress router ready" in done.stderr
@@ -244,7 +180,8 @@ def test_image_init_and_wait_containers_redirect_from_the_reserved_source(
         assert {"--cap-drop=all", "--cap-add=net_admin", "--cap-add=net_raw", "--read-only"} <= set(
             main_args
         )
-        done = podman("run", "--detach", "--name", wait_name, *main_args, image, *main["args"])
+        done = podman("run", "--detach", "--name", wait_name, *main_args, built_image,
+                      *main["args"])
         assert done.returncode == 0, f"wait container did not start: {done.stderr}"
         deadline = time.monotonic() + READY_TIMEOUT
         status = http_status(lab, "/readyz")
