@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,9 +247,11 @@ def collect_nftables(
             problems.append(f"chain {chain} is missing")
         elif chain != ruleset.CHAIN_PREROUTING and have != count:
             problems.append(f"chain {chain} has {have} rules, expected {count}")
+    snat = [line for line in table.lines("chain", ruleset.CHAIN_POSTROUTING) if " snat " in line]
     for source in cfg.sources:
-        if not any(f"snat {'ip6' if source.family == 6 else 'ip'} to {source.address}" in line
-                   for line in table.lines("chain", ruleset.CHAIN_POSTROUTING)):
+        # A pool's addresses stand in one map: match the address as a whole word.
+        word = re.compile(rf"(?<![\w:.]){re.escape(str(source.address))}(?![\w:.])")
+        if not any(word.search(line) for line in snat):
             problems.append(f"no SNAT to {source.address}")
     return {"present": True, "chains": chains}, rules, problems
 

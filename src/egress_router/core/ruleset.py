@@ -185,6 +185,23 @@ def _fallback_rule(family: int, addresses: list[config.IPAddress]) -> str:
     return head + f"numgen inc mod {len(addresses)} map {{ {spread} }}"
 
 
+def snat_statement(cfg: config.Config, family: int) -> str:
+    """SNAT to the family's source address, or spread over its pool.
+
+    ``numgen inc`` hands new connections to the pool's addresses in turn: the
+    NAT decision is taken once per connection (the conntrack entry keeps it),
+    so each address gets an equal share of the connections and of the port
+    space. An address range (``snat to a-b``) would not: the kernel picks the
+    address of a range by a hash of client and destination address only, so
+    one client pod talking to one destination would use one address.
+    """
+    pool = cfg.pool(family)
+    if len(pool) == 1:
+        return f"snat {_IP[family]} to {pool[0].address}"
+    spread = ", ".join(f"{i} : {s.address}" for i, s in enumerate(pool))
+    return f"snat {_IP[family]} to numgen inc mod {len(pool)} map {{ {spread} }}"
+
+
 def render_nftables(cfg: config.Config) -> str:
     """The whole ruleset as one ``nft -f`` transaction that replaces our table atomically."""
     pod = cfg.pod_interface
@@ -254,11 +271,10 @@ def render_nftables(cfg: config.Config) -> str:
         f"\tchain {CHAIN_POSTROUTING} {{",
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",
     ]
-    for source in cfg.sources:
-        out.append(
-            f'\t\toifname "{egress}" meta nfproto {_NFPROTO[source.family]} '
-            f"snat {_IP[source.family]} to {source.address}"
-        )
+    out += [
+        f'\t\toifname "{egress}" meta nfproto {_NFPROTO[family]} {snat_statement(cfg, family)}'
+        for family in cfg.families()
+    ]
     out += ["\t}", ""]
 
     out += [
@@ -412,7 +428,6 @@ def render_iptables(
     pod = cfg.pod_interface
     egress = cfg.egress_interface
     present = set(present_jumps)
-    source = cfg.source(family)
 
     def jumps(table: str) -> list[str]:
         return [
@@ -455,8 +470,14 @@ def render_iptables(
                 f"-A {IPT_PREROUTING} -p {proto.value} {nth}"
                 f"-j DNAT --to-destination {target}"
             )
-    if source is not None:
-        nat.append(f"-A {IPT_POSTROUTING} -o {egress} -j SNAT --to-source {source.address}")
+    pool = cfg.pool(family)
+    for index, member in enumerate(pool):
+        # A pool: every nth new connection to each address, as the DNAT round robin above.
+        left = len(pool) - index
+        nth = f"-m statistic --mode nth --every {left} --packet 0 " if left > 1 else ""
+        nat.append(
+            f"-A {IPT_POSTROUTING} -o {egress} {nth}-j SNAT --to-source {member.address}"
+        )
     nat += jumps("nat")
     nat.append("COMMIT")
 
