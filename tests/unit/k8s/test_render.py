@@ -689,7 +689,9 @@ def test_egressrouter_addresses_of_one_family_become_a_pool() -> None:
     )
     spec = manifest.load_egressrouter_text(pool, "r.yaml")
     assert [str(s.interface) for s in spec.sources] == ["192.168.12.99/24", "192.168.12.100/24"]
-    other = pool.replace("100/24\n      gateway: 192.168.12.1", "100/24\n      gateway: 192.168.12.2")
+    other = pool.replace(
+        "100/24\n      gateway: 192.168.12.1", "100/24\n      gateway: 192.168.12.2"
+    )
     assert error_of(other, manifest.load_egressrouter_text) == (
         "cannot parse r.yaml: spec.addresses[1].gateway '192.168.12.2': differs from the gateway "
         "of the first IPv4 address (192.168.12.1); the IPv4 addresses form one source-address "
