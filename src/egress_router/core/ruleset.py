@@ -185,6 +185,31 @@ def _fallback_rule(family: int, addresses: list[config.IPAddress]) -> str:
     return head + f"numgen inc mod {len(addresses)} map {{ {spread} }}"
 
 
+# Conntrack's TIME_WAIT for redirected TCP connections, seconds. The kernel's default
+# (120 s) holds a NAT tuple twice as long as the destination's TIME_WAIT (60 s on Linux,
+# 2 MSL on BSDs), so at a high rate of short connections the port space to one
+# destination fills with tuples nobody needs, and the NAT starts evicting TIME_WAIT
+# entries the destination still remembers (PAWS then drops another client's SYN: a 1 s
+# retry). Just over 60 s frees a tuple only after the destination has let it go.
+NAT_TIME_WAIT = 65
+
+
+def ct_timeout(family: int) -> str:
+    """The conntrack timeout policy given to redirected TCP connections of ``family``."""
+    return f"nat_tcp_v{family}"
+
+
+def _ct_timeout_lines(family: int) -> list[str]:
+    return [
+        f"\tct timeout {ct_timeout(family)} {{  # see NAT_TIME_WAIT",
+        "\t\tprotocol tcp",
+        f"\t\tl3proto {_IP[family]}",
+        f"\t\tpolicy = {{ time_wait : {NAT_TIME_WAIT} }}",
+        "\t}",
+        "",
+    ]
+
+
 def snat_statement(cfg: config.Config, family: int) -> str:
     """SNAT to the family's source address, or spread over its pool.
 
@@ -225,6 +250,8 @@ def render_nftables(cfg: config.Config) -> str:
     ]
     families = _family_list(cfg)
     groups = {family: group_rules(cfg, family) for family in families}
+    for family in cfg.families():
+        out += _ct_timeout_lines(family)
     for family in families:
         keys = list(groups[family])
         out += _set_lines(conns_set(family), keys, "new connections per rule")
@@ -287,6 +314,12 @@ def render_nftables(cfg: config.Config) -> str:
         f"\t\tmeta nfproto {_NFPROTO[family]} meta l4proto {{ {L4_PROTOS} }} "
         f"meta l4proto . ct original proto-dst @{traffic_set(family)}"
         for family in families
+    ]
+    out += [
+        f'\t\tiifname "{pod}" oifname "{egress}" ct state new ct status dnat '
+        f"meta nfproto {_NFPROTO[family]} meta l4proto tcp "
+        f'ct timeout set "{ct_timeout(family)}"'
+        for family in cfg.families()
     ]
     out += [
         "\t\tct state established,related accept",
