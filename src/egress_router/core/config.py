@@ -40,6 +40,7 @@ ENV_RECONCILE = "EGRESS_ROUTER_RECONCILE_SECONDS"
 ENV_WATCH = "EGRESS_ROUTER_WATCH_SECONDS"
 ENV_DNS_MIN_TTL = "EGRESS_ROUTER_DNS_MIN_TTL"
 ENV_DNS_MAX_TTL = "EGRESS_ROUTER_DNS_MAX_TTL"
+ENV_SAMPLE = "EGRESS_ROUTER_CONNTRACK_SAMPLE_SECONDS"
 
 DEFAULT_POD_INTERFACE = "eth0"
 DEFAULT_EGRESS_INTERFACE = "macvlan0"
@@ -50,6 +51,7 @@ DEFAULT_RECONCILE = 10.0
 DEFAULT_WATCH = 1.0
 DEFAULT_DNS_MIN_TTL = 5.0
 DEFAULT_DNS_MAX_TTL = 300.0
+DEFAULT_SAMPLE = 30.0  # one conntrack pass (live connections, NAT port space) per this
 
 RULE_SYNTAX = "<port> <proto> <ip> [<remote_port>], or a last line <ip> (the fallback)"
 
@@ -841,6 +843,7 @@ class WaitSettings:
     watch: float = DEFAULT_WATCH
     dns_min_ttl: float = DEFAULT_DNS_MIN_TTL
     dns_max_ttl: float = DEFAULT_DNS_MAX_TTL
+    sample: float = DEFAULT_SAMPLE
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
@@ -865,6 +868,7 @@ def parse_wait_settings(env: Mapping[str, str]) -> WaitSettings:
         watch=_seconds(env, ENV_WATCH, DEFAULT_WATCH, 0.1, 60),
         dns_min_ttl=_seconds(env, ENV_DNS_MIN_TTL, DEFAULT_DNS_MIN_TTL, 0.5, 86400),
         dns_max_ttl=_seconds(env, ENV_DNS_MAX_TTL, DEFAULT_DNS_MAX_TTL, 0.5, 86400),
+        sample=_seconds(env, ENV_SAMPLE, DEFAULT_SAMPLE, 1, 3600),
     )
     if settings.dns_max_ttl < settings.dns_min_ttl:
         raise ConfigError(
