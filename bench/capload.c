@@ -169,6 +169,8 @@ static int open_conn(int ep, struct sockaddr_in *dst, unsigned long index) {
     return fd;
 }
 
+static int elapsed_s_int(double t0) { return (int)(now() - t0) + 1; }
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -186,7 +188,7 @@ static int rate(const char *ip, int port, double per_s, double seconds, const ch
     int ep = epoll_create1(0);
     struct epoll_event evs[1024];
     double t0 = now(), last_sweep = t0;
-    unsigned long per_second_fail[4096] = {0};
+    unsigned long per_second_fail[4096] = {0}, per_second_slow[4096] = {0};
     while (!stop) {
         double t = now();
         unsigned long due = (unsigned long)((t - t0) * per_s);
@@ -232,7 +234,11 @@ static int rate(const char *ip, int port, double per_s, double seconds, const ch
                 if (done) {
                     ok++;
                     lat[ok - 1] = took;
-                    if (took > SLOW_S) slow++;
+                    if (took > SLOW_S) {
+                        slow++;
+                        unsigned long s = (unsigned long)(c->start - t0);
+                        if (s < 4096) per_second_slow[s]++;
+                    }
                 } else {
                     failed++;
                     unsigned long s = (unsigned long)(c->start - t0);
@@ -271,7 +277,13 @@ static int rate(const char *ip, int port, double per_s, double seconds, const ch
     int first = 1;
     for (int s = 0; s < 4096; s++)
         if (per_second_fail[s]) { printf("%s\"%d\": %lu", first ? "" : ", ", s, per_second_fail[s]); first = 0; }
-    printf("}}\n");
+    printf("}, \"slow_by_10s\": [");
+    for (int s = 0; s < 4096 && s < elapsed_s_int(t0); s += 10) {
+        unsigned long n = 0;
+        for (int k = s; k < s + 10 && k < 4096; k++) n += per_second_slow[k];
+        printf("%s%lu", s ? ", " : "", n);
+    }
+    printf("]}\n");
     return 0;
 }
 

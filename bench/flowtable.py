@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             labmod.down(prefix)
 
     def med(path: str, key: str) -> float:
-        return statistics.median(s[key] for s in samples if s["path"] == path)
+        return float(statistics.median(s[key] for s in samples if s["path"] == path))
 
     def ratio(path: str, key: str) -> float:
         per_round = [
@@ -151,17 +151,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             / next(s[key] for s in samples if s["path"] == "forward" and s["round"] == r)
             for r in range(args.rounds)
         ]
-        return statistics.median(per_round)
+        return float(statistics.median(per_round))
 
-    doc = {
+    summary = {p: {"gbit_s": med(p, "gbit_s"), "rr_per_s": med(p, "rr_per_s"),
+                   "gbit_vs_forward": ratio(p, "gbit_s"), "rr_vs_forward": ratio(p, "rr_per_s")}
+               for p in ("forward", "product", "flowtable")}
+    doc: dict[str, Any] = {
         "command": "python -m bench.flowtable " + " ".join(argv or sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "kernel": os.uname().release, "samples": samples,
         "traffic_v4_packets_after_iperf": counters,
-        "summary": {p: {"gbit_s": med(p, "gbit_s"), "rr_per_s": med(p, "rr_per_s"),
-                        "gbit_vs_forward": ratio(p, "gbit_s"),
-                        "rr_vs_forward": ratio(p, "rr_per_s")}
-                    for p in ("forward", "product", "flowtable")},
+        "summary": summary,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "flowtable.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "| path | TCP Gbit/s | vs forwarding | TCP RR/s | vs forwarding |",
         "|---|---|---|---|---|",
     ]
-    for path, s in doc["summary"].items():
+    for path, s in summary.items():
         lines.append(f"| {path} | {s['gbit_s']:.2f} | {s['gbit_vs_forward']:.2f} | "
                      f"{s['rr_per_s']:,.0f} | {s['rr_vs_forward']:.2f} |")
     lines += ["", "Per-rule packet counter (`traffic_v4`, tcp . 5201) after each iperf3 run: "
