@@ -97,6 +97,8 @@ def matrix(seconds: float, goal_only: bool) -> list[Case]:
              seconds, 1, "no-ct-timeout"),
         Case("server closes, pool 4, 2000/s, random", "product", "close", 2000,
              seconds, 4, "random"),
+        Case("server closes, pool 4, 2000/s, numgen", "product", "close", 2000,
+             seconds, 4, "numgen"),
         Case("client closes, pool 1, 2000/s", "product", "wait", 2000, seconds, 1),
         Case("client closes, pool 4, 2000/s", "product", "wait", 2000, seconds, 4),
     ]
@@ -361,6 +363,8 @@ SNAT_RE = re.compile(r"^(\t\toifname .* snat ip to .*)$", re.M)
 
 def variant(text: str, name: str) -> str:
     """The rendered ruleset with one NAT knob changed."""
+    if name == "numgen":  # addresses in turn instead of by client tuple
+        return re.sub(r"jhash ip saddr \. th sport mod", "numgen inc mod", text)
     if name in ("fully-random", "random"):
         return SNAT_RE.sub(rf"\1 {name}", text)
     if name == "no-ct-timeout":

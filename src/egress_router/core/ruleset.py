@@ -213,18 +213,25 @@ def _ct_timeout_lines(family: int) -> list[str]:
 def snat_statement(cfg: config.Config, family: int) -> str:
     """SNAT to the family's source address, or spread over its pool.
 
-    ``numgen inc`` hands new connections to the pool's addresses in turn: the
-    NAT decision is taken once per connection (the conntrack entry keeps it),
-    so each address gets an equal share of the connections and of the port
-    space. An address range (``snat to a-b``) would not: the kernel picks the
-    address of a range by a hash of client and destination address only, so
-    one client pod talking to one destination would use one address.
+    A pool address is picked by a hash of the client's address and port, so the same
+    client tuple always leaves from the same pool address. Linux clients cycle through
+    their ports in about a minute at 125 connections a second, so a client often reuses
+    a port while conntrack still holds its previous connection in TIME_WAIT; conntrack
+    then replaces the entry, and with the hash the new connection asks for the same NAT
+    tuple again, which the destination accepts (same client, increasing timestamps).
+    Handing addresses out in turn (``numgen inc``) moves it to another address and frees
+    a tuple the destination still holds in TIME_WAIT for the next stranger, whose SYN
+    the destination then answers with an ACK (a reset and a retry). An address range
+    (``snat to a-b``) would hash the client address only: one pod, one address.
     """
     pool = cfg.pool(family)
     if len(pool) == 1:
         return f"snat {_IP[family]} to {pool[0].address}"
     spread = ", ".join(f"{i} : {s.address}" for i, s in enumerate(pool))
-    return f"snat {_IP[family]} to numgen inc mod {len(pool)} map {{ {spread} }}"
+    return (
+        f"snat {_IP[family]} to jhash {_IP[family]} saddr . th sport mod {len(pool)} "
+        f"map {{ {spread} }}"
+    )
 
 
 def render_nftables(cfg: config.Config) -> str:

@@ -75,7 +75,7 @@ POOL_ENV = {**NO_FALLBACK_ENV, "EGRESS_SOURCE": "192.168.12.99/24,192.168.12.100
 def test_nftables_spreads_new_connections_over_the_pool() -> None:
     text = ruleset.render_nftables(config.load_config(POOL_ENV))
     assert (
-        '\t\toifname "macvlan0" meta nfproto ipv4 snat ip to numgen inc mod 2 map '
+        '\t\toifname "macvlan0" meta nfproto ipv4 snat ip to jhash ip saddr . th sport mod 2 map '
         "{ 0 : 192.168.12.99, 1 : 192.168.12.100 }\n"
     ) in text
     single = ruleset.render_nftables(config.load_config(NO_FALLBACK_ENV))
