@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from rich.table import Table
 
 from egress_router.core import config, drift, listing, plan, ruleset, state
 from egress_router.kernel import conntrack, errors, iptables, nft, observe
-from egress_router.router import metrics
+from egress_router.router import capacity, metrics
 
 EXIT_DRIFT = 4
 
@@ -60,6 +61,9 @@ class Report:
     ruleset: dict[str, Any]
     rules: list[RuleStatus]
     problems: list[str]
+    # the NAT's port space to the busiest destinations, and warnings past 80 %
+    port_space: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def matches(self) -> bool:
@@ -160,13 +164,29 @@ def _configured_rules(cfg: config.Config) -> list[tuple[int, config.Proto, int, 
     return sorted(rows, key=lambda r: (r[0], r[1].value, r[2]))
 
 
-def _active(cfg: config.Config, tracker: conntrack.Conntrack) -> dict[tuple[int, str, int], int]:
+def _sample(cfg: config.Config, tracker: conntrack.Conntrack) -> capacity.Sample | None:
+    """One conntrack pass: live connections per rule and the NAT's port space."""
     try:
-        return dict(
-            metrics.count_active(f for family in cfg.families() for f in tracker.flows(family))
+        return capacity.take_sample(
+            cfg, (f for family in cfg.families() for f in tracker.flows(family))
         )
     except conntrack.ConntrackError:
-        return {}
+        return None
+
+
+def port_space_rows(sample: capacity.Sample | None) -> list[dict[str, Any]]:
+    """The busiest destinations, per source address: ports in use of the capacity."""
+    if sample is None:
+        return []
+    return [
+        {
+            "destination": f"{address}:{port}" if family == 4 else f"[{address}]:{port}",
+            "protocol": proto, "source": str(source), "in_use": in_use,
+            "capacity": capacity.PORTS_PER_SOURCE,
+        }
+        for (family, proto, address, port), by_source in sample.ports.items()
+        for source, in_use in by_source.items()
+    ]
 
 
 def collect_nftables(
@@ -246,9 +266,11 @@ def collect_nftables(
             problems.append(f"chain {chain} is missing")
         elif chain != ruleset.CHAIN_PREROUTING and have != count:
             problems.append(f"chain {chain} has {have} rules, expected {count}")
+    snat = [line for line in table.lines("chain", ruleset.CHAIN_POSTROUTING) if " snat " in line]
     for source in cfg.sources:
-        if not any(f"snat {'ip6' if source.family == 6 else 'ip'} to {source.address}" in line
-                   for line in table.lines("chain", ruleset.CHAIN_POSTROUTING)):
+        # A pool's addresses stand in one map: match the address as a whole word.
+        word = re.compile(rf"(?<![\w:.]){re.escape(str(source.address))}(?![\w:.])")
+        if not any(word.search(line) for line in snat):
             problems.append(f"no SNAT to {source.address}")
     return {"present": True, "chains": chains}, rules, problems
 
@@ -290,7 +312,8 @@ def collect(
     """Read the kernel and compare it with ``cfg``."""
     tracker = tracker or conntrack.ConntrackTool()
     interfaces, problems = _interfaces(cfg, read_links)
-    active = _active(cfg, tracker)
+    sample = _sample(cfg, tracker)
+    active = dict(sample.active) if sample is not None else {}
     try:
         if cfg.backend is config.Backend.NFTABLES:
             runner = runner or nft.NftCommand()
@@ -303,7 +326,10 @@ def collect(
     except errors.KernelError as err:
         state, rules, found = {"present": None}, [], [str(err)]
     state["backend"] = cfg.backend.value
-    return Report(_configuration(cfg), interfaces, state, rules, problems + found)
+    return Report(
+        _configuration(cfg), interfaces, state, rules, problems + found,
+        port_space_rows(sample), capacity.warnings(cfg, sample),
+    )
 
 
 def to_json(report: Report) -> str:
@@ -315,6 +341,8 @@ def to_json(report: Report) -> str:
         "interfaces": report.interfaces,
         "ruleset": report.ruleset,
         "rules": [dataclasses.asdict(r) for r in report.rules],
+        "port_space": report.port_space,
+        "warnings": report.warnings,
     }
     return json.dumps(data, indent=2)
 
@@ -358,6 +386,19 @@ def show(report: Report, console: Console) -> None:
             "[green]ok[/]" if rule.problem is None else f"[red]{rule.problem}[/]",
         )
     console.print(rules)
+    if report.port_space:
+        ports = Table(title="NAT port space, busiest destinations (TIME_WAIT included)")
+        for column in ("destination", "proto", "source", "ports in use", "of", "used"):
+            ports.add_column(column, justify="right" if column in (
+                "ports in use", "of", "used") else "left")
+        for row in report.port_space:
+            share = row["in_use"] / row["capacity"]
+            used = f"{share:.0%}" if share < capacity.WARN_RATIO else f"[yellow]{share:.0%}[/]"
+            ports.add_row(row["destination"], row["protocol"], row["source"],
+                          f"{row['in_use']:,}", f"{row['capacity']:,}", used)
+        console.print(ports)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     for problem in report.problems:
         console.print(f"[red]problem:[/] {problem}", highlight=False)
 

@@ -57,9 +57,9 @@ def build(
                 "interface": index,
             }
         )
-    for source in conf.sources:
-        gateway = next(g for g in conf.gateways if g.version == source.family)
-        default = "0.0.0.0/0" if source.family == 4 else "::/0"
+    for family in sorted({s.family for s in conf.sources}):  # a pool: its routes once
+        gateway = next(g for g in conf.gateways if g.version == family)
+        default = "0.0.0.0/0" if family == 4 else "::/0"
         host = ipaddress.ip_network(f"{gateway}/{gateway.max_prefixlen}")
         routes.append({"dst": str(host)})
         routes.append({"dst": default, "gw": str(gateway)})

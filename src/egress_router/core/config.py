@@ -40,6 +40,7 @@ ENV_RECONCILE = "EGRESS_ROUTER_RECONCILE_SECONDS"
 ENV_WATCH = "EGRESS_ROUTER_WATCH_SECONDS"
 ENV_DNS_MIN_TTL = "EGRESS_ROUTER_DNS_MIN_TTL"
 ENV_DNS_MAX_TTL = "EGRESS_ROUTER_DNS_MAX_TTL"
+ENV_SAMPLE = "EGRESS_ROUTER_CONNTRACK_SAMPLE_SECONDS"
 
 DEFAULT_POD_INTERFACE = "eth0"
 DEFAULT_EGRESS_INTERFACE = "macvlan0"
@@ -50,6 +51,7 @@ DEFAULT_RECONCILE = 10.0
 DEFAULT_WATCH = 1.0
 DEFAULT_DNS_MIN_TTL = 5.0
 DEFAULT_DNS_MAX_TTL = 300.0
+DEFAULT_SAMPLE = 30.0  # one conntrack pass (live connections, NAT port space) per this
 
 RULE_SYNTAX = "<port> <proto> <ip> [<remote_port>], or a last line <ip> (the fallback)"
 
@@ -214,10 +216,15 @@ class Config:
     http_port: int = 0  # the wait container's HTTP port, accepted on the pod interface; 0: none
 
     def families(self) -> tuple[int, ...]:
-        return tuple(sorted(s.family for s in self.sources))
+        return tuple(sorted({s.family for s in self.sources}))
 
     def source(self, family: int) -> Source | None:
+        """The first (primary) source address of ``family``."""
         return next((s for s in self.sources if s.family == family), None)
+
+    def pool(self, family: int) -> tuple[Source, ...]:
+        """Every source address of ``family``: SNAT spreads connections over them."""
+        return tuple(s for s in self.sources if s.family == family)
 
     def gateway(self, family: int) -> IPAddress | None:
         return next((g for g in self.gateways if g.version == family), None)
@@ -509,45 +516,85 @@ def _split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+MAX_POOL = 16  # source addresses per family: bounds the SNAT map and the metrics' labels
+
+
 def parse_sources(text: str, variable: str = ENV_SOURCE) -> tuple[Source, ...]:
-    """Parse ``EGRESS_SOURCE``: one address per family, each optionally ``/len``."""
+    """Parse ``EGRESS_SOURCE``: per family one address or a pool, each optionally ``/len``.
+
+    Several addresses of one family (``192.168.12.99/24,192.168.12.100/24``)
+    form a source-address pool that SNAT spreads connections over; they must
+    share one subnet (all with the same ``/len``, or all without ``/len``). The result
+    is ordered by family, then as written.
+    """
     parts = _split_list(text)
     if not parts:
         raise ConfigError(
             variable, "is empty; expected the reserved address, e.g. 192.168.12.99/24"
         )
-    sources: dict[int, Source] = {}
+    sources: dict[int, list[Source]] = {}
     for part in parts:
-        address_text, slash, prefix_text = part.partition("/")
-        address = parse_address(address_text, variable, what="source address")
-        if slash:
-            if not prefix_text.isdigit():
-                raise ConfigError(
-                    variable,
-                    f"invalid prefix length {prefix_text!r}; expected a number "
-                    f"from 1 to {address.max_prefixlen}",
-                    text=part,
-                )
-            length = int(prefix_text)
-            if not 1 <= length <= address.max_prefixlen:
-                raise ConfigError(
-                    variable,
-                    f"prefix length {length} is out of range for IPv{address.version}; "
-                    f"expected 1 to {address.max_prefixlen}",
-                    text=part,
-                )
-            interface = ipaddress.ip_interface(f"{address}/{length}")
-            _check_host_address(interface, variable, part)
-        else:
-            interface = ipaddress.ip_interface(f"{address}/{address.max_prefixlen}")
-        if address.version in sources:
-            raise ConfigError(
-                variable,
-                f"two IPv{address.version} sources; expected at most one address per family",
-                text=text,
-            )
-        sources[address.version] = Source(interface, on_link=bool(slash))
-    return tuple(sources[f] for f in sorted(sources))
+        source = _parse_source(part, variable)
+        pool = sources.setdefault(source.family, [])
+        _check_pool_member(pool, source, variable, part)
+        pool.append(source)
+    return tuple(s for family in sorted(sources) for s in sources[family])
+
+
+def _parse_source(part: str, variable: str) -> Source:
+    address_text, slash, prefix_text = part.partition("/")
+    address = parse_address(address_text, variable, what="source address")
+    if not slash:
+        return Source(ipaddress.ip_interface(f"{address}/{address.max_prefixlen}"), False)
+    if not prefix_text.isdigit():
+        raise ConfigError(
+            variable,
+            f"invalid prefix length {prefix_text!r}; expected a number "
+            f"from 1 to {address.max_prefixlen}",
+            text=part,
+        )
+    length = int(prefix_text)
+    if not 1 <= length <= address.max_prefixlen:
+        raise ConfigError(
+            variable,
+            f"prefix length {length} is out of range for IPv{address.version}; "
+            f"expected 1 to {address.max_prefixlen}",
+            text=part,
+        )
+    interface = ipaddress.ip_interface(f"{address}/{length}")
+    _check_host_address(interface, variable, part)
+    return Source(interface, on_link=True)
+
+
+def _check_pool_member(pool: list[Source], source: Source, variable: str, part: str) -> None:
+    """A further address of a family joins its pool: same subnet, no repeats, bounded."""
+    if not pool:
+        return
+    first = pool[0]
+    if any(s.address == source.address for s in pool):
+        raise ConfigError(
+            variable, "is listed twice; list each address of the pool once", text=part
+        )
+    if source.on_link != first.on_link or (
+        source.on_link and source.interface.network != first.interface.network
+    ):
+        raise ConfigError(
+            variable,
+            f"is not in the subnet of {_written(first)}; the IPv{source.family} addresses "
+            "form one pool and must share one subnet (write the same /len on each, or none)",
+            text=part,
+        )
+    if len(pool) >= MAX_POOL:
+        raise ConfigError(
+            variable,
+            f"more than {MAX_POOL} IPv{source.family} addresses; expected a pool of at most "
+            f"{MAX_POOL}",
+            text=part,
+        )
+
+
+def _written(source: Source) -> str:
+    return source.interface.with_prefixlen if source.on_link else str(source.address)
 
 
 def _check_host_address(interface: IPInterface, variable: str, text: str) -> None:
@@ -796,6 +843,7 @@ class WaitSettings:
     watch: float = DEFAULT_WATCH
     dns_min_ttl: float = DEFAULT_DNS_MIN_TTL
     dns_max_ttl: float = DEFAULT_DNS_MAX_TTL
+    sample: float = DEFAULT_SAMPLE
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
@@ -820,6 +868,7 @@ def parse_wait_settings(env: Mapping[str, str]) -> WaitSettings:
         watch=_seconds(env, ENV_WATCH, DEFAULT_WATCH, 0.1, 60),
         dns_min_ttl=_seconds(env, ENV_DNS_MIN_TTL, DEFAULT_DNS_MIN_TTL, 0.5, 86400),
         dns_max_ttl=_seconds(env, ENV_DNS_MAX_TTL, DEFAULT_DNS_MAX_TTL, 0.5, 86400),
+        sample=_seconds(env, ENV_SAMPLE, DEFAULT_SAMPLE, 1, 3600),
     )
     if settings.dns_max_ttl < settings.dns_min_ttl:
         raise ConfigError(

@@ -68,7 +68,7 @@ def step_problem(step: plan.Step, snapshot: state.Snapshot) -> str | None:
         ]
         if wanted not in present:
             return f"address {wanted} is missing on {step.ifname}"
-        extra = [str(a) for a in present if a != wanted]
+        extra = [str(a) for a in present if a not in step.wanted()]
         return f"{step.ifname} has other addresses: {', '.join(extra)}" if extra else None
     if isinstance(step, plan.KeepPodReturnPath):
         return _return_path_problem(step, link, snapshot)

@@ -33,18 +33,29 @@ class LinkUp:
 
 @dataclass(frozen=True)
 class SetAddress:
-    """Put ``interface`` on ``ifname``; other global addresses of its family there are removed."""
+    """Put ``interface`` on ``ifname``; other global addresses of its family there are removed.
+
+    ``pool`` lists the other addresses of the same source-address pool: they
+    are wanted too, so they are kept.
+    """
 
     ifname: str
     interface: config.IPInterface
+    pool: tuple[config.IPInterface, ...] = ()
+
+    def wanted(self) -> tuple[config.IPInterface, ...]:
+        """Every global address of this family that may stay on the interface."""
+        return (self.interface, *self.pool)
 
     def describe(self) -> str:
         family = "-6 " if self.interface.version == 6 else ""
+        version = self.interface.version
+        others = f"other global IPv{version} addresses on {self.ifname} removed"
+        if self.pool:
+            others = f"global IPv{version} addresses outside the pool removed"
         return (
             f"ip {family}address replace {self.interface.with_prefixlen} dev {self.ifname} "
-            "(nodad; other global IPv{0} addresses on {1} removed)".format(
-                self.interface.version, self.ifname
-            )
+            f"(nodad; {others})"
         )
 
 
@@ -153,18 +164,22 @@ def plan_interfaces(cfg: config.Config) -> tuple[Step, ...]:
     """
     ifname = cfg.egress_interface
     steps: list[Step] = [LinkUp(ifname)]
-    for source in cfg.sources:
-        gateway = cfg.gateway(source.family)
+    for family in cfg.families():
+        gateway = cfg.gateway(family)
         assert gateway is not None  # config.check_families guarantees one per source family
         host = ipaddress.ip_network(f"{gateway}/{gateway.max_prefixlen}")
-        default = ipaddress.ip_network("0.0.0.0/0" if source.family == 4 else "::/0")
+        default = ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0")
+        pool = tuple(s.interface for s in cfg.pool(family))
         steps += [
-            SetAddress(ifname, source.interface),
+            SetAddress(ifname, interface, tuple(i for i in pool if i != interface))
+            for interface in pool
+        ]
+        steps += [
             SetRoute(ifname, host),
             # Before the default route is replaced: it reads the pod's own default route.
-            KeepPodReturnPath(source.family, cfg.pod_interface, ifname),
+            KeepPodReturnPath(family, cfg.pod_interface, ifname),
             SetRoute(ifname, default, gateway),
-            EnableForwarding(source.family),
+            EnableForwarding(family),
         ]
     return tuple(steps)
 
@@ -180,7 +195,8 @@ def plan_announcements(cfg: config.Config) -> tuple[Announce, ...]:
 def describe_plan(cfg: config.Config) -> str:
     """Human-readable plan, as ``unit-test`` mode prints it."""
     lines = [step.describe() for step in plan_interfaces(cfg)]
-    for source in cfg.sources:
+    for family in cfg.families():
+        source = cfg.pool(family)[0]
         if source.on_link:
             lines.append(
                 f"# kernel adds the subnet route {source.interface.network} dev "

@@ -185,6 +185,55 @@ def _fallback_rule(family: int, addresses: list[config.IPAddress]) -> str:
     return head + f"numgen inc mod {len(addresses)} map {{ {spread} }}"
 
 
+# Conntrack's TIME_WAIT for redirected TCP connections, seconds. The kernel's default
+# (120 s) holds a NAT tuple twice as long as the destination's TIME_WAIT (60 s on Linux,
+# 2 MSL on BSDs), so at a high rate of short connections the port space to one
+# destination fills with tuples nobody needs, and the NAT starts evicting TIME_WAIT
+# entries the destination still remembers (PAWS then drops another client's SYN: a 1 s
+# retry). Just over 60 s frees a tuple only after the destination has let it go.
+NAT_TIME_WAIT = 65
+
+
+def ct_timeout(family: int) -> str:
+    """The conntrack timeout policy given to redirected TCP connections of ``family``."""
+    return f"nat_tcp_v{family}"
+
+
+def _ct_timeout_lines(family: int) -> list[str]:
+    return [
+        f"\tct timeout {ct_timeout(family)} {{  # see NAT_TIME_WAIT",
+        "\t\tprotocol tcp",
+        f"\t\tl3proto {_IP[family]}",
+        f"\t\tpolicy = {{ time_wait : {NAT_TIME_WAIT} }}",
+        "\t}",
+        "",
+    ]
+
+
+def snat_statement(cfg: config.Config, family: int) -> str:
+    """SNAT to the family's source address, or spread over its pool.
+
+    A pool address is picked by a hash of the client's address and port, so the same
+    client tuple always leaves from the same pool address. Linux clients cycle through
+    their ports in about a minute at 125 connections a second, so a client often reuses
+    a port while conntrack still holds its previous connection in TIME_WAIT; conntrack
+    then replaces the entry, and with the hash the new connection asks for the same NAT
+    tuple again, which the destination accepts (same client, increasing timestamps).
+    Handing addresses out in turn (``numgen inc``) moves it to another address and frees
+    a tuple the destination still holds in TIME_WAIT for the next stranger, whose SYN
+    the destination then answers with an ACK (a reset and a retry). An address range
+    (``snat to a-b``) would hash the client address only: one pod, one address.
+    """
+    pool = cfg.pool(family)
+    if len(pool) == 1:
+        return f"snat {_IP[family]} to {pool[0].address}"
+    spread = ", ".join(f"{i} : {s.address}" for i, s in enumerate(pool))
+    return (
+        f"snat {_IP[family]} to jhash {_IP[family]} saddr . th sport mod {len(pool)} "
+        f"map {{ {spread} }}"
+    )
+
+
 def render_nftables(cfg: config.Config) -> str:
     """The whole ruleset as one ``nft -f`` transaction that replaces our table atomically."""
     pod = cfg.pod_interface
@@ -208,6 +257,8 @@ def render_nftables(cfg: config.Config) -> str:
     ]
     families = _family_list(cfg)
     groups = {family: group_rules(cfg, family) for family in families}
+    for family in cfg.families():
+        out += _ct_timeout_lines(family)
     for family in families:
         keys = list(groups[family])
         out += _set_lines(conns_set(family), keys, "new connections per rule")
@@ -254,11 +305,10 @@ def render_nftables(cfg: config.Config) -> str:
         f"\tchain {CHAIN_POSTROUTING} {{",
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",
     ]
-    for source in cfg.sources:
-        out.append(
-            f'\t\toifname "{egress}" meta nfproto {_NFPROTO[source.family]} '
-            f"snat {_IP[source.family]} to {source.address}"
-        )
+    out += [
+        f'\t\toifname "{egress}" meta nfproto {_NFPROTO[family]} {snat_statement(cfg, family)}'
+        for family in cfg.families()
+    ]
     out += ["\t}", ""]
 
     out += [
@@ -271,6 +321,12 @@ def render_nftables(cfg: config.Config) -> str:
         f"\t\tmeta nfproto {_NFPROTO[family]} meta l4proto {{ {L4_PROTOS} }} "
         f"meta l4proto . ct original proto-dst @{traffic_set(family)}"
         for family in families
+    ]
+    out += [
+        f'\t\tiifname "{pod}" oifname "{egress}" ct state new ct status dnat '
+        f"meta nfproto {_NFPROTO[family]} meta l4proto tcp "
+        f'ct timeout set "{ct_timeout(family)}"'
+        for family in cfg.families()
     ]
     out += [
         "\t\tct state established,related accept",
@@ -412,7 +468,6 @@ def render_iptables(
     pod = cfg.pod_interface
     egress = cfg.egress_interface
     present = set(present_jumps)
-    source = cfg.source(family)
 
     def jumps(table: str) -> list[str]:
         return [
@@ -455,8 +510,14 @@ def render_iptables(
                 f"-A {IPT_PREROUTING} -p {proto.value} {nth}"
                 f"-j DNAT --to-destination {target}"
             )
-    if source is not None:
-        nat.append(f"-A {IPT_POSTROUTING} -o {egress} -j SNAT --to-source {source.address}")
+    pool = cfg.pool(family)
+    for index, member in enumerate(pool):
+        # A pool: every nth new connection to each address, as the DNAT round robin above.
+        left = len(pool) - index
+        nth = f"-m statistic --mode nth --every {left} --packet 0 " if left > 1 else ""
+        nat.append(
+            f"-A {IPT_POSTROUTING} -o {egress} {nth}-j SNAT --to-source {member.address}"
+        )
     nat += jumps("nat")
     nat.append("COMMIT")
 

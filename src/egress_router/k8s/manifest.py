@@ -789,7 +789,9 @@ def schema_error(
 def _cr_addresses(
     fields: _Fields, addresses: Sequence[Mapping[str, str]]
 ) -> tuple[tuple[config.Source, ...], tuple[config.IPAddress, ...]]:
-    by_family: dict[int, tuple[config.Source, config.IPAddress]] = {}
+    """Sources and gateways of ``spec.addresses``; several of one family form a pool."""
+    gateways: dict[int, config.IPAddress] = {}
+    texts: list[str] = []
     for index, address in enumerate(addresses):
         field = f"spec.addresses[{index}]"
         (source,) = config.parse_sources(address["ip"], fields.name(f"{field}.ip"))
@@ -808,18 +810,19 @@ def _cr_addresses(
                 f"is IPv{gateway.version} but ip is IPv{source.family}; expected the same family",
                 address["gateway"],
             )
-        if source.family in by_family:
+        first = gateways.setdefault(source.family, gateway)
+        if first != gateway:
             raise fields.error(
-                f"{field}.ip",
-                f"a second IPv{source.family} address; expected at most one per family",
-                address["ip"],
+                f"{field}.gateway",
+                f"differs from the gateway of the first IPv{source.family} address ({first}); "
+                f"the IPv{source.family} addresses form one source-address pool behind one "
+                "gateway",
+                address["gateway"],
             )
-        by_family[source.family] = (source, gateway)
-    families = sorted(by_family)
-    return (
-        tuple(by_family[f][0] for f in families),
-        tuple(by_family[f][1] for f in families),
-    )
+        texts.append(address["ip"])
+    # The pool rules (one subnet, no repeats, bounded) are EGRESS_SOURCE's.
+    sources = config.parse_sources(",".join(texts), fields.name("spec.addresses"))
+    return sources, tuple(gateways[f] for f in sorted(gateways))
 
 
 def _cr_lines(fields: _Fields, redirect: Mapping[str, Any]) -> _Lines:

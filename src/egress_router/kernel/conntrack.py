@@ -23,6 +23,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from egress_router.core import config
@@ -54,6 +55,7 @@ class Flow:
     destination: config.IPAddress  # where the router sent it
     remote_port: int
     live: bool  # False for TCP entries in TIME_WAIT or CLOSE
+    source: config.IPAddress | None = None  # the address SNAT gave it (None: not source-NATed)
 
 
 def parse_flow(line: str, family: int) -> Flow | None:
@@ -75,7 +77,13 @@ def parse_flow(line: str, family: int) -> Flow | None:
         return None  # not redirected (the router's own traffic, or the HTTP port)
     state = _STATE.match(line)
     live = not (words[0] == "tcp" and state is not None and state.group(1) in _ENDING)
-    return Flow(family, words[0], port, reply_src, remote, live)
+    source = None
+    if "dst" in reply and reply["dst"] != orig.get("src"):
+        try:
+            source = ipaddress.ip_address(reply["dst"])
+        except ValueError:
+            source = None
+    return Flow(family, words[0], port, reply_src, remote, live, source)
 
 
 class Conntrack(Protocol):
@@ -172,3 +180,42 @@ class ConntrackTool:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The kernel's conntrack statistics for this network namespace, summed over CPUs."""
+
+    counters: dict[str, int]  # insert_failed, drop, early_drop, ... (/proc/net/stat/nf_conntrack)
+    entries: int  # nf_conntrack_count
+    maximum: int | None  # nf_conntrack_max (None when unreadable)
+
+
+def read_stats(proc: Path = Path("/proc")) -> Stats | None:
+    """Read conntrack's counters without listing a single connection (None: no conntrack).
+
+    ``/proc/net/stat/nf_conntrack`` has one line of hexadecimal columns per CPU under a
+    header naming them; it exists per network namespace once conntrack is in use there.
+    """
+    try:
+        text = (proc / "net/stat/nf_conntrack").read_text()
+    except OSError:
+        return None
+    lines = text.split("\n")
+    names = lines[0].split()
+    totals = dict.fromkeys(names, 0)
+    for line in lines[1:]:
+        values = line.split()
+        if len(values) != len(names):
+            continue
+        for name, value in zip(names, values, strict=True):
+            totals[name] += int(value, 16)
+    totals.pop("entries", None)  # per CPU a copy of the global count, not a counter
+
+    def number(name: str) -> int | None:
+        try:
+            return int((proc / "sys/net/netfilter" / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    return Stats(totals, number("nf_conntrack_count") or 0, number("nf_conntrack_max"))

@@ -189,7 +189,7 @@ class PyrouteNetlink:
             if addr["scope"] != SCOPE_UNIVERSE:
                 continue
             current = ipaddress.ip_interface(f"{addr.get('IFA_ADDRESS')}/{addr['prefixlen']}")
-            if current != wanted:
+            if current not in step.wanted():
                 log.info("removing stale address %s from %s", current, step.ifname)
                 ipr.addr("del", index=index, address=str(current.ip), prefixlen=addr["prefixlen"])
         # NODAD: the address is reserved for us; duplicate address detection would

@@ -131,7 +131,8 @@ def encode_step(step: plan.Step) -> dict[str, Any]:
     if isinstance(step, plan.LinkUp):
         return {"step": "link", "ifname": step.ifname}
     if isinstance(step, plan.SetAddress):
-        return {"step": "address", "ifname": step.ifname, "interface": str(step.interface)}
+        return {"step": "address", "ifname": step.ifname, "interface": str(step.interface),
+                "pool": [str(i) for i in step.pool]}
     if isinstance(step, plan.KeepPodReturnPath):
         return {"step": "return-path", "family": step.family, "pod": step.pod_ifname,
                 "egress": step.egress_ifname}
@@ -148,7 +149,10 @@ def decode_step(data: dict[str, Any]) -> plan.Step:
     if kind == "link":
         return plan.LinkUp(str(data["ifname"]))
     if kind == "address":
-        return plan.SetAddress(str(data["ifname"]), ipaddress.ip_interface(data["interface"]))
+        pool = tuple(ipaddress.ip_interface(i) for i in data.get("pool", ()))
+        return plan.SetAddress(
+            str(data["ifname"]), ipaddress.ip_interface(data["interface"]), pool
+        )
     if kind == "return-path":
         return plan.KeepPodReturnPath(int(data["family"]), str(data["pod"]), str(data["egress"]))
     gateway = data.get("gateway")

@@ -40,7 +40,10 @@ RULE_FAMILIES = (
     (
         f"{PREFIX}_rule_connections_total",
         "counter",
-        "New connections redirected by the rule (first packets seen by the nat hook).",
+        "New connection attempts redirected by the rule: conntrack entries created (first "
+        "packets seen by the nat hook). A SYN the kernel dropped before the connection was "
+        "tracked (egress_router_conntrack_insert_failed_total: no free NAT port) counts again "
+        "when the client retries; a retransmitted SYN of a tracked connection does not.",
     ),
     (
         f"{PREFIX}_rule_packets_total",

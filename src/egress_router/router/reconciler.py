@@ -13,13 +13,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from egress_router.core import config, drift, listing, plan
 from egress_router.kernel import announce, conntrack, errors, netlink, nft, observe
 from egress_router.kernel.memory import HEAP
-from egress_router.router import engine, metrics, resolve
+from egress_router.router import capacity, engine, metrics, resolve
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,9 @@ def read_drift(cfg: config.Config) -> list[tuple[plan.Step, str]]:
     """The interface plan's steps this namespace does not hold (`core.drift`), with the reason."""
     found = drift.interface_problems(plan.plan_interfaces(cfg), observe.read_snapshot())
     return [(p.step, p.reason) for p in found if p.step is not None]
+
+
+ConntrackStats = conntrack.Stats  # in Kernel, the name conntrack is the field
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Edges:
     stale: engine.Firewall | None = None  # the other backend, cleaned up at start
     generation: Callable[[], int | None] = lambda: None  # nftables generation (None: unknown)
     prepare: Callable[[Sequence[plan.Step]], None] | None = None  # batch of interface steps
+    stats: Callable[[], ConntrackStats | None] = lambda: None  # conntrack's counters
 
 
 def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
@@ -72,6 +76,7 @@ def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
         stale=engine.make_firewall(other),
         generation=nft.generation,
         prepare=links.prepare,
+        stats=conntrack.read_stats,
     )
 
 
@@ -130,6 +135,8 @@ class Router:
         self._source: tuple[int, int, int, int] | None = None
         self._digest: str | None = None
         self.generation = 0
+        # live connections and the NAT's port space: one conntrack pass per interval
+        self.sampler = capacity.Sampler(settings.sample, clock=clock)
 
     # ------------------------------------------------------------------ start
 
@@ -452,6 +459,10 @@ class Router:
 
     # ------------------------------------------------------------------ metrics
 
+    def _flows(self, cfg: config.Config) -> Iterator[conntrack.Flow]:
+        for family in cfg.families():
+            yield from self.kernel.conntrack.flows(family)
+
     def write_rule_metrics(self, write: Callable[[str], object]) -> None:
         """The per-rule metric families, read from the kernel now."""
         cfg = self.applied
@@ -464,13 +475,9 @@ class Router:
             except errors.KernelError as err:
                 log.warning("cannot read rule counters: %s", err)
                 counters = {}
-        try:
-            active = metrics.count_active(
-                flow for family in cfg.families() for flow in self.kernel.conntrack.flows(family)
-            )
-        except conntrack.ConntrackError as err:
-            log.debug("cannot count live connections: %s", err)
-            active = metrics.count_active(())
+        sample = self.sampler.latest(cfg, lambda: self._flows(cfg))
+        active = sample.active if sample is not None else {}
         metrics.write_rule_metrics(write, cfg, counters, active)
-        del counters, active
+        capacity.write_metrics(write, sample, self.kernel.stats())
+        del counters, active, sample
         HEAP.release()

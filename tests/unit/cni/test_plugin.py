@@ -357,3 +357,14 @@ def test_console_script_version_and_bad_config_need_no_privilege() -> None:
         "redirected on line 1; each local port may have one rule per protocol"
     )
     assert "Traceback" not in outcome.stderr
+
+
+def test_a_pool_in_ip_addresses_is_reported_once_per_address_routes_once() -> None:
+    conf = netconf.parse({**CONF, "ip": {**CONF["ip"], "addresses": [
+        "192.168.12.99/24", "192.168.12.100/24"]}}, "net1")
+    assert [str(s.interface) for s in conf.sources] == ["192.168.12.99/24", "192.168.12.100/24"]
+    built = result.build(conf, result.Interface("net1", MAC, 1500, NETNS))
+    assert [ip["address"] for ip in built["ips"]] == ["192.168.12.99/24", "192.168.12.100/24"]
+    assert built["routes"] == [
+        {"dst": "192.168.12.1/32"}, {"dst": "0.0.0.0/0", "gw": "192.168.12.1"}
+    ]

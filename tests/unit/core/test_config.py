@@ -269,9 +269,26 @@ BAD_ENV: list[tuple[dict[str, str | None], str]] = [
         "address of 192.168.12.0/24",
     ),
     (
-        {"EGRESS_SOURCE": "192.168.12.99,192.168.12.98"},
-        "cannot parse EGRESS_SOURCE '192.168.12.99,192.168.12.98': two IPv4 sources; expected "
-        "at most one address per family",
+        {"EGRESS_SOURCE": "192.168.12.99/24,192.168.13.98/24"},
+        "cannot parse EGRESS_SOURCE '192.168.13.98/24': is not in the subnet of "
+        "192.168.12.99/24; the IPv4 addresses form one pool and must share one subnet (write "
+        "the same /len on each, or none)",
+    ),
+    (
+        {"EGRESS_SOURCE": "192.168.12.99/24,192.168.12.98"},
+        "cannot parse EGRESS_SOURCE '192.168.12.98': is not in the subnet of 192.168.12.99/24; "
+        "the IPv4 addresses form one pool and must share one subnet (write the same /len on "
+        "each, or none)",
+    ),
+    (
+        {"EGRESS_SOURCE": "192.168.12.99/24,192.168.12.99/24"},
+        "cannot parse EGRESS_SOURCE '192.168.12.99/24': is listed twice; list each address of "
+        "the pool once",
+    ),
+    (
+        {"EGRESS_SOURCE": ",".join(f"192.168.12.{n}/24" for n in range(100, 117))},
+        "cannot parse EGRESS_SOURCE '192.168.12.116/24': more than 16 IPv4 addresses; "
+        "expected a pool of at most 16",
     ),
     (
         {"EGRESS_SOURCE": ""},
@@ -376,3 +393,34 @@ def test_bad_line_in_destination_file_names_the_file(tmp_path: pytest.TempPathFa
         load(EGRESS_DESTINATION=None, EGRESS_DESTINATION_FILE=str(path))
     assert caught.value.variable == str(path)
     assert caught.value.line == 2
+
+
+POOL = "192.168.12.99/24,192.168.12.100/24,192.168.12.101/24"
+
+
+def test_several_addresses_of_one_family_form_a_pool_in_the_order_written() -> None:
+    cfg = load(EGRESS_SOURCE=POOL)
+    assert [str(s.interface) for s in cfg.pool(4)] == POOL.split(",")
+    assert cfg.source(4) == cfg.pool(4)[0]
+    assert cfg.families() == (4,)
+
+
+def test_a_pool_without_prefix_and_a_pool_beside_the_other_family() -> None:
+    cfg = load(
+        EGRESS_SOURCE="2001:db8:12::99/64,192.168.12.99,192.168.12.100",
+        EGRESS_GATEWAY="192.168.12.1,2001:db8:12::1",
+    )
+    assert [str(s.address) for s in cfg.sources] == [
+        "192.168.12.99", "192.168.12.100", "2001:db8:12::99"
+    ]
+    assert not any(s.on_link for s in cfg.pool(4))
+    assert cfg.families() == (4, 6)
+
+
+def test_the_gateway_may_not_be_a_member_of_the_pool() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(EGRESS_SOURCE="192.168.12.99/24,192.168.12.1/24")
+    assert str(caught.value) == (
+        "cannot parse EGRESS_GATEWAY: gateway 192.168.12.1 is the source address itself; "
+        "expected the node's gateway"
+    )

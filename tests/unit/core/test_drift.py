@@ -176,3 +176,26 @@ def test_a_healthy_pod_has_no_problem_and_a_broken_one_names_each() -> None:
         "no IPv4 default route via 192.168.12.1 dev net1",
         "net.ipv4.ip_forward is not 1",
     ]
+
+
+def test_a_pool_address_is_not_an_other_address_and_a_missing_one_is_named() -> None:
+    cfg = config.load_config({
+        "EGRESS_SOURCE": "192.168.12.99/24,192.168.12.100/24",
+        "EGRESS_GATEWAY": "192.168.12.1",
+        "EGRESS_DESTINATION": "80 tcp 203.0.113.25",
+    })
+    steps = [s for s in plan.plan_interfaces(cfg) if isinstance(s, plan.SetAddress)]
+    link = state.Link(6, "macvlan0", True, "02:00:00:00:00:01")
+    both = state.Snapshot(links=(link,), addresses=(
+        state.Address(6, ipaddress.ip_interface("192.168.12.99/24"), 0),
+        state.Address(6, ipaddress.ip_interface("192.168.12.100/24"), 0),
+    ), routes=())
+    assert [drift.step_problem(s, both) for s in steps] == [None, None]
+    one = state.Snapshot(links=(link,), addresses=(
+        state.Address(6, ipaddress.ip_interface("192.168.12.99/24"), 0),
+        state.Address(6, ipaddress.ip_interface("192.168.12.7/24"), 0),
+    ), routes=())
+    assert [drift.step_problem(s, one) for s in steps] == [
+        "macvlan0 has other addresses: 192.168.12.7/24",
+        "address 192.168.12.100/24 is missing on macvlan0",
+    ]

@@ -67,3 +67,26 @@ def test_removal_touches_only_our_table() -> None:
     assert ruleset.render_nftables_removal() == (
         "add table inet egress_router\ndelete table inet egress_router\n"
     )
+
+
+POOL_ENV = {**NO_FALLBACK_ENV, "EGRESS_SOURCE": "192.168.12.99/24,192.168.12.100/24"}
+
+
+def test_nftables_spreads_new_connections_over_the_pool() -> None:
+    text = ruleset.render_nftables(config.load_config(POOL_ENV))
+    assert (
+        '\t\toifname "macvlan0" meta nfproto ipv4 snat ip to jhash ip saddr . th sport mod 2 map '
+        "{ 0 : 192.168.12.99, 1 : 192.168.12.100 }\n"
+    ) in text
+    single = ruleset.render_nftables(config.load_config(NO_FALLBACK_ENV))
+    assert '\t\toifname "macvlan0" meta nfproto ipv4 snat ip to 192.168.12.99\n' in single
+
+
+def test_iptables_spreads_new_connections_over_the_pool() -> None:
+    text = ruleset.render_iptables(config.load_config(POOL_ENV), 4)
+    snat = [line for line in text.splitlines() if "SNAT" in line]
+    assert snat == [
+        "-A EGRESS-ROUTER-POSTROUTING -o macvlan0 -m statistic --mode nth --every 2 --packet 0 "
+        "-j SNAT --to-source 192.168.12.99",
+        "-A EGRESS-ROUTER-POSTROUTING -o macvlan0 -j SNAT --to-source 192.168.12.100",
+    ]

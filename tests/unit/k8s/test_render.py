@@ -682,3 +682,29 @@ def test_image_entry_point_is_the_console_script_and_runs_as_non_root() -> None:
     assert f"{render.KUBERNETES_VERSION}" in render.kubernetes_versions()
     ignored = (ROOT / ".containerignore").read_text().split()
     assert {".git", ".venv", "tests"} <= set(ignored)
+
+
+def test_egressrouter_addresses_of_one_family_become_a_pool() -> None:
+    pool = CR.replace(
+        "    - ip: 192.168.12.99/24\n      gateway: 192.168.12.1\n",
+        "    - ip: 192.168.12.99/24\n      gateway: 192.168.12.1\n"
+        "    - ip: 192.168.12.100/24\n      gateway: 192.168.12.1\n",
+    )
+    spec = manifest.load_egressrouter_text(pool, "r.yaml")
+    assert [str(s.interface) for s in spec.sources] == ["192.168.12.99/24", "192.168.12.100/24"]
+    other = pool.replace(
+        "100/24\n      gateway: 192.168.12.1", "100/24\n      gateway: 192.168.12.2"
+    )
+    assert error_of(other, manifest.load_egressrouter_text) == (
+        "cannot parse r.yaml: spec.addresses[1].gateway '192.168.12.2': differs from the gateway "
+        "of the first IPv4 address (192.168.12.1); the IPv4 addresses form one source-address "
+        "pool behind one gateway"
+    )
+
+
+def test_render_config_source_list_is_a_pool_in_the_environment() -> None:
+    text = BASE.replace(
+        "source: 192.168.12.99/24", "source: [192.168.12.99/24, 192.168.12.100/24]"
+    ) + "destinations: |\n  80 tcp 203.0.113.25\n"
+    spec = manifest.load_config_text(text, "r.yaml")
+    assert [str(s.address) for s in spec.sources] == ["192.168.12.99", "192.168.12.100"]

@@ -15,6 +15,8 @@ from egress_router.kernel import observe
     [
         plan.LinkUp("macvlan0"),
         plan.SetAddress("macvlan0", ipaddress.ip_interface("2001:db8:12::99/64")),
+        plan.SetAddress("macvlan0", ipaddress.ip_interface("192.168.12.99/24"),
+                        (ipaddress.ip_interface("192.168.12.100/24"),)),
         plan.SetRoute("net1", ipaddress.ip_network("192.168.12.1/32")),
         plan.SetRoute("net1", ipaddress.ip_network("0.0.0.0/0"),
                       ipaddress.ip_address("192.168.12.1")),

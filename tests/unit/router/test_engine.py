@@ -142,3 +142,20 @@ def test_removing_absent_iptables_rules_touches_nothing() -> None:
 
 def test_unit_test_mode_report_golden() -> None:
     check_golden("seed.unit-test", engine.unit_test_report(config.load_config(SEED_ENV)))
+
+
+def test_plan_places_every_pool_address_and_routes_once() -> None:
+    pool = "192.168.12.99/24,192.168.12.100/24,192.168.12.101/24"
+    cfg = config.load_config({**ENV, "EGRESS_SOURCE": pool, "EGRESS_GATEWAY": "192.168.12.1",
+                              "EGRESS_DESTINATION": "80 tcp 203.0.113.25"})
+    steps = plan.plan_interfaces(cfg)
+    addresses = [s for s in steps if isinstance(s, plan.SetAddress)]
+    assert [str(s.interface) for s in addresses] == pool.split(",")
+    assert {frozenset(map(str, s.wanted())) for s in addresses} == {frozenset(pool.split(","))}
+    assert sum(isinstance(s, plan.SetRoute) for s in steps) == 2  # gateway host + default
+    assert [str(a.address) for a in plan.plan_announcements(cfg)] == [
+        "192.168.12.99", "192.168.12.100", "192.168.12.101"
+    ]
+    text = plan.describe_plan(cfg)
+    assert text.count("kernel adds the subnet route") == 1
+    assert "(nodad; global IPv4 addresses outside the pool removed)" in text
