@@ -25,7 +25,9 @@ from types import FrameType
 import click
 
 from egress_router.core import config, ruleset
+from egress_router.k8s.command import render_command
 from egress_router.kernel import announce, netlink
+from egress_router.lab.command import lab as lab_group
 from egress_router.router import engine
 
 # rich and the lab (asyncio) are imported by the commands that use them: the
@@ -235,171 +237,6 @@ def rules(path: Path | None, backend: str | None) -> None:
     click.echo(engine.make_firewall(cfg.backend).render(cfg), nl=False)
 
 
-@cli.group()
-def lab() -> None:
-    """A local lab in network namespaces: client, router, node, gateway, destinations."""
-
-
-_PREFIX = click.option(
-    "--prefix", default="erlab", show_default=True, help="Namespace name prefix of the lab."
-)
-_MACVLAN = click.option(
-    "--macvlan",
-    default="true",
-    show_default=True,
-    help="The pod's assign-macvlan annotation: 'true' (the node's default-route interface) "
-    "or the name of the node interface to use as the macvlan parent.",
-)
-
-
-@lab.command("up")
-@_PREFIX
-@_MACVLAN
-def lab_up(prefix: str, macvlan: str) -> None:
-    """Build the lab (no router configuration yet)."""
-    from egress_router.lab import world as lab_module  # noqa: PLC0415 (see the imports)
-
-    built = lab_module.up(prefix, macvlan=macvlan)
-    click.echo(f"lab {prefix!r} is up: namespaces {', '.join(built.namespaces)}")
-
-
-@lab.command("demo")
-@_PREFIX
-@_MACVLAN
-@click.option("--keep", is_flag=True, help="Leave the lab running afterwards.")
-def lab_demo(prefix: str, macvlan: str, keep: bool) -> None:
-    """Build the lab, configure the router with the seed example, send real traffic."""
-    from egress_router.lab import demo  # noqa: PLC0415
-
-    sys.exit(demo.demo(prefix, keep=keep, macvlan=macvlan))
-
-
-@lab.command("down")
-@_PREFIX
-def lab_down(prefix: str) -> None:
-    """Remove the lab (also after a crash)."""
-    from egress_router.lab import world as lab_module  # noqa: PLC0415
-
-    lab_module.down(prefix)
-    click.echo(f"lab {prefix!r} is down")
-
-
-@lab.command("sweep")
-@_PREFIX
-def lab_sweep(prefix: str) -> None:
-    """Remove leftovers of crashed labs whose prefix starts with PREFIX (live ones stay)."""
-    from egress_router.lab import world as lab_module  # noqa: PLC0415
-
-    removed = lab_module.sweep(prefix)
-    click.echo("\n".join(removed) if removed else f"no leftovers of {prefix!r}")
-
-
-_INPUT = click.Path(dir_okay=False, exists=True, allow_dash=True, path_type=Path)
-
-
-@cli.command("render")
-@click.argument("config_file", required=False, type=_INPUT)
-@click.option(
-    "--from-egressrouter",
-    "egressrouter",
-    type=_INPUT,
-    help="Read an OpenShift EgressRouter (network.operator.openshift.io/v1) instead.",
-)
-@click.option(
-    "--output-dir",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Write one file per object into this directory instead of YAML to stdout.",
-)
-@click.option(
-    "--check",
-    is_flag=True,
-    help="Validate every object offline against the Kubernetes OpenAPI schemas (the "
-    "NetworkAttachmentDefinition against its CRD) and the Service ports against the rules.",
-)
-@click.option(
-    "--kubernetes-version",
-    metavar="X.Y",
-    default=None,
-    help="The Kubernetes version whose schemas --check uses (default: the newest shipped).",
-)
-@click.option("--image", default=None, help="The egress-router image (overrides the config's).")
-@click.option(
-    "--extra-port",
-    "extra_ports",
-    multiple=True,
-    metavar="PORT/PROTO",
-    help="A Service port served by the fallback, e.g. 9000/tcp (repeatable).",
-)
-@click.option(
-    "--http-port",
-    type=click.IntRange(0, 65535),
-    default=None,
-    help="Port of the health/readiness/metrics server (default 9090; 0: off).",
-)
-def render_command(
-    *,
-    config_file: Path | None,
-    egressrouter: Path | None,
-    output_dir: Path | None,
-    check: bool,
-    kubernetes_version: str | None,
-    image: str | None,
-    extra_ports: tuple[str, ...],
-    http_port: int | None,
-) -> None:
-    """Render the Kubernetes objects of one egress router from one config file.
-
-    A ConfigMap with the rules, a Service with one port per rule, a Deployment
-    (one replica, Recreate) and, for the cni attachment, a
-    NetworkAttachmentDefinition for the egress-router CNI plugin.
-    """
-    # Imported here: every start of the init container would pay ~0.1 s for the schema libraries.
-    from egress_router.k8s import manifest  # noqa: PLC0415
-    from egress_router.k8s import render as render_module  # noqa: PLC0415
-
-    if (config_file is None) == (egressrouter is None):
-        raise click.UsageError("give either a config file or --from-egressrouter FILE")
-    path = config_file or egressrouter
-    assert path is not None
-    source = "<stdin>" if str(path) == "-" else str(path)
-    try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        _fail(f"cannot read {source}: {getattr(err, 'strerror', None) or err}", EXIT_CONFIG)
-    overrides = manifest.Overrides(image=image, extra_ports=extra_ports, http_port=http_port)
-    try:
-        if egressrouter is not None:
-            spec = manifest.load_egressrouter_text(text, source, overrides)
-        else:
-            spec = manifest.load_config_text(text, source, overrides)
-    except config.ConfigError as err:
-        _fail(str(err), EXIT_CONFIG)
-    result = render_module.render(spec)
-    for warning in result.warnings:
-        click.echo(f"egress-router: warning: {warning}", err=True)
-    if check:
-        try:
-            checked = render_module.check(
-                result.objects, kubernetes_version or render_module.KUBERNETES_VERSION
-            )
-        except render_module.CheckError as err:
-            _fail(str(err), EXIT_CONFIG)
-        for line in checked:
-            click.echo(f"egress-router: checked {line}", err=True)
-    if output_dir is None:
-        click.echo(render_module.to_yaml(result.objects), nl=False)
-        return
-    names = render_module.file_names(result.objects)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for name, obj in zip(names, result.objects, strict=True):
-            (output_dir / name).write_text(render_module.to_yaml([obj]), encoding="utf-8")
-    except OSError as err:
-        _fail(f"cannot write {output_dir}: {err.strerror or err}; check the path", EXIT_CONFIG)
-    click.echo(f"egress-router: wrote {', '.join(names)} to {output_dir}", err=True)
-
-
 @cli.command("wait")
 @_FILE
 def wait_command(path: Path | None) -> None:
@@ -441,6 +278,10 @@ def status_command(path: Path | None, as_json: bool) -> None:
     else:
         status_module.show(report, Console())
     sys.exit(EXIT_OK if report.matches else status_module.EXIT_DRIFT)
+
+
+cli.add_command(lab_group, "lab")
+cli.add_command(render_command, "render")
 
 
 def main() -> None:

@@ -10,17 +10,16 @@ command doubles as a probe.
 Everything is read from the kernel of the current network namespace
 (``nft list table``, ``ip -j``, the conntrack table), never from the waiting
 container's memory: the command also works where only the init container
-ran. The interfaces are judged by the comparison `wait` repairs from
-(`egress_router.core.drift`). DNS-named rules are checked for presence (the
-addresses are whatever the waiting container last resolved), address rules
-for their exact target.
+ran. The interfaces and the rules are judged by the comparison `wait`
+repairs from (`egress_router.core.drift`); this module only reads and
+shows. DNS-named rules are checked for presence (the addresses are whatever
+the waiting container last resolved), address rules for their exact target.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,28 +27,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from egress_router.core import config, drift, listing, plan, ruleset, state
+from egress_router.core import config, drift, plan, state
 from egress_router.kernel import conntrack, errors, iptables, nft, observe
-from egress_router.router import capacity, metrics
+from egress_router.router import capacity
 
 EXIT_DRIFT = 4
 
-
-
-@dataclass
-class RuleStatus:
-    """One rule (or fallback, port ``*``) as configured and as the kernel holds it."""
-
-    family: str
-    protocol: str
-    port: str
-    destination: str
-    kernel: list[str] = field(default_factory=list)
-    connections: int | None = None
-    packets: int | None = None
-    bytes: int | None = None
-    active: int | None = None
-    problem: str | None = None
 
 
 @dataclass
@@ -59,7 +42,7 @@ class Report:
     configuration: dict[str, Any]
     interfaces: list[dict[str, Any]]
     ruleset: dict[str, Any]
-    rules: list[RuleStatus]
+    rules: list[drift.RuleStatus]
     problems: list[str]
     # the NAT's port space to the busiest destinations, and warnings past 80 %
     port_space: list[dict[str, Any]] = field(default_factory=list)
@@ -68,54 +51,6 @@ class Report:
     @property
     def matches(self) -> bool:
         return not self.problems
-
-
-def _endpoint(address: str, port: str | None) -> str:
-    if port is None:
-        return address
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
-def kernel_targets(table: listing.Listing, family: int) -> dict[ruleset.Key, list[str]]:
-    """Where the kernel sends each rule key of ``family``: redirect map and spread chains."""
-    found: dict[ruleset.Key, list[str]] = {}
-    for element in table.elements("map", ruleset.redirect_map(family)):
-        key_text, _, value = element.partition(" : ")
-        key = listing.element_key(key_text)
-        address, _, port = value.partition(" . ")
-        if key is not None:
-            found[key] = [_endpoint(address.strip(), port.strip() or None)]
-    for element in table.elements("map", ruleset.spread_map(family)):
-        key_text, _, verdict = element.partition(" : ")
-        key = listing.element_key(key_text)
-        chain = verdict.replace("jump", "").strip()
-        if key is None:
-            continue
-        rule = " ".join(table.lines("chain", chain))
-        found[key] = [_endpoint(a, p) for a, p in listing.numgen_targets(rule)]
-    return found
-
-
-def kernel_fallback(table: listing.Listing, family: int) -> list[str]:
-    """The fallback addresses of ``family`` in the prerouting chain."""
-    nfproto = f"meta nfproto ipv{family} meta l4proto"
-    for line in table.lines("chain", ruleset.CHAIN_PREROUTING):
-        if line.startswith(nfproto) and "dnat" in line and "th dport map" not in line:
-            return listing.dnat_addresses(line)
-    return []
-
-
-def _rule_counts(text: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for name, block in listing.parse_table(text).of_kind("chain").items():
-        if name in (
-            ruleset.CHAIN_PREROUTING,
-            ruleset.CHAIN_POSTROUTING,
-            ruleset.CHAIN_FORWARD,
-            ruleset.CHAIN_INPUT,
-        ):
-            counts[name] = len([line for line in block.lines if not line.startswith("type ")])
-    return counts
 
 
 def _configuration(cfg: config.Config) -> dict[str, Any]:
@@ -149,21 +84,6 @@ def _interfaces(
     return rows, problems
 
 
-def _configured_rules(cfg: config.Config) -> list[tuple[int, config.Proto, int, str, str | None]]:
-    """(family, proto, port, destination label, exact endpoint or None for a name)."""
-    rows: list[tuple[int, config.Proto, int, str, str | None]] = []
-    families = cfg.families()
-    for rule in cfg.destinations.rules:
-        endpoint = _endpoint(str(rule.address), str(rule.remote_port))
-        rows.append((rule.family, rule.proto, rule.port, ruleset.rule_label(rule), endpoint))
-    for named in cfg.destinations.named:
-        rows += [
-            (family, named.proto, named.port, ruleset.rule_label(named), None)
-            for family in families
-        ]
-    return sorted(rows, key=lambda r: (r[0], r[1].value, r[2]))
-
-
 def _sample(cfg: config.Config, tracker: conntrack.Conntrack) -> capacity.Sample | None:
     """One conntrack pass: live connections per rule and the NAT's port space."""
     try:
@@ -189,118 +109,6 @@ def port_space_rows(sample: capacity.Sample | None) -> list[dict[str, Any]]:
     ]
 
 
-def collect_nftables(
-    cfg: config.Config,
-    text: str | None,
-    active: dict[tuple[int, str, int], int],
-) -> tuple[dict[str, Any], list[RuleStatus], list[str]]:
-    """Compare ``nft list table`` text with the configuration (pure, for tests)."""
-    if text is None:
-        absent = [
-            RuleStatus(f"ipv{f}", p.value, str(port), label, problem="no table")
-            for f, p, port, label, _e in _configured_rules(cfg)
-        ]
-        missing = f"table {ruleset.TABLE_FAMILY} {ruleset.TABLE} is missing"
-        return {"present": False}, absent, [missing]
-    table = listing.parse_table(text)
-    counters = listing.read_counters(text.splitlines())
-    problems: list[str] = []
-    rules: list[RuleStatus] = []
-    configured = _configured_rules(cfg)
-    by_family: dict[int, dict[ruleset.Key, list[str]]] = {
-        f: kernel_targets(table, f) for f in cfg.families()
-    }
-    for family, proto, port, label, exact in configured:
-        key = (proto, port)
-        found = by_family.get(family, {}).pop(key, None)
-        conns = metrics.lookup(counters, ruleset.conns_set(family), key)
-        traffic = metrics.lookup(counters, ruleset.traffic_set(family), key)
-        row = RuleStatus(
-            f"ipv{family}", proto.value, str(port), label, kernel=found or [],
-            connections=conns[0] if conns else None,
-            packets=traffic[0] if traffic else None,
-            bytes=traffic[1] if traffic else None,
-            active=active.get((family, proto.value, port), 0),
-        )
-        if found is None:
-            named = exact is None
-            row.problem = "not resolved yet" if named else "missing in the kernel"
-        elif exact is not None and found != [exact]:
-            row.problem = f"the kernel sends it to {', '.join(found)}"
-        elif conns is None or traffic is None:
-            row.problem = "its counters are missing"
-        if row.problem is not None:
-            problems.append(f"{proto.value} port {port} (IPv{family}): {row.problem}")
-        rules.append(row)
-    for family, left in by_family.items():
-        for (proto, port), targets in sorted(left.items(), key=lambda i: (i[0][0].value, i[0][1])):
-            rules.append(RuleStatus(
-                f"ipv{family}", proto.value, str(port), "-", kernel=targets,
-                problem="in the kernel but not in the configuration",
-            ))
-            problems.append(f"{proto.value} port {port} (IPv{family}) is not configured")
-    for family in cfg.families():
-        wanted = [str(f.address) for f in cfg.destinations.fallbacks if f.family == family]
-        names = [f.host for f in cfg.destinations.named_fallbacks]
-        present = kernel_fallback(table, family)
-        if not wanted and not names and not present:
-            continue
-        label = ", ".join(wanted + names) or "(none)"
-        row = RuleStatus(f"ipv{family}", ruleset.L4_PROTOS, "*", label, kernel=present)
-        if wanted and present != wanted:
-            row.problem = "missing in the kernel" if not present else "a different fallback"
-        elif names and not present:
-            row.problem = "not resolved yet"
-        elif not wanted and not names:
-            row.problem = "in the kernel but not in the configuration"
-        if row.problem:
-            problems.append(f"IPv{family} fallback: {row.problem}")
-        rules.append(row)
-    expected = _rule_counts(ruleset.render_nftables(cfg))
-    actual = _rule_counts(text)
-    chains: dict[str, Any] = {}
-    for chain, count in expected.items():
-        have = actual.get(chain)
-        chains[chain] = have
-        if have is None:
-            problems.append(f"chain {chain} is missing")
-        elif chain != ruleset.CHAIN_PREROUTING and have != count:
-            problems.append(f"chain {chain} has {have} rules, expected {count}")
-    snat = [line for line in table.lines("chain", ruleset.CHAIN_POSTROUTING) if " snat " in line]
-    for source in cfg.sources:
-        # A pool's addresses stand in one map: match the address as a whole word.
-        word = re.compile(rf"(?<![\w:.]){re.escape(str(source.address))}(?![\w:.])")
-        if not any(word.search(line) for line in snat):
-            problems.append(f"no SNAT to {source.address}")
-    return {"present": True, "chains": chains}, rules, problems
-
-
-def collect_iptables(
-    cfg: config.Config, dumps: dict[int, str], active: dict[tuple[int, str, int], int]
-) -> tuple[dict[str, Any], list[RuleStatus], list[str]]:
-    """Check the compatibility backend: jumps in place and one DNAT line per rule target."""
-    problems: list[str] = []
-    rules: list[RuleStatus] = []
-    present = all(
-        listing.iptables_jumps(dumps.get(family, "")) == set(ruleset.IPT_JUMPS)
-        for family in cfg.families()
-    )
-    if not present:
-        problems.append("the jumps to our iptables chains are missing")
-    for family, proto, port, label, exact in _configured_rules(cfg):
-        found = listing.iptables_dnat_targets(dumps.get(family, ""), proto, port)
-        row = RuleStatus(f"ipv{family}", proto.value, str(port), label, kernel=found,
-                         active=active.get((family, proto.value, port), 0))
-        if not found:
-            row.problem = "not resolved yet" if exact is None else "missing in the kernel"
-        elif exact is not None and found != [exact]:
-            row.problem = f"the kernel sends it to {', '.join(found)}"
-        if row.problem:
-            problems.append(f"{proto.value} port {port} (IPv{family}): {row.problem}")
-        rules.append(row)
-    return {"present": present}, rules, problems
-
-
 def collect(
     cfg: config.Config,
     *,
@@ -318,11 +126,11 @@ def collect(
         if cfg.backend is config.Backend.NFTABLES:
             runner = runner or nft.NftCommand()
             text = runner.list_table_text()
-            state, rules, found = collect_nftables(cfg, text, active)
+            state, rules, found = drift.nftables_rules(cfg, text, active)
         else:
             xtables = xtables or iptables.IptablesCommand()
             dumps = {f: xtables.save(f, "nat") + xtables.save(f, "filter") for f in cfg.families()}
-            state, rules, found = collect_iptables(cfg, dumps, active)
+            state, rules, found = drift.iptables_rules(cfg, dumps, active)
     except errors.KernelError as err:
         state, rules, found = {"present": None}, [], [str(err)]
     state["backend"] = cfg.backend.value

@@ -173,6 +173,12 @@ def read_counters(lines: Iterable[str]) -> Counters:
     return found
 
 
+def lookup(counters: Counters, name: str, key: ruleset.Key) -> tuple[int, int] | None:
+    """(packets, bytes) of ``key`` in set ``name``, None when it has no element."""
+    value = counters.get(name, {}).get(counter_key(*key))
+    return None if value is None else (value >> 64, value & (2**64 - 1))
+
+
 def fingerprint_nftables(listing: str) -> str:
     """A digest of ``nft -s list table`` output that changes only when the rules do.
 

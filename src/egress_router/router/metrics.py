@@ -125,12 +125,6 @@ class Metrics:
         return _generate_latest(self.registry)
 
 
-def lookup(counters: Counters, name: str, key: ruleset.Key) -> tuple[int, int] | None:
-    """(packets, bytes) of ``key`` in set ``name``, None when it has no element."""
-    value = counters.get(name, {}).get(counter_key(*key))
-    return None if value is None else (value >> 64, value & (2**64 - 1))
-
-
 def count_active(flows: Iterable[conntrack.Flow]) -> Tally[tuple[int, str, int]]:
     """Live redirected connections per (family, protocol, local port)."""
     return Tally((f.family, f.proto, f.port) for f in flows if f.live)

@@ -24,45 +24,6 @@ ENV = {
 # ----------------------------------------------------------------------------- status
 
 
-def test_status_of_a_matching_kernel() -> None:
-    cfg = config.load_config(ENV)
-    state, rules, problems = status.collect_nftables(cfg, LISTING, {(4, "tcp", 80): 1})
-    assert problems == []
-    assert state["present"] is True
-    rows = {(r.protocol, r.port): r for r in rules}
-    assert rows[("tcp", "80")].kernel == ["203.0.113.25:80"]
-    assert (rows[("tcp", "80")].connections, rows[("tcp", "80")].packets) == (2, 20)
-    assert rows[("tcp", "80")].bytes == 1272
-    assert rows[("tcp", "80")].active == 1
-    assert rows[("tcp", "443")].destination == "multi.lab.test:443"
-    assert rows[("tcp", "443")].kernel == ["203.0.113.25:443", "203.0.113.26:443"]
-    assert rows[("tcp, udp, sctp", "*")].kernel == ["203.0.113.27"]
-
-
-def test_status_names_every_difference() -> None:
-    cfg = config.load_config({
-        **ENV,
-        "EGRESS_DESTINATION": "80 tcp 203.0.113.26\n53 udp 203.0.113.25\n9999 udp 203.0.113.9\n"
-                              "443 tcp multi.lab.test\n",
-    })
-    _state, _rules, problems = status.collect_nftables(cfg, LISTING, {})
-    assert problems == [
-        "tcp port 80 (IPv4): the kernel sends it to 203.0.113.25:80",
-        "udp port 9999 (IPv4): missing in the kernel",
-        "tcp port 8080 (IPv4) is not configured",
-        "IPv4 fallback: in the kernel but not in the configuration",
-    ]
-    _state, _rules, problems = status.collect_nftables(cfg, None, {})
-    assert problems == ["table inet egress_router is missing"]
-
-
-def test_status_counts_chain_rules() -> None:
-    cfg = config.load_config(ENV)
-    tampered = LISTING.replace('\t\tiifname "eth0" tcp dport 9090 accept\n', "")
-    _state, _rules, problems = status.collect_nftables(cfg, tampered, {})
-    assert problems == ["chain input has 3 rules, expected 4"]
-
-
 def test_status_json_and_exit_verdict() -> None:
     cfg = config.load_config(ENV)
     snapshot = state.Snapshot(links=(), addresses=(), routes=())

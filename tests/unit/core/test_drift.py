@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from pathlib import Path
 
 from egress_router.core import config, drift, plan, state
 from support.cni import LISTING, MAC, healthy
@@ -199,3 +200,47 @@ def test_a_pool_address_is_not_an_other_address_and_a_missing_one_is_named() -> 
         "macvlan0 has other addresses: 192.168.12.7/24",
         "address 192.168.12.100/24 is missing on macvlan0",
     ]
+
+
+# ----------------------------------------------------------------------------- rule by rule
+
+KERNEL_LISTING = (Path(__file__).parents[1] / "golden" / "kernel-listing.nft").read_text()
+
+
+def test_rules_of_a_matching_kernel_with_targets_and_counters() -> None:
+    cfg = config.load_config(ENV)
+    table, rules, problems = drift.nftables_rules(cfg, KERNEL_LISTING, {(4, "tcp", 80): 1})
+    assert problems == []
+    assert table["present"] is True
+    rows = {(r.protocol, r.port): r for r in rules}
+    assert rows[("tcp", "80")].kernel == ["203.0.113.25:80"]
+    assert (rows[("tcp", "80")].connections, rows[("tcp", "80")].packets) == (2, 20)
+    assert rows[("tcp", "80")].bytes == 1272
+    assert rows[("tcp", "80")].active == 1
+    assert rows[("tcp", "443")].destination == "multi.lab.test:443"
+    assert rows[("tcp", "443")].kernel == ["203.0.113.25:443", "203.0.113.26:443"]
+    assert rows[("tcp, udp, sctp", "*")].kernel == ["203.0.113.27"]
+
+
+def test_rules_name_every_difference() -> None:
+    cfg = config.load_config({
+        **ENV,
+        "EGRESS_DESTINATION": "80 tcp 203.0.113.26\n53 udp 203.0.113.25\n9999 udp 203.0.113.9\n"
+                              "443 tcp multi.lab.test\n",
+    })
+    _state, _rules, problems = drift.nftables_rules(cfg, KERNEL_LISTING, {})
+    assert problems == [
+        "tcp port 80 (IPv4): the kernel sends it to 203.0.113.25:80",
+        "udp port 9999 (IPv4): missing in the kernel",
+        "tcp port 8080 (IPv4) is not configured",
+        "IPv4 fallback: in the kernel but not in the configuration",
+    ]
+    _state, _rules, problems = drift.nftables_rules(cfg, None, {})
+    assert problems == ["table inet egress_router is missing"]
+
+
+def test_rules_count_the_chains_statements() -> None:
+    cfg = config.load_config(ENV)
+    tampered = KERNEL_LISTING.replace('\t\tiifname "eth0" tcp dport 9090 accept\n', "")
+    _state, _rules, problems = drift.nftables_rules(cfg, tampered, {})
+    assert problems == ["chain input has 3 rules, expected 4"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from egress_router.core import config, listing
-from egress_router.router import metrics
 
 LISTING = (Path(__file__).parents[1] / "golden" / "kernel-listing.nft").read_text()
 
@@ -17,7 +16,7 @@ def test_read_counters_from_a_real_listing() -> None:
     counters = listing.read_counters(LISTING.splitlines())
     assert set(counters) == {"conns_v4", "traffic_v4"}
     conns = {
-        key: metrics.lookup(counters, "conns_v4", key)
+        key: listing.lookup(counters, "conns_v4", key)
         for key in [(config.Proto.UDP, 53), (config.Proto.TCP, 80), (config.Proto.TCP, 8080),
                     (config.Proto.TCP, 443), (config.Proto.TCP, 9)]
     }
@@ -28,5 +27,5 @@ def test_read_counters_from_a_real_listing() -> None:
         (config.Proto.TCP, 443): (0, 0),
         (config.Proto.TCP, 9): None,
     }
-    assert metrics.lookup(counters, "traffic_v4", (config.Proto.TCP, 80)) == (20, 1272)
+    assert listing.lookup(counters, "traffic_v4", (config.Proto.TCP, 80)) == (20, 1272)
     assert len(counters["traffic_v4"]) == 4
