@@ -3,6 +3,7 @@
 # packages (mmdebstrap), imported into podman, then `podman build` of the Containerfile on it.
 #
 #   bash scripts/build-image.sh            # -> localhost/egress-router:<version>
+#                                          #    and localhost/egress-router:src-<digest>
 #
 # Idempotent and cached: the base is rebuilt only when its inputs change (suite, packages,
 # this machine's apt sources, apt fetch settings, CA certificates, pip settings: their hash
@@ -122,10 +123,17 @@ source_digest="$(
 )"
 start=$SECONDS
 say "image $image: podman build on $base"
+# Also tagged by that digest: the tests of several checkouts on one machine each find
+# their own image, whichever was built last under the version tag.
+source_tag="localhost/egress-router:src-${source_digest:0:16}"
 podman build --pull=never --network host --layers \
   --label "egress-router.source-sha256=$source_digest" \
-  --build-arg BASE="$base" -t "$image" -f Containerfile . >>"$log" 2>&1 \
+  --build-arg BASE="$base" -t "$image" -t "$source_tag" -f Containerfile . >>"$log" 2>&1 \
   || failed "cannot build $image"
+# Only the newest few source tags stay (their layers remain as the build cache).
+podman images --format '{{.Repository}}:{{.Tag}} {{.CreatedAt}}' localhost/egress-router \
+  | awk '$1 ~ /:src-/' | sort -k2 -r | awk 'NR > 8 {print $1}' \
+  | while read -r old; do podman untag "$old" "$old" >/dev/null 2>&1 || true; done
 size="$(podman image inspect --format '{{.Size}}' "$image")"
 say "image $image: built in $((SECONDS - start)) s, $((size / 1000000)) MB"
 printf '%s\n' "$image"

@@ -203,7 +203,7 @@ def root_namespace_untouched() -> Iterator[dict[str, object]]:
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = ROOT / "scripts" / "containers.conf"
-IMAGE = os.environ.get("EGRESS_ROUTER_IMAGE") or f"localhost/egress-router:{__version__}"
+IMAGE_REPOSITORY = "localhost/egress-router"
 IMAGE_SOURCE_LABEL = "egress-router.source-sha256"
 
 
@@ -270,11 +270,15 @@ def podman() -> Podman:
 def built_image(podman: Podman) -> str:
     """The image scripts/build-image.sh built; it must be built from this very source."""
     require_privileged()
-    done = podman("image", "inspect", "--format", "{{json .Labels}}", IMAGE)
+    digest = image_source_digest()
+    # The tag scripts/build-image.sh gives the image of this source (EGRESS_ROUTER_IMAGE:
+    # another one, which must still be built from this source).
+    image = os.environ.get("EGRESS_ROUTER_IMAGE") or f"{IMAGE_REPOSITORY}:src-{digest[:16]}"
+    done = podman("image", "inspect", "--format", "{{json .Labels}}", image)
     if done.returncode != 0:
-        _no_image(f"there is no image {IMAGE}")
+        _no_image(f"there is no image {image} (egress-router {__version__}, this source)")
     built_from = (json.loads(done.stdout) or {}).get(IMAGE_SOURCE_LABEL)
-    if built_from != image_source_digest():
-        _no_image(f"image {IMAGE} was built from another source"
+    if built_from != digest:
+        _no_image(f"image {image} was built from another source"
                   f" ({IMAGE_SOURCE_LABEL}={built_from})")
-    return IMAGE
+    return image
