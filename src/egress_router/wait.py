@@ -23,7 +23,17 @@ One process per network namespace: the lock is an abstract Unix socket,
 whose namespace *is* the network namespace. Two containers of one pod share
 it (a file under /run would not be shared between containers), while routers
 in other namespaces (other pods, parallel test labs) never see each other's.
-A second instance waits until the first exits, then takes over.
+A second instance waits until the first exits, then takes over: it holds a
+connection to the first one's socket, which the kernel resets the moment that
+process exits, so the takeover follows within milliseconds, not a poll.
+
+The loop reacts to kernel change events (`events.Watcher`) as well as to its
+timers, so drift is repaired about as soon as it happens; the periodic
+comparison stays as the safety net. SIGTERM unwinds whatever the main thread
+is doing (an apply, a cut, announcements: each leaves the kernel consistent,
+nft transactions being atomic) and the process exits 0 at once. Probes and
+scrapes are served by their own threads from the last known state, never
+waiting for the main thread's work.
 """
 
 from __future__ import annotations
@@ -31,8 +41,10 @@ from __future__ import annotations
 import errno
 import http.server
 import logging
+import select
 import signal
 import socket
+import socketserver
 import struct
 import threading
 import time
@@ -40,19 +52,24 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 
 from egress_router.core import config
+from egress_router.kernel import events
 from egress_router.router import metrics
 from egress_router.router.reconciler import Edges, Router, real_edges
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = b"\0egress-router-wait"
-LOCK_POLL = 1.0
 WAIT_SLICE = 0.5  # the loop's longest sleep: a safety net should a signal miss the wait
+SETTLE = 0.05  # after a kernel change event, let the burst (one `ip` command's) finish
 HEALTH_GRACE = 30.0  # /healthz fails when the loop has not turned for this long (+ intervals)
 
 
 class WaitError(RuntimeError):
     """The waiting container cannot run (the message says why and what to do)."""
+
+
+class Stopping(BaseException):  # like KeyboardInterrupt: not an error
+    """Raised by the SIGTERM/SIGINT handler to unwind the main thread's work at once."""
 
 
 # ---------------------------------------------------------------------- HTTP
@@ -69,7 +86,12 @@ class _Server(http.server.ThreadingHTTPServer):
         if self.address_family == socket.AF_INET6:
             # One socket for both families: kubelet probes and scrapes come over either.
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
+        # Not HTTPServer.server_bind: it calls socket.getfqdn(), a reverse lookup that
+        # takes ~10 s on a host without DNS, all before the first probe is answered.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -91,7 +113,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", metrics.CONTENT_TYPE)
             self.end_headers()
-            self.wfile.write(self.server.registry.generate())
             self.server.router.write_rule_metrics(lambda text: self.wfile.write(text.encode()))
         else:
             self._text(404, "not found: try /healthz, /readyz or /metrics\n")
@@ -160,7 +181,7 @@ class NamespaceLock:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(self._name)
-            sock.listen(1)
+            sock.listen(64)  # standbys wait in the queue (see `wait`)
         except OSError as err:
             sock.close()
             if err.errno == errno.EADDRINUSE:
@@ -168,6 +189,22 @@ class NamespaceLock:
             raise WaitError(f"cannot take the wait lock: {err}") from None
         self._sock = sock
         return True
+
+    def wait(self) -> None:
+        """Block until the holder is gone, then take the lock (SIGTERM unwinds the wait).
+
+        The kernel resets a connection still queued on a listening socket when
+        that socket closes, i.e. when its process exits, however it exits.
+        """
+        while not self.try_acquire():
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.connect(self._name)
+                except OSError:
+                    time.sleep(0.01)  # released between our bind and connect: bind again
+                    continue
+                while not select.select([sock], [], [], WAIT_SLICE)[0]:
+                    pass
 
     def holder(self) -> int | None:
         """The process id of the holder (0 or None when it is in another PID namespace)."""
@@ -191,12 +228,24 @@ _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 class Signals:
-    """SIGTERM/SIGINT stop, SIGHUP asks for an announcement; both wake the loop."""
+    """SIGTERM/SIGINT stop, SIGHUP asks for an announcement, kernel events ask for a check.
+
+    One handler each. While ``armed``, a stop signal raises `Stopping` in the
+    main thread, wherever it is; ``changed`` is set (to when) by the kernel
+    event thread.
+    """
 
     def __init__(self) -> None:
         self.wake = threading.Event()
         self.stopping = False
+        self.armed = False
         self.hup = False
+        self.changed: float | None = None
+
+    def kernel_changed(self) -> None:
+        if self.changed is None:
+            self.changed = time.monotonic()
+        self.wake.set()
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
@@ -204,9 +253,13 @@ class Signals:
         signal.signal(signal.SIGHUP, self._hup)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return
         log.info("received %s, exiting", signal.Signals(signum).name)
         self.stopping = True
         self.wake.set()
+        if self.armed:
+            raise Stopping
 
     def _hup(self, signum: int, frame: FrameType | None) -> None:
         self.hup = True
@@ -228,6 +281,7 @@ def _loop(
     now = time.monotonic()
     next_watch = now + settings.watch
     next_reconcile = now + settings.reconcile
+    last_event_check = 0.0
     while not signals.stopping:
         now = time.monotonic()
         beat[0] = now
@@ -238,10 +292,21 @@ def _loop(
             router.poll_file()
             next_watch = time.monotonic() + settings.watch
         router.refresh_dns()
-        if now >= next_reconcile:
+        changed = signals.changed
+        event_due = (
+            None if changed is None else max(changed + SETTLE, last_event_check + router.backoff)
+        )
+        if (event_due is not None and now >= event_due) or now >= next_reconcile:
+            signals.changed = None
             router.reconcile()
-            next_reconcile = time.monotonic() + settings.reconcile
+            last_event_check = time.monotonic()
+            next_reconcile = last_event_check + settings.reconcile
+            continue  # our own repairs are kernel changes too: look at the clock again
+        if event_due is None and router.settle():
+            continue  # idle work done (a second at 10,000 rules): look at the clock again
         deadlines = [next_watch, next_reconcile]
+        if event_due is not None:
+            deadlines.append(event_due)
         due = router.next_dns()
         if due is not None:
             deadlines.append(due)
@@ -269,22 +334,21 @@ def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
     )
     signals = Signals()
     signals.install()
+    signals.armed = True
     lock = NamespaceLock()
-    if not lock.try_acquire():
-        holder = lock.holder()
-        who = f"process {holder}" if holder else "a process in another container"
-        log.warning(
-            "another egress-router wait (%s) runs in this network namespace; "
-            "standing by until it exits",
-            who,
-        )
-        while not lock.try_acquire():
-            if signals.stopping:
-                return 0
-            signals.wake.wait(LOCK_POLL)
-            signals.wake.clear()
-        log.info("the other instance exited; taking over")
+    server = None
+    watcher: events.Watcher | None = None
     try:
+        if not lock.try_acquire():
+            holder = lock.holder()
+            who = f"process {holder}" if holder else "a process in another container"
+            log.warning(
+                "another egress-router wait (%s) runs in this network namespace; "
+                "standing by until it exits",
+                who,
+            )
+            lock.wait()
+            log.info("the other instance exited; taking over")
         registry = metrics.Metrics()
         router = Router(
             env, settings, kernel or real_edges(_backend(env), settings), registry,
@@ -292,22 +356,25 @@ def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
         )
         router.load()  # parsed once, here: 10,000 rules are worth not parsing twice
         beat = [time.monotonic()]
-        server = None
         if http_port:
             server = serve_http(
                 http_port, router, registry, lambda: beat[0],
                 HEALTH_GRACE + settings.reconcile + settings.watch,
             )
-        try:
-            router.start()
-            if signals.stopping:
-                return 0
-            _loop(router, settings, signals, beat)
-        finally:
-            if server is not None:
-                server.shutdown()
-                server.server_close()
+        if kernel is None:
+            watcher = events.Watcher(signals.kernel_changed)
+            watcher.start()
+        router.start()
+        signals.changed = None  # our own start-up changes
+        _loop(router, settings, signals, beat)
+    except Stopping:
+        pass
     finally:
+        signals.armed = False
+        if watcher is not None:
+            watcher.stop()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         lock.release()
     return 0
-

@@ -41,6 +41,7 @@ ENV_WATCH = "EGRESS_ROUTER_WATCH_SECONDS"
 ENV_DNS_MIN_TTL = "EGRESS_ROUTER_DNS_MIN_TTL"
 ENV_DNS_MAX_TTL = "EGRESS_ROUTER_DNS_MAX_TTL"
 ENV_SAMPLE = "EGRESS_ROUTER_CONNTRACK_SAMPLE_SECONDS"
+ENV_METRICS_RULES = "EGRESS_ROUTER_METRICS_RULES"
 
 DEFAULT_POD_INTERFACE = "eth0"
 DEFAULT_EGRESS_INTERFACE = "macvlan0"
@@ -52,6 +53,7 @@ DEFAULT_WATCH = 1.0
 DEFAULT_DNS_MIN_TTL = 5.0
 DEFAULT_DNS_MAX_TTL = 300.0
 DEFAULT_SAMPLE = 30.0  # one conntrack pass (live connections, NAT port space) per this
+DEFAULT_METRICS_RULES = 1000
 
 RULE_SYNTAX = "<port> <proto> <ip> [<remote_port>], or a last line <ip> (the fallback)"
 
@@ -214,6 +216,9 @@ class Config:
     announce_count: int = DEFAULT_ANNOUNCE_COUNT
     announce_interval: float = DEFAULT_ANNOUNCE_INTERVAL
     http_port: int = 0  # the wait container's HTTP port, accepted on the pod interface; 0: none
+    # Host routes via the pod's own gateway for what the router itself must reach on the
+    # cluster side (its resolvers): (address, gateway). Found at run time, not configured.
+    pod_routes: tuple[tuple[IPAddress, IPAddress], ...] = ()
 
     def families(self) -> tuple[int, ...]:
         return tuple(sorted({s.family for s in self.sources}))
@@ -844,6 +849,7 @@ class WaitSettings:
     dns_min_ttl: float = DEFAULT_DNS_MIN_TTL
     dns_max_ttl: float = DEFAULT_DNS_MAX_TTL
     sample: float = DEFAULT_SAMPLE
+    metrics_rules: int = DEFAULT_METRICS_RULES  # per-rule series up to this many rules
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
@@ -861,9 +867,19 @@ def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high
     return value
 
 
+def _count(env: Mapping[str, str], name: str, default: int, high: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) > high:
+        raise ConfigError(name, f"invalid value {text!r}; expected a count from 0 to {high}")
+    return int(text)
+
+
 def parse_wait_settings(env: Mapping[str, str]) -> WaitSettings:
     """Parse the waiting container's own variables (all optional)."""
     settings = WaitSettings(
+        metrics_rules=_count(env, ENV_METRICS_RULES, DEFAULT_METRICS_RULES, 1_000_000),
         reconcile=_seconds(env, ENV_RECONCILE, DEFAULT_RECONCILE, 0.2, 3600),
         watch=_seconds(env, ENV_WATCH, DEFAULT_WATCH, 0.1, 60),
         dns_min_ttl=_seconds(env, ENV_DNS_MIN_TTL, DEFAULT_DNS_MIN_TTL, 0.5, 86400),

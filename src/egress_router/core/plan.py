@@ -178,10 +178,33 @@ def plan_interfaces(cfg: config.Config) -> tuple[Step, ...]:
             SetRoute(ifname, host),
             # Before the default route is replaced: it reads the pod's own default route.
             KeepPodReturnPath(family, cfg.pod_interface, ifname),
+            # The router's own lookups keep reaching the cluster's resolvers (usually on the
+            # service network, not on-link) through the pod interface.
+            *(
+                SetRoute(cfg.pod_interface, ipaddress.ip_network(address), via)
+                for address, via in cfg.pod_routes
+                if address.version == family
+            ),
             SetRoute(ifname, default, gateway),
             EnableForwarding(family),
         ]
     return tuple(steps)
+
+
+def parse_nameservers(text: str) -> tuple[config.IPAddress, ...]:
+    """The ``nameserver`` addresses of a resolv.conf that need a route (not loopback)."""
+    found: list[config.IPAddress] = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(words) < 2 or words[0] != "nameserver":
+            continue
+        try:
+            address = ipaddress.ip_address(words[1].split("%", 1)[0])
+        except ValueError:
+            continue
+        if not (address.is_loopback or address.is_link_local or address.is_unspecified):
+            found.append(address)
+    return tuple(dict.fromkeys(found))
 
 
 def plan_announcements(cfg: config.Config) -> tuple[Announce, ...]:

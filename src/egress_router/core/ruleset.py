@@ -37,6 +37,7 @@ MAP_V6 = "redirect_v6"
 CHAIN_PREROUTING = "prerouting"
 CHAIN_POSTROUTING = "postrouting"
 CHAIN_FORWARD = "forward"
+CHAIN_GUARD = "guard"  # forward's check that a redirected flow's rule still exists
 CHAIN_INPUT = "input"
 
 L4_PROTOS = "tcp, udp, sctp"
@@ -311,6 +312,10 @@ def render_nftables(cfg: config.Config) -> str:
     ]
     out += ["\t}", ""]
 
+    out.append(f"\tchain {CHAIN_GUARD} {{")
+    out += [f"\t\t{rule}" for rule in _forward_guard(cfg, families)]
+    out += ["\t}", ""]
+
     out += [
         f"\tchain {CHAIN_FORWARD} {{",
         "\t\ttype filter hook forward priority filter; policy drop;",
@@ -329,6 +334,7 @@ def render_nftables(cfg: config.Config) -> str:
         for family in cfg.families()
     ]
     out += [
+        f"\t\tjump {CHAIN_GUARD}",
         "\t\tct state established,related accept",
         f'\t\tiifname "{pod}" oifname "{egress}" ct state new ct status dnat accept',
         '\t\tcounter comment "not a redirected connection: dropped"',
@@ -348,6 +354,33 @@ def render_nftables(cfg: config.Config) -> str:
         "}",
     ]
     return "\n".join(out) + "\n"
+
+
+def _forward_guard(cfg: config.Config, families: list[int]) -> list[str]:
+    """Drop packets of redirected connections whose rule is gone (before the accepts).
+
+    Replacing the rules leaves established connections in conntrack, NAT
+    binding included; until the waiting container cuts them (a moment later),
+    a removed rule's connection would still reach its old destination. With
+    this check in the same transaction as the removal, it stops at once: a
+    redirected flow passes only while its port is a key of the rule set, or
+    while its destination is one of the fallbacks.
+    """
+    rules = []
+    for family in families:
+        fallbacks = _fallbacks_of(cfg, family)
+        rule = (
+            # The l4proto match first gives nft the type of ``ct original proto-dst``.
+            f"meta nfproto {_NFPROTO[family]} meta l4proto {{ {L4_PROTOS} }} ct status dnat "
+            f"meta l4proto . ct original proto-dst != @{conns_set(family)}"
+        )
+        if fallbacks:  # nft lists a one-element set as its element: written the same way
+            listed = str(fallbacks[0]) if len(fallbacks) == 1 else (
+                f"{{ {', '.join(map(str, fallbacks))} }}"
+            )
+            rule += f" ct reply {_IP[family]} saddr != {listed}"
+        rules.append(rule + ' counter drop comment "its rule was removed"')
+    return rules
 
 
 def render_nftables_removal() -> str:
@@ -403,6 +436,10 @@ def render_nftables_update(old: config.Config, new: config.Config) -> str | None
         f"add rule {table} {CHAIN_PREROUTING} {rule}"
         for rule in _prerouting_rules(new, families, new_groups)
     ]
+    guard = _forward_guard(new, families)
+    if _forward_guard(old, families) != guard:  # it names the fallbacks
+        tail += [f"flush chain {table} {CHAIN_GUARD}"]
+        tail += [f"add rule {table} {CHAIN_GUARD} {rule}" for rule in guard]
     lines = ["# egress-router update: generated", *head, *deletes, *adds, *tail]
     return "\n".join(lines) + "\n"
 

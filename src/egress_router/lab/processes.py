@@ -426,6 +426,9 @@ DNS_RECORDS_FILE = "dns.json"
 DNS_LOG_FILE = "dns.jsonl"
 DNS_READY_FILE = "dns.ready"
 LAB_RESOLVER = "127.0.0.1"
+# A cluster DNS Service stand-in: on the service network (OpenShift's default 172.30.0.0/16),
+# on the node's loopback, so the router pod reaches it only via its pod gateway (the node).
+SERVICE_RESOLVER = "172.30.0.10"
 
 _DNS_SERVERS: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -441,29 +444,40 @@ def set_dns_records(lab: Lab, records: Mapping[str, Mapping[str, Any]]) -> None:
     _write_atomic(lab.state_dir / DNS_RECORDS_FILE, json.dumps(records))
 
 
-def start_dns(lab: Lab, records: Mapping[str, Mapping[str, Any]]) -> None:
+def start_dns(
+    lab: Lab, records: Mapping[str, Mapping[str, Any]], *, service_network: bool = False
+) -> None:
     """Give the router pod a DNS resolver whose answers the test controls.
 
     Starts `labdns` on 127.0.0.1:53 inside the router namespace and writes
     ``/etc/netns/<router>/resolv.conf`` pointing at it, so every process
     started in the router pod from now on (`router_command`, `spawn_router`)
-    resolves through it. :func:`down` stops it and removes the file.
+    resolves through it. With ``service_network`` it listens on
+    `SERVICE_RESOLVER` in the node namespace instead, as a cluster's DNS
+    Service: not on-link for the router pod. :func:`down` stops it and removes
+    the file.
     """
     set_dns_records(lab, records)
+    listen, where = LAB_RESOLVER, lab.router
+    if service_network:
+        listen, where = SERVICE_RESOLVER, lab.node
+        added = run_in(lab.node, ["ip", "address", "add", f"{SERVICE_RESOLVER}/32", "dev", "lo"])
+        if added.returncode != 0:
+            raise LabError(f"cannot add {SERVICE_RESOLVER} in {lab.node}: {added.stderr.strip()}")
     etc = NETNS_ETC / lab.router
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "resolv.conf").write_text(
         f"# egress-router lab {lab.prefix}: removed by `lab down`\n"
-        f"nameserver {LAB_RESOLVER}\noptions timeout:1 attempts:2\n",
+        f"nameserver {listen}\noptions timeout:1 attempts:2\n",
         encoding="utf-8",
     )
     ready = lab.state_dir / DNS_READY_FILE
     ready.unlink(missing_ok=True)
     argv = _netns_exec(
-        lab.router,
+        where,
         [
             sys.executable, "-m", "egress_router.lab.nameserver",
-            "--listen", LAB_RESOLVER,
+            "--listen", listen,
             "--records", str(lab.state_dir / DNS_RECORDS_FILE),
             "--log", str(lab.state_dir / DNS_LOG_FILE),
             "--ready", str(ready),
@@ -481,7 +495,7 @@ def start_dns(lab: Lab, records: Mapping[str, Mapping[str, Any]]) -> None:
         if proc.poll() is not None or time.monotonic() >= deadline:
             text = (lab.state_dir / "dns.out").read_text(errors="replace").strip()
             stop_dns(lab.prefix)
-            raise LabError(f"cannot start the lab DNS server in {lab.router}: {text}")
+            raise LabError(f"cannot start the lab DNS server in {where}: {text}")
         time.sleep(POLL_INTERVAL)
 
 

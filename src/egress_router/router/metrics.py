@@ -2,14 +2,19 @@
 
 Two kinds. What the process itself decides (applies and their failures, drift
 repairs, DNS failures, the configuration generation, readiness) are
-prometheus-client counters and gauges in a private registry. What the data
-path does per rule (new connections, packets and bytes, live connections)
-lives in the kernel: in the element counters of the ``conns_v4``/``traffic_v4``
-sets (one lookup per connection or packet, whatever the number of rules) and
-in the conntrack table. Those are read at scrape time and written straight
-out in the text format, line by line. With 10,000 rules that is 40,000
-samples; as prometheus-client objects they would cost about 20 MiB on every
-scrape, which the waiting container cannot afford.
+prometheus-client counters and gauges in a private registry, every labelled
+counter created at zero for each of its known label values. What the data path
+does per rule (new connections, packets and bytes) lives in the kernel: in the
+element counters of the ``conns_v4``/``traffic_v4`` sets (one lookup per
+connection or packet, whatever the number of rules). Those are read at scrape
+time and written straight out in the text format, line by line; as
+prometheus-client objects they would cost about 20 MiB on every scrape.
+
+Series stay bounded: per-rule families are written only while the ruleset has
+at most ``EGRESS_ROUTER_METRICS_RULES`` rules (1,000 by default, 0 turns them
+off; three series per rule); the aggregates (rules, live conntrack entries of
+the namespace) are always there. Live connections are counted by the kernel
+(``nf_conntrack_count``), not by listing the table at every scrape.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from prometheus_client import generate_latest as _generate_latest
 from egress_router.core import config, ruleset
 from egress_router.core.listing import Counters, counter_key
 from egress_router.kernel import conntrack
+
+APPLY_RESULTS = ("ok", "invalid", "failed")
+REPAIR_KINDS = ("ruleset", "link", "address", "route", "forwarding")
 
 PREFIX = "egress_router"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -58,7 +66,8 @@ RULE_FAMILIES = (
     (
         f"{PREFIX}_rule_active_connections",
         "gauge",
-        "Connections of the rule in the conntrack table, not counting closing TCP ones.",
+        "Connections of the rule in the conntrack table, not counting closing TCP ones, "
+        "at the last conntrack sample (EGRESS_ROUTER_CONNTRACK_SAMPLE_SECONDS).",
     ),
 )
 
@@ -120,6 +129,29 @@ class Metrics:
             f"{PREFIX}_rules", "Port rules in the applied ruleset (one per address of a name).",
             registry=registry,
         )
+        self.backoff = Gauge(
+            f"{PREFIX}_drift_backoff_seconds", "How long repairs wait after a kernel change "
+            "because something keeps undoing them (0: repaired at once).", registry=registry,
+        )
+        self.conntrack_entries = Gauge(
+            f"{PREFIX}_conntrack_entries", "Entries in the router's conntrack table (its "
+            "network namespace): live and closing connections.", registry=registry,
+        )
+        self.rule_series = Gauge(
+            f"{PREFIX}_rule_series_enabled", "1 when the per-rule families are written (the "
+            "ruleset has at most EGRESS_ROUTER_METRICS_RULES rules).", registry=registry,
+        )
+        for result in APPLY_RESULTS:
+            self.applies.labels(result=result)
+        for kind in REPAIR_KINDS:
+            self.repairs.labels(kind=kind)
+            self.repair_failures.labels(kind=kind)
+
+    def names(self, hosts: Iterable[str]) -> None:
+        """Create the per-name DNS counters at zero (the names of the configuration)."""
+        for host in hosts:
+            self.dns_failures.labels(name=host)
+            self.dns_changes.labels(name=host)
 
     def generate(self) -> bytes:
         return _generate_latest(self.registry)
@@ -137,7 +169,7 @@ def _escape(value: str) -> str:
 def write_rule_metrics(
     write: Callable[[str], object],
     cfg: config.Config,
-    counters: Counters | None,
+    counters: Counters,
     active: Mapping[tuple[int, str, int], int],
     *,
     chunk: int = 500,
@@ -145,12 +177,9 @@ def write_rule_metrics(
     """Write the per-rule families for the rules of ``cfg`` in the text format.
 
     Lines are handed to ``write`` ``chunk`` at a time, so the output is never
-    held whole. A rule missing from the kernel's sets reports zero; without
-    ``counters`` (the iptables backend) only live connections are written.
+    held whole. A rule missing from the kernel's sets reports zero.
     """
     for index, (name, kind, help_text) in enumerate(RULE_FAMILIES):
-        if counters is None and index < 3:
-            continue
         write(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
         lines: list[str] = []
         named_done: set[tuple[int, int]] = set()
@@ -164,7 +193,6 @@ def write_rule_metrics(
             if index == 3:
                 value = active.get((family, rule.proto.value, rule.port), 0)
             else:
-                assert counters is not None
                 table = ruleset.conns_set(family) if index == 0 else ruleset.traffic_set(family)
                 packed = counters.get(table, {}).get(key, 0)
                 value = packed & (2**64 - 1) if index == 2 else packed >> 64

@@ -8,16 +8,18 @@ bundles the edges it drives, so unit tests hand it fakes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from egress_router.core import config, drift, listing, plan
-from egress_router.kernel import announce, conntrack, errors, netlink, nft, observe
+from egress_router.kernel import announce, conntrack, errors, netlink, nft, observe, resolvers
 from egress_router.kernel.memory import HEAP
 from egress_router.router import capacity, engine, metrics, resolve
 
@@ -32,6 +34,7 @@ def read_drift(cfg: config.Config) -> list[tuple[plan.Step, str]]:
 
 
 ConntrackStats = conntrack.Stats  # in Kernel, the name conntrack is the field
+PodRoutes = tuple[tuple[config.IPAddress, config.IPAddress], ...]
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Edges:
     generation: Callable[[], int | None] = lambda: None  # nftables generation (None: unknown)
     prepare: Callable[[Sequence[plan.Step]], None] | None = None  # batch of interface steps
     stats: Callable[[], ConntrackStats | None] = lambda: None  # conntrack's counters
+    # (resolver, pod gateway) routes the router's own lookups need (None: none looked for)
+    pod_routes: Callable[[config.Config], PodRoutes] | None = None
 
 
 def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
@@ -70,14 +75,28 @@ def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
         firewall=firewall,
         links=links,
         announcer=announce.SocketAnnouncer(),
-        conntrack=conntrack.ConntrackTool(),
+        conntrack=conntrack.CtNetlink(),
         resolver=resolve.DnsResolver(min_ttl=settings.dns_min_ttl, max_ttl=settings.dns_max_ttl),
         counters=counters,
         stale=engine.make_firewall(other),
         generation=nft.generation,
         prepare=links.prepare,
         stats=conntrack.read_stats,
+        pod_routes=resolvers.pod_routes,
     )
+
+
+class _Silent:
+    """An announcer that sends nothing (start-up announces after readiness instead)."""
+
+    def send(self, ifname: str, ifindex: int, mac: str, address: config.IPAddress) -> None:
+        del ifname, ifindex, mac, address
+
+
+_SILENT = _Silent()
+BACKOFF_WINDOW = 30.0  # seconds over which repairs are counted
+BACKOFF_AFTER = 10  # reconciles that repaired something (in the window) before slowing down
+BACKOFF_FIRST = 0.5  # the first delay, doubled with every further repairing reconcile
 
 
 def _kind(step: plan.Step) -> str:
@@ -97,6 +116,32 @@ def _identity(rule: config.PortRule | config.NamedRule) -> tuple[str, int, str, 
     else:
         target = str(rule.address)
     return (rule.proto.value, rule.port, target, rule.remote_port)
+
+
+def removed_flows(old: config.Config, new_parsed: config.Config) -> conntrack.Cut:
+    """The flows of ``old``'s rules and fallbacks that ``new_parsed`` took away.
+
+    A rule stays when its identity (local port, destination as written) does;
+    a removed fallback's flows are cut on the ports no rule of the new
+    configuration owns (those are the new rule's business now).
+    """
+    keep = {_identity(r) for r in new_parsed.destinations.rules}
+    keep |= {_identity(n) for n in new_parsed.destinations.named}
+    targets = frozenset(
+        (r.family, r.proto.value, r.port, r.address, r.remote_port)
+        for r in old.destinations.rules
+        if _identity(r) not in keep
+    )
+    kept_fallbacks = {str(f.address) for f in new_parsed.destinations.fallbacks} | {
+        f.host for f in new_parsed.destinations.named_fallbacks
+    }
+    fallbacks = frozenset(
+        (f.family, f.address)
+        for f in old.destinations.fallbacks
+        if (f.host or str(f.address)) not in kept_fallbacks
+    )
+    kept = frozenset((r.family, r.proto.value, r.port) for r in new_parsed.destinations.rules)
+    return conntrack.Cut(targets, fallbacks, kept if fallbacks else frozenset())
 
 
 class Router:
@@ -132,6 +177,12 @@ class Router:
         self.expected: str | None = None  # fingerprint of our rules right after that apply
         self._verified: int | None = None  # nftables generation at which they last matched
         self.problems: list[str] = ["not started"]
+        # What /readyz answers: the last check's verdict, so that a probe never waits on
+        # the kernel or on the lock (an apply of 10,000 rules holds it for a second).
+        self.ready: tuple[bool, str] = (False, "rules not applied yet")
+        self._repaired: deque[float] = deque()  # when reconciles repaired something
+        self.backoff = 0.0  # how long event-driven reconciles wait now (0: none)
+        self._pod_routes: PodRoutes = ()
         self._source: tuple[int, int, int, int] | None = None
         self._digest: str | None = None
         self.generation = 0
@@ -153,6 +204,7 @@ class Router:
         if text is not None:
             self._digest = hashlib.sha256(text.encode()).hexdigest()
         self.parsed = cfg
+        self.metrics.names(cfg.destinations.hosts())
         return cfg
 
     def start(self) -> None:
@@ -163,7 +215,7 @@ class Router:
         """
         cfg = self.parsed if self.parsed is not None else self.load()
         self._refresh_names(cfg, force=True)
-        desired = resolve.resolve_config(cfg, self.dns.answers())
+        desired = self._desired(cfg)
         with self._lock:
             if self.kernel.prepare is not None:
                 # Links, addresses and routes in one go (forwarding stays off until
@@ -173,18 +225,21 @@ class Router:
                     self.kernel.prepare(plan.plan_interfaces(desired))
                 except errors.KernelError as err:
                     raise engine.ApplyError(str(err)) from None
+            # Announcements come after readiness (`announce`, called next by the
+            # loop): three rounds a second apart would keep /readyz failing meanwhile.
             engine.setup(
                 desired,
                 self.kernel.links,
                 self.kernel.firewall,
-                self.kernel.announcer,
-                sleep=self._sleep,
+                _SILENT,
+                sleep=lambda _seconds: None,
                 stale=self.kernel.stale,
             )
-            self.metrics.announcements.inc()
+            desired = self._route_resolvers(desired)
             self._applied(desired)
             self.problems = []
             self.metrics.ready.set(1)
+            self.ready = (True, "ok")
         log.info(
             "egress router ready: %s via %s, %d rules%s; HTTP port %s",
             ", ".join(str(s.interface) for s in cfg.sources),
@@ -193,6 +248,30 @@ class Router:
             f", watching {self.path}" if self.path else "",
             cfg.http_port or "off",
         )
+        self.announce()
+
+    def _desired(self, cfg: config.Config) -> config.Config:
+        """``cfg`` with its names resolved and the router's own routes to the cluster side."""
+        return dataclasses.replace(
+            resolve.resolve_config(cfg, self.dns.answers()), pod_routes=self._pod_routes
+        )
+
+    def _route_resolvers(self, desired: config.Config) -> config.Config:
+        """Route the resolvers through the pod interface, now that its gateway is kept."""
+        if self.kernel.pod_routes is None:
+            return desired
+        self._pod_routes = self.kernel.pod_routes(desired)
+        if not self._pod_routes:
+            return desired
+        desired = dataclasses.replace(desired, pod_routes=self._pod_routes)
+        for step in plan.plan_interfaces(desired):
+            if isinstance(step, plan.SetRoute) and step.ifname == desired.pod_interface:
+                log.info("the router's own lookups: %s", step.describe())
+                try:
+                    self.kernel.links.apply(step)
+                except errors.KernelError as err:
+                    raise engine.ApplyError(str(err)) from None
+        return desired
 
     def _applied(self, desired: config.Config) -> None:
         self.applied = desired
@@ -205,15 +284,41 @@ class Router:
         HEAP.release()
 
     def _remember_rules(self) -> None:
-        generation = self.kernel.generation()  # read first: a later commit must not be missed
-        self.expected = self.kernel.firewall.fingerprint()
+        """Note that our rules are those just committed.
+
+        Listing 10,000 rules back (the fingerprint) takes a second, so it is
+        deferred to `settle`, idle work of the loop; until then the nftables
+        generation says whether anything was committed after ours.
+        """
+        generation = self.kernel.generation()
+        if generation is None:  # no generation to go by: fingerprint now
+            self.expected = self.kernel.firewall.fingerprint()
+            self._verified = None
+            return
+        self.expected = None
         self._verified = generation
+
+    def settle(self) -> bool:
+        """Take the fingerprint the last apply deferred, if it is still due; True if taken."""
+        if self.expected is not None or self._verified is None:
+            return False
+        with self._lock:
+            before = self.kernel.generation()
+            if before != self._verified:
+                return False  # a commit came first: `_rules_match` re-applies to be sure
+            fingerprint = self.kernel.firewall.fingerprint()
+            if self.kernel.generation() == before:
+                self.expected = fingerprint
+        HEAP.release()
+        return True
 
     def _rules_match(self) -> bool:
         """Whether our rules in the kernel are still those of the last apply."""
         generation = self.kernel.generation()
         if generation is not None and generation == self._verified:
             return True  # no nftables commit at all since they last matched
+        if self.expected is None:
+            return False  # committed over before we could take their fingerprint
         matches = self.kernel.firewall.fingerprint() == self.expected
         self._verified = generation if matches else None
         return matches
@@ -254,9 +359,16 @@ class Router:
         except config.ConfigError as err:
             return self._refuse(err)
         log.info("%s changed: applying the new rules", self.path)
+        started = self._clock()
         self.parsed = cfg
+        self.metrics.names(cfg.destinations.hosts())
         self._refresh_names(cfg)
-        return self._apply(resolve.resolve_config(cfg, self.dns.answers()), edited=True)
+        done = self._apply(self._desired(cfg), edited=True)
+        if done:
+            log.info("edit applied (generation %d, %d rules) in %.2fs", self.generation,
+                     len(cfg.destinations.rules) + len(cfg.destinations.named),
+                     self._clock() - started)
+        return done
 
     def _refuse(self, err: config.ConfigError) -> bool:
         log.error("%s; the running rules stay", err)
@@ -304,40 +416,18 @@ class Router:
         firewall.apply(desired)
 
     def _cut_removed(self, old: config.Config, new_parsed: config.Config) -> None:
-        """Delete the conntrack entries of rules (and fallbacks) the edit took away."""
-        keep = {_identity(r) for r in new_parsed.destinations.rules}
-        keep |= {_identity(n) for n in new_parsed.destinations.named}
-        targets = {
-            (r.family, r.proto, r.port, r.address, r.remote_port)
-            for r in old.destinations.rules
-            if _identity(r) not in keep
-        }
-        kept_fallbacks = {str(f.address) for f in new_parsed.destinations.fallbacks} | {
-            f.host for f in new_parsed.destinations.named_fallbacks
-        }
-        new_keys = {(r.family, r.proto.value, r.port) for r in new_parsed.destinations.rules}
-        for fallback in old.destinations.fallbacks:
-            if (fallback.host or str(fallback.address)) in kept_fallbacks:
-                continue
-            try:
-                flows = list(self.kernel.conntrack.flows(fallback.family))
-            except conntrack.ConntrackError as err:
-                log.warning("%s", err)
-                break
-            for flow in flows:
-                key = (flow.family, flow.proto, flow.port)
-                if flow.destination == fallback.address and key not in new_keys:
-                    targets.add((flow.family, config.Proto(flow.proto), flow.port,
-                                 flow.destination, flow.remote_port))
-        cut = 0
-        for family, proto, port, address, remote in sorted(targets, key=str):
-            try:
-                cut += self.kernel.conntrack.cut(family, proto, port, address, remote)
-            except conntrack.ConntrackError as err:
-                log.warning("%s", err)
-                break
+        """Delete the conntrack entries of rules (and fallbacks) the edit took away, in one pass."""
+        selection = removed_flows(old, new_parsed)
+        if not selection:
+            return
+        started = self._clock()
+        try:
+            cut = self.kernel.conntrack.cut(selection)
+        except conntrack.ConntrackError as err:
+            log.warning("%s", err)
+            return
         if cut:
-            log.info("cut %d connection(s) of removed rules", cut)
+            log.info("cut %d connection(s) of removed rules in %.2fs", cut, self._clock() - started)
             self.metrics.connections_cut.inc(cut)
 
     # ------------------------------------------------------------------ DNS
@@ -364,8 +454,7 @@ class Router:
             return False
         for host in result.changed:
             self.metrics.dns_changes.labels(name=host).inc()
-        desired = resolve.resolve_config(self.parsed, self.dns.answers())
-        return self._apply(desired, edited=False)
+        return self._apply(self._desired(self.parsed), edited=False)
 
     def next_dns(self) -> float | None:
         return self.dns.next_due()
@@ -377,6 +466,7 @@ class Router:
         self.metrics.reconciles.inc()
         problems: list[str] = []
         announce_again = False
+        repaired = 0
         with self._lock:
             desired = self.applied
             if desired is None:
@@ -391,10 +481,12 @@ class Router:
                 log.warning("drift: our %s rules were changed from outside; re-applying",
                             firewall.name)
                 try:
-                    firewall.check(desired)
+                    # No `nft -c` first: this very ruleset went in before, and the apply is
+                    # one transaction anyway (at 10,000 rules the check costs as much again).
                     firewall.apply(desired)
                     self._remember_rules()
                     self.metrics.repairs.labels(kind="ruleset").inc()
+                    repaired += 1
                 except errors.KernelError as err:
                     log.error("cannot repair the %s rules: %s", firewall.name, err)
                     self.metrics.repair_failures.labels(kind="ruleset").inc()
@@ -404,8 +496,14 @@ class Router:
             except errors.KernelError as err:
                 drifted = []
                 problems.append(str(err))
+            batched = self._repair_together(drifted)
             for step, reason in drifted:
                 kind = _kind(step)
+                if step in batched:
+                    self.metrics.repairs.labels(kind=kind).inc()
+                    repaired += 1
+                    announce_again |= kind in ("link", "address")
+                    continue
                 log.warning("drift: %s; repairing: %s", reason, step.describe())
                 try:
                     self.kernel.links.apply(step)
@@ -415,22 +513,77 @@ class Router:
                     problems.append(f"{reason} ({err})")
                     continue
                 self.metrics.repairs.labels(kind=kind).inc()
+                repaired += 1
                 announce_again |= kind in ("link", "address")
             self.problems = problems
             self.metrics.ready.set(0 if problems else 1)
+            self._pace(repaired)
+            self.ready = (not problems, "; ".join(problems) or self._fighting() or "ok")
         HEAP.release()
         if announce_again:
             self.announce()
         return problems
 
+    def _repair_together(self, drifted: list[tuple[plan.Step, str]]) -> set[plan.Step]:
+        """Repair the interface steps of ``drifted`` in one helper process; those repaired.
+
+        A link set down loses its routes too: three steps, one process instead
+        of three. Forwarding (a /proc write) and a batch that fails are left to
+        the one-by-one path, which names the step that fails.
+        """
+        steps = [step for step, _ in drifted if not isinstance(step, plan.EnableForwarding)]
+        if self.kernel.prepare is None or len(steps) < 2:
+            return set()
+        for step, reason in drifted:
+            if step in steps:
+                log.warning("drift: %s; repairing: %s", reason, step.describe())
+        try:
+            self.kernel.prepare(steps)
+        except errors.KernelError as err:
+            log.warning("cannot repair them together (%s); one by one", err)
+            return set()
+        return set(steps)
+
+    def _pace(self, repaired: int) -> None:
+        """Slow event-driven reconciles down while something keeps undoing our repairs."""
+        now = self._clock()
+        if repaired:
+            self._repaired.append(now)
+        while self._repaired and self._repaired[0] < now - BACKOFF_WINDOW:
+            self._repaired.popleft()
+        excess = len(self._repaired) - BACKOFF_AFTER
+        backoff = (
+            min(self.settings.reconcile, BACKOFF_FIRST * 2 ** (excess - 1)) if excess > 0 else 0.0
+        )
+        if backoff and backoff != self.backoff:
+            log.warning(
+                "%d repairs in the last %gs: something keeps changing the router's kernel "
+                "state; repairing at most every %gs until it stops (find what fights the router)",
+                len(self._repaired), BACKOFF_WINDOW, backoff,
+            )
+        elif self.backoff and not backoff:
+            log.info("the kernel state has stayed put: repairs follow changes at once again")
+        self.backoff = backoff
+        self.metrics.backoff.set(backoff)
+
+    def _fighting(self) -> str:
+        if not self.backoff:
+            return ""
+        return (f"ok, but {len(self._repaired)} repairs in {BACKOFF_WINDOW:g}s: something keeps "
+                f"changing the kernel state (repairs slowed to every {self.backoff:g}s)")
+
     def readiness(self) -> tuple[bool, str]:
+        """Whether the kernel held the desired state at the last check (no kernel access)."""
+        return self.ready
+
+    def check(self) -> tuple[bool, str]:
         """Whether the kernel holds the desired state right now (checked, not repaired)."""
         try:
-            return self._readiness()
+            return self._check()
         finally:
             HEAP.release()
 
-    def _readiness(self) -> tuple[bool, str]:
+    def _check(self) -> tuple[bool, str]:
         with self._lock:
             if self.applied is None:
                 return False, "rules not applied yet"
@@ -464,20 +617,32 @@ class Router:
             yield from self.kernel.conntrack.flows(family)
 
     def write_rule_metrics(self, write: Callable[[str], object]) -> None:
-        """The per-rule metric families, read from the kernel now."""
+        """The aggregate gauges read now, then the per-rule families while they are enabled.
+
+        Cheap at any size: the conntrack count is one read; the rule counters
+        (one ``nft`` listing) only while the ruleset is within the series limit.
+        """
         cfg = self.applied
+        self.metrics.conntrack_entries.set(self.kernel.conntrack.count() or 0)
+        enabled = (
+            cfg is not None
+            and self.kernel.counters is not None
+            and 0 < len(cfg.destinations.rules) <= self.settings.metrics_rules
+        )
+        self.metrics.rule_series.set(1 if enabled else 0)
+        write(self.metrics.generate().decode())
         if cfg is None:
             return
-        counters: listing.Counters | None = None
-        if self.kernel.counters is not None:
+        sample = self.sampler.latest(cfg, lambda: self._flows(cfg))
+        if enabled and self.kernel.counters is not None:
             try:
-                counters = listing.read_counters(self.kernel.counters())
+                counters: listing.Counters = listing.read_counters(self.kernel.counters())
             except errors.KernelError as err:
                 log.warning("cannot read rule counters: %s", err)
                 counters = {}
-        sample = self.sampler.latest(cfg, lambda: self._flows(cfg))
-        active = sample.active if sample is not None else {}
-        metrics.write_rule_metrics(write, cfg, counters, active)
+            active = sample.active if sample is not None else {}
+            metrics.write_rule_metrics(write, cfg, counters, active)
+            del counters, active
         capacity.write_metrics(write, sample, self.kernel.stats())
-        del counters, active, sample
+        del sample
         HEAP.release()

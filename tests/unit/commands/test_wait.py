@@ -19,8 +19,12 @@ def test_http_endpoints(harness: Harness) -> None:
     assert _get(server, "/healthz") == (200, "ok\n")
     assert _get(server, "/readyz") == (200, "ok\n")
     harness.runner.applied.append("tampered")
-    differ = "our rules in the kernel differ from the applied ones\n"
-    assert _get(server, "/readyz") == (503, differ)
+    harness.router.reconcile()
+    harness.runner.fail = "Error: injected"
+    harness.runner.applied.append("tampered again")
+    harness.router.reconcile()
+    status, body = _get(server, "/readyz")
+    assert status == 503 and body.startswith("ruleset: "), body
     status, body = _get(server, "/metrics")
     assert status == 200
     assert "egress_router_applies_total{result=\"ok\"} 1.0" in body

@@ -60,12 +60,18 @@ def test_update_is_refused_when_more_than_rules_change() -> None:
                                                     "192.168.12.98/24")) is None
     assert ruleset.render_nftables_update(
         old, load("80 tcp 203.0.113.25\n", EGRESS_ROUTER_HTTP_PORT="9191")) is None
-    # A fallback is only a prerouting rule: an update can change it.
+    # A fallback is a prerouting rule and an exception in the guard: an update can change it.
     update = ruleset.render_nftables_update(old, load("80 tcp 203.0.113.25\n203.0.113.27\n"))
     assert update is not None
-    assert update.endswith(
+    assert (
         "add rule inet egress_router prerouting meta nfproto ipv4 meta l4proto { tcp, udp, sctp }"
         " dnat ip to 203.0.113.27\n"
+    ) in update
+    assert update.endswith(
+        "flush chain inet egress_router guard\n"
+        "add rule inet egress_router guard meta nfproto ipv4 meta l4proto { tcp, udp, sctp } "
+        "ct status dnat meta l4proto . ct original proto-dst != @conns_v4 "
+        'ct reply ip saddr != 203.0.113.27 counter drop comment "its rule was removed"\n'
     )
 
 

@@ -35,7 +35,10 @@ def test_an_edit_is_applied_in_place_and_cuts_only_removed_rules(harness: Harnes
     update = ruleset.render_nftables_update(old, new)
     assert harness.runner.applied[-1] == update
     # Only the removed rule's connections are cut, by local port and NAT destination.
-    assert harness.tracker.cuts == [(4, "tcp", 8080, "203.0.113.26", 80)]
+    # One pass for all of them (one Cut, one dump of the table).
+    assert [c.targets for c in harness.tracker.cuts] == [
+        {(4, "tcp", 8080, ipaddress.ip_address("203.0.113.26"), 80)}
+    ]
     assert harness.value("egress_router_config_generation") == 2
     assert harness.router.poll_file() is False  # nothing changed since
 
@@ -59,7 +62,10 @@ def test_a_bad_edit_is_counted_and_the_running_rules_stay(
     # Fixing the file applies again.
     harness.edit("80 tcp 203.0.113.25\n")
     assert harness.router.poll_file() is True
-    assert harness.tracker.cuts == [(4, "tcp", 8080, "203.0.113.26", 80)]
+    # One pass for all of them (one Cut, one dump of the table).
+    assert [c.targets for c in harness.tracker.cuts] == [
+        {(4, "tcp", 8080, ipaddress.ip_address("203.0.113.26"), 80)}
+    ]
 
 
 def test_a_refused_transaction_keeps_the_old_rules(harness: Harness) -> None:
@@ -81,18 +87,22 @@ def test_removed_fallback_cuts_its_connections_but_not_port_rules(tmp_path: Path
     ]
     h.edit("80 tcp 203.0.113.27\n")
     assert h.router.poll_file() is True
-    assert h.tracker.cuts == [(4, "tcp", 9000, "203.0.113.27", 9000)]
+    [selection] = h.tracker.cuts
+    assert selection.targets == set()
+    assert selection.fallbacks == {(4, ipaddress.ip_address("203.0.113.27"))}
     assert [f.port for f in h.tracker.table] == [80]
     assert h.value("egress_router_connections_cut_total") == 1
 
 
 def test_reconcile_repairs_a_changed_table_and_counts_it(harness: Harness) -> None:
     assert harness.router.reconcile() == []
-    assert harness.value("egress_router_drift_repairs_total", kind="ruleset") is None
+    assert harness.value("egress_router_drift_repairs_total", kind="ruleset") == 0
     harness.runner.applied.append("table inet egress_router { }  # someone else")
-    assert harness.router.readiness() == (
+    assert harness.router.check() == (
         False, "our rules in the kernel differ from the applied ones"
     )
+    # Probes answer from the last check (they never wait on the kernel): still ready.
+    assert harness.router.readiness() == (True, "ok")
     assert harness.router.reconcile() == []
     cfg = harness.router.applied
     assert cfg is not None
@@ -111,7 +121,7 @@ def test_reconcile_repairs_interface_drift_and_announces_after_an_address(
     address = next(s for s in steps if isinstance(s, plan.SetAddress))
     default = next(s for s in steps if isinstance(s, plan.SetRoute) and s.is_default)
     harness.drifted = [(address, "address missing"), (default, "no default route")]
-    assert not harness.router.readiness()[0]
+    assert not harness.router.check()[0]
     sent = len(harness.announcer.sent)
     harness.links.applied.clear()
     harness.router.reconcile()
@@ -133,7 +143,8 @@ def test_an_unrepairable_drift_makes_the_router_unready(harness: Harness) -> Non
     ]
     assert harness.value("egress_router_drift_repair_failures_total", kind="link") == 1
     assert harness.value("egress_router_ready") == 0
-    assert harness.router.readiness() == (False, "interface macvlan0 does not exist")
+    assert harness.router.check() == (False, "interface macvlan0 does not exist")
+    assert harness.router.readiness() == (False, problems[0])
 
 
 def test_dns_names_are_resolved_refreshed_on_ttl_and_kept_on_failure(tmp_path: Path) -> None:
@@ -202,7 +213,12 @@ def test_rule_metrics_come_from_the_kernel_counters(harness: Harness) -> None:
     ]
     out: list[str] = []
     harness.router.write_rule_metrics(out.append)
-    lines = [line for line in "".join(out).splitlines() if line.startswith("egress_router_rule_")]
+    text = "".join(out)
+    # Aggregates always: the live count comes from the kernel's count, not a listing.
+    assert "egress_router_conntrack_entries 2.0" in text
+    assert "egress_router_rule_series_enabled 1.0" in text
+    lines = [line for line in text.splitlines() if line.startswith("egress_router_rule_")
+             and not line.startswith("egress_router_rule_series")]
     labels = 'family="ipv4",protocol="tcp",port="80",destination="203.0.113.25:80"'
     other = 'family="ipv4",protocol="tcp",port="8080",destination="203.0.113.26:80"'
     assert lines == [
@@ -215,3 +231,67 @@ def test_rule_metrics_come_from_the_kernel_counters(harness: Harness) -> None:
         f"egress_router_rule_active_connections{{{labels}}} 1",
         f"egress_router_rule_active_connections{{{other}}} 0",
     ]
+
+
+def test_per_rule_series_are_bounded_and_every_counter_starts_at_zero(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n",
+                env={"EGRESS_ROUTER_METRICS_RULES": "1"})
+    h.router.start()
+    h.router.kernel.counters = lambda: (_ for _ in ()).throw(AssertionError("not listed"))
+    out: list[str] = []
+    h.router.write_rule_metrics(out.append)
+    text = "".join(out)
+    assert "egress_router_rule_series_enabled 0.0" in text
+    assert "egress_router_rule_connections_total{" not in text
+    assert "egress_router_rules 2.0" in text
+    for sample in (
+        'egress_router_applies_total{result="invalid"} 0.0',
+        'egress_router_applies_total{result="failed"} 0.0',
+        'egress_router_drift_repairs_total{kind="forwarding"} 0.0',
+        'egress_router_drift_repair_failures_total{kind="ruleset"} 0.0',
+        "egress_router_connections_cut_total 0.0",
+        "egress_router_drift_backoff_seconds 0.0",
+    ):
+        assert sample in text, sample
+
+
+def test_the_fingerprint_is_taken_when_idle_and_a_commit_before_it_means_reapply(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    generation = [1]
+    listings: list[bool] = []
+    run, list_text = h.runner.run, h.runner.list_table_text
+
+    def committing(script: str, *, check_only: bool = False) -> None:
+        run(script, check_only=check_only)
+        generation[0] += 0 if check_only else 1
+
+    def listing(*, stateless: bool = False) -> str | None:
+        listings.append(stateless)
+        return list_text(stateless=stateless)
+
+    h.runner.run = committing  # type: ignore[method-assign]
+    h.runner.list_table_text = listing  # type: ignore[method-assign]
+    h.router.kernel.generation = lambda: generation[0]
+    h.router.start()
+    h.edit("80 tcp 203.0.113.25\n")
+    assert h.router.poll_file() is True
+    assert listings == []  # neither the start nor the edit listed 10,000 rules back
+    assert h.router.reconcile() == []  # no commit since ours: nothing to list either
+    assert listings == []
+    assert h.router.settle() is True  # idle: now
+    assert len(listings) == 1
+    assert h.router.settle() is False
+    # A commit of someone else's, then a check: the fingerprint says ours are intact.
+    generation[0] += 1
+    assert h.router.reconcile() == []
+    assert h.value("egress_router_drift_repairs_total", kind="ruleset") == 0
+    # After an apply, a commit before the idle fingerprint: re-applied, to be sure.
+    h.edit("80 tcp 203.0.113.26\n")
+    assert h.router.poll_file() is True
+    generation[0] += 1
+    assert h.router.settle() is False
+    applied = len(h.runner.applied)
+    assert h.router.reconcile() == []
+    assert len(h.runner.applied) == applied + 1
