@@ -213,7 +213,7 @@ class Router:
 class Prober:
     def __init__(self, lab: labmod.Lab) -> None:
         self.proc = subprocess.Popen(
-            labmod._netns_exec(lab.client, [sys.executable, "-u", "-c", PROBER]),
+            ["ip", "netns", "exec", lab.client, sys.executable, "-u", "-c", PROBER],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
 

@@ -10,7 +10,7 @@ import pytest
 
 from egress_router.core import plan, ruleset
 from egress_router.kernel import conntrack
-from egress_router.router import resolve
+from egress_router.router import reconciler, resolve
 from support.router import FakeResolver, Harness
 
 
@@ -295,3 +295,29 @@ def test_the_fingerprint_is_taken_when_idle_and_a_commit_before_it_means_reapply
     applied = len(h.runner.applied)
     assert h.router.reconcile() == []
     assert len(h.runner.applied) == applied + 1
+
+
+def test_a_fight_over_the_kernel_state_backs_off_and_is_reported(harness: Harness) -> None:
+    cfg = harness.router.applied
+    assert cfg is not None
+    default = next(s for s in plan.plan_interfaces(cfg) if isinstance(s, plan.SetRoute))
+    harness.drifted = [(default, "no default route")]
+    for _ in range(reconciler.BACKOFF_AFTER):
+        harness.clock.now += 0.5
+        assert harness.router.reconcile() == []
+    assert harness.router.backoff == 0
+    harness.clock.now += 0.5
+    harness.router.reconcile()
+    assert harness.router.backoff == reconciler.BACKOFF_FIRST
+    harness.clock.now += 0.5
+    harness.router.reconcile()
+    assert harness.router.backoff == 2 * reconciler.BACKOFF_FIRST
+    assert harness.value("egress_router_drift_backoff_seconds") == 2 * reconciler.BACKOFF_FIRST
+    ready, why = harness.router.readiness()
+    assert ready and "something keeps changing the kernel state" in why
+    # It stops fighting: once the window has passed, repairs follow changes at once again.
+    harness.drifted = []
+    harness.clock.now += reconciler.BACKOFF_WINDOW + 1
+    harness.router.reconcile()
+    assert harness.router.backoff == 0
+    assert harness.router.readiness() == (True, "ok")
