@@ -257,20 +257,21 @@ class Signals:
             return
         log.info("received %s, exiting", signal.Signals(signum).name)
         self.stopping = True
-        self.wake.set()
+        # No `wake.set()` here: the handler runs in the main thread, possibly inside
+        # `wake.wait()` with the event's lock held, and would deadlock on it. The raise
+        # unwinds the wait itself; unarmed (the shell's own cleanup), nothing waits.
         if self.armed:
             raise Stopping
 
     def _hup(self, signum: int, frame: FrameType | None) -> None:
-        self.hup = True
-        self.wake.set()
+        self.hup = True  # seen within WAIT_SLICE (no `wake.set()`: see `_stop`)
 
     def sleep(self, seconds: float) -> None:
         """An interruptible sleep (announcement spacing): ends at once when stopping."""
         if not self.stopping:
             end = time.monotonic() + seconds
             while not self.stopping and (left := end - time.monotonic()) > 0:
-                self.wake.wait(left)
+                self.wake.wait(min(left, WAIT_SLICE))
                 if self.hup or self.stopping:
                     break
 
