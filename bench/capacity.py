@@ -428,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__)
     parser.add_argument("--seconds", type=float, default=150.0)
     parser.add_argument("--cases", default="all",
-                        help="all, goal, or a comma-separated list of case-name substrings")
+                        help="all, goal, or case-name substrings separated by ';'")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="capacity")
     parser.add_argument("--realtime", action="store_true",
@@ -442,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cases = matrix(args.seconds, args.cases == "goal")
     if args.cases not in ("all", "goal"):
-        wanted = [w.strip() for w in args.cases.split(",")]
+        wanted = [w.strip() for w in args.cases.split(";")]
         cases = [c for c in cases if any(w in c.name for w in wanted)]
 
     def log(message: str) -> None:
