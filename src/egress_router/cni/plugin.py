@@ -363,10 +363,29 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
     )
 
 
+def _use_bundle(environ: dict[str, str] | os._Environ[str]) -> None:
+    """In the one-file executable (scripts/build-cni.sh), run the ``nft`` it carries.
+
+    PyInstaller unpacks the bundle to ``sys._MEIPASS``: ``bin/nft`` and the
+    libraries it links are there, so the node needs no nftables. Its
+    directory goes first on PATH (every ``shutil.which("nft")`` finds it) and
+    on LD_LIBRARY_PATH (that nft loads the bundled libnftables, not the
+    node's, which may be missing or older).
+    """
+    bundle = getattr(sys, "_MEIPASS", None)
+    if not getattr(sys, "frozen", False) or not bundle:
+        return
+    environ["PATH"] = ":".join([os.path.join(bundle, "bin"), environ.get("PATH", "")]).rstrip(":")
+    libraries = environ.get("LD_LIBRARY_PATH", "")
+    if bundle not in libraries.split(":"):
+        environ["LD_LIBRARY_PATH"] = ":".join(p for p in (bundle, libraries) if p)
+
+
 def main() -> None:
     """Console-script entry point ``egress-router-cni``."""
     signal.signal(signal.SIGTERM, _interrupted)
     os.environ["PATH"] = _with_sbin(os.environ.get("PATH", "/usr/bin:/bin"))
+    _use_bundle(os.environ)
     # A person at a terminal (VERSION by hand) gets no hanging read.
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     sys.exit(run(os.environ, stdin, sys.stdout, sys.stderr))
