@@ -462,14 +462,15 @@ def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
 
 
 def valid_attachments(obj: Mapping[str, Any]) -> tuple[Attachment, ...]:
-    """The GC request's still-valid attachments (libcni sends the list under both keys)."""
+    """The GC request's still-valid attachments (libcni sends the list under both keys).
+
+    A runtime with no valid attachments leaves the key out (libcni omits an
+    empty list, and upstream's ``cnitool gc`` sends none): missing means
+    empty, nothing is still in use.
+    """
     key = next((k for k in VALID_ATTACHMENTS if k in obj), None)
-    if key is None:
-        raise CniError(
-            errors.INVALID_CONFIG,
-            f"cannot garbage-collect: {VALID_ATTACHMENTS[0]} is missing; the runtime must "
-            "list the attachments that are still in use",
-        )
+    if key is None or obj[key] is None:
+        return ()
     items = obj[key]
     if not isinstance(items, list):
         raise CniError(errors.INVALID_CONFIG, f"cannot parse {key}: expected a list")
