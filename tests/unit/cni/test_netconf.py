@@ -123,7 +123,7 @@ WAIT_CONF: dict[str, Any] = {
 def write(tmp_path: Path, conf: object) -> dict[str, str]:
     path = tmp_path / "cni.json"
     path.write_text(conf if isinstance(conf, str) else json.dumps(conf))
-    return {"EGRESS_ROUTER_CNI_WAIT_CONFIG": str(path), "EGRESS_INTERFACE": "net1"}
+    return {"EGRESS_ROUTER_CNI_CONFIG": str(path), "EGRESS_INTERFACE": "net1"}
 
 
 def test_the_wait_config_is_the_plugins(tmp_path: Path) -> None:
@@ -144,24 +144,26 @@ def test_without_the_variable_the_environment_is_kept() -> None:
 
 
 def test_repeating_a_value_in_env_is_refused(tmp_path: Path) -> None:
-    env = {**write(tmp_path, WAIT_CONF), "EGRESS_SOURCE": "192.168.12.98", "EGRESS_DESTINATION": "x"}
+    env = {**write(tmp_path, WAIT_CONF), "EGRESS_SOURCE": "192.168.12.98",
+           "EGRESS_DESTINATION": "x"}
     with pytest.raises(config.ConfigError) as caught:
         netconf.router_environment(env)
     assert str(caught.value) == (
-        "cannot parse EGRESS_ROUTER_CNI_WAIT_CONFIG: is set together with EGRESS_SOURCE, "
+        "cannot parse EGRESS_ROUTER_CNI_CONFIG: is set together with EGRESS_SOURCE, "
         "EGRESS_DESTINATION; in CNI mode the network configuration is the one source of "
         "truth: remove EGRESS_SOURCE, EGRESS_DESTINATION"
     )
 
 
 def test_a_bad_configuration_names_the_file_and_the_field(tmp_path: Path) -> None:
-    bad = {**WAIT_CONF, "ip": {**WAIT_CONF["ip"], "destinations": ["80 tcp 203.0.113.25", "99999 tcp x"]}}
+    bad = {**WAIT_CONF,
+           "ip": {**WAIT_CONF["ip"], "destinations": ["80 tcp 203.0.113.25", "99999 tcp x"]}}
     env = write(tmp_path, bad)
     with pytest.raises(config.ConfigError) as caught:
         netconf.router_environment(env)
     message = str(caught.value)
     assert message == (
-        f"cannot parse EGRESS_ROUTER_CNI_WAIT_CONFIG: {env['EGRESS_ROUTER_CNI_WAIT_CONFIG']}: cannot "
+        f"cannot parse EGRESS_ROUTER_CNI_CONFIG: {env['EGRESS_ROUTER_CNI_CONFIG']}: cannot "
         "parse ip.destinations line 2 '99999 tcp x': port 99999 is out of range; expected 1 "
         "to 65535"
     )
@@ -170,6 +172,6 @@ def test_a_bad_configuration_names_the_file_and_the_field(tmp_path: Path) -> Non
 def test_not_json_and_unreadable_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="cannot decode the network configuration"):
         netconf.router_environment(write(tmp_path, "{not json"))
-    missing = {"EGRESS_ROUTER_CNI_WAIT_CONFIG": str(tmp_path / "nope.json")}
+    missing = {"EGRESS_ROUTER_CNI_CONFIG": str(tmp_path / "nope.json")}
     with pytest.raises(config.ConfigError, match="No such file or directory; mount the ConfigMap"):
         netconf.router_environment(missing)
