@@ -428,11 +428,17 @@ def test_missing_master_fails_clearly(pods: Pods) -> None:
     candidates = ", ".join(sorted(name for name, _ in node_before if name != "lo"))
     assert outcome.json["msg"] == (
         "cannot create the macvlan: master interface 'ens9' (from interfaceArgs.master) does "
-        f"not exist on this node; set interfaceArgs.master to one of: {candidates}"
+        "not exist on this node; bring it up on the node, or set interfaceArgs.master to one "
+        f"of: {candidates}"
     )
     assert candidates.startswith("cbr0, ens3, veth")
     status = pods.cni("STATUS", {**conf, "cniVersion": "1.1.0"})
     assert status.code == 50, status.stdout
+    assert status.json is not None
+    assert status.json["msg"].startswith(
+        "cannot serve ADD: master interface 'ens9' (from interfaceArgs.master) does not exist "
+        "on this node; bring it up on the node"
+    )
     assert pod_state(pods.lab.router) == pod_before
     assert node_links(pods.lab) == node_before
 
