@@ -388,7 +388,9 @@ def _use_bundle(environ: dict[str, str] | os._Environ[str]) -> None:
     bundle = getattr(sys, "_MEIPASS", None)
     if not getattr(sys, "frozen", False) or not bundle:
         return
-    environ["PATH"] = ":".join([os.path.join(bundle, "bin"), environ.get("PATH", "")]).rstrip(":")
+    tools = os.path.join(bundle, "bin")
+    path = [p for p in environ.get("PATH", "").split(":") if p and p != tools]
+    environ["PATH"] = ":".join([tools, *path])
     libraries = environ.get("LD_LIBRARY_PATH", "")
     if bundle not in libraries.split(":"):
         environ["LD_LIBRARY_PATH"] = ":".join(p for p in (bundle, libraries) if p)

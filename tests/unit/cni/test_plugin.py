@@ -413,3 +413,19 @@ def test_a_pool_in_ip_addresses_is_reported_once_per_address_routes_once() -> No
     assert built["routes"] == [
         {"dst": "192.168.12.1/32"}, {"dst": "0.0.0.0/0", "gw": "192.168.12.1"}
     ]
+
+
+def test_the_one_file_executable_runs_the_nft_it_carries(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    environ = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/opt/lib"}
+    plugin._use_bundle(environ)
+    assert environ == {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/opt/lib"}  # not frozen
+    monkeypatch.setattr(plugin.sys, "frozen", True, raising=False)
+    monkeypatch.setattr(plugin.sys, "_MEIPASS", str(tmp_path), raising=False)
+    plugin._use_bundle(environ)
+    assert environ["PATH"] == f"{tmp_path}/bin:/usr/bin:/bin"
+    assert environ["LD_LIBRARY_PATH"] == f"{tmp_path}:/opt/lib"
+    plugin._use_bundle(environ)  # idempotent
+    assert environ["PATH"] == f"{tmp_path}/bin:/usr/bin:/bin"
+    assert environ["LD_LIBRARY_PATH"] == f"{tmp_path}:/opt/lib"
