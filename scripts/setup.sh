@@ -15,4 +15,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev,bench]'
+# Every package pinned by constraints.txt (scripts/lock.sh regenerates it); PIP_CONSTRAINT also
+# pins the build backend pip installs in its isolated build environment.
+PIP_CONSTRAINT="$PWD/constraints.txt" .venv/bin/pip install -q --disable-pip-version-check \
+  -c constraints.txt -e '.[dev,bench,cni]'

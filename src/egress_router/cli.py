@@ -65,9 +65,18 @@ def _env_with_file(env: Mapping[str, str], path: Path | None) -> dict[str, str]:
     return merged
 
 
+def _cni_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """CNI mode: ``env`` completed from the plugin's configuration (EGRESS_ROUTER_CNI_CONFIG)."""
+    if not env.get(config.ENV_CNI_CONFIG, "").strip():
+        return dict(env)
+    from egress_router.cni import netconf  # noqa: PLC0415 (only in CNI mode)
+
+    return netconf.router_environment(env)
+
+
 def _load(env: Mapping[str, str]) -> config.Config:
     try:
-        return config.load_config(env)
+        return config.load_config(_cni_environment(env))
     except config.ConfigError as err:
         _fail(str(err), EXIT_CONFIG)
         raise AssertionError("unreachable") from err
@@ -154,7 +163,7 @@ def _run_wait(env: Mapping[str, str]) -> int:
     from egress_router import wait as wait_module  # noqa: PLC0415 (init needs none of it)
 
     try:
-        return wait_module.run(env)
+        return wait_module.run(_cni_environment(env))
     except config.ConfigError as err:
         _fail(str(err), EXIT_CONFIG)
     except (engine.ApplyError, wait_module.WaitError) as err:
@@ -237,13 +246,75 @@ def rules(path: Path | None, backend: str | None) -> None:
     click.echo(engine.make_firewall(cfg.backend).render(cfg), nl=False)
 
 
+@cli.command("install-cni")
+@click.option(
+    "--source",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The plugin executable to install  [default: where the image carries it, "
+    "/usr/local/libexec/egress-router/egress-router-cni]",
+)
+@click.option(
+    "--dest-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The host's CNI bin directory (a hostPath mount in the DaemonSet)  "
+    "[default: /opt/cni/bin]",
+)
+@click.option(
+    "--name",
+    help='The file name: the NetworkAttachmentDefinition\'s "type"  [default: egress-router]',
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Re-check (and repair) every this many seconds until SIGTERM; 0: install once, exit.",
+)
+def install_cni_command(
+    source: Path | None, dest_dir: Path | None, name: str | None, interval: float
+) -> None:
+    """Install the CNI plugin executable into the node's CNI bin directory, atomically.
+
+    Copies SOURCE to a temporary file in DEST-DIR, fsyncs it, makes it
+    executable and renames it to NAME, so a runtime never executes a
+    half-written plugin; does nothing when the content hash already matches.
+    With --interval it keeps the file current (the installer DaemonSet).
+    Exit 1 when the first install fails.
+    """
+    from egress_router.cni import install  # noqa: PLC0415
+    from egress_router.k8s import manifest  # noqa: PLC0415 (yaml, jsonschema: not for wait)
+
+    source = source or Path(manifest.CNI_EXECUTABLE)
+    dest_dir = dest_dir or Path(manifest.CNI_BIN_DIR)
+    name = name or manifest.CNI_TYPE
+    _setup_logging(False)
+    stop = _Stop()
+    stop.install()
+
+    def wait(seconds: float) -> bool:
+        stop.sleep(seconds)
+        return stop.event.is_set()
+
+    try:
+        if interval:
+            install.keep_installed(source, dest_dir, name, interval, wait)
+        else:
+            done = install.install(source, dest_dir, name)
+            install.report(done)
+    except install.InstallError as err:
+        _fail(str(err), EXIT_CONFIG)
+    sys.exit(EXIT_OK)
+
+
 @cli.command("wait")
 @_FILE
 def wait_command(path: Path | None) -> None:
     """Run the router pod's main container: apply, then keep the router right.
 
     Reads the same EGRESS_* environment as the entry point (usually with
-    EGRESS_DESTINATION_FILE pointing at a mounted ConfigMap). Re-applies the
+    EGRESS_DESTINATION_FILE pointing at a mounted ConfigMap), or in CNI mode
+    the plugin's network configuration (EGRESS_ROUTER_CNI_CONFIG: the
+    NetworkAttachmentDefinition's config, mounted) and EGRESS_INTERFACE. Re-applies the
     file when it changes (a bad edit is reported, the running rules stay),
     repairs drift every EGRESS_ROUTER_RECONCILE_SECONDS (default 10),
     re-resolves DNS names on their TTL, announces the address again on SIGHUP

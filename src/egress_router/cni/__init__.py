@@ -21,6 +21,35 @@ The wing sits beside the commands: it imports the router, kernel and core
 layers, never ``cli``/``wait``/``status``, and they never import it.
 """
 
-from egress_router.cni.plugin import main, run
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from egress_router.cni import macvlan
 
 __all__ = ["main", "run"]
+
+# The plugin (pyroute2, the engine) is imported on first call, not with the package:
+# `wait` reads the configuration through `egress_router.cni.netconf` and needs none of it.
+
+
+def main() -> None:
+    """Console-script entry point ``egress-router-cni``."""
+    from egress_router.cni import plugin  # noqa: PLC0415 (see above)
+
+    plugin.main()
+
+
+def run(
+    environ: Mapping[str, str],
+    stdin: bytes,
+    out: TextIO,
+    err: TextIO,
+    kern: macvlan.Kernel | None = None,
+) -> int:
+    """One plugin invocation (`egress_router.cni.plugin.run`)."""
+    from egress_router.cni import plugin  # noqa: PLC0415 (see above)
+
+    return plugin.run(environ, stdin, out, err, kern)

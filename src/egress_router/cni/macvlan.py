@@ -23,13 +23,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pyroute2 import IPRoute
+from pyroute2.iproute import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from egress_router.cni import errors
 from egress_router.cni.errors import CniError
 from egress_router.cni.result import Interface
-from egress_router.core import config, ruleset, state
+from egress_router.core import config, plan, ruleset, state
 from egress_router.kernel import announce, netlink, netns, nft, observe
 from egress_router.router import engine
 
@@ -112,7 +112,9 @@ class Kernel(Protocol):
 
     def probe_pod(self, path: str, ifname: str, pod_interface: str) -> PodProbe: ...
 
-    def setup_pod(self, path: str, temp: str, cfg: config.Config) -> Interface: ...
+    def setup_pod(
+        self, path: str, temp: str, cfg: config.Config, *, pod_side: bool = True
+    ) -> Interface: ...
 
     def undo_pod(self, path: str, names: Sequence[str], probe: PodProbe) -> None: ...
 
@@ -201,6 +203,54 @@ def _default_routes(ipr: Any) -> tuple[dict[str, Any], ...]:
                 spec["priority"] = route.get("RTA_PRIORITY")
             routes.append(spec)
     return tuple(routes)
+
+
+class EgressSideOnly:
+    """The engine's netlink while the pod interface is not in the namespace yet.
+
+    The runtime ran the egress network's ADD before the pod network's (podman keeps no
+    order). Everything on the egress side is set up; the default route (the pod network's
+    ADD is about to install its own, and would fail on ours) and the pod return path need
+    the pod interface, so they are skipped, and the wait container completes them.
+    """
+
+    def __init__(self, inner: netlink.Netlink, pod_interface: str) -> None:
+        self.inner = inner
+        self.pod_interface = pod_interface
+        self.skipped: list[str] = []
+
+    def has_link(self, ifname: str) -> bool:
+        return ifname == self.pod_interface or self.inner.has_link(ifname)
+
+    def link_info(self, ifname: str) -> tuple[int, str]:
+        return self.inner.link_info(ifname)
+
+    def apply(self, step: plan.Step) -> None:
+        if isinstance(step, plan.KeepPodReturnPath) or (
+            isinstance(step, plan.SetRoute) and step.is_default
+        ):
+            self.skipped.append(step.describe())
+            return
+        self.inner.apply(step)
+
+
+def _restore_pod_default_routes(ipr: Any) -> list[str]:
+    """Put the pod network's default routes (kept in table 25970 by ADD) back into main."""
+    restored = []
+    for family in (AF_INET, AF_INET6):
+        if any(r["dst_len"] == 0 for r in ipr.get_routes(family=family, table=state.MAIN_TABLE)):
+            continue
+        for route in ipr.get_routes(family=family, table=plan.POD_TABLE):
+            gateway, oif = route.get("RTA_GATEWAY"), route.get("RTA_OIF")
+            if route["dst_len"] != 0 or not gateway or not oif:
+                continue
+            try:
+                ipr.route("add", dst="0.0.0.0/0" if family == AF_INET else "::/0",
+                          family=family, table=state.MAIN_TABLE, gateway=gateway, oif=oif)
+                restored.append(f"default route via {gateway}")
+            except NetlinkError as err:
+                log.warning("cannot restore the default route via %s: %s", gateway, err)
+    return restored
 
 
 @dataclass
@@ -343,7 +393,9 @@ class RealKernel:
         probe_result: PodProbe = self._in_pod(path, probe, f"inspect the container {path}")
         return probe_result
 
-    def setup_pod(self, path: str, temp: str, cfg: config.Config) -> Interface:
+    def setup_pod(
+        self, path: str, temp: str, cfg: config.Config, *, pod_side: bool = True
+    ) -> Interface:
         ifname = cfg.egress_interface
 
         def setup() -> _Answer:
@@ -365,10 +417,13 @@ class RealKernel:
                     )
                     failure = _netlink_error(err, f"rename {temp} to {ifname} in {path}", code)
                     return _Answer(code=failure.code, msg=failure.msg)
+            links: netlink.Netlink = netlink.PyrouteNetlink()
+            if not pod_side:
+                links = EgressSideOnly(links, cfg.pod_interface)
             try:
                 report = engine.setup(
                     cfg,
-                    netlink.PyrouteNetlink(),
+                    links,
                     engine.make_firewall(config.Backend.NFTABLES),
                     announce.SocketAnnouncer(),
                 )
@@ -379,6 +434,8 @@ class RealKernel:
                 )
             for stage, seconds in report.stages.items():
                 log.debug("%s: %.3fs", stage, seconds)
+            if isinstance(links, EgressSideOnly):
+                log.info("left to the wait container: %s", "; ".join(links.skipped))
             with _ipr() as ipr:
                 link = _lookup(ipr, ifname)
                 assert link is not None
@@ -453,11 +510,21 @@ class RealKernel:
                 try:
                     if _delete_macvlan(ipr, ifname):
                         removed.append(f"macvlan {ifname}")
+                    # ADD moved the pod's default route into table 25970 (the return path)
+                    # and replaced it with ours, which went with the macvlan.
+                    restored = _restore_pod_default_routes(ipr)
+                    count = netlink.remove_pod_return_path(ipr)
                 except NetlinkError as err:
                     failure = _netlink_error(
                         err, f"delete {ifname} in {path}", errors.INTERFACE_SETUP_FAILED
                     )
                     return _Answer(code=failure.code, msg=failure.msg)
+                if count:
+                    removed.append(
+                        f"the pod return path (policy rules {plan.RULE_PRIORITY}-"
+                        f"{plan.RULE_PRIORITY + 3}, table {plan.POD_TABLE}'s default route)"
+                    )
+                removed += [f"restored {r}" for r in restored]
             return _Answer(removed)
 
         removed: list[str] = self._in_pod(path, teardown, f"remove the egress router from {path}")

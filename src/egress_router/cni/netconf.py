@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from egress_router.cni import errors
@@ -461,14 +462,15 @@ def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
 
 
 def valid_attachments(obj: Mapping[str, Any]) -> tuple[Attachment, ...]:
-    """The GC request's still-valid attachments (libcni sends the list under both keys)."""
+    """The GC request's still-valid attachments (libcni sends the list under both keys).
+
+    A runtime with no valid attachments leaves the key out (libcni omits an
+    empty list, and upstream's ``cnitool gc`` sends none): missing means
+    empty, nothing is still in use.
+    """
     key = next((k for k in VALID_ATTACHMENTS if k in obj), None)
-    if key is None:
-        raise CniError(
-            errors.INVALID_CONFIG,
-            f"cannot garbage-collect: {VALID_ATTACHMENTS[0]} is missing; the runtime must "
-            "list the attachments that are still in use",
-        )
+    if key is None or obj[key] is None:
+        return ()
     items = obj[key]
     if not isinstance(items, list):
         raise CniError(errors.INVALID_CONFIG, f"cannot parse {key}: expected a list")
@@ -483,3 +485,81 @@ def valid_attachments(obj: Mapping[str, Any]) -> tuple[Attachment, ...]:
         ifname = item.get("ifname", "")
         found.append(Attachment(item["containerID"], ifname if isinstance(ifname, str) else ""))
     return tuple(found)
+
+
+# The variables the CNI configuration answers; `wait` must not get them twice.
+_REPEATED = (
+    config.ENV_SOURCE,
+    config.ENV_GATEWAY,
+    config.ENV_DESTINATION,
+    config.ENV_DESTINATION_FILE,
+    config.ENV_POD_INTERFACE,
+    config.ENV_HTTP_PORT,
+    config.ENV_ANNOUNCE_COUNT,
+    config.ENV_ANNOUNCE_INTERVAL,
+    config.ENV_BACKEND,
+)
+
+
+def _rule_lines(destinations: config.Destinations) -> list[str]:
+    lines = [
+        f"{r.port} {r.proto.value} {r.address} {r.remote_port}" for r in destinations.rules
+    ]
+    return lines + [str(f.address) for f in destinations.fallbacks]
+
+
+def router_environment(
+    env: Mapping[str, str], read_text: Callable[[str], str] | None = None
+) -> dict[str, str]:
+    """``env`` completed from the CNI configuration named by ``EGRESS_ROUTER_CNI_CONFIG``.
+
+    In CNI mode the plugin configured the router from the
+    NetworkAttachmentDefinition's config; the ``wait`` container reads the
+    same JSON (mounted from a ConfigMap), validated by the same `parse`, so
+    the two cannot disagree. The result is the ``EGRESS_*`` environment
+    `config.load_config` reads (one grammar); ``env`` is returned unchanged
+    when the variable is not set. Raises `config.ConfigError` naming the
+    variable (and the field) when the file is unreadable or invalid, or when
+    ``env`` also sets a variable the configuration answers.
+    """
+    path = env.get(config.ENV_CNI_CONFIG, "").strip()
+    if not path:
+        return dict(env)
+    twice = [name for name in _REPEATED if name in env]
+    if twice:
+        raise config.ConfigError(
+            config.ENV_CNI_CONFIG,
+            f"is set together with {', '.join(twice)}; in CNI mode the network configuration "
+            f"is the one source of truth: remove {', '.join(twice)}",
+        )
+    reader = read_text or (lambda name: Path(name).read_text(encoding="utf-8"))
+    try:
+        text = reader(path)
+    except (OSError, UnicodeDecodeError) as err:
+        cause = getattr(err, "strerror", None) or str(err)
+        raise config.ConfigError(
+            config.ENV_CNI_CONFIG,
+            f"cannot read the CNI configuration {path!r}: {cause}; mount the ConfigMap that "
+            "holds the NetworkAttachmentDefinition's config or fix the path",
+        ) from None
+    ifname = env.get(config.ENV_INTERFACE, config.DEFAULT_EGRESS_INTERFACE)
+    try:
+        conf = parse(decode(text), ifname)
+    except CniError as err:
+        raise config.ConfigError(config.ENV_CNI_CONFIG, f"{path}: {err.msg}") from None
+    completed = dict(env)
+    completed.update(
+        {
+            config.ENV_SOURCE: ",".join(conf.raw["ip"]["addresses"]),
+            config.ENV_GATEWAY: ",".join(str(g) for g in conf.gateways),
+            config.ENV_DESTINATION: "\n".join(_rule_lines(conf.destinations)),
+            config.ENV_POD_INTERFACE: conf.pod_interface,
+            config.ENV_HTTP_PORT: str(conf.http_port),
+            config.ENV_ANNOUNCE_COUNT: str(conf.announce_count),
+            config.ENV_ANNOUNCE_INTERVAL: repr(conf.announce_interval),
+            config.ENV_BACKEND: config.Backend.NFTABLES.value,  # what the plugin programs
+        }
+    )
+    if conf.log_level <= logging.DEBUG and config.ENV_DEBUG not in env:
+        completed[config.ENV_DEBUG] = "true"
+    return completed

@@ -102,15 +102,17 @@ class Plugin:
             )
         return master
 
-    def _master_link(self, conf: NetConf, master: str) -> macvlan.HostLink:
+    def _master_link(
+        self, conf: NetConf, master: str, what: str = "create the macvlan"
+    ) -> macvlan.HostLink:
         link = self.kernel.host_link(master)
         if link is None:
             names = [n for n in self.kernel.host_link_names() if n != "lo"][:12]
             source = "interfaceArgs.master" if conf.macvlan.master else "the default route"
             raise CniError(
                 errors.MASTER_NOT_FOUND,
-                f"cannot create the macvlan: master interface {master!r} (from {source}) does "
-                f"not exist on this node; set interfaceArgs.master to one of: "
+                f"cannot {what}: master interface {master!r} (from {source}) does not exist on "
+                f"this node; bring it up on the node, or set interfaceArgs.master to one of: "
                 f"{', '.join(names) or '(none)'}",
             )
         return link
@@ -148,10 +150,15 @@ class Plugin:
                 "(Multus: name@ifname in the networks annotation)",
             )
         if not probe.pod_interface_exists:
-            raise CniError(
-                errors.INVALID_CONFIG,
-                f"cannot parse podInterface: {conf.pod_interface!r} does not exist in "
-                f"{env.netns}; set podInterface to the pod network's interface (usually eth0)",
+            # podman does not keep the order of a container's networks: ours may come first.
+            # The pod side (default route, return path) then waits for the pod network; the
+            # wait container completes it at start (and CHECK reports it until then).
+            log.warning(
+                "podInterface %r is not in %s yet (the runtime ran this network's ADD before "
+                "the pod network's): setting up the egress side only; the default route via "
+                "%s and the pod return path are left to the wait container, which completes "
+                "them when it starts",
+                conf.pod_interface, env.netns, ", ".join(str(g) for g in conf.gateways),
             )
         cfg = conf.router_config(env.ifname)
         temp = macvlan.temp_name(env.container_id, env.ifname)
@@ -165,7 +172,9 @@ class Plugin:
             undo.callback(_quietly, f"undo the setup in {env.netns}", self.kernel.undo_pod,
                           env.netns, (temp, env.ifname), probe)
             self.kernel.move_to_netns(temp, env.netns)
-            link = self.kernel.setup_pod(env.netns, temp, cfg)
+            link = self.kernel.setup_pod(
+                env.netns, temp, cfg, pod_side=probe.pod_interface_exists
+            )
             undo.pop_all()
         log.info(
             "added %s (%s, %s on %s) to %s in %.2fs: %s via %s",
@@ -237,11 +246,15 @@ class Plugin:
             macvlan=shape,
         ))
         if found:
+            # libcni prints msg and details together: details only carries what msg left out.
+            shown, rest = found[:drift.MAX_REPORTED], found[drift.MAX_REPORTED:]
             raise CniError(
                 errors.CHECK_FAILED,
                 f"egress router {env.ifname} in {env.netns} differs from its configuration: "
-                f"{drift.summarise(found)}; run DEL and ADD again (restart the pod) to repair",
-                details="\n".join(found),
+                f"{drift.summarise(shown)}"
+                + (f"; and {len(rest)} more (in details)" if rest else "")
+                + "; run DEL and ADD again (restart the pod) to repair",
+                details="\n".join(rest),
             )
         log.info("check passed: %s in %s matches the configuration", env.ifname, env.netns)
 
@@ -252,7 +265,7 @@ class Plugin:
         if problem:
             raise CniError(errors.PLUGIN_NOT_AVAILABLE, f"cannot serve ADD: {problem}")
         try:
-            self._master_link(conf, self._master(conf))
+            self._master_link(conf, self._master(conf), "serve ADD")
         except CniError as err:
             raise CniError(errors.PLUGIN_NOT_AVAILABLE, err.msg) from None
 
@@ -363,10 +376,31 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
     )
 
 
+def _use_bundle(environ: dict[str, str] | os._Environ[str]) -> None:
+    """In the one-file executable (scripts/build-cni.sh), run the ``nft`` it carries.
+
+    PyInstaller unpacks the bundle to ``sys._MEIPASS``: ``bin/nft`` and the
+    libraries it links are there, so the node needs no nftables. Its
+    directory goes first on PATH (every ``shutil.which("nft")`` finds it) and
+    on LD_LIBRARY_PATH (that nft loads the bundled libnftables, not the
+    node's, which may be missing or older).
+    """
+    bundle = getattr(sys, "_MEIPASS", None)
+    if not getattr(sys, "frozen", False) or not bundle:
+        return
+    tools = os.path.join(bundle, "bin")
+    path = [p for p in environ.get("PATH", "").split(":") if p and p != tools]
+    environ["PATH"] = ":".join([tools, *path])
+    libraries = environ.get("LD_LIBRARY_PATH", "")
+    if bundle not in libraries.split(":"):
+        environ["LD_LIBRARY_PATH"] = ":".join(p for p in (bundle, libraries) if p)
+
+
 def main() -> None:
     """Console-script entry point ``egress-router-cni``."""
     signal.signal(signal.SIGTERM, _interrupted)
     os.environ["PATH"] = _with_sbin(os.environ.get("PATH", "/usr/bin:/bin"))
+    _use_bundle(os.environ)
     # A person at a terminal (VERSION by hand) gets no hanging read.
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     sys.exit(run(os.environ, stdin, sys.stdout, sys.stderr))

@@ -42,6 +42,9 @@ ENV_DNS_MIN_TTL = "EGRESS_ROUTER_DNS_MIN_TTL"
 ENV_DNS_MAX_TTL = "EGRESS_ROUTER_DNS_MAX_TTL"
 ENV_SAMPLE = "EGRESS_ROUTER_CONNTRACK_SAMPLE_SECONDS"
 ENV_METRICS_RULES = "EGRESS_ROUTER_METRICS_RULES"
+# CNI mode: the plugin's network configuration (JSON), read by `wait` instead of the variables
+# above that it would repeat (egress_router.cni.netconf.router_environment).
+ENV_CNI_CONFIG = "EGRESS_ROUTER_CNI_CONFIG"
 
 DEFAULT_POD_INTERFACE = "eth0"
 DEFAULT_EGRESS_INTERFACE = "macvlan0"

@@ -32,6 +32,12 @@ DEFAULT_CNI_INTERFACE = "net1"
 DEFAULT_MACVLAN_MODE = "bridge"  # upstream's default (the CRD and the CNI plugin)
 
 # Where the ConfigMap is mounted and which key holds the rules.
+# The CNI plugin: its file name in the node's CNI bin directory (the NetworkAttachmentDefinition's
+# "type", upstream's name), that directory, and where the image carries the one-file executable
+# (scripts/build-cni.sh) for the installer DaemonSet to copy.
+CNI_TYPE = "egress-router"
+CNI_BIN_DIR = "/opt/cni/bin"
+CNI_EXECUTABLE = "/usr/local/libexec/egress-router/egress-router-cni"
 DESTINATIONS_DIR = "/etc/egress-router"
 DESTINATIONS_KEY = "destinations"
 DESTINATIONS_PATH = f"{DESTINATIONS_DIR}/{DESTINATIONS_KEY}"
@@ -48,12 +54,13 @@ CONFIG_FIELDS = (
     "httpPort", "debug",
 )
 _ANNOTATION_FIELDS = ("type", "macvlan")
-_CNI_FIELDS = ("type", "master", "mode", "mtu", "interface")
+_CNI_FIELDS = ("type", "master", "mode", "mtu", "interface", "binDir")
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # The kernel's rule for interface names (IFNAMSIZ, no whitespace, '/' or ':').
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
+_BIN_DIR = re.compile(r"^(/[A-Za-z0-9._+-]+)+/?$")
 _IMAGE = re.compile(r"^\S+$")
 _LINE_REF = re.compile(r"\bline (\d+)\b")
 
@@ -102,6 +109,7 @@ class RouterSpec:
     macvlan_mode: str = DEFAULT_MACVLAN_MODE
     mtu: int | None = None
     cni_interface: str = DEFAULT_CNI_INTERFACE
+    cni_bin_dir: str = CNI_BIN_DIR  # cni: the node's CNI bin directory (the installer's target)
     image: str = DEFAULT_IMAGE
     image_pull_policy: str | None = None
     backend: config.Backend = config.Backend.NFTABLES
@@ -605,12 +613,20 @@ def _attachment(fields: _Fields, doc: Mapping[str, Any]) -> dict[str, Any]:
     master = fields.string(raw, "attachment.master")
     mode = fields.string(raw, "attachment.mode", DEFAULT_MACVLAN_MODE) or DEFAULT_MACVLAN_MODE
     interface = fields.string(raw, "attachment.interface", DEFAULT_CNI_INTERFACE)
+    bin_dir = fields.string(raw, "attachment.binDir", CNI_BIN_DIR) or ""
+    if not _BIN_DIR.match(bin_dir):
+        raise fields.error(
+            "attachment.binDir",
+            "expected the absolute path of the nodes' CNI bin directory, e.g. /opt/cni/bin",
+            bin_dir,
+        )
     return {
         "attachment": attachment,
         "master": None if master is None else fields.ifname(master, "attachment.master"),
         "macvlan_mode": fields.choice(mode, MACVLAN_MODES, "attachment.mode"),
         "mtu": fields.integer(raw, "attachment.mtu", low=68, high=65535),
         "cni_interface": fields.ifname(interface or "", "attachment.interface"),
+        "cni_bin_dir": bin_dir.rstrip("/") or "/",
     }
 
 

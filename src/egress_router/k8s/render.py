@@ -44,11 +44,22 @@ ANNOTATION_CHECKSUM = "egress-router/config-sha256"
 
 NAD_API_VERSION = "k8s.cni.cncf.io/v1"
 NAD_KIND = "NetworkAttachmentDefinition"
+# 1.0.0, not 1.1.0: podman 4.3's libcni (Debian 12) rejects a 1.1.0 result; the plugin answers
+# in the version asked, and STATUS/GC (1.1.0) are for runtimes that send their own version.
 CNI_VERSION = "1.0.0"
-CNI_TYPE = "egress-router"  # the plugin's file name in the node's CNI bin directory
+CNI_TYPE = manifest.CNI_TYPE  # the plugin's file name in the node's CNI bin directory
+CNI_CONFIG_KEY = "cni.json"  # CNI mode: the NetworkAttachmentDefinition's config, for `wait`
+CNI_CONFIG_PATH = f"{manifest.DESTINATIONS_DIR}/{CNI_CONFIG_KEY}"
 
 INIT_CONTAINER = "setup"
 MAIN_CONTAINER = "egress-router"
+INSTALLER_CONTAINER = "install-cni"
+INSTALLER_SUFFIX = "-cni-installer"
+INSTALLER_COMPONENT = "cni-installer"
+INSTALLER_INTERVAL = 60  # seconds between the installer's re-checks of the node's copy
+INSTALLER_MOUNT = "/host/cni-bin"
+INSTALLER_VOLUME = "cni-bin"
+LABEL_COMPONENT = "app.kubernetes.io/component"
 VOLUME = "destinations"
 HTTP_PORT_NAME = "http"
 READY_PATH = "/readyz"
@@ -136,18 +147,25 @@ def cni_config(spec: manifest.RouterSpec) -> dict[str, Any]:
     }
     if spec.pod_interface != config.DEFAULT_POD_INTERFACE:
         conf["podInterface"] = spec.pod_interface
+    if spec.http_port != config.DEFAULT_HTTP_PORT:
+        conf["httpPort"] = spec.http_port
     if spec.debug:
         conf["log_level"] = "debug"
     return conf
 
 
+def cni_config_text(spec: manifest.RouterSpec) -> str:
+    """The configuration as the NetworkAttachmentDefinition and the ConfigMap both hold it."""
+    return json.dumps(cni_config(spec), indent=2) + "\n"
+
+
 def _config_map(spec: manifest.RouterSpec) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(spec),
-        "data": {manifest.DESTINATIONS_KEY: spec.destination_text},
-    }
+    # CNI mode: `wait` reads the plugin's own configuration, so the two cannot disagree.
+    if spec.attachment is manifest.Attachment.CNI:
+        data = {CNI_CONFIG_KEY: cni_config_text(spec)}
+    else:
+        data = {manifest.DESTINATIONS_KEY: spec.destination_text}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(spec), "data": data}
 
 
 def _network_attachment(spec: manifest.RouterSpec) -> dict[str, Any]:
@@ -155,7 +173,64 @@ def _network_attachment(spec: manifest.RouterSpec) -> dict[str, Any]:
         "apiVersion": NAD_API_VERSION,
         "kind": NAD_KIND,
         "metadata": _metadata(spec),
-        "spec": {"config": json.dumps(cni_config(spec), indent=2) + "\n"},
+        "spec": {"config": cni_config_text(spec)},
+    }
+
+
+def _installer_labels(spec: manifest.RouterSpec) -> dict[str, str]:
+    return {**_labels(spec), LABEL_COMPONENT: INSTALLER_COMPONENT}
+
+
+def _installer(spec: manifest.RouterSpec) -> dict[str, Any]:
+    """The DaemonSet that puts the plugin executable into every node's CNI bin directory."""
+    meta = _metadata(spec)
+    meta["name"] = f"{spec.name}{INSTALLER_SUFFIX}"
+    meta["labels"][LABEL_COMPONENT] = INSTALLER_COMPONENT
+    container: dict[str, Any] = {
+        "name": INSTALLER_CONTAINER,
+        **_container_common(spec),
+        "args": [
+            "install-cni",
+            "--source", manifest.CNI_EXECUTABLE,
+            "--dest-dir", INSTALLER_MOUNT,
+            "--name", CNI_TYPE,
+            "--interval", str(INSTALLER_INTERVAL),
+        ],
+        # Root to write the root-owned directory, and nothing else.
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": INSTALLER_VOLUME, "mountPath": INSTALLER_MOUNT}],
+        "resources": {"requests": {"cpu": "5m", "memory": "32Mi"}},
+    }
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        # Every node the router may land on, tainted ones included.
+        "tolerations": [{"operator": "Exists"}],
+    }
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    pod["containers"] = [container]
+    pod["volumes"] = [
+        {
+            "name": INSTALLER_VOLUME,
+            "hostPath": {"path": spec.cni_bin_dir, "type": "DirectoryOrCreate"},
+        }
+    ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": meta,
+        "spec": {
+            "selector": {"matchLabels": _installer_labels(spec)},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {"metadata": {"labels": _installer_labels(spec)}, "spec": pod},
+        },
     }
 
 
@@ -213,12 +288,23 @@ def _init_container(spec: manifest.RouterSpec) -> dict[str, Any]:
     }
 
 
+def _main_environment(spec: manifest.RouterSpec) -> list[tuple[str, str]]:
+    if spec.attachment is manifest.Attachment.CNI:
+        # Everything else comes from the plugin's configuration (one source of truth);
+        # the interface's name is Multus's (the networks annotation), not the plugin's.
+        return [
+            (config.ENV_CNI_CONFIG, CNI_CONFIG_PATH),
+            (config.ENV_INTERFACE, spec.egress_interface),
+        ]
+    return spec.environment()
+
+
 def _main_container(spec: manifest.RouterSpec) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": MAIN_CONTAINER,
         **_container_common(spec),
         "args": list(WAIT_ARGS),
-        "env": _env(spec.environment()),
+        "env": _env(_main_environment(spec)),
     }
     if spec.http_port:
         container["ports"] = [
@@ -317,6 +403,8 @@ def render(spec: manifest.RouterSpec) -> Rendered:
     objects: list[dict[str, Any]] = [_config_map(spec)]
     if spec.attachment is manifest.Attachment.CNI:
         objects.append(_network_attachment(spec))
+        # Before the router: its pod's ADD needs the plugin on the node.
+        objects.append(_installer(spec))
     objects.append(_service(spec))
     objects.append(_deployment(spec, checksum(objects)))
     return Rendered(tuple(objects), tuple(_warnings(spec)))
@@ -414,6 +502,7 @@ CNI_CONFIG_SCHEMA: dict[str, Any] = {
             },
         },
         "podInterface": {"type": "string", "minLength": 1, "maxLength": 15},
+        "httpPort": {"type": "integer", "minimum": 0, "maximum": 65535},
         "log_level": {"enum": ["debug", "verbose", "info", "warning", "error", "panic"]},
     },
 }
@@ -485,11 +574,28 @@ def _check_router(objects: Sequence[Mapping[str, Any]]) -> None:
     service = _one(objects, "Service")
     deployment = _one(objects, "Deployment")
     name = _describe(service)
-    text = config_map["data"][manifest.DESTINATIONS_KEY]
+    data = config_map["data"]
+    cni_text = data.get(CNI_CONFIG_KEY)
     try:
-        destinations = config.parse_destinations(text, f"{_describe(config_map)} destinations")
+        if cni_text is None:
+            text = data[manifest.DESTINATIONS_KEY]
+            destinations = config.parse_destinations(
+                text, f"{_describe(config_map)} destinations"
+            )
+        else:
+            cni_conf = json.loads(cni_text)
+            destinations = config.parse_destinations(
+                "\n".join(cni_conf["ip"]["destinations"]),
+                f"{_describe(config_map)} {CNI_CONFIG_KEY} ip.destinations",
+                host_prefix=True,
+            )
     except config.ConfigError as err:
         raise CheckError(str(err)) from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckError(
+            f"cannot check {_describe(config_map)}: {CNI_CONFIG_KEY} is not a CNI "
+            f"configuration: {err}"
+        ) from None
     ports = {(p["port"], p["protocol"].lower()): p for p in service["spec"]["ports"]}
     rules = {(r.port, r.proto.value) for r in manifest.port_rules(destinations)}
     for port, proto in sorted(rules):
@@ -506,6 +612,8 @@ def _check_router(objects: Sequence[Mapping[str, Any]]) -> None:
     pod = deployment["spec"]["template"]["spec"]
     containers = [*pod.get("initContainers", []), *pod["containers"]]
     http_ports = {int(_env_of(c).get(config.ENV_HTTP_PORT, "0")) for c in containers}
+    if cni_text is not None:
+        http_ports.add(int(json.loads(cni_text).get("httpPort", config.DEFAULT_HTTP_PORT)))
     for port, proto in sorted(set(ports) - rules):
         if not manifest.has_fallback(destinations):
             raise CheckError(
@@ -518,28 +626,75 @@ def _check_router(objects: Sequence[Mapping[str, Any]]) -> None:
             )
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     for container in containers:
-        env = _env_of(container)
-        path = env.get(config.ENV_DESTINATION_FILE, "")
-        mounted = [
-            m for m in container.get("volumeMounts", [])
-            if path == f"{m['mountPath'].rstrip('/')}/{manifest.DESTINATIONS_KEY}"
-            and volumes.get(m["name"], {}).get("configMap", {}).get("name")
-            == config_map["metadata"]["name"]
-        ]
-        if not mounted:
+        _check_reads_config_map(deployment, container, volumes, config_map)
+    for nad in (o for o in objects if o.get("kind") == NAD_KIND):
+        if nad["spec"]["config"] != cni_text:
             raise CheckError(
-                f"cannot check {_describe(deployment)}: container {container['name']} reads "
-                f"{config.ENV_DESTINATION_FILE}={path!r}, which is not the mounted ConfigMap"
+                f"cannot check {_describe(nad)}: its config differs from ConfigMap "
+                f"{config_map['metadata']['name']}'s {CNI_CONFIG_KEY}, which the router's "
+                "wait container reads"
             )
-    nads = [o for o in objects if o.get("kind") == NAD_KIND]
-    for nad in nads:
-        conf = json.loads(nad["spec"]["config"])
-        lines = "\n".join(conf["ip"]["destinations"])
-        theirs = config.parse_destinations(lines, f"{_describe(nad)} ip.destinations")
-        if manifest.rule_lines(theirs) != manifest.rule_lines(destinations):
+        _check_installer(objects, json.loads(nad["spec"]["config"])["type"])
+
+
+def _check_reads_config_map(
+    deployment: Mapping[str, Any],
+    container: Mapping[str, Any],
+    volumes: Mapping[str, Any],
+    config_map: Mapping[str, Any],
+) -> None:
+    """The container reads its configuration from the ConfigMap, and only from there."""
+    env = _env_of(container)
+    if config.ENV_CNI_CONFIG in env:
+        variable, key = config.ENV_CNI_CONFIG, CNI_CONFIG_KEY
+        repeated = [v for v in (config.ENV_SOURCE, config.ENV_GATEWAY, config.ENV_DESTINATION,
+                                config.ENV_DESTINATION_FILE, config.ENV_HTTP_PORT) if v in env]
+        if repeated:
             raise CheckError(
-                f"cannot check {_describe(nad)}: its destinations differ from the ConfigMap's"
+                f"cannot check {_describe(deployment)}: container {container['name']} sets "
+                f"{', '.join(repeated)} besides {config.ENV_CNI_CONFIG}"
             )
+    else:
+        variable, key = config.ENV_DESTINATION_FILE, manifest.DESTINATIONS_KEY
+    path = env.get(variable, "")
+    mounted = [
+        m for m in container.get("volumeMounts", [])
+        if path == f"{m['mountPath'].rstrip('/')}/{key}"
+        and volumes.get(m["name"], {}).get("configMap", {}).get("name")
+        == config_map["metadata"]["name"]
+    ]
+    if not mounted or key not in config_map["data"]:
+        raise CheckError(
+            f"cannot check {_describe(deployment)}: container {container['name']} reads "
+            f"{variable}={path!r}, which is not the mounted ConfigMap"
+        )
+
+
+def _check_installer(objects: Sequence[Mapping[str, Any]], cni_type: str) -> None:
+    """The installer writes the plugin under the configuration's type into a hostPath mount."""
+    installer = _one(objects, "DaemonSet")
+    pod = installer["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container.get("args", [])
+    options = dict(zip(args[1::2], args[2::2], strict=False)) if args[:1] == ["install-cni"] \
+        else {}
+    if options.get("--name") != cni_type:
+        raise CheckError(
+            f"cannot check {_describe(installer)}: it installs the plugin as "
+            f"{options.get('--name')!r}, but the NetworkAttachmentDefinition's type is "
+            f"{cni_type!r}"
+        )
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    target = [
+        m for m in container.get("volumeMounts", [])
+        if m["mountPath"] == options.get("--dest-dir") and "hostPath" in volumes.get(m["name"], {})
+        and not m.get("readOnly", False)
+    ]
+    if not target:
+        raise CheckError(
+            f"cannot check {_describe(installer)}: --dest-dir {options.get('--dest-dir')!r} is "
+            "not a writable hostPath mount (the node's CNI bin directory)"
+        )
 
 
 def check(objects: Sequence[Mapping[str, Any]], version: str = KUBERNETES_VERSION) -> list[str]:
@@ -561,5 +716,11 @@ def check(objects: Sequence[Mapping[str, Any]], version: str = KUBERNETES_VERSIO
         )
         checked.append(f"{_describe(obj)}: valid against {against}")
     _check_router(objects)
-    checked.append("Service ports match the rules one to one; the pod reads the ConfigMap")
+    summary = "Service ports match the rules one to one; the pod reads the ConfigMap"
+    if any(o.get("kind") == NAD_KIND for o in objects):
+        summary += (
+            " (in CNI mode the NetworkAttachmentDefinition's config itself); the installer "
+            "writes the plugin under its type"
+        )
+    checked.append(summary)
     return checked

@@ -128,7 +128,7 @@ class PyrouteNetlink:
 
     @contextmanager
     def _ipr(self) -> Iterator[Any]:
-        from pyroute2 import IPRoute  # noqa: PLC0415 (lazy: see the module docstring)
+        from pyroute2.iproute import IPRoute  # noqa: PLC0415 (lazy: see the module docstring)
 
         ipr = IPRoute(netns=self._netns) if self._netns else IPRoute()
         try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,3 +97,81 @@ def test_bad_configuration_names_the_field(
     with pytest.raises(CniError) as caught:
         netconf.parse({**CONF, **change}, "net1")
     assert (caught.value.code, caught.value.msg) == (code, message)
+
+
+# ------------------------------------------------------------------ the wait container (CNI mode)
+
+WAIT_CONF: dict[str, Any] = {
+    "cniVersion": "1.0.0",
+    "name": "egress",
+    "type": "egress-router",
+    "ip": {
+        "addresses": ["192.168.12.99/24"],
+        "gateway": "192.168.12.1",
+        "destinations": ["80 tcp 203.0.113.25", "8080 tcp 203.0.113.26/32 80", "203.0.113.27"],
+    },
+    "interfaceType": "macvlan",
+    "interfaceArgs": {"master": "ens3"},
+    "podInterface": "pod0",
+    "httpPort": 8081,
+    "announceCount": 5,
+    "announceInterval": 0.25,
+    "log_level": "debug",
+}
+
+
+def write(tmp_path: Path, conf: object) -> dict[str, str]:
+    path = tmp_path / "cni.json"
+    path.write_text(conf if isinstance(conf, str) else json.dumps(conf))
+    return {"EGRESS_ROUTER_CNI_CONFIG": str(path), "EGRESS_INTERFACE": "net1"}
+
+
+def test_the_wait_config_is_the_plugins(tmp_path: Path) -> None:
+    env = write(tmp_path, WAIT_CONF)
+    cfg = config.load_config({**netconf.router_environment(env), "EGRESS_ROUTER_MODE": "legacy"})
+    plugin = netconf.parse(WAIT_CONF, "net1").router_config("net1")
+    assert cfg.sources == plugin.sources
+    assert cfg.gateways == plugin.gateways
+    assert cfg.destinations == plugin.destinations
+    assert (cfg.pod_interface, cfg.egress_interface, cfg.http_port) == ("pod0", "net1", 8081)
+    assert (cfg.announce_count, cfg.announce_interval, cfg.debug) == (5, 0.25, True)
+    assert cfg.backend is config.Backend.NFTABLES
+
+
+def test_without_the_variable_the_environment_is_kept() -> None:
+    env = {"EGRESS_SOURCE": "192.168.12.99", "EGRESS_GATEWAY": "192.168.12.1"}
+    assert netconf.router_environment(env) == env
+
+
+def test_repeating_a_value_in_env_is_refused(tmp_path: Path) -> None:
+    env = {**write(tmp_path, WAIT_CONF), "EGRESS_SOURCE": "192.168.12.98",
+           "EGRESS_DESTINATION": "x"}
+    with pytest.raises(config.ConfigError) as caught:
+        netconf.router_environment(env)
+    assert str(caught.value) == (
+        "cannot parse EGRESS_ROUTER_CNI_CONFIG: is set together with EGRESS_SOURCE, "
+        "EGRESS_DESTINATION; in CNI mode the network configuration is the one source of "
+        "truth: remove EGRESS_SOURCE, EGRESS_DESTINATION"
+    )
+
+
+def test_a_bad_configuration_names_the_file_and_the_field(tmp_path: Path) -> None:
+    bad = {**WAIT_CONF,
+           "ip": {**WAIT_CONF["ip"], "destinations": ["80 tcp 203.0.113.25", "99999 tcp x"]}}
+    env = write(tmp_path, bad)
+    with pytest.raises(config.ConfigError) as caught:
+        netconf.router_environment(env)
+    message = str(caught.value)
+    assert message == (
+        f"cannot parse EGRESS_ROUTER_CNI_CONFIG: {env['EGRESS_ROUTER_CNI_CONFIG']}: cannot "
+        "parse ip.destinations line 2 '99999 tcp x': port 99999 is out of range; expected 1 "
+        "to 65535"
+    )
+
+
+def test_not_json_and_unreadable_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="cannot decode the network configuration"):
+        netconf.router_environment(write(tmp_path, "{not json"))
+    missing = {"EGRESS_ROUTER_CNI_CONFIG": str(tmp_path / "nope.json")}
+    with pytest.raises(config.ConfigError, match="No such file or directory; mount the ConfigMap"):
+        netconf.router_environment(missing)

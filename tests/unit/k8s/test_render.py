@@ -135,17 +135,111 @@ def test_the_seed_example_is_the_seed_shape() -> None:
 
 
 def test_init_environment_loads_with_the_routers_own_parser() -> None:
-    spec = load("dual")
+    spec = load("seed")
     objects = render.render(spec).objects
     data = one(objects, "ConfigMap")["data"]["destinations"]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    for container in (*pod["initContainers"], *pod["containers"]):
+        env = {e["name"]: e["value"] for e in container["env"]}
+        cfg = config.load_config(env, read_text=lambda path: data)
+        assert cfg.destinations == spec.destinations
+        assert cfg.sources == spec.sources
+
+
+def test_cni_wait_container_reads_the_plugins_own_configuration() -> None:
+    spec = load("dual")
+    objects = render.render(spec).objects
+    data = one(objects, "ConfigMap")["data"]
+    nad_config = one(objects, "NetworkAttachmentDefinition")["spec"]["config"]
+    # One source of truth: the ConfigMap holds exactly the plugin's configuration.
+    assert data == {"cni.json": nad_config}
     (main,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in main["env"]}
-    cfg = config.load_config(env, read_text=lambda path: data)
+    assert env == {"EGRESS_ROUTER_CNI_CONFIG": "/etc/egress-router/cni.json",
+                   "EGRESS_INTERFACE": "phys0"}
+    mounts = {m["mountPath"] for m in main["volumeMounts"]}
+    assert "/etc/egress-router" in mounts
+
+    def read(path: str) -> str:
+        assert path == "/etc/egress-router/cni.json"
+        return data["cni.json"]
+
+    cfg = config.load_config(netconf.router_environment(env, read_text=read))
     assert cfg.destinations == spec.destinations
     assert cfg.sources == spec.sources
+    assert cfg.gateways == spec.gateways
     assert (cfg.pod_interface, cfg.egress_interface, cfg.http_port, cfg.debug) == (
         "pod0", "phys0", 8081, True
     )
+    # ... and it is what the plugin configured at ADD.
+    plugin = netconf.parse(json.loads(nad_config), ifname="phys0").router_config("phys0")
+    assert plugin.destinations == cfg.destinations
+    assert (plugin.pod_interface, plugin.http_port) == (cfg.pod_interface, cfg.http_port)
+
+
+def test_cni_installer_copies_the_plugin_under_the_configured_type() -> None:
+    spec = manifest.load_config_text(
+        (EXAMPLES / "cni.yaml").read_text().replace("interface: net1", "interface: net1\n"
+                                                    "  binDir: /var/lib/cni/bin"),
+        "cni.yaml",
+    )
+    objects = render.render(spec).objects
+    assert [o["kind"] for o in objects] == [
+        "ConfigMap", "NetworkAttachmentDefinition", "DaemonSet", "Service", "Deployment"
+    ]
+    installer = one(objects, "DaemonSet")
+    pod = installer["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[0] == "install-cni"
+    options = dict(zip(args[1::2], args[2::2], strict=True))
+    nad_type = json.loads(one(objects, "NetworkAttachmentDefinition")["spec"]["config"])["type"]
+    assert options["--name"] == nad_type == "egress-router"
+    assert options["--source"] == manifest.CNI_EXECUTABLE
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == options["--dest-dir"]
+    (volume,) = pod["volumes"]
+    assert volume["hostPath"] == {"path": "/var/lib/cni/bin", "type": "DirectoryOrCreate"}
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["nodeSelector"] == dict(spec.node_selector)
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_check_refuses_an_installer_that_writes_another_name() -> None:
+    objects = copy.deepcopy(render.render(load("cni")).objects)
+    container = one(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    container["args"][container["args"].index("--name") + 1] = "egress-router-cni"
+    with pytest.raises(render.CheckError, match="installs the plugin as 'egress-router-cni', "
+                       "but the NetworkAttachmentDefinition's type is 'egress-router'"):
+        render.check(objects)
+
+
+def test_check_refuses_a_wait_config_that_differs_from_the_plugins() -> None:
+    objects = copy.deepcopy(render.render(load("cni")).objects)
+    data = one(objects, "ConfigMap")["data"]
+    data["cni.json"] = data["cni.json"].replace("203.0.113.25", "203.0.113.99")
+    with pytest.raises(render.CheckError, match=r"its config differs from ConfigMap "
+                       r"egress-partners's cni\.json"):
+        render.check(objects)
+
+
+def test_check_refuses_a_cni_wait_container_that_repeats_the_configuration() -> None:
+    objects = copy.deepcopy(render.render(load("cni")).objects)
+    main = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    main["env"].append({"name": "EGRESS_SOURCE", "value": "192.168.12.98/24"})
+    with pytest.raises(render.CheckError, match="sets EGRESS_SOURCE besides "
+                       "EGRESS_ROUTER_CNI_CONFIG"):
+        render.check(objects)
+
+
+@pytest.mark.parametrize("value", ["opt/cni/bin", "/opt/cni bin", ""])
+def test_bin_dir_must_be_an_absolute_path(value: str) -> None:
+    text = (EXAMPLES / "cni.yaml").read_text().replace(
+        "interface: net1", f"interface: net1\n  binDir: '{value}'"
+    )
+    with pytest.raises(config.ConfigError, match=r"attachment\.binDir.*absolute path"):
+        manifest.load_config_text(text, "cni.yaml")
 
 
 def test_backend_reaches_both_containers_of_the_annotation_pod() -> None:
@@ -619,8 +713,8 @@ def test_render_command_writes_one_file_per_object(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == [
-        "01-configmap.yaml", "02-networkattachmentdefinition.yaml", "03-service.yaml",
-        "04-deployment.yaml",
+        "01-configmap.yaml", "02-networkattachmentdefinition.yaml", "03-daemonset.yaml",
+        "04-service.yaml", "05-deployment.yaml",
     ]
     documents = [
         d for f in files
