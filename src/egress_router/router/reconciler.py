@@ -54,6 +54,8 @@ class Edges:
     stats: Callable[[], ConntrackStats | None] = lambda: None  # conntrack's counters
     # (resolver, pod gateway) routes the router's own lookups need (None: none looked for)
     pod_routes: Callable[[config.Config], PodRoutes] | None = None
+    # On-link networks of an interface: DNS answers inside the pod network are refused.
+    networks: Callable[[str], Sequence[config.IPNetwork]] = lambda _ifname: ()
 
 
 def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
@@ -83,6 +85,7 @@ def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
         prepare=links.prepare,
         stats=conntrack.read_stats,
         pod_routes=resolvers.pod_routes,
+        networks=observe.interface_networks,
     )
 
 
@@ -437,9 +440,13 @@ class Router:
         if not hosts:
             self.dns.refresh((), cfg.families())
             return resolve.Refresh()
-        result = self.dns.refresh(hosts, cfg.families(), force=force)
+        pod_networks = self.kernel.networks(cfg.pod_interface)
+        policy = resolve.policy_for(cfg, pod_networks)
+        result = self.dns.refresh(hosts, cfg.families(), force=force, policy=policy)
         for host, _why in result.failed:
             self.metrics.dns_failures.labels(name=host).inc()
+        if result.refused:
+            self.metrics.dns_refused.inc(len(result.refused))
         return result
 
     def refresh_dns(self) -> bool:

@@ -29,12 +29,15 @@ def test_answers_are_bounded_and_filtered() -> None:
                                                  a("203.0.113.25"), a("2001:db8::1")], 0, [4])
     assert answer == resolve.Answer((a("203.0.113.25"), a("203.0.113.26")), 5)
     assert resolver.answer("x.example.com", [a("203.0.113.25")], 86400, [4]).ttl == 300
-    with pytest.raises(resolve.ResolveError) as caught:
-        resolver.answer("evil.example.com", [a("127.0.0.1")], 60, [4])
-    assert str(caught.value) == (
-        "cannot use evil.example.com: it resolves to 127.0.0.1, none of which can be a "
-        "destination (loopback, link-local, multicast or unspecified)"
+    # Which addresses may be destinations is the policy's (resolve.screen), counted and logged.
+    good, refused = resolve.screen(
+        "evil.example.com", resolver.answer("evil.example.com", [a("127.0.0.1")], 60, [4])
+        .addresses, config.destination_problem,
     )
+    assert good == ()
+    assert [(r.address, r.why) for r in refused] == [
+        (a("127.0.0.1"), "127.0.0.1 is a loopback address")
+    ]
     with pytest.raises(resolve.ResolveError, match=r"^cannot resolve v6\.example\.com: no A "):
         resolver.answer("v6.example.com", [], 60, [4])
 
