@@ -26,7 +26,7 @@ import click
 
 from egress_router.core import config, ruleset
 from egress_router.k8s.command import render_command
-from egress_router.kernel import announce, netlink
+from egress_router.kernel import announce, netlink, preflight
 from egress_router.lab.command import lab as lab_group
 from egress_router.router import engine
 
@@ -119,6 +119,7 @@ def run_from_environment(env: Mapping[str, str]) -> int:
             announce.SocketAnnouncer(),
             sleep=stop.sleep,
             stale=engine.make_firewall(other),
+            probe=preflight.SystemProbe(),
         )
     except engine.ApplyError as err:
         _fail(str(err), EXIT_APPLY)

@@ -147,6 +147,13 @@ class Plugin:
                 f"named {env.ifname!r} already exists in {env.netns}; choose another name "
                 "(Multus: name@ifname in the networks annotation)",
             )
+        if probe.unwritable:
+            why = "; ".join(f"sysctl {k.replace('/', '.')} {w}" for k, w in probe.unwritable)
+            raise CniError(
+                errors.ROUTER_SETUP_FAILED,
+                f"cannot set up the egress router in {env.netns}: {why}; the container "
+                "runtime must leave /proc/sys writable; nothing was changed",
+            )
         if not probe.pod_interface_exists:
             raise CniError(
                 errors.INVALID_CONFIG,

@@ -19,7 +19,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from egress_router.core import config, drift, listing, plan
-from egress_router.kernel import announce, conntrack, errors, netlink, nft, observe, resolvers
+from egress_router.kernel import (
+    announce,
+    conntrack,
+    errors,
+    netlink,
+    nft,
+    observe,
+    preflight,
+    resolvers,
+)
 from egress_router.kernel.memory import HEAP
 from egress_router.router import capacity, engine, metrics, resolve
 
@@ -56,6 +65,7 @@ class Edges:
     pod_routes: Callable[[config.Config], PodRoutes] | None = None
     # On-link networks of an interface: DNS answers inside the pod network are refused.
     networks: Callable[[str], Sequence[config.IPNetwork]] = lambda _ifname: ()
+    probe: preflight.Probe | None = None  # programs and sysctls checked before any change
 
 
 def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
@@ -86,6 +96,7 @@ def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
         stats=conntrack.read_stats,
         pod_routes=resolvers.pod_routes,
         networks=observe.interface_networks,
+        probe=preflight.SystemProbe(),
     )
 
 
@@ -220,6 +231,8 @@ class Router:
         self._refresh_names(cfg, force=True)
         desired = self._desired(cfg)
         with self._lock:
+            # Before the first change (prepare changes links, addresses and routes).
+            engine.preflight(desired, self.kernel.links, self.kernel.firewall, self.kernel.probe)
             if self.kernel.prepare is not None:
                 # Links, addresses and routes in one go (forwarding stays off until
                 # the engine has put the ruleset in place), so that a fresh pod
@@ -237,6 +250,7 @@ class Router:
                 _SILENT,
                 sleep=lambda _seconds: None,
                 stale=self.kernel.stale,
+                probe=self.kernel.probe,
             )
             desired = self._route_resolvers(desired)
             self._applied(desired)
