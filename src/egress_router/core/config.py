@@ -441,13 +441,17 @@ def parse_address(
     return address
 
 
-def _parse_destination(text: str, variable: str, line: int, what: str) -> IPAddress:
-    address = parse_address(text, variable, line=line, what=what)
+def _check_destination(address: IPAddress, variable: str, line: int, what: str) -> None:
     problem = destination_problem(address)
     if problem is not None:
         raise ConfigError(
             variable, f"{what} {problem}; expected the address of a service", line=line
         )
+
+
+def _parse_destination(text: str, variable: str, line: int, what: str) -> IPAddress:
+    address = parse_address(text, variable, line=line, what=what)
+    _check_destination(address, variable, line, what)
     return address
 
 
@@ -604,8 +608,11 @@ def parse_destinations(
                     line=number,
                 )
             port, proto = _rule_head(tokens, variable, number, fallbacks, named_fallbacks)
-            address = _parse_destination(tokens[2], variable, number, "destination address")
-            address = interned.setdefault(address, address)  # many rules, few destinations
+            address = parse_address(tokens[2], variable, line=number, what="destination address")
+            if address not in interned:  # many rules, few destinations: judge each once
+                _check_destination(address, variable, number, "destination address")
+                interned[address] = address
+            address = interned[address]
             remote = _remote_port(tokens, port, variable, number)
             _claim_ports(
                 seen, (address.version,), proto, port, variable=variable, number=number
@@ -1106,12 +1113,15 @@ def check_destinations(
     text: str = "",
 ) -> None:
     """Refuse destinations that are the router's own addresses or its egress subnet's."""
-    lines = split_lines(text)
     items: list[PortRule | Fallback] = [*destinations.rules, *destinations.fallbacks]
+    judged: dict[IPAddress, str | None] = {}
     for item in items:
-        problem = destination_problem(item.address, sources, gateways)
+        if item.address not in judged:
+            judged[item.address] = destination_problem(item.address, sources, gateways)
+        problem = judged[item.address]
         if problem is None:
             continue
+        lines = split_lines(text)
         what = "fallback address" if isinstance(item, Fallback) else "destination address"
         raw = strip_space(lines[item.line - 1]) if 0 < item.line <= len(lines) else None
         raise ConfigError(
