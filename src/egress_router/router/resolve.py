@@ -346,12 +346,12 @@ def resolve_now(
     for host in cfg.destinations.hosts():
         answer = resolver.resolve(host, cfg.families())
         addresses, refused = screen(host, answer.addresses, rule)
+        if not addresses:
+            raise refused_error(host, refused)  # names every refused address itself
         for item in refused:
             log.warning(
                 "refusing DNS answer %s for %s: %s; it does not reach the rules",
                 item.address, host, item.why,
             )
-        if not addresses:
-            raise refused_error(host, refused)
         answers[host] = addresses
     return resolve_config(cfg, answers)
