@@ -965,10 +965,14 @@ def read_destination_file(path: str) -> str:
                 left -= len(chunk)
         finally:
             os.close(fd)
+    except ConfigError:
+        raise
     except OSError as err:
         raise refuse(
             f"{err.strerror or err}; mount the ConfigMap or fix the path"
         ) from None
+    except ValueError:  # a NUL byte, or a code point the file system cannot name
+        raise refuse("it is not a valid path; fix EGRESS_DESTINATION_FILE") from None
     data = b"".join(chunks)
     if len(data) > DESTINATION_FILE_LIMIT:
         raise refuse(_too_large("it grew while it was read"))

@@ -428,6 +428,13 @@ def test_a_missing_file_says_so(tmp_path: Path) -> None:
         path=str(path), cause="No such file or directory; mount the ConfigMap or fix the path")
 
 
+@pytest.mark.parametrize("path", ["/tmp/rules\x00", "/tmp/\ud800rules"])
+def test_a_path_no_file_system_can_name_is_an_error(path: str) -> None:
+    # Found by the property test: os.stat raised ValueError for these.
+    assert file_refused(path) == FILE_ERROR.format(
+        path=path, cause="it is not a valid path; fix EGRESS_DESTINATION_FILE")
+
+
 def test_a_symlink_to_a_regular_file_is_followed(tmp_path: Path) -> None:
     # The kubelet mounts a ConfigMap key as a symlink into ..data/.
     (tmp_path / "real").write_text("80 tcp 203.0.113.25\n")
