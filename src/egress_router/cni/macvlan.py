@@ -377,6 +377,7 @@ class RealKernel:
                     engine.make_firewall(config.Backend.NFTABLES),
                     announce.SocketAnnouncer(),
                     probe=preflight.SystemProbe(),
+                    caller_undoes=True,  # ADD's ExitStack undoes it all
                 )
             except engine.ApplyError as err:
                 return _Answer(

@@ -247,13 +247,15 @@ def setup(
     sleep: Callable[[float], object] = time.sleep,
     stale: Firewall | None = None,
     probe: preflight_module.Probe | None = None,
+    caller_undoes: bool = False,
 ) -> Timings:
     """Make the kernel match ``cfg``; idempotent. Raises `ApplyError` naming the failed step.
 
     `preflight` runs first (``probe``: the programs and sysctls too). A failure
     after the first change says what was left applied: the ruleset and the
     steps before the failed one stay (a re-run converges; deleting the pod's
-    namespace removes them all).
+    namespace removes them all). ``caller_undoes``: the caller rolls back
+    (CNI ADD), so the message ends with the failure itself.
 
     ``stale`` is the other backend: its rules, if a previous run left any,
     are removed after ours are in place (best effort, logged).
@@ -279,7 +281,8 @@ def setup(
             done.append(step.describe())
         report.time("interface plan", started)
     except errors.KernelError as err:
-        raise ApplyError(f"{err}; {left_applied(done)}", err.kind) from None
+        message = str(err) if caller_undoes else f"{err}; {left_applied(done)}"
+        raise ApplyError(message, err.kind) from None
     if stale is not None:
         try:
             stale.remove()
