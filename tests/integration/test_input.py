@@ -229,11 +229,17 @@ def _ready(lab: labmod.Lab, proc: subprocess.Popen[str]) -> bool:
 # ------------------------------------------------------------------ pre-flight
 
 
+def container_env() -> dict[str, str]:
+    """A container's minimal environment that still finds this package (and ip, nft)."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+            "PYTHONPATH": str(Path(labmod.__file__).resolve().parents[2])}
+
+
 def product(lab: labmod.Lab, env: dict[str, str], wrapper: list[str]) -> tuple[int, str]:
     """Run the product in the router pod behind ``wrapper`` (env(1), unshare(1) ...)."""
     done = labmod.run_in(
         lab.router, [*wrapper, sys.executable, "-m", "egress_router"],
-        env={**labmod._base_env(), **BASE, **env}, timeout=60,
+        env={**container_env(), **BASE, **env}, timeout=60,
     )
     return done.returncode, done.stderr
 

@@ -11,7 +11,9 @@ fails here rather than in a pod.
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator
 
@@ -20,6 +22,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from egress_router.core import config, ruleset
+from egress_router.lab import world as labmod
 from egress_router.router import resolve
 
 pytestmark = pytest.mark.privileged
@@ -29,13 +32,19 @@ TIMEOUT = 20.0
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    # "ert" + 5 hex digits, like the labs: the conftest sweep removes a leftover.
-    name = f"ert{secrets.token_hex(3)[:5]}-rules"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=TIMEOUT)
+    # "ert" + 5 hex digits, like the labs: the conftest sweep removes a leftover, and the
+    # owner record (as a lab writes it) keeps parallel test runs' sweeps off it meanwhile.
+    prefix = f"ert{secrets.token_hex(3)[:5]}"
+    state = labmod.STATE_ROOT / prefix
+    state.mkdir(parents=True, exist_ok=True)
+    (state / labmod.OWNER_FILE).write_text(labmod.process_record(os.getpid()), encoding="utf-8")
+    name = f"{prefix}-rules"
     try:
+        subprocess.run(["ip", "netns", "add", name], check=True, timeout=TIMEOUT)
         yield name
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False, timeout=TIMEOUT)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def run_in(ns: str, argv: list[str], payload: str) -> subprocess.CompletedProcess[str]:

@@ -442,3 +442,14 @@ def test_a_symlink_to_a_regular_file_is_followed(tmp_path: Path) -> None:
     assert len(load_file(tmp_path / "rules").destinations.rules) == 1
     (tmp_path / "dev").symlink_to("/dev/zero")
     assert "a character device" in file_refused(tmp_path / "dev")
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0660", "1_000", "0" * 5000])
+def test_the_metrics_rules_count_is_ascii_digits(value: str) -> None:
+    # '\u00b2'.isdigit() is True and int('\u00b2') raises: this was a traceback.
+    with pytest.raises(ConfigError) as caught:
+        config.parse_wait_settings({config.ENV_METRICS_RULES: value})
+    assert str(caught.value) == (
+        f"cannot parse {config.ENV_METRICS_RULES}: invalid value {config.clip(value)!r}; "
+        "expected a count from 0 to 1000000"
+    )

@@ -76,6 +76,8 @@ VALID = {
     config.ENV_WATCH: "1",
     config.ENV_DNS_MIN_TTL: "5",
     config.ENV_DNS_MAX_TTL: "300",
+    config.ENV_SAMPLE: "30",
+    config.ENV_METRICS_RULES: "1000",
 }
 # Every code point, surrogates included: os.environ holds undecodable bytes as U+DCxx.
 ANY_CHAR = st.characters(exclude_categories=())
