@@ -26,7 +26,7 @@ import click
 
 from egress_router.core import config, ruleset
 from egress_router.k8s.command import render_command
-from egress_router.kernel import announce, netlink
+from egress_router.kernel import announce, netlink, preflight
 from egress_router.lab.command import lab as lab_group
 from egress_router.router import engine
 
@@ -128,6 +128,7 @@ def run_from_environment(env: Mapping[str, str]) -> int:
             announce.SocketAnnouncer(),
             sleep=stop.sleep,
             stale=engine.make_firewall(other),
+            probe=preflight.SystemProbe(),
         )
     except engine.ApplyError as err:
         _fail(str(err), EXIT_APPLY)
@@ -146,10 +147,13 @@ def _resolve_names(cfg: config.Config) -> config.Config:
     """Resolve DNS-named destinations now, or exit 1 naming the one that failed."""
     if not cfg.destinations.hosts():
         return cfg
+    from egress_router.kernel import observe  # noqa: PLC0415
     from egress_router.router import resolve  # noqa: PLC0415 (dnspython only when names are used)
 
+    # Answers inside the pod network are refused too: read it from the pod interface.
+    policy = resolve.policy_for(cfg, observe.interface_networks(cfg.pod_interface))
     try:
-        return resolve.resolve_now(cfg, resolve.DnsResolver())
+        return resolve.resolve_now(cfg, resolve.DnsResolver(), policy)
     except resolve.ResolveError as err:
         _fail(
             f"{err}; check the name and the pod's DNS (/etc/resolv.conf), or write the address",

@@ -399,8 +399,9 @@ def test_bad_input_gets_the_right_code_and_changes_nothing(pods: Pods) -> None:
          "cannot decode the network configuration on stdin at line 1 column 25: Expecting "
          "property name enclosed in double quotes; expected one JSON object"),
         ("ADD", UPSTREAM_CONF, {"ifname": "bad/name"}, 4,
-         "cannot use interface name 'bad/name' from CNI_IFNAME: expected 1 to 15 characters, "
-         "not '.' or '..', without '/', ':' or whitespace"),
+         "cannot use interface name 'bad/name' from CNI_IFNAME: it contains '/' (U+002F), "
+         "which the kernel refuses in an interface name; expected ASCII letters, digits, '_', "
+         "'-' and '.' (not first), at most 15"),
         ("ADD", UPSTREAM_CONF, {"netns": "/var/run/netns/ert-no-such-pod"}, 3,
          "cannot add net1 to container ert0router0pod: network namespace "
          "'/var/run/netns/ert-no-such-pod' does not exist"),

@@ -30,7 +30,7 @@ from egress_router.cni import errors
 from egress_router.cni.errors import CniError
 from egress_router.cni.result import Interface
 from egress_router.core import config, plan, ruleset, state
-from egress_router.kernel import announce, netlink, netns, nft, observe
+from egress_router.kernel import announce, netlink, netns, nft, observe, preflight
 from egress_router.router import engine
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class PodProbe:
     default_routes: tuple[dict[str, Any], ...] = ()
     forwarding: tuple[tuple[int, bool], ...] = ()
     table_exists: bool = False
+    unwritable: tuple[tuple[str, str], ...] = ()  # (sysctl key, why): ADD would fail half-way
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,9 @@ def _table_exists() -> bool:
 def _firewall() -> engine.NftablesFirewall:
     """The same nftables edge (and `Firewall.remove`) as the init container and wait."""
     return engine.NftablesFirewall(nft.NftCommand())
+
+
+_FORWARDING_KEYS = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding")
 
 
 def _default_routes(ipr: Any) -> tuple[dict[str, Any], ...]:
@@ -387,6 +391,7 @@ class RealKernel:
                         default_routes=_default_routes(ipr),
                         forwarding=observe.read_forwarding(),
                         table_exists=_table_exists(),
+                        unwritable=tuple(preflight.SystemProbe().unwritable(_FORWARDING_KEYS)),
                     )
                 )
 
@@ -426,6 +431,8 @@ class RealKernel:
                     links,
                     engine.make_firewall(config.Backend.NFTABLES),
                     announce.SocketAnnouncer(),
+                    probe=preflight.SystemProbe(),
+                    caller_undoes=True,  # ADD's ExitStack undoes it all
                 )
             except engine.ApplyError as err:
                 return _Answer(

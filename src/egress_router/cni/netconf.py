@@ -26,7 +26,6 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from egress_router.cni import errors
@@ -68,7 +67,8 @@ UNSUPPORTED_FORMS = {
     "ipConfig": "addresses from a ConfigMap are not supported; put them in \"ip\"",
 }
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_NETWORK_NAME = re.compile(r"[A-Za-z0-9_.\-]+")  # the specification's network name
 
 
 @dataclass(frozen=True)
@@ -147,19 +147,15 @@ def supports(version: str, command: str) -> bool:
 
 
 def check_ifname(name: str, variable: str) -> str:
-    """The specification's rules for an interface name (and the kernel's 15 characters)."""
-    bad = (
-        not name
-        or name in (".", "..")
-        or len(name) > 15
-        or any(c in name for c in "/:")
-        or any(c.isspace() for c in name)
-    )
-    if bad:
+    """The kernel's rules for an interface name, narrowed to what the ruleset carries verbatim.
+
+    The same rules as ``EGRESS_INTERFACE`` (`config.interface_name_problem`).
+    """
+    problem = config.interface_name_problem(name)
+    if problem is not None:
         raise CniError(
             errors.INVALID_ENVIRONMENT if variable.startswith("CNI_") else errors.INVALID_CONFIG,
-            f"cannot use interface name {name!r} from {variable}: expected 1 to 15 characters, "
-            "not '.' or '..', without '/', ':' or whitespace",
+            f"cannot use interface name {name!r} from {variable}: {problem}",
         )
     return name
 
@@ -188,7 +184,7 @@ def parse_environment(env: Mapping[str, str]) -> Environment:
             f"{', '.join(needed)}",
         )
     container_id = env.get("CNI_CONTAINERID", "")
-    if container_id and not _CONTAINER_ID.match(container_id):
+    if container_id and not _CONTAINER_ID.fullmatch(container_id):
         raise CniError(
             errors.INVALID_ENVIRONMENT,
             f"cannot run CNI {command}: CNI_CONTAINERID {container_id!r} is not a valid "
@@ -304,14 +300,18 @@ def _one_line(entries: list[str], variable: str, separator: str = "") -> None:
 def _mtu(value: Any) -> int | None:
     if value is None or value == "":
         return None
-    text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or not MIN_MTU <= int(text) <= MAX_MTU:
+    number = None
+    if isinstance(value, str):
+        number = config.ascii_number(config.strip_space(value))
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    if number is None or not MIN_MTU <= number <= MAX_MTU:
         raise config.ConfigError(
             "interfaceArgs.mtu",
             f"invalid MTU {value!r}; expected a number from {MIN_MTU} to {MAX_MTU} "
             "(or leave it out to use the master's MTU)",
         )
-    return int(text)
+    return number
 
 
 def _macvlan(obj: Mapping[str, Any]) -> Macvlan:
@@ -371,6 +371,12 @@ def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
         name = obj.get("name")
         if not isinstance(name, str) or not name:
             raise config.ConfigError("name", "is missing; set the network's name")
+        if not _NETWORK_NAME.fullmatch(name):
+            raise config.ConfigError(
+                "name",
+                f"invalid network name {name!r}; the CNI specification allows only ASCII "
+                "letters, digits, '_', '-' and '.'",
+            )
         macvlan = _macvlan(obj)
         ip = obj.get("ip")
         if not isinstance(ip, dict):
@@ -422,6 +428,9 @@ def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
             destination_variable="ip.destinations",
             source_variable="ip.addresses",
             gateway_variable="ip.gateway",
+        )
+        config.check_destinations(
+            sources, gateways, destinations, "ip.destinations", "\n".join(entries)
         )
         pod_interface = obj.get("podInterface", config.DEFAULT_POD_INTERFACE)
         if not isinstance(pod_interface, str):
@@ -532,16 +541,11 @@ def router_environment(
             f"is set together with {', '.join(twice)}; in CNI mode the network configuration "
             f"is the one source of truth: remove {', '.join(twice)}",
         )
-    reader = read_text or (lambda name: Path(name).read_text(encoding="utf-8"))
-    try:
-        text = reader(path)
-    except (OSError, UnicodeDecodeError) as err:
-        cause = getattr(err, "strerror", None) or str(err)
-        raise config.ConfigError(
-            config.ENV_CNI_CONFIG,
-            f"cannot read the CNI configuration {path!r}: {cause}; mount the ConfigMap that "
-            "holds the NetworkAttachmentDefinition's config or fix the path",
-        ) from None
+    if read_text is None:
+        # The same bounded reader as the destination file: a FIFO or a device never hangs.
+        text = config.read_bounded_file(path, config.ENV_CNI_CONFIG, "the CNI configuration")
+    else:
+        text = read_text(path)
     ifname = env.get(config.ENV_INTERFACE, config.DEFAULT_EGRESS_INTERFACE)
     try:
         conf = parse(decode(text), ifname)

@@ -149,6 +149,13 @@ class Plugin:
                 f"named {env.ifname!r} already exists in {env.netns}; choose another name "
                 "(Multus: name@ifname in the networks annotation)",
             )
+        if probe.unwritable:
+            why = "; ".join(f"sysctl {k.replace('/', '.')} {w}" for k, w in probe.unwritable)
+            raise CniError(
+                errors.ROUTER_SETUP_FAILED,
+                f"cannot set up the egress router in {env.netns}: {why}; the container "
+                "runtime must leave /proc/sys writable; nothing was changed",
+            )
         if not probe.pod_interface_exists:
             # podman does not keep the order of a container's networks: ours may come first.
             # The pod side (default route, return path) then waits for the pod network; the

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ENV_SOURCE = "EGRESS_SOURCE"
 ENV_GATEWAY = "EGRESS_GATEWAY"
@@ -57,11 +59,30 @@ DEFAULT_DNS_MIN_TTL = 5.0
 DEFAULT_DNS_MAX_TTL = 300.0
 DEFAULT_SAMPLE = 30.0  # one conntrack pass (live connections, NAT port space) per this
 DEFAULT_METRICS_RULES = 1000
+# The destination file's size limit: 100,000 rules of up to 160 bytes each (a rule
+# with an IPv6 address and a comment is about 70).
+DESTINATION_FILE_LIMIT = 16 * 1024 * 1024
 
 RULE_SYNTAX = "<port> <proto> <ip> [<remote_port>], or a last line <ip> (the fallback)"
 
-_IFNAME = re.compile(r"^[^\s/:]{1,15}$")
-_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# Interface names: the kernel's dev_valid_name() (1 to 15 bytes, IFNAMSIZ 16 with the
+# NUL; not "." or ".."; no '/', ':' or whitespace), narrowed to what every consumer carries
+# verbatim: nft strings ('"' ends one, '*' is a wildcard), iptables-restore tokens ('+' is
+# a wildcard, quotes and '!' are syntax), ip(8) arguments (a leading '-' is an option).
+IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
+IFNAME_MAX_BYTES = 15
+IFNAME_CHARS = "ASCII letters, digits, '_', '-' and '.' (not first), at most 15"
+# RFC 1123 labels; with re.fullmatch, so that no trailing newline slips through ("$" would).
+HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+# Every number is ASCII digits: int() and float() also take Unicode digits ('\u0661'),
+# '_' separators, 'nan' and 'inf'. Nine digits bound int()'s work and every range we use.
+_DIGITS = re.compile(r"[0-9]{1,9}")
+_DECIMAL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{0,9})?|\.[0-9]{1,9}")
+# Only ASCII whitespace is trimmed: str.strip() would also eat U+2028, U+00A0 and friends.
+_SPACE = " \t\r\n"
+# A rule line (before its '#' comment) is printable ASCII and tabs: nothing else can be a
+# port, protocol, address or host name, and nothing else is ever pasted into a ruleset.
+_RULE_CHARS = re.compile(r"[\x20-\x7e\t]*")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -82,7 +103,7 @@ class ConfigError(ValueError):
         self.line = line
         self.text = text
         where = variable if line is None else f"{variable} line {line}"
-        shown = "" if text is None else f" {text!r}"
+        shown = "" if text is None else f" {clip(text)!r}"
         super().__init__(f"cannot parse {where}{shown}: {cause}")
 
 
@@ -238,8 +259,81 @@ class Config:
         return next((g for g in self.gateways if g.version == family), None)
 
 
+def clip(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters for a message (a line may be megabytes long)."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
+def describe_char(ch: str) -> str:
+    """A character as a message shows it: ``'"' (U+0022)``, ``U+000A (a control character)``."""
+    code = f"U+{ord(ch):04X}"
+    if ch.isascii() and ch.isprintable():
+        return f"{ch!r} ({code})"
+    if not ch.isprintable():
+        return f"{code} (a control or invisible character)"
+    return f"{ch!r} ({code}, not ASCII)"
+
+
+def ascii_number(text: str) -> int | None:
+    """``text`` as a whole number when it is 1 to 9 ASCII digits (nothing else), else None."""
+    return int(text) if _DIGITS.fullmatch(text) else None
+
+
+def ascii_decimal(text: str) -> float | None:
+    """``text`` as a number when it is ASCII digits with an optional fraction, else None."""
+    return float(text) if _DECIMAL.fullmatch(text) else None
+
+
+def strip_space(text: str) -> str:
+    """``text`` without leading and trailing ASCII whitespace (and nothing else)."""
+    return text.strip(_SPACE)
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines as an editor numbers them: split at LF only (CRLF tolerated).
+
+    ``str.splitlines`` also splits at VT, FF, FS, GS, RS, NEL, U+2028 and U+2029,
+    which would make our line numbers disagree with the file's.
+    """
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def interface_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an interface name for the router (None: it can)."""
+    if not name:
+        return f"it is empty; expected a name such as eth0 ({IFNAME_CHARS})"
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > IFNAME_MAX_BYTES:
+        return (
+            f"it is {size} bytes long and the kernel allows at most {IFNAME_MAX_BYTES} "
+            "(IFNAMSIZ); use the interface's real name"
+        )
+    if name in (".", ".."):
+        return f"the kernel refuses '.' and '..' as interface names; expected {IFNAME_CHARS}"
+    for ch in name:
+        if ch in "/:" or ch in " \t\n\v\f\r":
+            return (
+                f"it contains {describe_char(ch)}, which the kernel refuses in an interface "
+                f"name; expected {IFNAME_CHARS}"
+            )
+    for index, ch in enumerate(name):
+        if not (ch.isascii() and (ch.isalnum() or ch in "_.-")) or (index == 0 and ch in ".-"):
+            where = "at the start" if index == 0 and ch in ".-" else ""
+            return (
+                f"it contains {describe_char(ch)}{' ' + where if where else ''}, which the "
+                f"ruleset and ip(8) cannot carry verbatim; rename the interface to "
+                f"{IFNAME_CHARS}"
+            )
+    assert IFNAME.fullmatch(name), name
+    return None
+
+
 def _strip_line(raw: str) -> str:
-    return raw.split("#", 1)[0].strip()
+    return raw.split("#", 1)[0].strip(_SPACE)
+
+
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 def _unusable(address: IPAddress) -> str | None:
@@ -249,10 +343,58 @@ def _unusable(address: IPAddress) -> str | None:
         return "a loopback address"
     if address.is_multicast:
         return "a multicast address"
-    if isinstance(address, ipaddress.IPv4Address) and address == ipaddress.IPv4Address(
-        "255.255.255.255"
-    ):
+    if address == _LIMITED_BROADCAST:
         return "the broadcast address"
+    return None
+
+
+def destination_problem(
+    address: IPAddress,
+    sources: tuple[Source, ...] = (),
+    gateways: tuple[IPAddress, ...] = (),
+    pod_networks: tuple[IPNetwork, ...] = (),
+) -> str | None:
+    """Why ``address`` cannot be a redirect destination (None: it can).
+
+    One rule for literal destinations and DNS answers alike. What is refused and
+    why (README, "Destinations the router refuses"): no host answers at the
+    unspecified, loopback, multicast, broadcast, "this network" (0/8) and reserved
+    (240/4, unassigned IPv6) addresses; a link-local address exists only on one
+    link, not behind the gateway; an IPv4-mapped IPv6 address would bypass the
+    IPv4 checks; the router's own source, the gateway, the egress subnet's network
+    and broadcast addresses would make the router attack its own link; and the pod
+    network (when known) is the side connections come from, never where they go.
+    """
+    bad = _unusable(address)
+    if bad is not None:
+        return f"{address} is {bad}"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return (
+            f"{address} is an IPv4-mapped IPv6 address; write the IPv4 address "
+            f"{address.ipv4_mapped} instead"
+        )
+    if address.is_link_local:
+        return f"{address} is a link-local address, which no gateway forwards"
+    if address in _THIS_NETWORK:
+        return f"{address} is in 0.0.0.0/8 (\"this network\"), which no host answers"
+    if address.is_reserved:
+        return f"{address} is in a reserved range, which no host answers"
+    for source in sources:
+        if address == source.address:
+            return f"{address} is the router's own source address (a redirect to itself)"
+        network = source.interface.network
+        if source.on_link and network.num_addresses > 2 and address.version == 4:
+            if address == network.broadcast_address:
+                return f"{address} is the broadcast address of the egress subnet {network}"
+            if address == network.network_address:
+                return f"{address} is the network address of the egress subnet {network}"
+    if address in gateways:
+        return f"{address} is the gateway, not a service behind it"
+    for pod_network in pod_networks:
+        if address in pod_network:
+            return (
+                f"{address} is in the pod network {pod_network}, where connections come from"
+            )
     return None
 
 
@@ -260,33 +402,69 @@ def parse_address(
     text: str, variable: str, *, line: int | None = None, what: str = "address"
 ) -> IPAddress:
     """Parse one unicast IPv4 or IPv6 address, or raise a `ConfigError` naming it."""
+    shown = text if line is None else None
+    if "%" in text:
+        # ipaddress keeps the zone verbatim, and str() pastes it back: any text at all.
+        plain = text.partition("%")[0]
+        raise ConfigError(
+            variable,
+            f"{what} {clip(text)!r} has a zone (%...); the router always uses its egress "
+            f"interface, write {plain!r} without the zone",
+            line=line,
+            text=shown,
+        )
     try:
+        if not text.isascii():
+            raise ValueError(text)
         address = ipaddress.ip_address(text)
     except ValueError:
         raise ConfigError(
             variable,
-            f"invalid {what} {text!r}; expected an IPv4 address such as 203.0.113.25 "
+            f"invalid {what} {clip(text)!r}; expected an IPv4 address such as 203.0.113.25 "
             "or an IPv6 address such as 2001:db8::25",
             line=line,
-            text=text if line is None else None,
+            text=shown,
         ) from None
     bad = _unusable(address)
     if bad is not None:
         raise ConfigError(
             variable,
-            f"{what} {text!r} is {bad}; expected a unicast address",
+            f"{what} {clip(text)!r} is {bad}; expected a unicast address",
             line=line,
-            text=text if line is None else None,
+            text=shown,
+        )
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        raise ConfigError(
+            variable,
+            f"{what} {clip(text)!r} is an IPv4-mapped IPv6 address; write the IPv4 address "
+            f"{address.ipv4_mapped} instead",
+            line=line,
+            text=shown,
         )
     return address
 
 
-def _parse_port(token: str, variable: str, line: int, what: str) -> int:
-    if not token.isdigit() or not token.isascii():
+def _check_destination(address: IPAddress, variable: str, line: int, what: str) -> None:
+    problem = destination_problem(address)
+    if problem is not None:
         raise ConfigError(
-            variable, f"invalid {what} {token!r}; expected a number from 1 to 65535", line=line
+            variable, f"{what} {problem}; expected the address of a service", line=line
         )
-    port = int(token)
+
+
+def _parse_destination(text: str, variable: str, line: int, what: str) -> IPAddress:
+    address = parse_address(text, variable, line=line, what=what)
+    _check_destination(address, variable, line, what)
+    return address
+
+
+def _parse_port(token: str, variable: str, line: int, what: str) -> int:
+    port = ascii_number(token)
+    if port is None:
+        raise ConfigError(
+            variable, f"invalid {what} {clip(token)!r}; expected a number from 1 to 65535",
+            line=line,
+        )
     if not 1 <= port <= 65535:
         raise ConfigError(
             variable, f"{what} {port} is out of range; expected 1 to 65535", line=line
@@ -299,12 +477,12 @@ def _parse_proto(token: str, variable: str, line: int) -> Proto:
         return Proto(token.lower())
     except ValueError:
         raise ConfigError(
-            variable, f"unknown protocol {token!r}; expected tcp, udp or sctp", line=line
+            variable, f"unknown protocol {clip(token)!r}; expected tcp, udp or sctp", line=line
         ) from None
 
 
 def _line_error(variable: str, number: int, raw: str, err: ConfigError) -> ConfigError:
-    return ConfigError(variable, err.cause, line=number, text=raw.strip())
+    return ConfigError(variable, err.cause, line=number, text=strip_space(raw))
 
 
 def _strip_host_prefix(token: str, variable: str, line: int) -> str:
@@ -316,7 +494,7 @@ def _strip_host_prefix(token: str, variable: str, line: int) -> str:
     if length != str(full):
         raise ConfigError(
             variable,
-            f"destination {token!r} is a network, not one address; write {address} "
+            f"destination {clip(token)!r} is a network, not one address; write {address} "
             f"(or {address}/{full})",
             line=line,
         )
@@ -389,12 +567,20 @@ def parse_destinations(
     named: list[NamedRule] = []
     named_fallbacks: list[NamedFallback] = []
     interned: dict[IPAddress, IPAddress] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(split_lines(text), start=1):
         body = _strip_line(raw)
         if not body:
             continue
         tokens = body.split()
         try:
+            if not _RULE_CHARS.fullmatch(body):
+                bad = next(ch for ch in body if not _RULE_CHARS.fullmatch(ch))
+                raise ConfigError(
+                    variable,
+                    f"contains {describe_char(bad)}; a rule holds only printable ASCII "
+                    "(a comment after '#' may hold anything)",
+                    line=number,
+                )
             if host_prefix and len(tokens) in (1, 3, 4):
                 index = 0 if len(tokens) == 1 else 2
                 tokens[index] = _strip_host_prefix(tokens[index], variable, number)
@@ -405,7 +591,7 @@ def parse_destinations(
                 )
                 continue
             if len(tokens) == 1:
-                address = parse_address(tokens[0], variable, line=number, what="fallback address")
+                address = _parse_destination(tokens[0], variable, number, "fallback address")
                 if named_fallbacks:
                     raise _second_fallback(variable, named_fallbacks[0].line, number)
                 if address.version in fallbacks:
@@ -426,7 +612,10 @@ def parse_destinations(
                 )
             port, proto = _rule_head(tokens, variable, number, fallbacks, named_fallbacks)
             address = parse_address(tokens[2], variable, line=number, what="destination address")
-            address = interned.setdefault(address, address)  # many rules, few destinations
+            if address not in interned:  # many rules, few destinations: judge each once
+                _check_destination(address, variable, number, "destination address")
+                interned[address] = address
+            address = interned[address]
             remote = _remote_port(tokens, port, variable, number)
             _claim_ports(
                 seen, (address.version,), proto, port, variable=variable, number=number
@@ -456,21 +645,22 @@ def _names_a_host(tokens: list[str]) -> bool:
 
 def parse_host(text: str, variable: str, *, line: int | None = None, what: str) -> str:
     """Validate a DNS name (RFC 1123 labels); return it lower-cased."""
-    name = text.lower()
+    # ASCII first: str.lower() maps U+212A (Kelvin sign) to 'k', and IDNA is not ours to do.
+    name = text.lower() if text.isascii() else ""
     labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
     # At least two labels: a lone word is far more often a typo than a DNS name
     # (and a Kubernetes service is written service.namespace or fully qualified).
     valid = (
         len(labels) >= 2
         and len(name.rstrip(".")) <= 253
-        and all(_HOST_LABEL.match(label) for label in labels)
+        and all(HOST_LABEL.fullmatch(label) for label in labels)
         and not labels[-1].isdigit()
     )
     if not valid:
         raise ConfigError(
             variable,
-            f"invalid {what} {text!r}; expected an IPv4 address such as 203.0.113.25, an IPv6 "
-            "address such as 2001:db8::25 or a host name such as api.example.com",
+            f"invalid {what} {clip(text)!r}; expected an IPv4 address such as 203.0.113.25, "
+            "an IPv6 address such as 2001:db8::25 or a host name such as api.example.com",
             line=line,
             text=text if line is None else None,
         )
@@ -521,7 +711,7 @@ def _add_named(
 
 
 def _split_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    return [strip_space(part) for part in text.split(",") if strip_space(part)]
 
 
 MAX_POOL = 16  # source addresses per family: bounds the SNAT map and the metrics' labels
@@ -554,14 +744,14 @@ def _parse_source(part: str, variable: str) -> Source:
     address = parse_address(address_text, variable, what="source address")
     if not slash:
         return Source(ipaddress.ip_interface(f"{address}/{address.max_prefixlen}"), False)
-    if not prefix_text.isdigit():
+    length = ascii_number(prefix_text)
+    if length is None:
         raise ConfigError(
             variable,
-            f"invalid prefix length {prefix_text!r}; expected a number "
+            f"invalid prefix length {clip(prefix_text)!r}; expected a number "
             f"from 1 to {address.max_prefixlen}",
             text=part,
         )
-    length = int(prefix_text)
     if not 1 <= length <= address.max_prefixlen:
         raise ConfigError(
             variable,
@@ -642,44 +832,47 @@ _E = TypeVar("_E", bound=enum.Enum)
 
 def _parse_choice(kind: type[_E], text: str, variable: str) -> _E:
     try:
-        return kind(text.strip().lower())
+        return kind(strip_space(text).lower())
     except ValueError:
         choices = ", ".join(repr(m.value) for m in kind)
-        raise ConfigError(variable, f"unknown value {text!r}; expected one of {choices}") from None
-
-
-def _parse_ifname(text: str, variable: str) -> str:
-    if not _IFNAME.match(text):
         raise ConfigError(
-            variable,
-            f"invalid interface name {text!r}; expected 1 to 15 characters without "
-            "spaces, '/' or ':'",
-        )
+            variable, f"unknown value {clip(text)!r}; expected one of {choices}"
+        ) from None
+
+
+def parse_ifname(text: str, variable: str) -> str:
+    """An interface name the kernel accepts and the ruleset carries verbatim."""
+    problem = interface_name_problem(text)
+    if problem is not None:
+        raise ConfigError(variable, f"invalid interface name {clip(text)!r}: {problem}")
     return text
 
 
 def _parse_bool(text: str, variable: str) -> bool:
-    value = text.strip().lower()
+    value = strip_space(text).lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
-    raise ConfigError(variable, f"invalid value {text!r}; expected true or false")
+    raise ConfigError(variable, f"invalid value {clip(text)!r}; expected true or false")
 
 
 def _parse_count(text: str, variable: str) -> int:
-    if not text.strip().isdigit() or not 0 <= int(text) <= 100:
-        raise ConfigError(variable, f"invalid value {text!r}; expected a whole number 0 to 100")
-    return int(text)
+    value = ascii_number(strip_space(text))
+    if value is None or not 0 <= value <= 100:
+        raise ConfigError(
+            variable, f"invalid value {clip(text)!r}; expected a whole number 0 to 100"
+        )
+    return value
 
 
 def _parse_interval(text: str, variable: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 60.0:
-        raise ConfigError(variable, f"invalid value {text!r}; expected seconds from 0 to 60")
+    value = ascii_decimal(strip_space(text))
+    if value is None or not 0.0 <= value <= 60.0:
+        raise ConfigError(
+            variable,
+            f"invalid value {clip(text)!r}; expected seconds from 0 to 60",
+        )
     return value
 
 
@@ -687,25 +880,25 @@ def read_destination_text(
     env: Mapping[str, str], read_text: Callable[[str], str] | None = None
 ) -> tuple[str, str]:
     """Return (variable-or-path name for errors, destination text) from the environment."""
-    path = env.get(ENV_DESTINATION_FILE, "").strip()
+    path = strip_space(env.get(ENV_DESTINATION_FILE, ""))
     inline = env.get(ENV_DESTINATION)
     if path:
-        if inline is not None and inline.strip():
+        if inline is not None and strip_space(inline):
             raise ConfigError(
                 ENV_DESTINATION_FILE,
                 f"is set together with {ENV_DESTINATION}; set only one of them",
             )
-        reader = read_text or _read_file
+        reader = read_text or read_destination_file
         try:
             return path, reader(path)
-        except (OSError, UnicodeDecodeError) as err:
-            cause = getattr(err, "strerror", None) or str(err)
+        except OSError as err:
+            cause = err.strerror or str(err)
             raise ConfigError(
                 ENV_DESTINATION_FILE,
                 f"cannot read destination file {path!r}: {cause}; "
                 "mount the ConfigMap or fix the path",
             ) from None
-    if inline is None or not inline.strip():
+    if inline is None or not strip_space(inline):
         raise ConfigError(
             ENV_DESTINATION,
             f"is not set; set it (or {ENV_DESTINATION_FILE}) to lines of {RULE_SYNTAX}",
@@ -713,8 +906,91 @@ def read_destination_text(
     return ENV_DESTINATION, inline
 
 
-def _read_file(path: str) -> str:
-    return Path(path).read_text(encoding="utf-8")
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+    return (
+        f"it is {kind}, not a regular file; point {ENV_DESTINATION_FILE} at a file "
+        "(the mounted ConfigMap's key)"
+    )
+
+
+def _too_large(size: str) -> str:
+    return (
+        f"it is larger than {DESTINATION_FILE_LIMIT} bytes ({size}); the limit holds "
+        "100,000 rules: split the rules over several routers or drop comments"
+    )
+
+
+def read_destination_file(path: str) -> str:
+    """The destination file's text: a regular file of at most `DESTINATION_FILE_LIMIT` bytes."""
+    return read_bounded_file(path, ENV_DESTINATION_FILE, "destination file")
+
+
+def read_bounded_file(path: str, variable: str, what: str) -> str:
+    """The text of the file ``variable`` names: regular, at most `DESTINATION_FILE_LIMIT` bytes.
+
+    The one reader of the file (``init``, ``wait`` and its reloads), so that a
+    FIFO, a device or a socket is refused instead of hanging the router or
+    filling its memory: the type is checked before opening (a socket cannot be
+    opened at all) and again on the open descriptor (the path may change in
+    between), the open never blocks (O_NONBLOCK: a FIFO without writer), and
+    at most one byte more than the limit is ever read. Raises `ConfigError`.
+    """
+
+    def refuse(cause: str) -> ConfigError:
+        return ConfigError(variable, f"cannot read {what} {path!r}: {cause}")
+
+    try:
+        problem = _not_regular(os.stat(path).st_mode)
+        if problem is not None:
+            raise refuse(problem)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
+            problem = _not_regular(info.st_mode)
+            if problem is not None:
+                raise refuse(problem)
+            if info.st_size > DESTINATION_FILE_LIMIT:
+                raise refuse(_too_large(f"{info.st_size} bytes"))
+            chunks: list[bytes] = []
+            left = DESTINATION_FILE_LIMIT + 1
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
+    except ConfigError:
+        raise
+    except OSError as err:
+        raise refuse(
+            f"{err.strerror or err}; mount the ConfigMap or fix the path"
+        ) from None
+    except ValueError:  # a NUL byte, or a code point the file system cannot name
+        raise refuse(f"it is not a valid path; fix {variable}") from None
+    data = b"".join(chunks)
+    if len(data) > DESTINATION_FILE_LIMIT:
+        raise refuse(_too_large("it grew while it was read"))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise refuse(
+            f"line {line} is not UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8"
+        ) from None
 
 
 def load_config(
@@ -726,8 +1002,8 @@ def load_config(
         Backend, env.get(ENV_BACKEND, Backend.NFTABLES.value) or "nftables", ENV_BACKEND
     )
     debug = _parse_bool(env.get(ENV_DEBUG, ""), ENV_DEBUG)
-    pod_if = _parse_ifname(env.get(ENV_POD_INTERFACE, DEFAULT_POD_INTERFACE), ENV_POD_INTERFACE)
-    egress_if = _parse_ifname(env.get(ENV_INTERFACE, DEFAULT_EGRESS_INTERFACE), ENV_INTERFACE)
+    pod_if = parse_ifname(env.get(ENV_POD_INTERFACE, DEFAULT_POD_INTERFACE), ENV_POD_INTERFACE)
+    egress_if = parse_ifname(env.get(ENV_INTERFACE, DEFAULT_EGRESS_INTERFACE), ENV_INTERFACE)
     if pod_if == egress_if:
         raise ConfigError(
             ENV_INTERFACE,
@@ -744,6 +1020,7 @@ def load_config(
     variable, text = read_destination_text(env, read_text)
     destinations = parse_destinations(text, variable)
     check_families(sources, gateways, destinations, destination_variable=variable)
+    check_destinations(sources, gateways, destinations, variable, text)
     check_http_port(destinations, http_port, variable, text)
     return Config(
         sources,
@@ -766,14 +1043,14 @@ def load_config(
 
 def parse_http_port(text: str, variable: str = ENV_HTTP_PORT) -> int:
     """``EGRESS_ROUTER_HTTP_PORT``: the wait container's HTTP port, 0 for none."""
-    value = text.strip()
-    if not value.isascii() or not value.isdigit() or int(value) > 65535:
+    value = ascii_number(strip_space(text))
+    if value is None or value > 65535:
         raise ConfigError(
             variable,
-            f"invalid value {text!r}; expected a port from 1 to 65535, or 0 to turn the "
+            f"invalid value {clip(text)!r}; expected a port from 1 to 65535, or 0 to turn the "
             "HTTP server (/healthz, /readyz, /metrics) off",
         )
-    return int(value)
+    return value
 
 
 def check_http_port(
@@ -782,11 +1059,11 @@ def check_http_port(
     """A TCP rule on the HTTP port would be shadowed by the port's accept rule: refuse it."""
     if not http_port:
         return
-    lines = text.splitlines()
+    lines = split_lines(text)
     rules: list[PortRule | NamedRule] = [*destinations.rules, *destinations.named]
     for rule in rules:
         if rule.proto is Proto.TCP and rule.port == http_port:
-            raw = lines[rule.line - 1].strip() if 0 < rule.line <= len(lines) else None
+            raw = strip_space(lines[rule.line - 1]) if 0 < rule.line <= len(lines) else None
             raise ConfigError(
                 variable,
                 f"port {http_port}/tcp is the router's own HTTP port ({ENV_HTTP_PORT}, "
@@ -840,6 +1117,33 @@ def check_families(
             )
 
 
+def check_destinations(
+    sources: tuple[Source, ...],
+    gateways: tuple[IPAddress, ...],
+    destinations: Destinations,
+    variable: str,
+    text: str = "",
+) -> None:
+    """Refuse destinations that are the router's own addresses or its egress subnet's."""
+    items: list[PortRule | Fallback] = [*destinations.rules, *destinations.fallbacks]
+    judged: dict[IPAddress, str | None] = {}
+    for item in items:
+        if item.address not in judged:
+            judged[item.address] = destination_problem(item.address, sources, gateways)
+        problem = judged[item.address]
+        if problem is None:
+            continue
+        lines = split_lines(text)
+        what = "fallback address" if isinstance(item, Fallback) else "destination address"
+        raw = strip_space(lines[item.line - 1]) if 0 < item.line <= len(lines) else None
+        raise ConfigError(
+            variable,
+            f"{what} {problem}; expected the address of a service behind the gateway",
+            line=item.line or None,
+            text=raw,
+        )
+
+
 # ---------------------------------------------------------------------- the wait process
 
 
@@ -856,27 +1160,28 @@ class WaitSettings:
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    text = env.get(name, "").strip()
+    text = strip_space(env.get(name, ""))
     if not text:
         return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not low <= value <= high:
+    value = ascii_decimal(text)
+    if value is None or not low <= value <= high:
         raise ConfigError(
-            name, f"invalid value {text!r}; expected seconds from {low:g} to {high:g}"
+            name,
+            f"invalid value {clip(text)!r}; expected seconds from {low:g} to {high:g}",
         )
     return value
 
 
 def _count(env: Mapping[str, str], name: str, default: int, high: int) -> int:
-    text = env.get(name, "").strip()
+    text = strip_space(env.get(name, ""))
     if not text:
         return default
-    if not text.isdigit() or int(text) > high:
-        raise ConfigError(name, f"invalid value {text!r}; expected a count from 0 to {high}")
-    return int(text)
+    value = ascii_number(text)
+    if value is None or value > high:
+        raise ConfigError(
+            name, f"invalid value {clip(text)!r}; expected a count from 0 to {high}"
+        )
+    return value
 
 
 def parse_wait_settings(env: Mapping[str, str]) -> WaitSettings:

@@ -26,6 +26,7 @@ not the fast one.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
 from egress_router.core import config
@@ -88,6 +89,32 @@ def spread_map(family: int) -> str:
 def spread_chain(family: int, key: Key) -> str:
     """The chain that spreads one rule's new connections over its addresses."""
     return f"spread_v{family}_{key[0].value}_{key[1]}"
+
+
+def check_verbatim(cfg: config.Config) -> None:
+    """Refuse a `Config` whose strings the ruleset could not carry verbatim.
+
+    The parsers already refuse them (`config.interface_name_problem`,
+    `config.parse_host`, `config.parse_address`); this is the second lock, for a
+    `Config` built some other way: interface names are pasted into nft strings
+    and iptables-restore tokens, host names into comments, and an IPv6 zone
+    would be pasted after its address. Raises ValueError (a bug, not bad input).
+    """
+    for name in (cfg.pod_interface, cfg.egress_interface):
+        if not config.IFNAME.fullmatch(name):
+            raise ValueError(f"cannot render the ruleset: unvalidated interface name {name!r}")
+    destinations = cfg.destinations
+    hosts = [n.host for n in destinations.named] + [f.host for f in destinations.named_fallbacks]
+    hosts += [r.host for r in destinations.rules if r.host is not None]
+    for host in dict.fromkeys(hosts):
+        labels = host.removesuffix(".").split(".")
+        if not all(config.HOST_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(f"cannot render the ruleset: unvalidated host name {host!r}")
+    addresses = [r.address for r in destinations.rules]
+    addresses += [f.address for f in destinations.fallbacks] + [s.address for s in cfg.sources]
+    for address in addresses:
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            raise ValueError(f"cannot render the ruleset: address {address} has a zone")
 
 
 def _sorted_rules(rules: Iterable[config.PortRule]) -> list[config.PortRule]:
@@ -237,6 +264,7 @@ def snat_statement(cfg: config.Config, family: int) -> str:
 
 def render_nftables(cfg: config.Config) -> str:
     """The whole ruleset as one ``nft -f`` transaction that replaces our table atomically."""
+    check_verbatim(cfg)
     pod = cfg.pod_interface
     egress = cfg.egress_interface
     out: list[str] = [
@@ -409,6 +437,7 @@ def render_nftables_update(old: config.Config, new: config.Config) -> str | None
     fallbacks (families, sources, interfaces, HTTP port): replace the table then.
     The transaction fails as a whole when the kernel's table is not ``old``'s.
     """
+    check_verbatim(new)
     if _static_part(old) != _static_part(new):
         return None
     table = f"{TABLE_FAMILY} {TABLE}"
@@ -502,6 +531,7 @@ def render_iptables(
     added only when ``present_jumps`` (read back from the kernel) lacks them,
     which keeps re-runs free of duplicates.
     """
+    check_verbatim(cfg)
     pod = cfg.pod_interface
     egress = cfg.egress_interface
     present = set(present_jumps)

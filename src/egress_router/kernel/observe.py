@@ -88,6 +88,26 @@ def read_snapshot(*, table: bool = False) -> state.Snapshot:
     )
 
 
+def interface_networks(
+    ifname: str, snapshot: state.Snapshot | None = None
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The on-link networks of ``ifname``'s global addresses (the pod network, seen from here)."""
+    if snapshot is None:
+        try:
+            links, addresses = listing.parse_ip_addr(_ip_json("addr", "show", "dev", ifname))
+        except ReadError:
+            return ()  # no such interface (or no ip): nothing known, nothing refused
+        snapshot = state.Snapshot(tuple(links), tuple(addresses), ())
+    link = snapshot.link(ifname)
+    if link is None:
+        return ()
+    return tuple(dict.fromkeys(
+        a.interface.network
+        for a in snapshot.addresses
+        if a.index == link.index and a.scope == state.RT_SCOPE_UNIVERSE
+    ))
+
+
 def read_snapshot_in(path: str, *, table: bool = True, timeout: float = 30.0) -> state.Snapshot:
     """`read_snapshot` inside the network namespace at ``path`` (a forked child enters it).
 

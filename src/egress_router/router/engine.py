@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from egress_router.core import config, listing, plan, ruleset
-from egress_router.kernel import announce, errors, iptables, netlink, nft
+from egress_router.kernel import announce, errors, iptables, netlink, nft, observe
+from egress_router.kernel import preflight as preflight_module
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,83 @@ class Timings:
         self.stages[stage] = time.monotonic() - started
 
 
+def required_programs(
+    cfg: config.Config, links: netlink.Netlink, firewall: Firewall
+) -> tuple[str, ...]:
+    """The programs a setup of ``cfg`` runs (pyroute2 needs none; the waiting container's
+    netlink reads through iproute2's ``ip -j``)."""
+    names: list[str] = []
+    if isinstance(firewall, NftablesFirewall):
+        names.append("nft")
+    elif isinstance(firewall, IptablesFirewall):
+        for family in cfg.families():
+            prefix = "ip6" if family == 6 else "ip"
+            names += [f"{prefix}tables-restore", f"{prefix}tables-save"]
+    if isinstance(links, observe.CheckedNetlink):
+        names.append("ip")
+    return tuple(names)
+
+
+def sysctl_keys(steps: Iterable[plan.Step]) -> tuple[str, ...]:
+    """The sysctls (relative to ``/proc/sys``) the plan writes."""
+    keys: list[str] = []
+    for step in steps:
+        if isinstance(step, plan.EnableForwarding):
+            keys.append(step.sysctl.replace(".", "/"))
+        # Steps that write several sysctls carry ``values``: (key under /proc/sys, value).
+        for key, _value in getattr(step, "values", ()):
+            keys.append(str(key))
+    return tuple(dict.fromkeys(keys))
+
+
+def preflight(
+    cfg: config.Config,
+    links: netlink.Netlink,
+    firewall: Firewall,
+    probe: preflight_module.Probe | None = None,
+) -> None:
+    """Check what can be checked before the first change; `ApplyError` listing every problem.
+
+    Both interfaces must exist; with a ``probe``, the programs the backend runs
+    must be on PATH and every sysctl the plan writes must be writable. Nothing
+    has been changed when this raises.
+    """
+    problems: list[str] = []
+    missing: list[str] = []
+    if probe is not None:
+        missing = probe.missing_programs(required_programs(cfg, links, firewall))
+        if missing:
+            problems.append(
+                f"{', '.join(missing)} not found on PATH; install it in the image "
+                "(nftables, iptables, iproute2)"
+            )
+    if "ip" not in missing:  # the waiting container looks for links through ip(8)
+        for ifname in (cfg.pod_interface, cfg.egress_interface):
+            try:
+                present = links.has_link(ifname)
+            except errors.KernelError as err:
+                problems.append(f"cannot look for interface {ifname!r}: {err}")
+                continue
+            if not present:
+                problems.append(
+                    f"interface {ifname!r} does not exist in this network namespace; check "
+                    "EGRESS_INTERFACE / EGRESS_POD_INTERFACE and that the platform attached "
+                    "the macvlan (annotation or CNI)"
+                )
+    # Per-interface keys exist only once the interface does: checked above first.
+    if probe is not None and not problems:
+        problems += [
+            f"sysctl {key.replace('/', '.')} {why}; run the container privileged "
+            "or with a writable /proc/sys"
+            for key, why in probe.unwritable(sysctl_keys(plan.plan_interfaces(cfg)))
+        ]
+    if problems:
+        kind = errors.Kind.TOOL_MISSING if missing else errors.Kind.SETUP_FAILED
+        raise ApplyError(
+            f"cannot set up the egress router: {'; '.join(problems)}; nothing was changed", kind
+        )
+
+
 def setup(
     cfg: config.Config,
     links: netlink.Netlink,
@@ -168,37 +246,43 @@ def setup(
     *,
     sleep: Callable[[float], object] = time.sleep,
     stale: Firewall | None = None,
+    probe: preflight_module.Probe | None = None,
+    caller_undoes: bool = False,
 ) -> Timings:
     """Make the kernel match ``cfg``; idempotent. Raises `ApplyError` naming the failed step.
+
+    `preflight` runs first (``probe``: the programs and sysctls too). A failure
+    after the first change says what was left applied: the ruleset and the
+    steps before the failed one stay (a re-run converges; deleting the pod's
+    namespace removes them all). ``caller_undoes``: the caller rolls back
+    (CNI ADD), so the message ends with the failure itself.
 
     ``stale`` is the other backend: its rules, if a previous run left any,
     are removed after ours are in place (best effort, logged).
     """
     report = Timings()
     started = time.monotonic()
-    for ifname in (cfg.pod_interface, cfg.egress_interface):
-        if not links.has_link(ifname):
-            raise ApplyError(
-                f"cannot set up the egress router: interface {ifname!r} does not exist in "
-                "this network namespace; check EGRESS_INTERFACE / EGRESS_POD_INTERFACE and "
-                "that the platform attached the macvlan (annotation or CNI)"
-            )
+    preflight(cfg, links, firewall, probe)
     report.time("check interfaces", started)
+    done: list[str] = []
     try:
         started = time.monotonic()
         firewall.check(cfg)
         report.time(f"check {firewall.name} ruleset", started)
         started = time.monotonic()
         firewall.apply(cfg)
+        done.append(f"the {firewall.name} ruleset")
         report.time(f"apply {firewall.name} ruleset", started)
         log.info("%s ruleset applied (%d rules)", firewall.name, len(cfg.destinations.rules))
         started = time.monotonic()
         for step in plan.plan_interfaces(cfg):
             log.debug("%s", step.describe())
             links.apply(step)
+            done.append(step.describe())
         report.time("interface plan", started)
     except errors.KernelError as err:
-        raise ApplyError(str(err), err.kind) from None
+        message = str(err) if caller_undoes else f"{err}; {left_applied(done)}"
+        raise ApplyError(message, err.kind) from None
     if stale is not None:
         try:
             stale.remove()
@@ -208,6 +292,16 @@ def setup(
     announce_all(cfg, links, announcer, sleep=sleep)
     report.time("announce", started)
     return report
+
+
+def left_applied(done: Sequence[str]) -> str:
+    """What a failed setup leaves behind, for its error message."""
+    if not done:
+        return "nothing was changed"
+    return (
+        f"left applied: {'; '.join(done)} (re-running the setup converges; deleting the pod "
+        "removes them with its network namespace)"
+    )
 
 
 def announce_all(

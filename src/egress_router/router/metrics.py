@@ -101,6 +101,12 @@ class Metrics:
             f"{PREFIX}_dns_resolution_failures", "Failed lookups of DNS-named destinations.",
             ["name"], registry=registry,
         )
+        self.dns_refused = Counter(
+            f"{PREFIX}_dns_answers_refused", "Addresses in DNS answers refused as destinations "
+            "(the router's own or gateway address, its subnet's broadcast, the pod network, "
+            "loopback, link-local, multicast, unspecified, mapped or reserved); they never "
+            "reach the rules.", registry=registry,
+        )
         self.dns_changes = Counter(
             f"{PREFIX}_dns_changes", "Answers of DNS-named destinations that changed the rules.",
             ["name"], registry=registry,

@@ -19,7 +19,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from egress_router.core import config, drift, listing, plan
-from egress_router.kernel import announce, conntrack, errors, netlink, nft, observe, resolvers
+from egress_router.kernel import (
+    announce,
+    conntrack,
+    errors,
+    netlink,
+    nft,
+    observe,
+    preflight,
+    resolvers,
+)
 from egress_router.kernel.memory import HEAP
 from egress_router.router import capacity, engine, metrics, resolve
 
@@ -54,6 +63,9 @@ class Edges:
     stats: Callable[[], ConntrackStats | None] = lambda: None  # conntrack's counters
     # (resolver, pod gateway) routes the router's own lookups need (None: none looked for)
     pod_routes: Callable[[config.Config], PodRoutes] | None = None
+    # On-link networks of an interface: DNS answers inside the pod network are refused.
+    networks: Callable[[str], Sequence[config.IPNetwork]] = lambda _ifname: ()
+    probe: preflight.Probe | None = None  # programs and sysctls checked before any change
 
 
 def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
@@ -83,6 +95,8 @@ def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
         prepare=links.prepare,
         stats=conntrack.read_stats,
         pod_routes=resolvers.pod_routes,
+        networks=observe.interface_networks,
+        probe=preflight.SystemProbe(),
     )
 
 
@@ -217,6 +231,8 @@ class Router:
         self._refresh_names(cfg, force=True)
         desired = self._desired(cfg)
         with self._lock:
+            # Before the first change (prepare changes links, addresses and routes).
+            engine.preflight(desired, self.kernel.links, self.kernel.firewall, self.kernel.probe)
             if self.kernel.prepare is not None:
                 # Links, addresses and routes in one go (forwarding stays off until
                 # the engine has put the ruleset in place), so that a fresh pod
@@ -234,6 +250,7 @@ class Router:
                 _SILENT,
                 sleep=lambda _seconds: None,
                 stale=self.kernel.stale,
+                probe=self.kernel.probe,
             )
             desired = self._route_resolvers(desired)
             self._applied(desired)
@@ -437,9 +454,13 @@ class Router:
         if not hosts:
             self.dns.refresh((), cfg.families())
             return resolve.Refresh()
-        result = self.dns.refresh(hosts, cfg.families(), force=force)
+        pod_networks = self.kernel.networks(cfg.pod_interface)
+        policy = resolve.policy_for(cfg, pod_networks)
+        result = self.dns.refresh(hosts, cfg.families(), force=force, policy=policy)
         for host, _why in result.failed:
             self.metrics.dns_failures.labels(name=host).inc()
+        if result.refused:
+            self.metrics.dns_refused.inc(len(result.refused))
         return result
 
     def refresh_dns(self) -> bool:

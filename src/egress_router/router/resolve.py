@@ -12,6 +12,16 @@ A lookup that fails keeps the name's last good addresses (a DNS hiccup must
 not take a working rule away) and is reported; a name that never resolved
 has no rule until it does. dnspython is imported only when a configuration
 has names.
+
+DNS is not trusted more than the configuration: every address of an answer
+goes through the same rule as a literal destination
+(`config.destination_problem`: the router's own source and gateway, the egress
+subnet's network and broadcast addresses, the pod network, loopback,
+link-local, multicast, broadcast, unspecified, IPv4-mapped and reserved).
+A refused address never reaches the ruleset; it is logged once (per name and
+address, until the answer changes) and counted (``refused`` of a `Refresh`,
+the ``dns_answers_refused`` metric). An answer with nothing left is refused as
+a whole and the name keeps its last good addresses.
 """
 
 from __future__ import annotations
@@ -40,25 +50,64 @@ class ResolveError(RuntimeError):
 
 @dataclass(frozen=True)
 class Answer:
-    """The usable addresses of one name (sorted) and the seconds until asking again."""
+    """The addresses of one name (sorted) and the seconds until asking again."""
 
     addresses: tuple[config.IPAddress, ...]
     ttl: float
+
+
+Policy = Callable[[config.IPAddress], str | None]
+"""Why an address may not be a destination (None: it may); `config.destination_problem`."""
+
+
+def policy_for(
+    cfg: config.Config, pod_networks: Sequence[config.IPNetwork] = ()
+) -> Policy:
+    """The destination rule of ``cfg`` (its own addresses, its subnet, the pod network)."""
+    networks = tuple(pod_networks)
+
+    def problem(address: config.IPAddress) -> str | None:
+        return config.destination_problem(address, cfg.sources, cfg.gateways, networks)
+
+    return problem
+
+
+@dataclass(frozen=True)
+class Refused:
+    """One address of an answer that may not be a destination, and why."""
+
+    host: str
+    address: config.IPAddress
+    why: str
+
+
+def screen(
+    host: str, addresses: Iterable[config.IPAddress], policy: Policy
+) -> tuple[tuple[config.IPAddress, ...], tuple[Refused, ...]]:
+    """Split an answer into the addresses that may be destinations and those refused."""
+    good: list[config.IPAddress] = []
+    refused: list[Refused] = []
+    for address in addresses:
+        why = policy(address)
+        if why is None:
+            good.append(address)
+        else:
+            refused.append(Refused(host, address, why))
+    return _ordered(good), tuple(refused)
+
+
+def refused_error(host: str, refused: Sequence[Refused]) -> ResolveError:
+    """Every address of ``host``'s answer was refused: the answer as a whole is."""
+    why = "; ".join(r.why for r in refused)
+    return ResolveError(
+        f"cannot use {host}: every address it resolves to is refused as a destination ({why})"
+    )
 
 
 class Resolver(Protocol):
     """Looks names up; raises `ResolveError`."""
 
     def resolve(self, host: str, families: Sequence[int]) -> Answer: ...
-
-
-def _usable(address: config.IPAddress) -> bool:
-    return not (
-        address.is_unspecified
-        or address.is_loopback
-        or address.is_multicast
-        or address.is_link_local
-    )
 
 
 def _ordered(addresses: Iterable[config.IPAddress]) -> tuple[config.IPAddress, ...]:
@@ -117,19 +166,16 @@ class DnsResolver:
         ttl: float,
         families: Sequence[int],
     ) -> Answer:
-        """Filter and bound a raw answer (separate from the lookup for unit tests)."""
-        found = list(addresses)
-        usable = _ordered(a for a in found if _usable(a) and a.version in families)
-        if not usable:
-            wanted = " or ".join(_RECORD[f] for f in families)
-            if found:
-                shown = ", ".join(str(a) for a in found)
-                raise ResolveError(
-                    f"cannot use {host}: it resolves to {shown}, none of which can be a "
-                    "destination (loopback, link-local, multicast or unspecified)"
-                )
-            raise ResolveError(f"cannot resolve {host}: no {wanted} record")
-        return Answer(usable, min(max(ttl, self.min_ttl), self.max_ttl))
+        """Keep the wanted families and bound the TTL (separate from the lookup for unit tests).
+
+        Which addresses may be destinations is the caller's `Policy` (`screen`):
+        a refused address has to be counted and logged, not silently dropped here.
+        """
+        wanted = _ordered(a for a in addresses if a.version in families)
+        if not wanted:
+            records = " or ".join(_RECORD[f] for f in families)
+            raise ResolveError(f"cannot resolve {host}: no {records} record")
+        return Answer(wanted, min(max(ttl, self.min_ttl), self.max_ttl))
 
 
 @dataclass
@@ -137,14 +183,16 @@ class _Entry:
     addresses: tuple[config.IPAddress, ...] = ()
     due: float = 0.0
     error: str | None = None
+    refused: frozenset[config.IPAddress] = frozenset()  # already logged
 
 
 @dataclass(frozen=True)
 class Refresh:
-    """What one round of lookups did: which names changed and which failed (with why)."""
+    """What one round of lookups did: names changed, names failed (with why), addresses refused."""
 
     changed: tuple[str, ...] = ()
     failed: tuple[tuple[str, str], ...] = ()
+    refused: tuple[Refused, ...] = ()
 
 
 class Cache:
@@ -166,13 +214,23 @@ class Cache:
         self._entries: dict[str, _Entry] = {}
 
     def refresh(
-        self, hosts: Sequence[str], families: Sequence[int], *, force: bool = False
+        self,
+        hosts: Sequence[str],
+        families: Sequence[int],
+        *,
+        force: bool = False,
+        policy: Policy = config.destination_problem,
     ) -> Refresh:
-        """Look up the names that are due (all of them with ``force``); forget the others."""
+        """Look up the names that are due (all of them with ``force``); forget the others.
+
+        Every answer is screened by ``policy`` (see the module docstring); the
+        default holds only what needs no configuration (loopback, link-local ...).
+        """
         for gone in set(self._entries) - set(hosts):
             del self._entries[gone]
         changed: list[str] = []
         failed: list[tuple[str, str]] = []
+        refused: list[Refused] = []
         for host in hosts:
             entry = self._entries.setdefault(host, _Entry())
             now = self._clock()
@@ -180,15 +238,22 @@ class Cache:
                 continue
             try:
                 answer = self._resolver.resolve(host, families)
+                addresses, bad = screen(host, answer.addresses, policy)
+                refused += bad
+                self._log_refused(entry, bad)
+                if not addresses:
+                    raise refused_error(host, bad)
             except ResolveError as err:
+                if entry.error != str(err) or not entry.refused:
+                    kept = ", ".join(str(a) for a in entry.addresses) or "none"
+                    log.warning("%s; keeping its last good addresses (%s)", err, kept)
                 entry.error = str(err)
                 entry.due = now + self._retry
                 failed.append((host, str(err)))
-                kept = ", ".join(str(a) for a in entry.addresses) or "none"
-                log.warning("%s; keeping its last good addresses (%s)", err, kept)
                 continue
             entry.error = None
             entry.due = now + answer.ttl
+            answer = Answer(addresses, answer.ttl)
             if answer.addresses != entry.addresses:
                 if entry.addresses:
                     log.info(
@@ -199,7 +264,19 @@ class Cache:
                     )
                 entry.addresses = answer.addresses
                 changed.append(host)
-        return Refresh(tuple(changed), tuple(failed))
+        return Refresh(tuple(changed), tuple(failed), tuple(refused))
+
+    @staticmethod
+    def _log_refused(entry: _Entry, refused: Sequence[Refused]) -> None:
+        """Log each refused address once, until it leaves the name's answers."""
+        now = frozenset(r.address for r in refused)
+        for item in refused:
+            if item.address not in entry.refused:
+                log.warning(
+                    "refusing DNS answer %s for %s: %s; it does not reach the rules",
+                    item.address, item.host, item.why,
+                )
+        entry.refused = now
 
     def next_due(self) -> float | None:
         """The monotonic time of the next lookup, None without names."""
@@ -256,10 +333,25 @@ def resolve_config(
     return dataclasses.replace(cfg, destinations=destinations)
 
 
-def resolve_now(cfg: config.Config, resolver: Resolver) -> config.Config:
-    """Resolve every name of ``cfg`` now; the first failure raises (the init container's way)."""
-    answers = {
-        host: resolver.resolve(host, cfg.families()).addresses
-        for host in cfg.destinations.hosts()
-    }
+def resolve_now(
+    cfg: config.Config, resolver: Resolver, policy: Policy | None = None
+) -> config.Config:
+    """Resolve every name of ``cfg`` now; the first failure raises (the init container's way).
+
+    Refused addresses are logged and left out (``policy``: `policy_for` ``cfg``
+    by default); a name whose every address is refused raises.
+    """
+    rule = policy or policy_for(cfg)
+    answers: dict[str, tuple[config.IPAddress, ...]] = {}
+    for host in cfg.destinations.hosts():
+        answer = resolver.resolve(host, cfg.families())
+        addresses, refused = screen(host, answer.addresses, rule)
+        if not addresses:
+            raise refused_error(host, refused)  # names every refused address itself
+        for item in refused:
+            log.warning(
+                "refusing DNS answer %s for %s: %s; it does not reach the rules",
+                item.address, host, item.why,
+            )
+        answers[host] = addresses
     return resolve_config(cfg, answers)

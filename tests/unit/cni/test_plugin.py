@@ -429,3 +429,65 @@ def test_the_one_file_executable_runs_the_nft_it_carries(
     plugin._use_bundle(environ)  # idempotent
     assert environ["PATH"] == f"{tmp_path}/bin:/usr/bin:/bin"
     assert environ["LD_LIBRARY_PATH"] == f"{tmp_path}:/opt/lib"
+
+
+def test_a_read_only_proc_sys_fails_add_before_the_macvlan_is_created() -> None:
+    class ReadOnly(FakeKernel):
+        def probe_pod(self, path: str, ifname: str, pod_interface: str) -> macvlan.PodProbe:
+            self.ops.append("probe")
+            return macvlan.PodProbe(False, True, unwritable=(
+                ("net/ipv4/ip_forward", "is not writable (read-only /proc/sys?)"),))
+
+    fake = ReadOnly()
+    code, out, _ = invoke(CONF, fake)
+    assert code == 1
+    assert error_of(out) == (
+        errors.ROUTER_SETUP_FAILED,
+        f"cannot set up the egress router in {NETNS}: sysctl net.ipv4.ip_forward is not "
+        "writable (read-only /proc/sys?); the container runtime must leave /proc/sys "
+        "writable; nothing was changed",
+    )
+    assert fake.ops == ["probe"]  # no macvlan created, nothing to undo
+    # The control: the same ADD with a writable /proc/sys creates the macvlan.
+    fake = FakeKernel()
+    assert invoke(CONF, fake)[0] == 0
+    assert any(op.startswith("create ") for op in fake.ops)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("podInterface", 'eth0";accept', "cannot use interface name 'eth0\";accept' from "
+         "podInterface: it contains '\"' (U+0022), which the ruleset and ip(8) cannot carry "
+         "verbatim; rename the interface to ASCII letters, digits, '_', '-' and '.' (not "
+         "first), at most 15"),
+        ("podInterface", "eth0\n", "cannot use interface name 'eth0\\n' from podInterface: it "
+         "contains U+000A (a control or invisible character), which the kernel refuses in an "
+         "interface name; expected ASCII letters, digits, '_', '-' and '.' (not first), at "
+         "most 15"),
+        ("name", "egress net", "cannot parse name: invalid network name 'egress net'; the CNI "
+         "specification allows only ASCII letters, digits, '_', '-' and '.'"),
+        ("httpPort", "\u0669\u0660\u0669\u0660", "cannot parse httpPort: invalid value "
+         "'\u0669\u0660\u0669\u0660'; expected a port from 1 to 65535, or 0 to turn the HTTP "
+         "server (/healthz, /readyz, /metrics) off"),
+    ],
+)
+def test_hostile_cni_fields_are_refused_by_name(field: str, value: str, message: str) -> None:
+    fake = FakeKernel()
+    code, out, _ = invoke({**CONF, field: value}, fake)
+    assert (code, error_of(out)) == (1, (errors.INVALID_CONFIG, message))
+    assert fake.ops == []
+
+
+@pytest.mark.parametrize(
+    ("mtu", "shown"), [("\u0661\u0665\u0660\u0660", "'\u0661\u0665\u0660\u0660'"),
+                       ("1_500", "'1_500'"), (True, "True"), (1500.0, "1500.0")]
+)
+def test_the_mtu_is_ascii_digits_or_an_integer(mtu: object, shown: str) -> None:
+    conf = {**CONF, "interfaceArgs": {"master": "ens3", "mtu": mtu}}
+    _, out, _ = invoke(conf, FakeKernel())
+    assert error_of(out) == (
+        errors.INVALID_CONFIG,
+        f"cannot parse interfaceArgs.mtu: invalid MTU {shown}; expected a number from 68 to "
+        "65535 (or leave it out to use the master's MTU)",
+    )

@@ -349,7 +349,8 @@ BAD_ENV: list[tuple[dict[str, str | None], str]] = [
     (
         {"EGRESS_POD_INTERFACE": "a-very-long-interface-name"},
         "cannot parse EGRESS_POD_INTERFACE: invalid interface name "
-        "'a-very-long-interface-name'; expected 1 to 15 characters without spaces, '/' or ':'",
+        "'a-very-long-interface-name': it is 26 bytes long and the kernel allows at most 15 "
+        "(IFNAMSIZ); use the interface's real name",
     ),
     (
         {"EGRESS_ROUTER_DEBUG": "maybe"},

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from egress_router.core import config, plan
-from egress_router.kernel import announce, iptables, netlink, nft
+from egress_router.kernel import announce, iptables, netlink, nft, preflight
 from egress_router.router import engine
 from support.golden import SEED_ENV, check_golden
 
@@ -159,3 +159,73 @@ def test_plan_places_every_pool_address_and_routes_once() -> None:
     text = plan.describe_plan(cfg)
     assert text.count("kernel adds the subnet route") == 1
     assert "(nodad; global IPv4 addresses outside the pool removed)" in text
+
+
+# ------------------------------------------------------------------ pre-flight
+
+
+def test_preflight_lists_every_problem_before_any_change() -> None:
+    cfg, links, runner, announcer = make()
+    probe = preflight.FakeProbe(missing={"nft"})
+    with pytest.raises(engine.ApplyError) as caught:
+        engine.setup(cfg, links, engine.NftablesFirewall(runner), announcer, probe=probe)
+    assert str(caught.value) == (
+        "cannot set up the egress router: nft not found on PATH; install it in the image "
+        "(nftables, iptables, iproute2); nothing was changed"
+    )
+    assert runner.checked == runner.applied == [] and links.applied == [] == announcer.sent
+
+
+def test_preflight_checks_every_sysctl_the_plan_writes() -> None:
+    cfg, links, runner, announcer = make()
+    probe = preflight.FakeProbe(readonly={"net/ipv6/conf/all/forwarding"})
+    with pytest.raises(engine.ApplyError) as caught:
+        engine.setup(cfg, links, engine.NftablesFirewall(runner), announcer, probe=probe)
+    assert str(caught.value) == (
+        "cannot set up the egress router: sysctl net.ipv6.conf.all.forwarding is not writable "
+        "(read-only /proc/sys?); run the container privileged or with a writable /proc/sys; "
+        "nothing was changed"
+    )
+    assert runner.applied == [] and links.applied == []
+    assert {"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} <= set(probe.asked)
+
+
+def test_preflight_names_the_programs_of_each_backend() -> None:
+    cfg, links, _runner, _announcer = make()
+    ipt = engine.IptablesFirewall(iptables.FakeIptables())
+    assert engine.required_programs(cfg, links, ipt) == (
+        "iptables-restore", "iptables-save", "ip6tables-restore", "ip6tables-save")
+    v4 = config.load_config({**ENV, "EGRESS_SOURCE": "192.168.12.99/24",
+                             "EGRESS_GATEWAY": "192.168.12.1",
+                             "EGRESS_DESTINATION": "80 tcp 203.0.113.25"})
+    assert engine.required_programs(v4, links, ipt) == ("iptables-restore", "iptables-save")
+    assert engine.required_programs(cfg, links, engine.NftablesFirewall(nft.FakeNft())) == (
+        "nft",)
+
+
+def test_both_missing_interfaces_are_named_at_once() -> None:
+    cfg, links, runner, announcer = make()
+    links.links.clear()
+    with pytest.raises(engine.ApplyError) as caught:
+        engine.setup(cfg, links, engine.NftablesFirewall(runner), announcer,
+                     probe=preflight.FakeProbe(missing={"nft"}))
+    message = str(caught.value)
+    assert "interface 'eth0' does not exist" in message
+    assert "interface 'macvlan0' does not exist" in message
+    assert "nft not found on PATH" in message
+    assert message.endswith("; nothing was changed")
+
+
+def test_a_later_failure_says_what_was_left_applied() -> None:
+    cfg, links, runner, announcer = make()
+    links.fail_on = plan.KeepPodReturnPath
+    with pytest.raises(engine.ApplyError) as caught:
+        engine.setup(cfg, links, engine.NftablesFirewall(runner), announcer,
+                     probe=preflight.FakeProbe())
+    done = [step.describe() for step in links.applied]
+    assert str(caught.value) == (
+        f"cannot {plan.KeepPodReturnPath(4, 'eth0', 'macvlan0').describe()}: injected failure; "
+        f"left applied: the nftables ruleset; {'; '.join(done)} (re-running the setup converges; "
+        "deleting the pod removes them with its network namespace)"
+    )
+    assert len(done) == 3  # link up, address, gateway route

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
-from egress_router.core import plan, ruleset
+from egress_router.core import config, plan, ruleset
 from egress_router.kernel import conntrack
 from egress_router.router import reconciler, resolve
 from support.router import FakeResolver, Harness
@@ -320,4 +321,29 @@ def test_a_fight_over_the_kernel_state_backs_off_and_is_reported(harness: Harnes
     harness.clock.now += reconciler.BACKOFF_WINDOW + 1
     harness.router.reconcile()
     assert harness.router.backoff == 0
+    assert harness.router.readiness() == (True, "ok")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "oversized"])
+def test_a_reload_reads_through_the_same_bounded_reader(
+    harness: Harness, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    runs = list(harness.runner.applied)
+    harness.file.unlink()
+    if kind == "fifo":
+        os.mkfifo(harness.file)  # no writer: a plain read would hang the loop
+        cause = "it is a FIFO (named pipe), not a regular file"
+    elif kind == "device":
+        harness.file.symlink_to("/dev/zero")  # a plain read would fill the memory
+        cause = "it is a character device, not a regular file"
+    else:
+        with harness.file.open("wb") as fh:
+            fh.truncate(config.DESTINATION_FILE_LIMIT + 1)
+        cause = f"it is larger than {config.DESTINATION_FILE_LIMIT} bytes"
+    with caplog.at_level(logging.ERROR):
+        assert harness.router.poll_file() is False
+    assert (f"cannot parse EGRESS_DESTINATION_FILE: cannot read destination file "
+            f"{str(harness.file)!r}: {cause}") in caplog.text
+    assert harness.runner.applied == runs
+    assert harness.value("egress_router_applies_total", result="invalid") == 1
     assert harness.router.readiness() == (True, "ok")
