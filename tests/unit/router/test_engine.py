@@ -238,4 +238,4 @@ def test_a_later_failure_says_what_was_left_applied() -> None:
         f"left applied: the nftables ruleset; {'; '.join(done)} (re-running the setup converges; "
         "deleting the pod removes them with its network namespace)"
     )
-    assert len(done) == 3  # link up, address, gateway route
+    assert len(done) == 4  # egress sysctls, link up, address, gateway route
