@@ -32,7 +32,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from bench import ablation, harness, report, stats, upstream, workload
+from bench import ablation, baseline, harness, report, stats, upstream, workload
 from bench.workload import DataPath, Figure
 from egress_router.core import config, ruleset
 from egress_router.lab import world as labmod
@@ -110,6 +110,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ablation", action="store_true",
                         help="instead: measure the product's nftables ruleset with parts removed "
                         "(accounting, fib check, forward chain) against upstream and forwarding")
+    parser.add_argument("--hardening", action="store_true",
+                        help="instead: today's ruleset (bench/baseline.py) against the hardened "
+                        "one, both backends, side by side in the same rounds")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only re-render the report, chart (and README) from a results file")
     args = parser.parse_args(argv)
@@ -337,6 +340,101 @@ def run_ablation(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
     }
 
 
+def _apply_iptables(h: harness.Harness, payloads: dict[int, str], what: str) -> None:
+    """Replace the router's rules with iptables-restore payloads (after `nft flush ruleset`)."""
+    h.flush_router()
+    for family, payload in payloads.items():
+        tool = "iptables-restore" if family == 4 else "ip6tables-restore"
+        cp = labmod.run_in(h.lab_handle.router, [tool, "--noflush"], input=payload, timeout=60)
+        harness._check(cp, f"apply the {what} rules")
+    h.flush_conntrack()
+
+
+def run_hardening(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
+    """Today's ruleset against the hardened one, per backend, measured in the same rounds."""
+    cfg = config.load_config({**harness.ROUTER_ENV, config.ENV_DESTINATION: ABLATION_RULES})
+    nft = {"nftables:today": baseline.render_nftables(cfg),
+           "nftables:hardened": ruleset.render_nftables(cfg)}
+    ipt = {"iptables:today": {4: baseline.render_iptables(cfg, 4)},
+           "iptables:hardened": {f: ruleset.render_iptables(cfg, f) for f in (4, 6)}}
+    names = [*nft, *ipt]
+    clock.log(f"hardening: {', '.join(names)} x {args.rounds} rounds")
+    started = datetime.datetime.now(datetime.UTC)
+    samples: list[stats.Sample] = []
+    prefix = PREFIX_START + secrets.token_hex(2)
+    workdir = Path(tempfile.mkdtemp(prefix="egress-router-bench-"))
+    try:
+        with harness.Harness(prefix, workdir, args.durations, clock.log) as h:
+            h.set_route(DataPath.NFTABLES)
+            for round_index in range(args.rounds):
+                order = names[:]
+                random.Random(f"{args.seed}/hardening/{round_index}").shuffle(order)
+                for name in order:
+                    if name in nft:
+                        h.apply_ruleset(nft[name], name)
+                    else:
+                        _apply_iptables(h, ipt[name], name)
+                    host = h.target(DataPath.NFTABLES)
+                    load1 = harness.loadavg()[0]
+                    rate, _ = h.conn_rate(h.lab_handle.client, host,
+                                          workload.SERVICES[Figure.CONN].port)
+                    p50, p99 = h.conn_latency(host)
+                    samples.append(stats.Sample(round_index, name, 1, Figure.CONN.value, rate,
+                                                p50_us=p50, p99_us=p99, load1=load1))
+                    clock.log(f"round {round_index + 1}/{args.rounds} {name}: {rate:,.0f} "
+                              f"conn/s, p50 {p50:.0f} us")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "schema": 1, "kind": "hardening",
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "duration_s": (datetime.datetime.now(datetime.UTC) - started).total_seconds(),
+        "settings": {"command": "python -m bench.run " + " ".join(sys.argv[1:]),
+                     "rounds": args.rounds, "seed": args.seed,
+                     "durations_s": dataclasses.asdict(args.durations)},
+        "rulesets": {**nft, **{k: "".join(v.values()) for k, v in ipt.items()}},
+        "samples": [dataclasses.asdict(s) for s in samples],
+    }
+
+
+HARDENING_TARGET = 0.95  # the hardened path costs at most 5% of today's new-connection rate
+
+
+def render_hardening(doc: dict[str, Any]) -> str:
+    """Per backend: hardened / today new-connection rate, per round (same round) and median."""
+    by: dict[tuple[str, int], float] = {
+        (s["path"], s["round"]): s["value"] for s in doc["samples"]
+    }
+    rows = []
+    for backend in ("nftables", "iptables"):
+        ratios = sorted(by[(f"{backend}:hardened", r)] / by[(f"{backend}:today", r)]
+                        for (path, r) in by if path == f"{backend}:today"
+                        and (f"{backend}:hardened", r) in by)
+        if not ratios:
+            continue
+        median = ratios[len(ratios) // 2] if len(ratios) % 2 else \
+            (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
+        today = sorted(v for (p, _), v in by.items() if p == f"{backend}:today")
+        hardened = sorted(v for (p, _), v in by.items() if p == f"{backend}:hardened")
+        verdict = "met" if median >= HARDENING_TARGET else "MISSED"
+        rows.append(f"| {backend} | {today[len(today) // 2]:,.0f} | "
+                    f"{hardened[len(hardened) // 2]:,.0f} | {median:.3f} "
+                    f"({ratios[0]:.3f}-{ratios[-1]:.3f}) | {verdict} |")
+    settings = doc.get("settings", {})
+    return (
+        f"# Price of the data-path hardening ({doc.get('started', '?')}, "
+        f"{settings.get('rounds', '?')} rounds, {doc.get('duration_s', 0):.0f} s)\n\n"
+        f"Command: `{settings.get('command', '?')}`\n\n"
+        "New connections per second (connect, one HTTP request, close; `ab` without keep-alive) "
+        "through the router with today's ruleset (`bench/baseline.py`) and the hardened one "
+        "(direction-bound forward accepts, reverse-path check, egress source guard, HTTP port "
+        "rules), applied in shuffled order within each round; the ratio is hardened / today "
+        "of the same round (median, min-max). Target: >= 0.95 (at most 5% slower).\n\n"
+        "| backend | today conn/s (median) | hardened conn/s (median) | hardened / today | "
+        "target |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+
+
 def wait_command_exists() -> bool:
     cp = subprocess.run([sys.executable, "-m", "egress_router", "wait", "--help"],
                         capture_output=True, text=True, timeout=30, check=False,
@@ -381,6 +479,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     out = args.out or (Path(tempfile.gettempdir()) / "egress-router-bench-quick"
                        if args.quick else RESULTS)
+    if args.hardening:
+        with harness.terminating_on_signals():
+            doc = run_hardening(args, clock)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "hardening.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        text = render_hardening(doc)
+        (out / "hardening.md").write_text(text, encoding="utf-8")
+        clock.log(f"wrote {out / 'hardening.json'}, {out / 'hardening.md'}")
+        print(text)
+        return 0
     if args.ablation:
         with harness.terminating_on_signals():
             doc = run_ablation(args, clock)

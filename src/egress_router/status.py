@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from egress_router.core import config, drift, plan, state
+from egress_router.core import config, drift, plan, ruleset, state
 from egress_router.kernel import conntrack, errors, iptables, nft, observe
 from egress_router.router import capacity
 
@@ -129,7 +129,10 @@ def collect(
             state, rules, found = drift.nftables_rules(cfg, text, active)
         else:
             xtables = xtables or iptables.IptablesCommand()
-            dumps = {f: xtables.save(f, "nat") + xtables.save(f, "filter") for f in cfg.families()}
+            dumps = {
+                f: "".join(xtables.save(f, table) for table in ruleset.IPT_TABLES)
+                for f in cfg.families()
+            }
             state, rules, found = drift.iptables_rules(cfg, dumps, active)
     except errors.KernelError as err:
         state, rules, found = {"present": None}, [], [str(err)]

@@ -158,7 +158,9 @@ def test_init_three_times_gives_identical_kernel_state(lab: labmod.Lab) -> None:
     assert [r["dst"] for r in state["routes6"] if r["dst"] == "default"] == ["default"]
     assert state["nft"] is not None
     chains = [i["chain"]["name"] for i in state["nft"] if "chain" in i]
-    assert sorted(chains) == ["forward", "guard", "input", "postrouting", "prerouting"]
+    assert sorted(chains) == [
+        "antispoof", "forward", "guard", "input", "postrouting", "prerouting", "source_guard"
+    ]
     # Only our table: looking for stale iptables rules must not create empty xtables tables.
     tables = labmod.run_in(lab.router, ["nft", "list", "tables"], timeout=10).stdout.split("\n")
     assert [t for t in tables if t.strip()] == ["table inet egress_router"]

@@ -56,7 +56,24 @@ def step_problem(step: plan.Step, snapshot: state.Snapshot) -> str | None:
         return None if snapshot.forwarding_on(step.family) else f"{step.sysctl} is not 1"
     link = snapshot.link(step.ifname)
     if link is None:
+        # A missing interface is the link step's problem (and repair), named once.
+        if isinstance(step, plan.SetSysctls | plan.RemoveAddresses):
+            return None
         return f"interface {step.ifname} does not exist"
+    if isinstance(step, plan.SetSysctls):
+        return _sysctl_problem(step, snapshot)
+    if isinstance(step, plan.RemoveAddresses):
+        extra = [
+            str(a.interface)
+            for a in snapshot.addresses
+            if a.index == link.index
+            and a.interface.version == step.family
+            and a.scope == state.RT_SCOPE_UNIVERSE
+        ]
+        if extra:
+            return (f"{step.ifname} has IPv{step.family} addresses, which is not configured: "
+                    f"{', '.join(extra)}")
+        return None
     if isinstance(step, plan.LinkUp):
         return None if link.up else f"interface {step.ifname} is down"
     if isinstance(step, plan.SetAddress):
@@ -75,6 +92,18 @@ def step_problem(step: plan.Step, snapshot: state.Snapshot) -> str | None:
     if isinstance(step, plan.KeepPodReturnPath):
         return _return_path_problem(step, link, snapshot)
     return _route_problem(step, link, snapshot)
+
+
+def _sysctl_problem(step: plan.SetSysctls, snapshot: state.Snapshot) -> str | None:
+    if snapshot.sysctls is None:
+        return None
+    observed = dict(snapshot.sysctls)
+    wrong = [
+        f"{key.replace('/', '.')} is {observed[key]}, not {value}"
+        for key, value in step.values
+        if key in observed and observed[key] != value  # absent: the kernel lacks the family
+    ]
+    return "; ".join(wrong) or None
 
 
 def _return_path_problem(

@@ -135,6 +135,37 @@ class EnableForwarding:
 
 
 @dataclass(frozen=True)
+class SetSysctls:
+    """Write sysctls under ``/proc/sys`` (paths relative to it, e.g. ``net/ipv6/conf/x/accept_ra``).
+
+    Written in order. Keys of a family the kernel does not have at all (no
+    ``/proc/sys/net/ipv6``) are skipped: there is nothing of it to protect.
+    """
+
+    ifname: str
+    values: tuple[tuple[str, str], ...]
+
+    def describe(self) -> str:
+        settings = " ".join(f"{key.replace('/', '.')}={value}" for key, value in self.values)
+        return f"sysctl -w {settings}"
+
+
+@dataclass(frozen=True)
+class RemoveAddresses:
+    """Remove every global address of ``family`` from ``ifname`` (a family not configured).
+
+    Link-scope addresses (``169.254.0.0/16 scope link``, as VRRP adverts of a
+    future HA pair would use) stay.
+    """
+
+    ifname: str
+    family: int
+
+    def describe(self) -> str:
+        return f"ip -{self.family} address flush dev {self.ifname} scope global"
+
+
+@dataclass(frozen=True)
 class Announce:
     """Tell the physical network who owns ``address`` now (gratuitous ARP / unsolicited NA)."""
 
@@ -151,19 +182,66 @@ class Announce:
         )
 
 
-Step = LinkUp | SetAddress | SetRoute | KeepPodReturnPath | EnableForwarding
+Step = (
+    SetSysctls | RemoveAddresses | LinkUp | SetAddress | SetRoute | KeepPodReturnPath
+    | EnableForwarding
+)
+
+
+def hardening_keys(ifname: str) -> tuple[str, ...]:
+    """The sysctls `harden_egress` writes for an egress interface named ``ifname``."""
+    v4 = f"net/ipv4/conf/{ifname}"
+    v6 = f"net/ipv6/conf/{ifname}"
+    return (
+        f"{v4}/accept_redirects",
+        "net/ipv4/conf/all/accept_redirects",
+        f"{v4}/accept_source_route",
+        f"{v4}/arp_ignore",
+        f"{v4}/arp_announce",
+        f"{v6}/accept_ra",
+        f"{v6}/autoconf",
+        f"{v6}/accept_redirects",
+        f"{v6}/accept_source_route",
+        f"{v6}/disable_ipv6",
+    )
+
+
+def harden_egress(cfg: config.Config) -> SetSysctls:
+    """The egress interface takes no configuration from the physical network.
+
+    No router advertisements (routes, prefixes, SLAAC addresses), no ICMP
+    redirects, no source routing, in every configuration; ARP answers only
+    for addresses on the egress interface (the physical side does not learn
+    the pod address). The ``all`` redirect switch is cleared too: with IPv4
+    forwarding off (an IPv6-only router) the kernel accepts redirects when
+    either switch is on. An IPv6 router needs IPv6 on the interface; an
+    IPv4-only one gets it disabled there: no link-local address, so no
+    neighbour discovery, no MLD, no RA processing, nothing listening over
+    IPv6 on the physical side at all. The last write is ``disable_ipv6``, so
+    the interface never runs IPv6 with the defaults.
+    """
+    ifname = cfg.egress_interface
+    values = ("0", "0", "0", "1", "2", "0", "0", "0", "0")
+    disable_ipv6 = "0" if cfg.source(6) is not None else "1"
+    keys = hardening_keys(ifname)
+    return SetSysctls(ifname, tuple(zip(keys, (*values, disable_ipv6), strict=True)))
 
 
 def plan_interfaces(cfg: config.Config) -> tuple[Step, ...]:
     """The kernel state the egress side needs, in the order it must be applied.
 
-    The link goes up first (routes on a down link are refused for IPv6); the
+    The egress interface is hardened first (`harden_egress`), then the link
+    goes up (routes on a down link are refused for IPv6); the
     gateway gets a host route so that it is reachable even when the source
     has no prefix (upstream's behaviour); with ``/len`` the kernel adds the
     subnet route itself when the address is added.
     """
     ifname = cfg.egress_interface
-    steps: list[Step] = [LinkUp(ifname)]
+    # Hardened before the link goes up: not one RA is processed with the defaults.
+    steps: list[Step] = [harden_egress(cfg)]
+    if cfg.source(4) is None:
+        steps.append(RemoveAddresses(ifname, 4))
+    steps.append(LinkUp(ifname))
     for family in cfg.families():
         gateway = cfg.gateway(family)
         assert gateway is not None  # config.check_families guarantees one per source family

@@ -81,6 +81,10 @@ class Snapshot:
     rules: tuple[tuple[int, RuleKey], ...] = ()  # (family, rule)
     forwarding: tuple[tuple[int, bool], ...] = ()
     table: str | None = None
+    # The hardening sysctls of every link (`plan.hardening_keys`) as (key, value), "missing"
+    # when a key is absent, keys of a family the kernel lacks left out; None: not observed
+    # (a snapshot built by hand), then they are not checked.
+    sysctls: tuple[tuple[str, str], ...] | None = None
 
     def link(self, name: str) -> Link | None:
         return next((link for link in self.links if link.name == name), None)

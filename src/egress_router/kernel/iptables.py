@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from egress_router.core import ruleset
@@ -84,13 +85,22 @@ class IptablesCommand:
         except OSError as err:
             raise IptablesError(f"cannot run {argv[0]}: {err.strerror or err}") from None
 
+    @staticmethod
+    def _absent(family: int) -> bool:
+        # A kernel without IPv6 (ipv6.disable=1): no ip6tables, and nothing of it to protect.
+        return family == 6 and not Path("/proc/sys/net/ipv6").is_dir()
+
     def save(self, family: int, table: str) -> str:
+        if self._absent(family):
+            return ""
         done = self._exec([_SAVE[family], "-t", table])
         if done.returncode != 0:
             raise IptablesError(f"cannot read {table} table: {done.stderr.strip()}")
         return done.stdout
 
     def restore(self, family: int, payload: str, *, test: bool = False) -> None:
+        if self._absent(family):
+            return
         argv = [_RESTORE[family], "--noflush", "-w", "10"]
         if test:
             argv.append("--test")

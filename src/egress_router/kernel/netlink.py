@@ -120,6 +120,39 @@ def _suppress(suppress: bool) -> dict[str, Any]:
     return {"suppress_prefixlen": 0} if suppress else {}
 
 
+PROC_SYS = Path("/proc/sys")
+
+
+def sysctl_path(key: str, root: Path = PROC_SYS) -> Path | None:
+    """Where ``key`` (``net/ipv6/conf/x/accept_ra``) lives; None when the kernel has no such
+    family at all (``net/ipv6`` missing: IPv6 is off in this kernel, nothing to set)."""
+    family_root = root.joinpath(*key.split("/")[:2])
+    if not family_root.is_dir():
+        return None
+    return root / key
+
+
+def write_sysctls(step: plan.SetSysctls, root: Path = PROC_SYS) -> None:
+    """Write the values of ``step`` in order, each only when it differs."""
+    for key, value in step.values:
+        path = sysctl_path(key, root)
+        if path is None:
+            continue
+        try:
+            if path.read_text().strip() != value:
+                path.write_text(f"{value}\n")
+        except FileNotFoundError:
+            raise KernelRefusedError(
+                f"cannot set {key.replace('/', '.')}={value}: no such sysctl (does "
+                f"interface {step.ifname!r} exist in this network namespace?)"
+            ) from None
+        except OSError as err:
+            raise KernelRefusedError(
+                f"cannot set {key.replace('/', '.')}={value}: {err.strerror or err}; the "
+                "container needs a writable /proc/sys (privileged, as for ip_forward)"
+            ) from None
+
+
 class PyrouteNetlink:
     """The real kernel, through pyroute2, in the current (or a named) network namespace."""
 
@@ -156,6 +189,9 @@ class PyrouteNetlink:
             return index, str(link.get("IFLA_ADDRESS"))
 
     def apply(self, step: plan.Step) -> None:
+        if isinstance(step, plan.SetSysctls):
+            write_sysctls(step)  # /proc writes: pyroute2 not needed
+            return
         if isinstance(step, plan.EnableForwarding):
             try:
                 self._forwarding(step)  # a /proc write: pyroute2 not needed
@@ -175,6 +211,8 @@ class PyrouteNetlink:
                     self._address(ipr, index, step)
                 elif isinstance(step, plan.KeepPodReturnPath):
                     self._return_path(ipr, index, step)
+                elif isinstance(step, plan.RemoveAddresses):
+                    self._remove_addresses(ipr, index, step)
                 else:
                     self._route(ipr, index, step)
         except NetlinkError as err:
@@ -202,6 +240,15 @@ class PyrouteNetlink:
             prefixlen=wanted.network.prefixlen,
             flags=flags,
         )
+
+    @staticmethod
+    def _remove_addresses(ipr: Any, index: int, step: plan.RemoveAddresses) -> None:
+        for addr in ipr.get_addr(index=index, family=_FAMILY[step.family]):
+            if addr["scope"] == SCOPE_UNIVERSE:
+                log.info("removing %s from %s: IPv%d is not configured",
+                         addr.get("IFA_ADDRESS"), step.ifname, step.family)
+                ipr.addr("del", index=index, address=addr.get("IFA_ADDRESS"),
+                         prefixlen=addr["prefixlen"])
 
     def _return_path(self, ipr: Any, pod_index: int, step: plan.KeepPodReturnPath) -> None:
         family = _FAMILY[step.family]

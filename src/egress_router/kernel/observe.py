@@ -85,6 +85,7 @@ def read_snapshot(*, table: bool = False) -> state.Snapshot:
     return state.Snapshot(
         tuple(links), tuple(addresses), tuple(routes), tuple(rules),
         forwarding=read_forwarding(), table=_nft_table() if table else None,
+        sysctls=read_sysctls(links),
     )
 
 
@@ -128,6 +129,22 @@ def read_forwarding() -> tuple[tuple[int, bool], ...]:
     return tuple(values)
 
 
+def read_sysctls(links: Sequence[state.Link]) -> tuple[tuple[str, str], ...]:
+    """The hardening sysctls (`plan.hardening_keys`) of every link: ``missing`` when a key is
+    absent; keys of a family the kernel does not have at all are left out."""
+    found: list[tuple[str, str]] = []
+    for link in links:
+        for key in plan.hardening_keys(link.name):
+            path = netlink.sysctl_path(key)
+            if path is None:
+                continue
+            try:
+                found.append((key, path.read_text().strip()))
+            except OSError:
+                found.append((key, "missing"))
+    return tuple(dict(found).items())
+
+
 def _nft_table() -> str | None:
     binary = shutil.which("nft")
     if binary is None:
@@ -148,6 +165,10 @@ def encode_step(step: plan.Step) -> dict[str, Any]:
     """A plan step as JSON-able data (for the child process)."""
     if isinstance(step, plan.EnableForwarding):
         return {"step": "forwarding", "family": step.family}
+    if isinstance(step, plan.SetSysctls):
+        return {"step": "sysctls", "ifname": step.ifname, "values": [list(v) for v in step.values]}
+    if isinstance(step, plan.RemoveAddresses):
+        return {"step": "no-addresses", "ifname": step.ifname, "family": step.family}
     if isinstance(step, plan.LinkUp):
         return {"step": "link", "ifname": step.ifname}
     if isinstance(step, plan.SetAddress):
@@ -166,6 +187,11 @@ def decode_step(data: dict[str, Any]) -> plan.Step:
     kind = data["step"]
     if kind == "forwarding":
         return plan.EnableForwarding(int(data["family"]))
+    if kind == "sysctls":
+        values = tuple((str(k), str(v)) for k, v in data["values"])
+        return plan.SetSysctls(str(data["ifname"]), values)
+    if kind == "no-addresses":
+        return plan.RemoveAddresses(str(data["ifname"]), int(data["family"]))
     if kind == "link":
         return plan.LinkUp(str(data["ifname"]))
     if kind == "address":
@@ -252,8 +278,8 @@ class CheckedNetlink:
                 f"cannot {step.describe()}: interface {step.ifname} does not exist in this "
                 "network namespace; the platform (or the CNI plugin) has to create it again"
             )
-        if isinstance(step, plan.EnableForwarding):
-            netlink.PyrouteNetlink().apply(step)  # a /proc write: no pyroute2 involved
+        if isinstance(step, plan.EnableForwarding | plan.SetSysctls):
+            netlink.PyrouteNetlink().apply(step)  # /proc writes: no pyroute2 involved
             return
         apply_in_child([step])
 

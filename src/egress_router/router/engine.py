@@ -96,22 +96,19 @@ class IptablesFirewall:
     def __init__(self, runner: iptables.Iptables) -> None:
         self.runner = runner
 
+    def _dump(self, family: int) -> str:
+        return "".join(self.runner.save(family, table) for table in ruleset.IPT_TABLES)
+
     def _jumps(self, family: int) -> set[tuple[str, str, str]]:
-        dump = self.runner.save(family, "nat") + self.runner.save(family, "filter")
-        return listing.iptables_jumps(dump)
+        return listing.iptables_jumps(self._dump(family))
 
     def _payloads(self, cfg: config.Config) -> list[tuple[int, str]]:
-        payloads = []
-        for family in (4, 6):
-            if cfg.source(family) is not None:
-                payloads.append(
-                    (family, ruleset.render_iptables(cfg, family, self._jumps(family)))
-                )
-            else:
-                jumps = self._jumps(family)
-                if jumps:
-                    payloads.append((family, ruleset.render_iptables_removal(family, jumps)))
-        return payloads
+        # Both families always: one without a source gets the closed policy, so that
+        # (for example) the HTTP port is not open over IPv6 link-local on an IPv4 router.
+        return [
+            (family, ruleset.render_iptables(cfg, family, self._jumps(family)))
+            for family in (4, 6)
+        ]
 
     def render(self, cfg: config.Config) -> str:
         return render_iptables(cfg)
@@ -126,7 +123,7 @@ class IptablesFirewall:
 
     def remove(self) -> None:
         for family in (4, 6):
-            dump = self.runner.save(family, "nat") + self.runner.save(family, "filter")
+            dump = self._dump(family)
             if "EGRESS-ROUTER" not in dump:
                 # Nothing of ours: a removal payload would create empty tables and chains.
                 continue
@@ -139,7 +136,7 @@ class IptablesFirewall:
 
     def fingerprint(self) -> str | None:
         dumps = [
-            self.runner.save(family, table) for family in (4, 6) for table in ("nat", "filter")
+            self.runner.save(family, table) for family in (4, 6) for table in ruleset.IPT_TABLES
         ]
         return listing.fingerprint_iptables(dumps)
 
@@ -335,11 +332,12 @@ def announce_all(
 
 
 def render_iptables(cfg: config.Config) -> str:
-    """The iptables-restore payloads of every family, as one readable text."""
+    """The iptables-restore payloads of both families (one without a source gets the closed
+    policy), as one readable text."""
     return "".join(
         f"# --- {'ip6tables' if family == 6 else 'iptables'}-restore --noflush\n"
         f"{ruleset.render_iptables(cfg, family)}"
-        for family in cfg.families()
+        for family in (4, 6)
     )
 
 

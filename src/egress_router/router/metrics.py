@@ -87,7 +87,7 @@ class Metrics:
         )
         self.repairs = Counter(
             f"{PREFIX}_drift_repairs", "Drift found in the kernel and repaired, by kind: "
-            "ruleset, link, address, route, forwarding.", ["kind"], registry=registry,
+            "ruleset, sysctl, link, address, route, forwarding.", ["kind"], registry=registry,
         )
         self.repair_failures = Counter(
             f"{PREFIX}_drift_repair_failures", "Drift found that could not be repaired, by kind.",

@@ -120,6 +120,10 @@ def _kind(step: plan.Step) -> str:
         return "address"
     if isinstance(step, plan.SetRoute):
         return "route"
+    if isinstance(step, plan.SetSysctls):
+        return "sysctl"
+    if isinstance(step, plan.RemoveAddresses):
+        return "address"
     return "forwarding"
 
 

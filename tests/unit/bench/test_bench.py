@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root: bench/
 
-from bench import ablation, parsers, report, stats, upstream, workload
+from bench import ablation, baseline, parsers, report, stats, upstream, workload
 from bench.workload import DataPath, Figure, Unit
 
 from egress_router.core import config, ruleset
@@ -415,3 +415,21 @@ def test_ablation_report_names_variants_and_ratios() -> None:
     text = report.render_ablation(doc)
     assert "| nftables: without the fib daddr check | 80 | 0.80 | 110 | 190 | 9.0 | 0.90 |" in text
     assert "| plain forwarding (no NAT) | 100 | 1.00 | 90 | 150 | 10.0 | 1.00 |" in text
+
+
+def test_baseline_is_todays_ruleset_before_the_hardening() -> None:
+    """bench/baseline.py renders exactly the rules the hardening replaced (golden from then)."""
+    cfg = config.load_config({
+        "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
+        "EGRESS_GATEWAY": "192.168.12.1,2001:db8:12::1",
+        "EGRESS_DESTINATION": (
+            "80 tcp 203.0.113.25\n5000 sctp 203.0.113.25\n80 tcp 2001:db8:113::25\n"
+            "53 udp 2001:db8:113::25 5353\n2001:db8:113::27\n"
+        ),
+        "EGRESS_POD_INTERFACE": "eth0",
+        "EGRESS_INTERFACE": "net1",
+    })
+    golden = Path(__file__).resolve().parents[1] / "golden"  # not regenerated: it is history
+    assert baseline.render_nftables(cfg) == (golden / "baseline-dual.nft").read_text()
+    iptables = "".join(baseline.render_iptables(cfg, family) for family in cfg.families())
+    assert iptables == (golden / "baseline-dual.iptables").read_text()

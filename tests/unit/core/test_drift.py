@@ -42,9 +42,10 @@ def test_drift_names_what_is_missing() -> None:
         ),
         rules=return_rules,
         forwarding=((4, True),),
+        sysctls=plan.harden_egress(cfg).values,
     )
     steps = plan.plan_interfaces(cfg)
-    assert [drift.step_problem(s, good) for s in steps] == [None] * 6
+    assert [drift.step_problem(s, good) for s in steps] == [None] * 7
     bad = state.Snapshot(
         links=(pod, state.Link(6, "macvlan0", False, mac)),
         addresses=(
@@ -55,8 +56,10 @@ def test_drift_names_what_is_missing() -> None:
             state.Route(4, ipaddress.ip_network("0.0.0.0/0"),
                             ipaddress.ip_address("10.128.0.1"), 2, 254, 1),
         ),
+        sysctls=(*plan.harden_egress(cfg).values, ("net/ipv6/conf/macvlan0/accept_ra", "1")),
     )
     assert [drift.step_problem(s, bad) for s in steps] == [
+        "net.ipv6.conf.macvlan0.accept_ra is 1, not 0",
         "interface macvlan0 is down",
         "address 192.168.12.99/24 is missing on macvlan0",
         "route 192.168.12.1/32 dev macvlan0 is missing",
@@ -243,4 +246,4 @@ def test_rules_count_the_chains_statements() -> None:
     cfg = config.load_config(ENV)
     tampered = KERNEL_LISTING.replace('\t\tiifname "eth0" tcp dport 9090 accept\n', "")
     _state, _rules, problems = drift.nftables_rules(cfg, tampered, {})
-    assert problems == ["chain input has 3 rules, expected 4"]
+    assert problems == ["chain input has 5 rules, expected 6"]

@@ -37,6 +37,7 @@ def test_setup_checks_then_applies_then_configures_interfaces_then_announces() -
     )
     assert runner.checked == runner.applied == [engine.NftablesFirewall(runner).render(cfg)]
     assert [type(s) for s in links.applied] == [
+        plan.SetSysctls,
         plan.LinkUp,
         plan.SetAddress, plan.SetRoute, plan.KeepPodReturnPath, plan.SetRoute,
         plan.EnableForwarding,
@@ -98,17 +99,26 @@ def test_iptables_backend_checks_and_applies_each_family() -> None:
     assert "--to-destination [2001:db8:113::25]:80" in fake.restored[1][1]
 
 
-def test_iptables_backend_unhooks_a_family_no_longer_configured() -> None:
+def test_iptables_backend_closes_a_family_without_a_source() -> None:
     cfg = config.load_config({
         "EGRESS_SOURCE": "192.168.12.99", "EGRESS_GATEWAY": "192.168.12.1",
-        "EGRESS_DESTINATION": "80 tcp 203.0.113.25",
+        "EGRESS_DESTINATION": "80 tcp 203.0.113.25", "EGRESS_ROUTER_HTTP_PORT": "9090",
     })
     fake = iptables.FakeIptables(
         saved={4: "", 6: "*filter\n-A INPUT -j EGRESS-ROUTER-INPUT\nCOMMIT\n"}
     )
     engine.IptablesFirewall(fake).apply(cfg)
-    assert fake.restored[1][0] == 6
-    assert "-D INPUT -j EGRESS-ROUTER-INPUT" in fake.restored[1][1]
+    assert [family for family, _ in fake.restored] == [4, 6]
+    closed = fake.restored[1][1].splitlines()
+    assert not [line for line in closed if "DNAT" in line or "SNAT" in line or ("ACCEPT" in line
+                and "FORWARD" in line)]
+    assert "-A EGRESS-ROUTER-ANTISPOOF -i macvlan0 -j DROP" in closed
+    assert "-A EGRESS-ROUTER-INPUT -i macvlan0 -j DROP" in closed
+    assert "-A EGRESS-ROUTER-INPUT -p tcp --dport 9090 -j DROP" in closed
+    assert "-A EGRESS-ROUTER-OUTPUT -o macvlan0 -j DROP" in closed
+    # The jump already there is not added a second time; the missing ones are.
+    assert "-I INPUT 1 -j EGRESS-ROUTER-INPUT" not in closed
+    assert "-I FORWARD 1 -j EGRESS-ROUTER-FORWARD" in closed
 
 
 def test_announcement_failure_only_warns(caplog: pytest.LogCaptureFixture) -> None:
@@ -228,4 +238,4 @@ def test_a_later_failure_says_what_was_left_applied() -> None:
         f"left applied: the nftables ruleset; {'; '.join(done)} (re-running the setup converges; "
         "deleting the pod removes them with its network namespace)"
     )
-    assert len(done) == 3  # link up, address, gateway route
+    assert len(done) == 4  # egress sysctls, link up, address, gateway route

@@ -135,7 +135,7 @@ def test_reconcile_repairs_interface_drift_and_announces_after_an_address(
 def test_an_unrepairable_drift_makes_the_router_unready(harness: Harness) -> None:
     cfg = harness.router.applied
     assert cfg is not None
-    link = plan.plan_interfaces(cfg)[0]
+    link = next(s for s in plan.plan_interfaces(cfg) if isinstance(s, plan.LinkUp))
     harness.drifted = [(link, "interface macvlan0 does not exist")]
     harness.links.fail_on = plan.LinkUp
     problems = harness.router.reconcile()
