@@ -117,7 +117,7 @@ fi
 # What the Containerfile copies, as a digest on the image: the tests refuse an image older
 # than the source (tests/integration/test_image.py computes the same digest).
 source_digest="$(
-  find pyproject.toml README.md Containerfile src -type f \
+  find pyproject.toml constraints.txt README.md Containerfile src -type f \
     ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 \
     | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64
 )"

@@ -235,7 +235,8 @@ class Podman:
 def image_source_digest(root: Path = ROOT) -> str:
     """The digest scripts/build-image.sh labels the image with: sha256sum of the sorted
     sha256sum lines of what the Containerfile copies."""
-    files = [root / name for name in ("pyproject.toml", "README.md", "Containerfile")]
+    names = ("pyproject.toml", "constraints.txt", "README.md", "Containerfile")
+    files = [root / name for name in names]
     files += [
         path
         for path in (root / "src").rglob("*")
