@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root: bench/
 
-from bench import ablation, parsers, report, stats, upstream, workload
+from bench import ablation, capacity, flowtable, parsers, report, stats, upstream, workload
 from bench.workload import DataPath, Figure, Unit
 
 from egress_router.core import config, ruleset
@@ -415,3 +415,24 @@ def test_ablation_report_names_variants_and_ratios() -> None:
     text = report.render_ablation(doc)
     assert "| nftables: without the fib daddr check | 80 | 0.80 | 110 | 190 | 9.0 | 0.90 |" in text
     assert "| plain forwarding (no NAT) | 100 | 1.00 | 90 | 150 | 10.0 | 1.00 |" in text
+
+
+def test_capacity_variants_change_one_nat_knob_of_the_products_ruleset() -> None:
+    cfg = config.load_config({
+        "EGRESS_SOURCE": "192.168.12.99/24,192.168.12.100/24",
+        "EGRESS_GATEWAY": "192.168.12.1",
+        "EGRESS_DESTINATION": "80 tcp 203.0.113.25",
+    })
+    text = ruleset.render_nftables(cfg)
+    snat = (
+        "snat ip to jhash ip saddr . th sport mod 2 map { 0 : 192.168.12.99, 1 : 192.168.12.100 }"
+    )
+    assert snat in text
+    assert "snat ip to numgen inc mod 2 map" in capacity.variant(text, "numgen")
+    assert snat + " fully-random\n" in capacity.variant(text, "fully-random")
+    bare = capacity.variant(text, "no-ct-timeout")
+    assert "ct timeout" not in bare and "ct timeout" in text
+    assert bare.replace("\n", "") != text.replace("\n", "")
+    fast = flowtable.with_flowtable(text)
+    assert "flowtable fastpath {" in fast
+    assert fast.index("flow add @fastpath") < fast.index("ct state established,related accept")
