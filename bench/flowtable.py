@@ -42,7 +42,10 @@ FLOWTABLE = (
     '\t\tdevices = { "eth0", "macvlan0" }\n'
     "\t}\n\n"
 )
-_FORWARD_ACCEPT = re.compile(r"^(\t\tct state established,related accept)$", re.M)
+# Offload only what the direction-bound forward chain accepts: pod -> egress, original direction.
+_FORWARD_ACCEPT = re.compile(
+    r"^(\t\tiifname \S+ oifname \S+ ct direction original ct status dnat accept)$", re.M
+)
 
 
 def with_flowtable(text: str) -> str:

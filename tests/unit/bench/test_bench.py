@@ -18,7 +18,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root: bench/
 
-from bench import ablation, baseline, parsers, report, stats, upstream, workload
+from bench import (
+    ablation,
+    baseline,
+    capacity,
+    flowtable,
+    parsers,
+    report,
+    stats,
+    upstream,
+    workload,
+)
 from bench.workload import DataPath, Figure, Unit
 
 from egress_router.core import config, ruleset
@@ -433,3 +443,24 @@ def test_baseline_is_todays_ruleset_before_the_hardening() -> None:
     assert baseline.render_nftables(cfg) == (golden / "baseline-dual.nft").read_text()
     iptables = "".join(baseline.render_iptables(cfg, family) for family in cfg.families())
     assert iptables == (golden / "baseline-dual.iptables").read_text()
+
+
+def test_capacity_variants_change_one_nat_knob_of_the_products_ruleset() -> None:
+    cfg = config.load_config({
+        "EGRESS_SOURCE": "192.168.12.99/24,192.168.12.100/24",
+        "EGRESS_GATEWAY": "192.168.12.1",
+        "EGRESS_DESTINATION": "80 tcp 203.0.113.25",
+    })
+    text = ruleset.render_nftables(cfg)
+    snat = (
+        "snat ip to jhash ip saddr . th sport mod 2 map { 0 : 192.168.12.99, 1 : 192.168.12.100 }"
+    )
+    assert snat in text
+    assert "snat ip to numgen inc mod 2 map" in capacity.variant(text, "numgen")
+    assert snat + " fully-random\n" in capacity.variant(text, "fully-random")
+    bare = capacity.variant(text, "no-ct-timeout")
+    assert "ct timeout" not in bare and "ct timeout" in text
+    assert bare.replace("\n", "") != text.replace("\n", "")
+    fast = flowtable.with_flowtable(text)
+    assert "flowtable fastpath {" in fast
+    assert fast.index("flow add @fastpath") < fast.index("ct direction original ct status dnat")
