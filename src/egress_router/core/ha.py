@@ -33,7 +33,7 @@ ENV_HA = "EGRESS_ROUTER_HA"
 ENV_VRID = "EGRESS_HA_VRID"
 
 ADVERT_INTERVAL = 0.1  # seconds: the standby takes over ~3.5 intervals after the last advert
-PRIORITY = 100  # equal on both: with nopreempt, whoever holds the address keeps it
+PRIORITY = 250  # equal on both (nopreempt: the holder keeps it); high: skew time 0.002 s
 INSTANCE = "egress_router"
 VRRP_PROTO = 112
 VRRP_GROUP4 = ipaddress.IPv4Address("224.0.0.18")

@@ -306,6 +306,10 @@ def render_nftables(cfg: config.Config) -> str:
         f"\tchain {CHAIN_POSTROUTING} {{",
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",
     ]
+    if cfg.ha is not None:
+        # HA: the VRRP adverts leave from the replica's own link-local address; SNAT
+        # to the reserved one would break their checksum (and the election with it).
+        out.append(f'\t\toifname "{egress}" ip protocol 112 accept')
     out += [
         f'\t\toifname "{egress}" meta nfproto {_NFPROTO[family]} {snat_statement(cfg, family)}'
         for family in cfg.families()
@@ -547,6 +551,8 @@ def render_iptables(
                 f"-A {IPT_PREROUTING} -p {proto.value} {nth}"
                 f"-j DNAT --to-destination {target}"
             )
+    if cfg.ha is not None and family == 4:
+        nat.append(f"-A {IPT_POSTROUTING} -o {egress} -p 112 -j RETURN")  # see nftables
     pool = cfg.pool(family)
     for index, member in enumerate(pool):
         # A pool: every nth new connection to each address, as the DNAT round robin above.
