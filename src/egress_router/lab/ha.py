@@ -122,6 +122,9 @@ def up(prefix: str) -> HaLab:
     down(prefix)
     try:
         lab.base.state_dir.mkdir(parents=True, exist_ok=True)
+        # A parallel test run's sweep leaves a lab alone while its owner lives.
+        owner = lab.base.state_dir / world.OWNER_FILE
+        owner.write_text(world._process_record(os.getpid()), encoding="utf-8")
         for role in ("lan", "pods", "n1", "n2", "client", "gw", "ext"):
             ns = lab.ns(role)
             world._run(["ip", "netns", "add", ns], f"create namespace {ns}")
