@@ -100,6 +100,18 @@ def test_status_shows_the_role_and_the_peer(pair: halab.HaLab) -> None:
     seen = [line for line in text.splitlines()
             if line.startswith("egress_router_ha_peer_last_seen_timestamp_seconds ")]
     assert float(seen[0].split()[1]) > 0  # the standby hears the active's adverts
+    cp = world.run_in(pair.ns(standby), [sys.executable, "-m", "egress_router", "status",
+                                         "--json"],
+                      env={**world._base_env(), **halab.router_env()}, timeout=60)
+    report = json.loads(cp.stdout)
+    assert report["ha"]["role"] == "standby" and report["ha"]["holds_address"] is False
+    assert report["ha"]["vrid"] == halab.VRID and report["ha"]["transitions"] >= 1
+    cp = world.run_in(pair.ns(active), [sys.executable, "-m", "egress_router", "status",
+                                        "--json"],
+                      env={**world._base_env(), **halab.router_env()}, timeout=60)
+    theirs = json.loads(cp.stdout)
+    assert theirs["ha"]["role"] == "active" and theirs["ha"]["holds_address"] is True
+    assert report["ha"]["peer"]["address"] == theirs["ha"]["advert_source"]
 
 
 def test_a_healed_partition_leaves_exactly_one_holder_within_a_second(

@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import errno
 import ipaddress
+import json
 import logging
 import os
 import select
@@ -163,6 +164,43 @@ def held_addresses(ifname: str) -> set[str]:
         if not found:
             return set()
         return {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=found[0])}
+
+
+# ---------------------------------------------------------------------- the role, for `status`
+
+STATE_DIR = "/run"
+
+
+def state_path() -> str:
+    """Where the wait process leaves its HA role for ``status``: one file per network namespace
+    (two lab routers share one /run; a pod's containers share one namespace)."""
+    inode = os.stat("/proc/self/ns/net").st_ino
+    return os.path.join(STATE_DIR, f"egress-router-ha-{inode}.json")
+
+
+def write_state(state: dict[str, Any]) -> None:
+    path = state_path()
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(state, handle)
+        os.replace(tmp, path)
+    except OSError as err:
+        log.debug("cannot write %s: %s", path, err)
+
+
+def read_state() -> dict[str, Any] | None:
+    try:
+        with open(state_path(), encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def remove_state() -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(state_path())
 
 
 # ---------------------------------------------------------------------- keepalived

@@ -77,6 +77,7 @@ class Pair:
     ensure_address: Callable[[str], ipaddress.IPv4Interface] = vrrp.ensure_advert_address
     remove_addresses: Callable[[str, Any], list[str]] = vrrp.remove_addresses
     held: Callable[[str], set[str]] = vrrp.held_addresses
+    save: Callable[[dict[str, Any]], None] = vrrp.write_state  # for `status`
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     role: ha.Role = ha.Role.STARTING
@@ -86,6 +87,7 @@ class Pair:
     clash: str | None = None
     advert_source: ipaddress.IPv4Interface | None = None
     _listener: vrrp.AdvertListener | None = None
+    _saved_at: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -131,6 +133,7 @@ class Pair:
         self.metrics.role.labels(role=notice.role.value).set(1)
         self.metrics.transitions.labels(role=notice.role.value).inc()
         self.metrics.last_transition.set(self.last_transition or 0)
+        self.save(self.status())
 
     def _advert(self, advert: ha.Advert) -> None:
         if self.advert_source is not None and advert.source == self.advert_source.ip:
@@ -145,8 +148,12 @@ class Pair:
         if advert.vrid != self.settings.vrid:
             return
         now = self.wall()
+        new = self.peer is None or self.peer.address != str(advert.source)
         self.peer = Peer(str(advert.source), self.clock(), now, advert.priority)
         self.metrics.peer_seen.set(now)
+        if new or now - self._saved_at >= 1.0:  # adverts come ten times a second
+            self._saved_at = now
+            self.save(self.status())
 
     def readiness(self, *, check_kernel: bool = True) -> tuple[bool, str] | None:
         """None when the role lets the data path's readiness decide; else (False, why).
@@ -195,6 +202,8 @@ class Pair:
     def stop(self) -> None:
         """Stop keepalived (it releases the address) and the advert watch."""
         self.driver.stop()
+        self.role = ha.Role.STOPPED
+        self.save(self.status())
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -211,7 +220,7 @@ class Pair:
             "last_transition": self.last_transition,
             "peer": None if peer is None else {
                 "address": peer.address,
-                "seen_seconds_ago": round(self.clock() - peer.seen, 3),
+                "last_seen": peer.seen_wall,
                 "priority": peer.priority,
             },
             "vrid_clash": self.clash,

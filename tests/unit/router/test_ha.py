@@ -29,6 +29,7 @@ class FakeKernelAddresses:
     def __init__(self) -> None:
         self.held: set[str] = {"192.168.12.99"}  # a killed predecessor's leftover
         self.removed: list[list[str]] = []
+        self.saved: list[dict[str, Any]] = []  # what `status` would read
 
     def remove(self, ifname: str, addresses: Any) -> list[str]:
         gone = [str(a) for a in addresses if str(a) in self.held]
@@ -48,6 +49,7 @@ def _pair(registry: CollectorRegistry | None = None) -> tuple[ha_role.Pair, vrrp
         cfg, cfg.ha, ha_role.HaMetrics(registry or CollectorRegistry()), driver=driver,
         listen=False, ensure_address=lambda ifname: ADVERT_SOURCE,
         remove_addresses=kernel.remove, held=lambda ifname: set(kernel.held),
+        save=kernel.saved.append,
         clock=lambda: float(next(clock)), wall=lambda: 1_700_000_000.0,
     )
     return pair, driver, kernel
@@ -81,6 +83,7 @@ def test_active_is_ready_only_while_it_holds_the_address() -> None:
         "egress_router_ha_transitions_total", {"role": "active"}) == 1
     assert registry.get_sample_value(
         "egress_router_ha_last_transition_timestamp_seconds") == 1_700_000_000.0
+    assert kernel.saved[-1]["role"] == "active" and kernel.saved[-1]["transitions"] == 2
     driver.notify('INSTANCE "egress_router" FAULT 0')
     ready, why = pair.readiness() or (True, "")
     assert not ready and why.startswith("fault: keepalived cannot take part on macvlan0")
@@ -98,6 +101,7 @@ def test_the_peer_is_whoever_else_advertises_our_vrid() -> None:
     pair._advert(peer)
     status = pair.status()
     assert status["peer"]["address"] == "169.254.1.2"
+    assert _kernel.saved[-1]["peer"]["address"] == "169.254.1.2"
     assert status["role"] == "starting" and status["vrid"] == 51
     assert registry.get_sample_value("egress_router_ha_peer_last_seen_timestamp_seconds") > 0
     other = ha.Advert(ipaddress.IPv4Address("169.254.3.3"), 3, 51, 100, 1.0,
