@@ -38,15 +38,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pyroute2 import IPRoute
-
 from egress_router.core import ha
 
 log = logging.getLogger(__name__)
 
 KEEPALIVED = "keepalived"
 PR_SET_PDEATHSIG = 1
-SCOPE_LINK = 253
 ETH_P_ARP = 0x0806
 PROBE_WAIT = 0.15  # seconds per ARP probe; RFC 5227's 1-2 s are for hosts, not an L2 we own
 PROBES = 2
@@ -94,13 +91,25 @@ def address_in_use(ifname: str, mac: bytes, address: ipaddress.IPv4Address) -> b
     return False
 
 
-def _link(ipr: Any, ifname: str) -> tuple[int, bytes]:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise VrrpError(f"cannot set up VRRP: interface {ifname!r} does not exist")
-    index = int(found[0])
-    mac = ha.parse_mac(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
-    return index, mac
+def _ip(*args: str) -> str:
+    # iproute2, not pyroute2: importing pyroute2 would cost the waiting process ~20 MiB.
+    try:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise VrrpError(f"cannot run ip {' '.join(args)}: {err}") from None
+    if done.returncode != 0:
+        raise VrrpError(f"cannot run ip {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _addresses(ifname: str) -> list[dict[str, Any]] | None:
+    """``ip -j addr show dev ifname``'s one link (None: no such interface)."""
+    try:
+        links = json.loads(_ip("-j", "addr", "show", "dev", ifname) or "[]")
+    except VrrpError:
+        return None
+    return links if links else None
 
 
 def ensure_advert_address(
@@ -113,24 +122,25 @@ def ensure_advert_address(
     derived from the MAC are probed in turn and the first free one is added
     with link scope (never chosen as the source of forwarded traffic).
     """
-    with IPRoute() as ipr:
-        index, mac = _link(ipr, ifname)
-        candidates = ha.advert_candidates(mac)
-        present = {
-            ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
-            for a in ipr.get_addr(index=index, family=socket.AF_INET)
-        }
-        for candidate in candidates:
-            if candidate in present:
-                return candidate
-        for candidate in candidates:
-            if probe(ifname, mac, candidate.ip):
-                log.warning("%s is in use on %s's network; trying another", candidate.ip, ifname)
-                continue
-            ipr.addr("replace", index=index, address=str(candidate.ip), prefixlen=16,
-                     scope=SCOPE_LINK)
-            log.info("VRRP adverts from %s on %s", candidate, ifname)
+    links = _addresses(ifname)
+    if links is None:
+        raise VrrpError(f"cannot set up VRRP: interface {ifname!r} does not exist")
+    mac = ha.parse_mac(str(links[0].get("address", "")))
+    candidates = ha.advert_candidates(mac)
+    present = {
+        ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}")
+        for a in links[0].get("addr_info", []) if a.get("family") == "inet"
+    }
+    for candidate in candidates:
+        if candidate in present:
             return candidate
+    for candidate in candidates:
+        if probe(ifname, mac, candidate.ip):
+            log.warning("%s is in use on %s's network; trying another", candidate.ip, ifname)
+            continue
+        _ip("addr", "replace", str(candidate), "dev", ifname, "scope", "link")
+        log.info("VRRP adverts from %s on %s", candidate, ifname)
+        return candidate
     raise VrrpError(
         f"cannot pick a link-local address for VRRP on {ifname}: the {len(candidates)} "
         "candidates derived from its MAC are all in use; check the network for a host "
@@ -142,28 +152,21 @@ def remove_addresses(ifname: str, addresses: Iterable[ipaddress.IPv4Address |
                                                       ipaddress.IPv6Address]) -> list[str]:
     """Remove ``addresses`` from ``ifname`` (a killed predecessor's reserved address); removed."""
     wanted = {str(a) for a in addresses}
+    links = _addresses(ifname) or []
     removed = []
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            return []
-        for addr in ipr.get_addr(index=found[0]):
-            text = addr.get_attr("IFA_ADDRESS")
-            if text in wanted:
-                ipr.addr("del", index=found[0], address=text, prefixlen=addr["prefixlen"])
-                removed.append(f"{text}/{addr['prefixlen']}")
-    for text in removed:
-        log.warning("removed %s from %s: left behind by an earlier process", text, ifname)
+    for addr in links[0].get("addr_info", []) if links else []:
+        if addr.get("local") in wanted:
+            text = f"{addr['local']}/{addr['prefixlen']}"
+            _ip("addr", "del", text, "dev", ifname)
+            log.warning("removed %s from %s: left behind by an earlier process", text, ifname)
+            removed.append(text)
     return removed
 
 
 def held_addresses(ifname: str) -> set[str]:
     """The addresses on ``ifname`` now (read for status and the role's sanity check)."""
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            return set()
-        return {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=found[0])}
+    links = _addresses(ifname) or []
+    return {str(a.get("local")) for link in links for a in link.get("addr_info", [])}
 
 
 # ---------------------------------------------------------------------- the role, for `status`
