@@ -10,8 +10,11 @@ connection from the reserved address through the other replica.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -112,6 +115,23 @@ def test_status_shows_the_role_and_the_peer(pair: halab.HaLab) -> None:
     theirs = json.loads(cp.stdout)
     assert theirs["ha"]["role"] == "active" and theirs["ha"]["holds_address"] is True
     assert report["ha"]["peer"]["address"] == theirs["ha"]["advert_source"]
+
+
+def test_keepalived_killed_alone_leaves_no_second_holder(pair: halab.HaLab) -> None:
+    active = halab.settle(pair)
+    standby = "r2" if active == "r1" else "r1"
+    halab.standby_ready(pair, standby)
+    pids = [pid for pid in world._netns_pids(pair.ns(active))
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "keepalived"]
+    assert pids  # keepalived's parent and its VRRP child
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)  # as the OOM killer would: no goodbye, nothing released
+    halab.wait_for(lambda: halab.holders(pair) == [standby], 5.0,
+                   "see the reserved address on the standby only")
+    # The waiting process restarts keepalived at its next reconcile, as a standby.
+    halab.wait_for(lambda: _get(pair, active, "/readyz") == (503, "standby\n"), 20.0,
+                   "see the old active rejoin as a standby", step=0.2)
+    assert halab.holders(pair) == [standby]
 
 
 def test_a_healed_partition_leaves_exactly_one_holder_within_a_second(

@@ -31,6 +31,7 @@ from egress_router.kernel import vrrp
 log = logging.getLogger(__name__)
 
 CLASH_WINDOW = 0.35  # seconds of listening before keepalived starts: > 3 adverts of a 0.1 s pair
+WATCH_INTERVAL = 0.1  # how often keepalived's liveness is checked (its death frees the address)
 PREFIX = "egress_router_ha"
 
 
@@ -88,6 +89,9 @@ class Pair:
     advert_source: ipaddress.IPv4Interface | None = None
     _listener: vrrp.AdvertListener | None = None
     _saved_at: float = 0.0
+    _watcher: threading.Thread | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _dead: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -113,6 +117,26 @@ class Pair:
                 self.stop()
                 raise ha.clash_error(self.clash)
         self._start_keepalived()
+        self._watcher = threading.Thread(target=self._watch, name="keepalived-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        """keepalived killed on its own (OOM, SIGKILL) cannot release the address: we do.
+
+        Otherwise the old active would keep answering ARP for it next to the
+        standby that took over. The restart waits for the next reconcile,
+        on the main thread (PR_SET_PDEATHSIG is bound to the forking thread).
+        """
+        while not self._stopping.wait(WATCH_INTERVAL):
+            if self._dead or self.driver.alive():
+                continue
+            self._dead = True
+            log.error("keepalived died; removing the reserved address until it runs again")
+            try:
+                self.remove_addresses(self.cfg.egress_interface, self.reserved)
+            except (vrrp.VrrpError, OSError) as err:
+                log.error("cannot remove the reserved address: %s", err)
+            self._notice(ha.Notice(ha.Role.STARTING, "keepalived died", 0))
 
     def _start_keepalived(self) -> None:
         assert self.advert_source is not None
@@ -190,6 +214,7 @@ class Pair:
                 self.remove_addresses(self.cfg.egress_interface, self.reserved)
                 self.advert_source = self.ensure_address(self.cfg.egress_interface)
                 self._start_keepalived()
+                self._dead = False
             except (vrrp.VrrpError, OSError) as err:
                 problems.append(f"cannot restart keepalived: {err}")
         if self.clash is not None:
@@ -201,6 +226,9 @@ class Pair:
 
     def stop(self) -> None:
         """Stop keepalived (it releases the address) and the advert watch."""
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(1.0)
         self.driver.stop()
         self.role = ha.Role.STOPPED
         self.save(self.status())

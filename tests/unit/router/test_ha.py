@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Any
 
 import pytest
@@ -123,6 +124,21 @@ def test_a_dead_keepalived_is_restarted_as_a_standby() -> None:
     assert driver.running and "192.168.12.99" not in kernel.held
     assert pair.role is ha.Role.STARTING
     assert registry.get_sample_value("egress_router_ha_keepalived_restarts_total") == 1
+
+
+def test_keepalived_dying_alone_frees_the_address_at_once() -> None:
+    pair, driver, kernel = _pair()
+    pair.start()
+    driver.notify('INSTANCE "egress_router" MASTER 250')
+    kernel.held.add("192.168.12.99")
+    driver.running = False  # SIGKILLed by the OOM killer: it released nothing
+    deadline = time.monotonic() + 5
+    while "192.168.12.99" in kernel.held and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "192.168.12.99" not in kernel.held
+    assert pair.role is ha.Role.STARTING
+    assert pair.readiness() == (False, "starting")
+    pair.stop()
 
 
 def _router(pairs: list[ha_role.Pair],
