@@ -134,6 +134,26 @@ def test_keepalived_killed_alone_leaves_no_second_holder(pair: halab.HaLab) -> N
     assert halab.holders(pair) == [standby]
 
 
+def test_a_vrid_another_group_uses_is_refused(pair: halab.HaLab) -> None:
+    active = halab.settle(pair)
+    standby = "r2" if active == "r1" else "r1"
+    halab.standby_ready(pair, standby)
+    halab.stop_router(pair, standby)
+    try:
+        # Same VRID, another reserved address: another pair's, as far as the adverts say.
+        env = {**world._base_env(), **halab.router_env(), "EGRESS_SOURCE": "192.168.12.98"}
+        cp = world.run_in(pair.ns(standby), [sys.executable, "-m", "egress_router"], env=env,
+                          timeout=60)
+        assert cp.returncode == 1, cp.stderr
+        assert ("cannot parse EGRESS_HA_VRID: another VRRP group on the egress network uses "
+                "this VRID (169.254.") in cp.stderr
+        assert f"advertises VRID {halab.VRID} for 192.168.12.99" in cp.stderr
+        assert halab.holders(pair) == [active]
+    finally:
+        halab.start_router(pair, standby)
+    halab.standby_ready(pair, standby)
+
+
 def test_a_healed_partition_leaves_exactly_one_holder_within_a_second(
     pair: halab.HaLab,
 ) -> None:
