@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from egress_router.lab import ha as halab
-from egress_router.lab import world
+from egress_router.lab import processes, world
 
 from .conftest import new_prefix, require_privileged
 
@@ -105,13 +105,13 @@ def test_status_shows_the_role_and_the_peer(pair: halab.HaLab) -> None:
     assert float(seen[0].split()[1]) > 0  # the standby hears the active's adverts
     cp = world.run_in(pair.ns(standby), [sys.executable, "-m", "egress_router", "status",
                                          "--json"],
-                      env={**world._base_env(), **halab.router_env()}, timeout=60)
+                      env={**processes._base_env(), **halab.router_env()}, timeout=60)
     report = json.loads(cp.stdout)
     assert report["ha"]["role"] == "standby" and report["ha"]["holds_address"] is False
     assert report["ha"]["vrid"] == halab.VRID and report["ha"]["transitions"] >= 1
     cp = world.run_in(pair.ns(active), [sys.executable, "-m", "egress_router", "status",
                                         "--json"],
-                      env={**world._base_env(), **halab.router_env()}, timeout=60)
+                      env={**processes._base_env(), **halab.router_env()}, timeout=60)
     theirs = json.loads(cp.stdout)
     assert theirs["ha"]["role"] == "active" and theirs["ha"]["holds_address"] is True
     assert report["ha"]["peer"]["address"] == theirs["ha"]["advert_source"]
@@ -141,7 +141,7 @@ def test_a_vrid_another_group_uses_is_refused(pair: halab.HaLab) -> None:
     halab.stop_router(pair, standby)
     try:
         # Same VRID, another reserved address: another pair's, as far as the adverts say.
-        env = {**world._base_env(), **halab.router_env(), "EGRESS_SOURCE": "192.168.12.98"}
+        env = {**processes._base_env(), **halab.router_env(), "EGRESS_SOURCE": "192.168.12.98"}
         cp = world.run_in(pair.ns(standby), [sys.executable, "-m", "egress_router"], env=env,
                           timeout=60)
         assert cp.returncode == 1, cp.stderr

@@ -42,8 +42,8 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
 
+from egress_router.lab import processes, topology, world
 from egress_router.lab import server as labserver
-from egress_router.lab import world
 
 RESERVED = "192.168.12.99"
 GATEWAY = "192.168.12.1"
@@ -93,14 +93,14 @@ class HaLab:
 
 
 def _ip(ns: str, *args: str) -> str:
-    return world._ip(ns, *args, what=f"ip {' '.join(args)} in {ns}")
+    return processes.ip(ns, *args, what=f"ip {' '.join(args)} in {ns}")
 
 
 def _pod(lab: HaLab, replica: str) -> None:
     """Create router pod ``replica``: eth0 on the pod network, macvlan0 on its node's NIC."""
     ns, node = lab.ns(replica), lab.ns(NODES[replica])
-    world._run(["ip", "netns", "add", ns], f"create namespace {ns}")
-    world._sysctl(ns, {"net.ipv4.ip_forward": "0", **world._NO_DAD})
+    processes.run(["ip", "netns", "add", ns], f"create namespace {ns}")
+    processes.sysctl(ns, {"net.ipv4.ip_forward": "0", **topology.NO_DAD})
     _ip(ns, "link", "set", "lo", "up")
     world._veth(ns, "eth0", lab.ns("pods"), f"p{replica}")
     _ip(lab.ns("pods"), "link", "set", f"p{replica}", "master", "cbr0", "up")
@@ -124,12 +124,12 @@ def up(prefix: str) -> HaLab:
         lab.base.state_dir.mkdir(parents=True, exist_ok=True)
         # A parallel test run's sweep leaves a lab alone while its owner lives.
         owner = lab.base.state_dir / world.OWNER_FILE
-        owner.write_text(world._process_record(os.getpid()), encoding="utf-8")
+        owner.write_text(processes.process_record(os.getpid()), encoding="utf-8")
         for role in ("lan", "pods", "n1", "n2", "client", "gw", "ext"):
             ns = lab.ns(role)
-            world._run(["ip", "netns", "add", ns], f"create namespace {ns}")
+            processes.run(["ip", "netns", "add", ns], f"create namespace {ns}")
             forwarding = "1" if role == "gw" else "0"
-            world._sysctl(ns, {"net.ipv4.ip_forward": forwarding, **world._NO_DAD})
+            processes.sysctl(ns, {"net.ipv4.ip_forward": forwarding, **topology.NO_DAD})
             _ip(ns, "link", "set", "lo", "up")
         for bridge_ns, bridge in ((lab.ns("lan"), "br0"), (lab.ns("pods"), "cbr0")):
             _ip(bridge_ns, "link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
@@ -155,7 +155,7 @@ def up(prefix: str) -> HaLab:
         world._default_route(lab.ns("ext"), world.EXT_GATEWAY4)
         for replica in REPLICAS:
             _pod(lab, replica)
-        world._start_server(lab.base, [f"tcp:{DESTINATION}:{PORT}"])
+        processes.start_server(lab.base, [f"tcp:{DESTINATION}:{PORT}"])
     except BaseException:
         with contextlib.suppress(Exception):
             down(prefix)
@@ -180,9 +180,9 @@ def start_router(lab: HaLab, replica: str) -> subprocess.Popen[str]:
     lab.logs.setdefault(replica, []).append(out)
     with out.open("a") as handle:
         proc = subprocess.Popen(
-            world._netns_exec(lab.ns(replica), [sys.executable, "-m", "egress_router"]),
+            processes._netns_exec(lab.ns(replica), [sys.executable, "-m", "egress_router"]),
             stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, text=True,
-            env={**world._base_env(), **router_env()}, start_new_session=True,
+            env={**processes._base_env(), **router_env()}, start_new_session=True,
         )
     lab.routers[replica] = proc
     return proc
@@ -277,9 +277,9 @@ def start_client(lab: HaLab, duration: float) -> Client:
     argv = [sys.executable, "-m", "egress_router.lab.ha", "client", "--endpoints", endpoints,
             "--out", str(path), "--duration", f"{duration:g}"]
     proc = subprocess.Popen(
-        world._netns_exec(lab.ns("client"), argv), stdin=subprocess.DEVNULL,
+        processes._netns_exec(lab.ns("client"), argv), stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
-        env=world._base_env(), start_new_session=True,
+        env=processes._base_env(), start_new_session=True,
     )
     return Client(proc, path)
 
@@ -367,7 +367,7 @@ def fail(lab: HaLab, kind: str, replica: str) -> None:
         for pid in world._netns_pids(ns):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        world._run(["ip", "netns", "delete", ns], f"delete namespace {ns}")
+        processes.run(["ip", "netns", "delete", ns], f"delete namespace {ns}")
         if proc is not None:
             proc.wait(10)
     elif kind == "linkdown":

@@ -151,7 +151,7 @@ def _router(pairs: list[ha_role.Pair],
             kernels.append(kernel)
         return pair
 
-    kernel = reconciler.Kernel(
+    kernel = reconciler.Edges(
         firewall=engine.NftablesFirewall(nft.FakeNft()), links=netlink.FakeNetlink(),
         announcer=announce.FakeAnnouncer(), conntrack=conntrack.FakeConntrack(),
         resolver=None,  # type: ignore[arg-type]  # no names to resolve
