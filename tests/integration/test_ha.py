@@ -9,6 +9,7 @@ connection from the reserved address through the other replica.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -67,9 +68,21 @@ def test_one_holder_and_the_standby_answers_not_ready(pair: halab.HaLab) -> None
     assert halab.holders(pair) == [active]
     assert _get(pair, active, "/readyz") == (200, "ok\n")
     assert _get(pair, standby, "/readyz") == (503, "standby\n")
-    _code, text = _get(pair, standby, "/metrics")
-    assert 'egress_router_ha_role{role="standby"} 1.0' in text
-    assert 'egress_router_ha_role{role="active"} 0.0' in text
+    def role_lines() -> list[str]:
+        _code, text = _get(pair, standby, "/metrics")
+        return [line for line in text.splitlines() if line.startswith("egress_router_ha_role{")]
+
+    lines: list[str] = []
+
+    def standby_gauge() -> bool:
+        nonlocal lines
+        lines = role_lines()
+        return 'egress_router_ha_role{role="standby"} 1.0' in lines
+
+    with contextlib.suppress(world.LabError):
+        halab.wait_for(standby_gauge, 10.0, "read the standby's role gauge", step=0.5)
+    assert 'egress_router_ha_role{role="standby"} 1.0' in lines, lines
+    assert 'egress_router_ha_role{role="active"} 0.0' in lines, lines
     # The standby has the whole data path but the address: rules and default route.
     cp = world.run_in(pair.ns(standby), ["nft", "-j", "list", "table", "inet", "egress_router"])
     assert cp.returncode == 0 and "snat" in cp.stdout
