@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for cmd in nft:nftables iptables-restore:iptables ip:iproute2 iperf3:iperf3 conntrack:conntrack sysctl:procps; do
+for cmd in nft:nftables iptables-restore:iptables ip:iproute2 iperf3:iperf3 conntrack:conntrack sysctl:procps keepalived:keepalived; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd#*:}")
 done
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from egress_router.core import config, drift, plan, ruleset, state
-from egress_router.kernel import conntrack, errors, iptables, nft, observe
+from egress_router.kernel import conntrack, errors, iptables, nft, observe, vrrp
 from egress_router.router import capacity
 
 EXIT_DRIFT = 4
@@ -47,6 +48,7 @@ class Report:
     # the NAT's port space to the busiest destinations, and warnings past 80 %
     port_space: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    ha: dict[str, Any] | None = None  # EGRESS_ROUTER_HA=vrrp: the role (see `ha_status`)
 
     @property
     def matches(self) -> bool:
@@ -116,8 +118,10 @@ def collect(
     xtables: iptables.Iptables | None = None,
     read_links: Callable[[], state.Snapshot] = observe.read_snapshot,
     tracker: conntrack.Conntrack | None = None,
+    read_ha: Callable[[config.Config], dict[str, Any] | None] | None = None,
 ) -> Report:
     """Read the kernel and compare it with ``cfg``."""
+    read_ha = read_ha or _read_ha
     tracker = tracker or conntrack.ConntrackTool()
     interfaces, problems = _interfaces(cfg, read_links)
     sample = _sample(cfg, tracker)
@@ -137,10 +141,36 @@ def collect(
     except errors.KernelError as err:
         state, rules, found = {"present": None}, [], [str(err)]
     state["backend"] = cfg.backend.value
+    ha_state, ha_problems = ha_status(cfg, read_ha)
     return Report(
-        _configuration(cfg), interfaces, state, rules, problems + found,
-        port_space_rows(sample), capacity.warnings(cfg, sample),
+        _configuration(cfg), interfaces, state, rules, problems + found + ha_problems,
+        port_space_rows(sample), capacity.warnings(cfg, sample), ha_state,
     )
+
+
+def ha_status(
+    cfg: config.Config, read: Callable[[config.Config], dict[str, Any] | None]
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The HA role: whether the kernel holds the address, and what the wait process reports."""
+    if cfg.ha is None:
+        return None, []
+    reported = read(cfg)
+    if reported is None:
+        return {"role": "unknown"}, [
+            "no HA role reported: the waiting container (keepalived's parent) is not running"
+        ]
+    problems = []
+    if reported.get("role") == "active" and not reported.get("holds_address", True):
+        problems.append("HA role is active but the reserved address is not on the interface")
+    return reported, problems
+
+
+def _read_ha(cfg: config.Config) -> dict[str, Any] | None:
+    reported = vrrp.read_state()
+    if reported is not None:
+        held = vrrp.held_addresses(cfg.egress_interface)
+        reported["holds_address"] = all(str(s.address) in held for s in cfg.sources)
+    return reported
 
 
 def to_json(report: Report) -> str:
@@ -155,6 +185,8 @@ def to_json(report: Report) -> str:
         "port_space": report.port_space,
         "warnings": report.warnings,
     }
+    if report.ha is not None:
+        data["ha"] = report.ha
     return json.dumps(data, indent=2)
 
 
@@ -210,6 +242,24 @@ def show(report: Report, console: Console) -> None:
         console.print(ports)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if report.ha is not None:
+        role = Table(title="high availability (VRRP)", show_header=False)
+        role.add_column("what")
+        role.add_column("value")
+        peer = report.ha.get("peer") or {}
+        last = report.ha.get("last_transition")
+        for name, value in (
+            ("role", report.ha.get("role")),
+            ("VRID", report.ha.get("vrid")),
+            ("holds the reserved address", report.ha.get("holds_address")),
+            ("advert source", report.ha.get("advert_source")),
+            ("peer seen", peer.get("address", "none")),
+            ("transitions", report.ha.get("transitions")),
+            ("last transition", "-" if last is None else time.strftime(
+                "%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(last)))),
+        ):
+            role.add_row(name, str(value))
+        console.print(role)
     for problem in report.problems:
         console.print(f"[red]problem:[/] {problem}", highlight=False)
 

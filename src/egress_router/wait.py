@@ -339,6 +339,7 @@ def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
     lock = NamespaceLock()
     server = None
     watcher: events.Watcher | None = None
+    router: Router | None = None
     try:
         if not lock.try_acquire():
             holder = lock.holder()
@@ -372,6 +373,8 @@ def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
         pass
     finally:
         signals.armed = False
+        if router is not None:
+            router.stop()  # HA: keepalived releases the reserved address
         if watcher is not None:
             watcher.stop()
         if server is not None:

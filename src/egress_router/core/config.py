@@ -20,7 +20,10 @@ import re
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from egress_router.core import ha
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -243,6 +246,7 @@ class Config:
     # Host routes via the pod's own gateway for what the router itself must reach on the
     # cluster side (its resolvers): (address, gateway). Found at run time, not configured.
     pod_routes: tuple[tuple[IPAddress, IPAddress], ...] = ()
+    ha: ha.Settings | None = None  # EGRESS_ROUTER_HA=vrrp: keepalived owns the reserved address
 
     def families(self) -> tuple[int, ...]:
         return tuple(sorted({s.family for s in self.sources}))
@@ -1022,7 +1026,10 @@ def load_config(
     check_families(sources, gateways, destinations, destination_variable=variable)
     check_destinations(sources, gateways, destinations, variable, text)
     check_http_port(destinations, http_port, variable, text)
-    return Config(
+    from egress_router.core import ha  # noqa: PLC0415 (ha builds on this module)
+
+    ha_settings = ha.parse_settings(env)
+    cfg = Config(
         sources,
         gateways,
         destinations,
@@ -1038,7 +1045,11 @@ def load_config(
             env.get(ENV_ANNOUNCE_INTERVAL, str(DEFAULT_ANNOUNCE_INTERVAL)), ENV_ANNOUNCE_INTERVAL
         ),
         http_port=http_port,
+        ha=ha_settings,
     )
+    if ha_settings is not None:
+        ha.check_sources(cfg)
+    return cfg
 
 
 def parse_http_port(text: str, variable: str = ENV_HTTP_PORT) -> int:

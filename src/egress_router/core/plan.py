@@ -248,10 +248,12 @@ def plan_interfaces(cfg: config.Config) -> tuple[Step, ...]:
         host = ipaddress.ip_network(f"{gateway}/{gateway.max_prefixlen}")
         default = ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0")
         pool = tuple(s.interface for s in cfg.pool(family))
-        steps += [
-            SetAddress(ifname, interface, tuple(i for i in pool if i != interface))
-            for interface in pool
-        ]
+        if cfg.ha is None:
+            # With HA the reserved address(es) are keepalived's: on the active replica only.
+            steps += [
+                SetAddress(ifname, interface, tuple(i for i in pool if i != interface))
+                for interface in pool
+            ]
         steps += [
             SetRoute(ifname, host),
             # Before the default route is replaced: it reads the pod's own default route.
@@ -286,7 +288,9 @@ def parse_nameservers(text: str) -> tuple[config.IPAddress, ...]:
 
 
 def plan_announcements(cfg: config.Config) -> tuple[Announce, ...]:
-    """One announcement per reserved address."""
+    """One announcement per reserved address (with HA, keepalived announces on taking it)."""
+    if cfg.ha is not None:
+        return ()
     return tuple(
         Announce(cfg.egress_interface, s.address, cfg.announce_count, cfg.announce_interval)
         for s in cfg.sources
@@ -304,4 +308,8 @@ def describe_plan(cfg: config.Config) -> str:
                 f"{cfg.egress_interface} with the address"
             )
     lines += [a.describe() for a in plan_announcements(cfg)]
+    if cfg.ha is not None:
+        from egress_router.core import ha  # noqa: PLC0415 (ha builds on config, like plan)
+
+        lines += ha.describe(cfg, cfg.ha)
     return "\n".join(lines) + "\n"

@@ -47,7 +47,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from egress_router.core import config
+from egress_router.core import config, ha
 
 TABLE_FAMILY = "inet"
 TABLE = "egress_router"
@@ -367,6 +367,10 @@ def render_nftables(cfg: config.Config) -> str:
         f"\tchain {CHAIN_POSTROUTING} {{",
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",
     ]
+    if cfg.ha is not None:
+        # HA: the VRRP adverts leave from the replica's own link-local address; SNAT
+        # to the reserved one would break their checksum (and the election with it).
+        out.append(f'\t\toifname "{egress}" ip protocol 112 accept')
     out += [
         f'\t\toifname "{egress}" meta nfproto {_NFPROTO[family]} {snat_statement(cfg, family)}'
         for family in cfg.families()
@@ -481,6 +485,12 @@ def _nft_guard(cfg: config.Config) -> list[str]:
     if cfg.source(6) is not None:
         lines.append(
             f"\t\tip6 saddr {{ ::, {LINK_LOCAL6} }} icmpv6 type {{ {ND_TYPES_NFT} }} accept"
+        )
+    if cfg.ha is not None:
+        # HA: the VRRP adverts leave from the replica's own link-local address, to the
+        # link-local VRRP group only: they never leave the L2.
+        lines.append(
+            f"\t\tip saddr {ha.LINK_LOCAL} ip daddr {ha.VRRP_GROUP4} ip protocol vrrp accept"
         )
     lines += [
         '\t\tcounter drop comment "not from a reserved address: dropped"',
@@ -675,6 +685,8 @@ def render_iptables(
     ]
     if source is not None:
         nat += _iptables_redirects(cfg, family)
+        if cfg.ha is not None and family == 4:
+            nat.append(f"-A {IPT_POSTROUTING} -o {egress} -p 112 -j RETURN")  # see nftables
         pool = cfg.pool(family)
         for index, member in enumerate(pool):
             # A pool: every nth new connection to each address, as the DNAT round robin.
@@ -723,6 +735,11 @@ def render_iptables(
             f"-A {IPT_OUTPUT} -o {egress} -s {member.address} -j RETURN"
             for member in cfg.pool(family)
         ]
+        if cfg.ha is not None and family == 4:
+            filt.append(  # the VRRP adverts: see the nftables source guard
+                f"-A {IPT_OUTPUT} -o {egress} -s {ha.LINK_LOCAL} -d {ha.VRRP_GROUP4} -p 112 "
+                "-j RETURN"
+            )
         if family == 6:
             # ICMPv6 from link-local or unspecified sources never leaves the link.
             filt += [

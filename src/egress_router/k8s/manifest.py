@@ -25,7 +25,7 @@ import jsonschema
 import yaml
 
 from egress_router import __version__
-from egress_router.core import config
+from egress_router.core import config, ha
 
 DEFAULT_IMAGE = f"egress-router:{__version__}"
 DEFAULT_CNI_INTERFACE = "net1"
@@ -51,7 +51,7 @@ EGRESSROUTER_KIND = "EgressRouter"
 CONFIG_FIELDS = (
     "name", "namespace", "source", "gateway", "destinations", "extraPorts", "attachment",
     "image", "imagePullPolicy", "nodeSelector", "resources", "backend", "podInterface",
-    "httpPort", "debug",
+    "httpPort", "debug", "ha", "vrid",
 )
 _ANNOTATION_FIELDS = ("type", "macvlan")
 _CNI_FIELDS = ("type", "master", "mode", "mtu", "interface", "binDir")
@@ -118,6 +118,11 @@ class RouterSpec:
     node_selector: tuple[tuple[str, str], ...] = ()
     resources: Mapping[str, Mapping[str, str | int]] | None = None
     debug: bool = False
+    vrid: int | None = None  # ha: true: two replicas, keepalived's VRRP pair with this VRID
+
+    @property
+    def ha(self) -> bool:
+        return self.vrid is not None
 
     @property
     def egress_interface(self) -> str:
@@ -141,6 +146,8 @@ class RouterSpec:
             env.append((config.ENV_INTERFACE, self.egress_interface))
         if self.debug:
             env.append((config.ENV_DEBUG, "true"))
+        if self.vrid is not None:
+            env += [(ha.ENV_HA, ha.Mode.VRRP.value), (ha.ENV_VRID, str(self.vrid))]
         return env
 
 
@@ -630,6 +637,27 @@ def _attachment(fields: _Fields, doc: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _ha(fields: _Fields, doc: Mapping[str, Any], sources: tuple[config.Source, ...]) -> int | None:
+    """``ha: true`` with ``vrid: 1..255``: the VRID, else None (one replica, the default)."""
+    on = doc.get("ha", False)
+    if not isinstance(on, bool):
+        raise fields.error("ha", "must be true or false", on)
+    if not on:
+        if "vrid" in doc:
+            raise fields.error("vrid", "is set but ha is not true; set ha: true or remove vrid",
+                               doc["vrid"])
+        return None
+    if "vrid" not in doc:
+        raise fields.error(
+            "vrid", "is required with ha: true: a VRRP router id from 1 to 255 that no other "
+            "VRRP pair on the egress network uses (e.g. the reserved address's last octet)",
+        )
+    vrid = fields.integer(doc, "vrid", low=1, high=255)
+    if not any(s.family == 4 for s in sources):
+        raise fields.error("source", "has no IPv4 address; ha: true elects over IPv4 (VRRPv3)")
+    return vrid
+
+
 def load_config_text(text: str, source: str, overrides: Overrides | None = None) -> RouterSpec:
     """Parse our render config (YAML); ``source`` names the file in error messages."""
     overrides = overrides or Overrides()
@@ -671,6 +699,7 @@ def load_config_text(text: str, source: str, overrides: Overrides | None = None)
     debug = doc.get("debug", False)
     if not isinstance(debug, bool):
         raise fields.error("debug", "must be true or false", debug)
+    vrid = _ha(fields, doc, sources)
     spec = RouterSpec(
         name=name,
         namespace=namespace,
@@ -691,8 +720,16 @@ def load_config_text(text: str, source: str, overrides: Overrides | None = None)
         node_selector=_node_selector(fields, doc),
         resources=_resources(fields, doc),
         debug=debug,
+        vrid=vrid,
         **_attachment(fields, doc),
     )
+    if spec.ha and spec.attachment is Attachment.CNI:
+        raise fields.error(
+            "ha",
+            "with attachment cni the CNI plugin adds the reserved address on both replicas; "
+            "use attachment annotation for an active/standby pair",
+            True,
+        )
     if spec.attachment is Attachment.CNI and spec.backend is not config.Backend.NFTABLES:
         raise fields.error(
             "backend",

@@ -65,8 +65,12 @@ HTTP_PORT_NAME = "http"
 READY_PATH = "/readyz"
 HEALTH_PATH = "/healthz"
 WAIT_ARGS = ("wait",)
-# What `egress-router wait` needs; NET_RAW for the address announcements.
+# What `egress-router wait` needs; NET_RAW for the address announcements. With ha: true
+# keepalived needs the same two (addresses; VRRP's raw sockets and gratuitous ARP).
 MAIN_CAPABILITIES = ("NET_ADMIN", "NET_RAW")
+RUN_VOLUME = "run"
+HA_REPLICAS = 2
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 
 HEADER = "# Rendered by `egress-router render`: change the configuration and render again.\n"
 
@@ -314,6 +318,13 @@ def _main_container(spec: manifest.RouterSpec) -> dict[str, Any]:
             "httpGet": {"path": READY_PATH, "port": HTTP_PORT_NAME},
             "periodSeconds": 5,
         }
+        if spec.ha:
+            # /readyz follows the role (503 "standby"): probe every second and act on
+            # one answer, so that the Service moves with the address.
+            container["readinessProbe"].update(
+                {"periodSeconds": 1, "failureThreshold": 1, "successThreshold": 1,
+                 "timeoutSeconds": 1}
+            )
         container["livenessProbe"] = {
             "httpGet": {"path": HEALTH_PATH, "port": HTTP_PORT_NAME},
             "periodSeconds": 10,
@@ -329,6 +340,9 @@ def _main_container(spec: manifest.RouterSpec) -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"], "add": list(MAIN_CAPABILITIES)},
     }
     container["volumeMounts"] = _mounts()
+    if spec.ha:
+        # keepalived's configuration, FIFO and pid files (the root filesystem is read-only).
+        container["volumeMounts"].append({"name": RUN_VOLUME, "mountPath": "/run"})
     container.update(_resources(spec))
     return container
 
@@ -366,14 +380,23 @@ def _deployment(spec: manifest.RouterSpec, config_sha: str) -> dict[str, Any]:
         pod["initContainers"] = [_init_container(spec)]
     pod["containers"] = [_main_container(spec)]
     pod["volumes"] = [{"name": VOLUME, "configMap": {"name": spec.name}}]
+    strategy: dict[str, Any] = {"type": "Recreate"}  # one pod may hold the address at a time
+    if spec.ha:
+        pod["volumes"].append({"name": RUN_VOLUME, "emptyDir": {"medium": "Memory"}})
+        # Two nodes, or a node failure takes both replicas.
+        pod["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": _labels(spec)}, "topologyKey": HOSTNAME_TOPOLOGY}
+        ]}}
+        # keepalived holds the address; replace one replica at a time, never both.
+        strategy = {"type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(spec),
         "spec": {
-            "replicas": 1,
-            # Only one pod may hold the reserved address at a time.
-            "strategy": {"type": "Recreate"},
+            "replicas": HA_REPLICAS if spec.ha else 1,
+            "strategy": strategy,
             "selector": {"matchLabels": _labels(spec)},
             "template": {
                 "metadata": {"labels": _labels(spec), "annotations": annotations},
@@ -381,6 +404,43 @@ def _deployment(spec: manifest.RouterSpec, config_sha: str) -> dict[str, Any]:
             },
         },
     }
+
+
+def _disruption_budget(spec: manifest.RouterSpec) -> dict[str, Any]:
+    """A drain takes at most one replica of the pair at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(spec),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _labels(spec)}},
+    }
+
+
+def _check_ha(deployment: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> None:
+    """More than one replica only as a VRRP pair: env, anti-affinity, a PodDisruptionBudget."""
+    spec = deployment["spec"]
+    if spec.get("replicas", 1) == 1:
+        return
+    name = _describe(deployment)
+    pod = spec["template"]["spec"]
+    for container in pod["containers"]:
+        if _env_of(container).get("EGRESS_ROUTER_HA") != "vrrp":
+            raise CheckError(
+                f"cannot check {name}: {spec['replicas']} replicas but container "
+                f"{container['name']} does not run EGRESS_ROUTER_HA=vrrp; both would hold "
+                "the reserved address"
+            )
+    terms = pod.get("affinity", {}).get("podAntiAffinity", {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution", [])
+    if not any(t.get("topologyKey") == HOSTNAME_TOPOLOGY
+               and t.get("labelSelector", {}).get("matchLabels")
+               == spec["selector"]["matchLabels"] for t in terms):
+        raise CheckError(f"cannot check {name}: the replicas may share a node (no required "
+                         "pod anti-affinity on kubernetes.io/hostname)")
+    budgets = [o for o in objects if o.get("kind") == "PodDisruptionBudget"
+               and o["spec"]["selector"] == spec["selector"]]
+    if not budgets:
+        raise CheckError(f"cannot check {name}: no PodDisruptionBudget for its pods")
 
 
 def _warnings(spec: manifest.RouterSpec) -> list[str]:
@@ -407,6 +467,8 @@ def render(spec: manifest.RouterSpec) -> Rendered:
         objects.append(_installer(spec))
     objects.append(_service(spec))
     objects.append(_deployment(spec, checksum(objects)))
+    if spec.ha:
+        objects.append(_disruption_budget(spec))
     return Rendered(tuple(objects), tuple(_warnings(spec)))
 
 
@@ -627,6 +689,7 @@ def _check_router(objects: Sequence[Mapping[str, Any]]) -> None:
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     for container in containers:
         _check_reads_config_map(deployment, container, volumes, config_map)
+    _check_ha(deployment, objects)
     for nad in (o for o in objects if o.get("kind") == NAD_KIND):
         if nad["spec"]["config"] != cni_text:
             raise CheckError(

@@ -28,9 +28,11 @@ from egress_router.kernel import (
     observe,
     preflight,
     resolvers,
+    vrrp,
 )
 from egress_router.kernel.memory import HEAP
 from egress_router.router import capacity, engine, metrics, resolve
+from egress_router.router import ha as ha_role
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class Edges:
     # On-link networks of an interface: DNS answers inside the pod network are refused.
     networks: Callable[[str], Sequence[config.IPNetwork]] = lambda _ifname: ()
     probe: preflight.Probe | None = None  # programs and sysctls checked before any change
+    pair: ha_role.PairFactory = ha_role.make_pair  # EGRESS_ROUTER_HA=vrrp: keepalived's role
 
 
 def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
@@ -206,6 +209,7 @@ class Router:
         self.generation = 0
         # live connections and the NAT's port space: one conntrack pass per interval
         self.sampler = capacity.Sampler(settings.sample, clock=clock)
+        self.ha: ha_role.Pair | None = None  # EGRESS_ROUTER_HA=vrrp
 
     # ------------------------------------------------------------------ start
 
@@ -261,6 +265,13 @@ class Router:
             self.problems = []
             self.metrics.ready.set(1)
             self.ready = (True, "ok")
+        if desired.ha is not None and self.ha is None:
+            # The data path is ready; now join the pair, as a standby (no address yet).
+            self.ha = self.kernel.pair(desired, desired.ha, self.metrics.registry)
+            try:
+                self.ha.start()
+            except vrrp.VrrpError as err:
+                raise engine.ApplyError(str(err)) from None
         log.info(
             "egress router ready: %s via %s, %d rules%s; HTTP port %s",
             ", ".join(str(s.interface) for s in cfg.sources),
@@ -540,6 +551,8 @@ class Router:
                 self.metrics.repairs.labels(kind=kind).inc()
                 repaired += 1
                 announce_again |= kind in ("link", "address")
+            if self.ha is not None:
+                problems += self.ha.reconcile()
             self.problems = problems
             self.metrics.ready.set(0 if problems else 1)
             self._pace(repaired)
@@ -599,6 +612,8 @@ class Router:
 
     def readiness(self) -> tuple[bool, str]:
         """Whether the kernel held the desired state at the last check (no kernel access)."""
+        if self.ha is not None and (gate := self.ha.readiness(check_kernel=False)) is not None:
+            return gate  # the standby's data path is ready, but the Service must skip it
         return self.ready
 
     def check(self) -> tuple[bool, str]:
@@ -612,6 +627,8 @@ class Router:
         with self._lock:
             if self.applied is None:
                 return False, "rules not applied yet"
+            if self.ha is not None and (gate := self.ha.readiness()) is not None:
+                return gate  # the standby's data path is ready, but the Service must skip it
             try:
                 if not self._rules_match():
                     return False, "our rules in the kernel differ from the applied ones"
@@ -623,6 +640,11 @@ class Router:
             if self.problems:
                 return False, "; ".join(self.problems)
             return True, "ok"
+
+    def stop(self) -> None:
+        """Leave the pair (keepalived releases the reserved address); the rules stay."""
+        if self.ha is not None:
+            self.ha.stop()
 
     # ------------------------------------------------------------------ announcements
 

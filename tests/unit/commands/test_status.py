@@ -73,3 +73,35 @@ def test_status_refuses_a_bad_configuration_with_exit_1() -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("egress-router: error: cannot parse EGRESS_DESTINATION line 1")
+
+
+def test_status_shows_the_ha_role_the_wait_process_reported() -> None:
+    cfg = config.load_config({**ENV, "EGRESS_ROUTER_HA": "vrrp", "EGRESS_HA_VRID": "51"})
+    snapshot = state.Snapshot(links=(), addresses=(), routes=())
+    reported = {"mode": "vrrp", "vrid": 51, "role": "standby", "transitions": 1,
+                "last_transition": 1_700_000_000.0, "holds_address": False,
+                "peer": {"address": "169.254.1.2", "last_seen": 1_700_000_001.0,
+                         "priority": 250}}
+    report = status.collect(cfg, runner=_Lister(LISTING), read_links=lambda: snapshot,
+                            tracker=conntrack.FakeConntrack(), read_ha=lambda c: dict(reported))
+    assert report.ha == reported
+    assert '"role": "standby"' in status.to_json(report)
+    assert not [p for p in report.problems if "HA" in p]
+    active = {**reported, "role": "active"}
+    report = status.collect(cfg, runner=_Lister(LISTING), read_links=lambda: snapshot,
+                            tracker=conntrack.FakeConntrack(), read_ha=lambda c: dict(active))
+    assert ("HA role is active but the reserved address is not on the interface"
+            in report.problems)
+    report = status.collect(cfg, runner=_Lister(LISTING), read_links=lambda: snapshot,
+                            tracker=conntrack.FakeConntrack(), read_ha=lambda c: None)
+    assert report.ha == {"role": "unknown"}
+    assert report.problems[-1].startswith("no HA role reported")
+
+
+def test_status_without_ha_has_no_role() -> None:
+    cfg = config.load_config(ENV)
+    snapshot = state.Snapshot(links=(), addresses=(), routes=())
+    report = status.collect(cfg, runner=_Lister(LISTING), read_links=lambda: snapshot,
+                            tracker=conntrack.FakeConntrack(),
+                            read_ha=lambda c: {"role": "active"})
+    assert report.ha is None and '"ha"' not in status.to_json(report)

@@ -48,6 +48,17 @@ httpPort: 8081
 debug: true
 """
 
+HA = """\
+name: egress-ha
+attachment: annotation
+source: 192.168.12.99
+gateway: 192.168.12.1
+destinations: |
+  80 tcp 203.0.113.25
+ha: true
+vrid: 99
+"""
+
 BASE = """\
 name: egress-1
 attachment: annotation
@@ -59,6 +70,8 @@ gateway: 192.168.12.1
 def load(name: str, overrides: manifest.Overrides | None = None) -> manifest.RouterSpec:
     if name == "dual":
         return manifest.load_config_text(DUAL, "dual.yaml", overrides)
+    if name == "ha":
+        return manifest.load_config_text(HA, "ha.yaml", overrides)
     text = (EXAMPLES / f"{name}.yaml").read_text()
     if name == "egressrouter":
         return manifest.load_egressrouter_text(text, f"examples/{name}.yaml", overrides)
@@ -88,7 +101,7 @@ def error_of(text: str, loader: Any = manifest.load_config_text) -> str:
 # --------------------------------------------------------------------------- golden
 
 
-@pytest.mark.parametrize("name", ["seed", "cni", "egressrouter", "dual"])
+@pytest.mark.parametrize("name", ["seed", "cni", "egressrouter", "dual", "ha"])
 def test_golden_manifests(name: str) -> None:
     check_golden(f"{name}.yaml", render.to_yaml(render.render(load(name)).objects))
 
@@ -533,7 +546,8 @@ def test_config_change_rolls_the_pod_and_nothing_else_does() -> None:
             BASE + "destinations: ['80 tcp 203.0.113.25']\ndestination: x\n",
             "cannot parse r.yaml: destination: unknown field; did you mean destinations? expected "
             "one of name, namespace, source, gateway, destinations, extraPorts, attachment, image, "
-            "imagePullPolicy, nodeSelector, resources, backend, podInterface, httpPort, debug",
+            "imagePullPolicy, nodeSelector, resources, backend, podInterface, httpPort, debug, "
+            "ha, vrid",
         ),
         (
             BASE + "destinations: ['80 tcp 203.0.113.25'\n",
@@ -802,3 +816,65 @@ def test_render_config_source_list_is_a_pool_in_the_environment() -> None:
     ) + "destinations: |\n  80 tcp 203.0.113.25\n"
     spec = manifest.load_config_text(text, "r.yaml")
     assert [str(s.address) for s in spec.sources] == ["192.168.12.99", "192.168.12.100"]
+
+
+# --------------------------------------------------------------------------- ha: true
+
+
+def test_ha_renders_a_pair_on_two_nodes_with_a_budget_and_a_role_probe() -> None:
+    objects = render.render(load("ha")).objects
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    pod = deployment["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    (main,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in main["env"]}
+    assert env["EGRESS_ROUTER_HA"] == "vrrp" and env["EGRESS_HA_VRID"] == "99"
+    assert main["readinessProbe"]["periodSeconds"] == 1
+    assert main["readinessProbe"]["failureThreshold"] == 1
+    assert main["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "NET_RAW"]
+    budget = one(objects, "PodDisruptionBudget")
+    assert budget["spec"] == {"maxUnavailable": 1,
+                              "selector": deployment["spec"]["selector"]}
+    assert render.check(objects)[-1].startswith("Service ports match")
+
+
+def test_single_replica_render_is_unchanged_by_ha_support() -> None:
+    objects = render.render(load("seed")).objects
+    assert one(objects, "Deployment")["spec"]["replicas"] == 1
+    assert [o for o in objects if o["kind"] == "PodDisruptionBudget"] == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("ha: true\n", "cannot parse r.yaml: vrid: is required with ha: true"),
+        ("ha: true\nvrid: 0\n", "cannot parse r.yaml: vrid '0'"),
+        ("ha: maybe\nvrid: 3\n", "cannot parse r.yaml: ha 'maybe': must be true or false"),
+        ("vrid: 3\n", "cannot parse r.yaml: vrid '3': is set but ha is not true"),
+    ],
+)
+def test_ha_input_errors(extra: str, message: str) -> None:
+    assert error_of(BASE + "destinations: '80 tcp 203.0.113.25'\n" + extra).startswith(message)
+
+
+def test_ha_with_the_cni_attachment_is_refused() -> None:
+    text = (EXAMPLES / "cni.yaml").read_text() + "ha: true\nvrid: 5\n"
+    assert "use attachment annotation for an active/standby pair" in error_of(text)
+
+
+def test_check_refuses_two_replicas_without_ha() -> None:
+    objects = render.render(load("seed")).objects
+    one(objects, "Deployment")["spec"]["replicas"] = 2
+    with pytest.raises(render.CheckError, match="does not run EGRESS_ROUTER_HA=vrrp"):
+        render.check(objects)
+
+
+def test_check_refuses_a_pair_that_may_share_a_node() -> None:
+    objects = render.render(load("ha")).objects
+    del one(objects, "Deployment")["spec"]["template"]["spec"]["affinity"]
+    with pytest.raises(render.CheckError, match="may share a node"):
+        render.check(objects)

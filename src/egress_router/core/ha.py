@@ -1,0 +1,350 @@
+"""Active/standby HA, the pure part: the variables, the advert source, keepalived's config.
+
+Two replicas of one Deployment share one configuration; exactly one of them
+holds the reserved address(es). Debian's keepalived (VRRPv3) decides which:
+a trusted, long-lived implementation of an election that must be right, not
+something to re-invent. This module knows everything about it that needs no
+kernel: parsing ``EGRESS_ROUTER_HA``/``EGRESS_HA_VRID``, deriving the
+per-replica link-local advert source from the interface's MAC (identical
+configuration, yet unique addresses on the L2), rendering keepalived's
+configuration, and reading what keepalived and its peers say (notify FIFO
+lines, VRRP advertisements).
+
+Why a link-local advert source and not the reserved address itself: the
+standby must keep an IPv4 address on the egress interface, because removing
+the last one flushes every IPv4 route on it (the default route must survive
+a standby period), and keepalived without an IPv4 address stays in FAULT.
+And two masters advertising from the same address (a healed partition) can
+never tell who wins; distinct sources break the tie by address (RFC 9568).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from egress_router.core import config
+
+ENV_HA = "EGRESS_ROUTER_HA"
+ENV_VRID = "EGRESS_HA_VRID"
+
+ADVERT_INTERVAL = 0.1  # seconds: the standby takes over ~3.5 intervals after the last advert
+PRIORITY = 250  # equal on both (nopreempt: the holder keeps it); high: skew time 0.002 s
+INSTANCE = "egress_router"
+VRRP_PROTO = 112
+VRRP_GROUP4 = ipaddress.IPv4Address("224.0.0.18")
+LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
+CANDIDATES = 8  # link-local addresses tried in turn when a probe finds one taken
+
+
+class Mode(enum.Enum):
+    """``EGRESS_ROUTER_HA``: off (one replica, the upstream contract) or VRRP."""
+
+    OFF = "off"
+    VRRP = "vrrp"
+
+
+class Role(enum.Enum):
+    """What this replica is doing, as ``/readyz``, ``status`` and metrics report it."""
+
+    STARTING = "starting"  # keepalived not (yet) reporting a state
+    ACTIVE = "active"  # holds and announces the reserved address(es)
+    STANDBY = "standby"  # data path ready, no address; takes over when the active falls silent
+    FAULT = "fault"  # keepalived cannot take part (interface down, no IPv4 address)
+    STOPPED = "stopped"
+
+
+_KEEPALIVED_ROLES = {
+    "MASTER": Role.ACTIVE,
+    "BACKUP": Role.STANDBY,
+    "FAULT": Role.FAULT,
+    "STOP": Role.STOPPED,
+    "DELETED": Role.STOPPED,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The HA settings of a router; None of them per replica."""
+
+    vrid: int
+    advert_interval: float = ADVERT_INTERVAL
+    priority: int = PRIORITY
+
+
+def parse_mode(text: str, variable: str = ENV_HA) -> Mode:
+    value = text.strip().lower()
+    if value in ("", "off", "none", "false", "0"):
+        return Mode.OFF
+    if value == Mode.VRRP.value:
+        return Mode.VRRP
+    raise config.ConfigError(
+        variable, f"unknown value {text!r}; expected 'vrrp' (active/standby) or 'off'"
+    )
+
+
+def parse_vrid(text: str, variable: str = ENV_VRID) -> int:
+    value = text.strip()
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= 255:
+        raise config.ConfigError(
+            variable,
+            f"invalid value {text!r}; expected a VRRP router id from 1 to 255, the same on "
+            "both replicas and unused by any other VRRP pair on the egress network",
+        )
+    return int(value)
+
+
+def parse_settings(env: Mapping[str, str]) -> Settings | None:
+    """The HA settings from the environment; None when HA is off (the default)."""
+    mode = parse_mode(env.get(ENV_HA, ""))
+    vrid_text = env.get(ENV_VRID, "")
+    if mode is Mode.OFF:
+        if vrid_text.strip():
+            raise config.ConfigError(
+                ENV_VRID,
+                f"is set but {ENV_HA} is off; set {ENV_HA}=vrrp for an active/standby pair "
+                f"or remove {ENV_VRID}",
+            )
+        return None
+    if not vrid_text.strip():
+        raise config.ConfigError(
+            ENV_VRID,
+            f"is not set; with {ENV_HA}=vrrp set it to a VRRP router id from 1 to 255 that "
+            "no other VRRP pair on the egress network uses",
+        )
+    return Settings(vrid=parse_vrid(vrid_text))
+
+
+def check_sources(cfg: config.Config, variable: str = config.ENV_SOURCE) -> None:
+    """VRRP needs an IPv4 reserved address to elect on; IPv6 ones move along with it."""
+    if cfg.source(4) is None:
+        raise config.ConfigError(
+            variable,
+            f"has no IPv4 address; {ENV_HA}=vrrp elects over IPv4 (VRRPv3 adverts from a "
+            "169.254.0.0/16 address), add the IPv4 reserved address",
+        )
+    for source in cfg.sources:
+        if source.address in LINK_LOCAL:
+            raise config.ConfigError(
+                variable,
+                f"{source.address} is link-local; {ENV_HA}=vrrp uses 169.254.0.0/16 for "
+                "its advertisements",
+            )
+
+
+# ---------------------------------------------------------------------- the advert source
+
+
+def parse_mac(text: str) -> bytes:
+    parts = text.strip().split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise ValueError(f"not a MAC address: {text!r}")
+    return bytes(int(p, 16) for p in parts)
+
+
+def advert_candidates(
+    mac: bytes, count: int = CANDIDATES
+) -> tuple[ipaddress.IPv4Interface, ...]:
+    """Link-local addresses for the interface with ``mac``, first choice first.
+
+    RFC 3927 seeds the choice with the MAC so that a host picks the same
+    address every time and two hosts rarely pick the same one; the range
+    excludes 169.254.0.0/24 and 169.254.255.0/24, which it reserves. A
+    conflict found by an ARP probe moves on to the next candidate.
+    """
+    found: list[ipaddress.IPv4Interface] = []
+    attempt = 0
+    while len(found) < count:
+        digest = hashlib.sha256(b"egress-router-vrrp" + mac + struct.pack("!I", attempt)).digest()
+        attempt += 1
+        offset = int.from_bytes(digest[:4], "big") % (254 * 256)
+        address = LINK_LOCAL.network_address + 256 + offset  # 169.254.1.0 .. 169.254.254.255
+        candidate = ipaddress.IPv4Interface(f"{address}/16")
+        if candidate not in found:
+            found.append(candidate)
+    return tuple(found)
+
+
+# ---------------------------------------------------------------------- keepalived
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where keepalived's files live: one private directory per router."""
+
+    config: str
+    fifo: str
+    pidfile: str
+    vrrp_pidfile: str
+
+
+def _quote(text: str) -> str:
+    if any(c in text for c in '"\\\n') or not text.isprintable():
+        raise ValueError(f"cannot put {text!r} in keepalived's configuration")
+    return f'"{text}"' if " " in text else text
+
+
+def render_keepalived(
+    cfg: config.Config, settings: Settings, advert_source: ipaddress.IPv4Interface, paths: Paths
+) -> str:
+    """keepalived's configuration for this replica (the same on both but for the source).
+
+    ``state BACKUP`` on both and ``nopreempt``: a replica that comes back never
+    takes the address from the one holding it. No ``vrrp_strict``: it would
+    install keepalived's own firewall rules next to ours. The IPv4 reserved
+    address is the one the election is about; IPv6 ones are "excluded" (not
+    carried in the IPv4 adverts) but move with it, without DAD, as the
+    single-replica router adds them.
+    """
+    ifname = _quote(cfg.egress_interface)
+    v4 = [s for s in cfg.sources if s.family == 4]
+    v6 = [s for s in cfg.sources if s.family == 6]
+
+    def address(source: config.Source, extra: str = "") -> str:
+        interface = source.interface
+        prefix = interface.network.prefixlen if source.on_link else interface.max_prefixlen
+        return f"        {source.address}/{prefix} dev {ifname}{extra}"
+
+    lines = [
+        "# Written by egress-router (EGRESS_ROUTER_HA=vrrp); regenerated at every start.",
+        "global_defs {",
+        f"    router_id egress-router-{settings.vrid}",
+        "    vrrp_version 3",
+        f"    notify_fifo {_quote(paths.fifo)}",
+        "    vrrp_garp_master_delay 1",
+        "    vrrp_garp_master_repeat 3",
+        "    vrrp_garp_lower_prio_repeat 1",
+        "    vrrp_higher_prio_send_advert true",
+        "    script_user root",
+        "}",
+        "",
+        f"vrrp_instance {INSTANCE} {{",
+        "    state BACKUP",
+        "    nopreempt",
+        f"    interface {ifname}",
+        f"    virtual_router_id {settings.vrid}",
+        f"    priority {settings.priority}",
+        f"    advert_int {settings.advert_interval:g}",
+        f"    mcast_src_ip {advert_source.ip}",
+        "    virtual_ipaddress {",
+        *(address(s) for s in v4),
+        "    }",
+    ]
+    if v6:
+        lines += [
+            "    virtual_ipaddress_excluded {",
+            *(address(s, " no_dad") for s in v6),
+            "    }",
+        ]
+    lines += ["}", ""]
+    return "\n".join(lines)
+
+
+def keepalived_argv(binary: str, paths: Paths) -> list[str]:
+    """Foreground, VRRP only, logging to stderr, private pid files (two labs, one /run)."""
+    return [
+        binary,
+        "--dont-fork",
+        "--log-console",
+        "--log-detail",
+        "--vrrp",
+        f"--use-file={paths.config}",
+        f"--pid={paths.pidfile}",
+        f"--vrrp_pid={paths.vrrp_pidfile}",
+    ]
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One line of keepalived's notify FIFO about our instance."""
+
+    role: Role
+    state: str
+    priority: int
+
+
+def parse_notify(line: str) -> Notice | None:
+    """``INSTANCE "egress_router" MASTER 100`` -> Notice; None for other lines."""
+    parts = line.split()
+    if len(parts) < 3 or parts[0] != "INSTANCE" or parts[1].strip('"') != INSTANCE:
+        return None
+    role = _KEEPALIVED_ROLES.get(parts[2])
+    if role is None:
+        return None
+    priority = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0
+    return Notice(role, parts[2], priority)
+
+
+# ---------------------------------------------------------------------- advertisements
+
+
+@dataclass(frozen=True)
+class Advert:
+    """A VRRP advertisement as seen on the wire (IPv4)."""
+
+    source: ipaddress.IPv4Address
+    version: int
+    vrid: int
+    priority: int
+    interval: float  # seconds
+    addresses: tuple[ipaddress.IPv4Address, ...]
+
+
+def parse_advert(packet: bytes) -> Advert | None:
+    """An IPv4 packet (header included, as a raw socket hands it) -> Advert, None if not VRRP."""
+    if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != VRRP_PROTO:
+        return None
+    header = (packet[0] & 0x0F) * 4
+    body = packet[header:]
+    if len(body) < 8:
+        return None
+    version, kind = body[0] >> 4, body[0] & 0x0F
+    if kind != 1 or version not in (2, 3):
+        return None
+    vrid, priority, count = body[1], body[2], body[3]
+    # v3: 12 bits of centiseconds after 4 reserved bits; v2: whole seconds, after auth type.
+    centis = struct.unpack("!H", body[4:6])[0] & 0x0FFF
+    interval = centis / 100 if version == 3 else float(body[5])
+    raw = body[8 : 8 + 4 * count]
+    if len(raw) < 4 * count:
+        return None
+    addresses = tuple(
+        ipaddress.IPv4Address(raw[i : i + 4]) for i in range(0, len(raw), 4)
+    )
+    source = ipaddress.IPv4Address(packet[12:16])
+    return Advert(source, version, vrid, priority, interval, addresses)
+
+
+def clash(advert: Advert, settings: Settings, cfg: config.Config) -> str | None:
+    """Why ``advert`` shows another VRRP group using our VRID (None: our peer, or not our VRID)."""
+    if advert.vrid != settings.vrid:
+        return None
+    ours = {s.address for s in cfg.sources if s.family == 4}
+    if advert.version != 3:
+        return f"{advert.source} sends VRRPv{advert.version} adverts for VRID {advert.vrid}"
+    if set(advert.addresses) != ours:
+        theirs = ", ".join(str(a) for a in advert.addresses) or "no address"
+        return f"{advert.source} advertises VRID {advert.vrid} for {theirs}"
+    return None
+
+
+def clash_error(reason: str) -> config.ConfigError:
+    return config.ConfigError(
+        ENV_VRID,
+        f"another VRRP group on the egress network uses this VRID ({reason}); "
+        f"pick a VRID no other pair uses (both replicas of a pair share one)",
+    )
+
+
+def describe(cfg: config.Config, settings: Settings) -> Sequence[str]:
+    """The HA lines ``unit-test`` mode prints."""
+    reserved = ", ".join(str(s.address) for s in cfg.sources)
+    return (
+        f"# HA: VRRPv3 VRID {settings.vrid} on {cfg.egress_interface}, advert every "
+        f"{settings.advert_interval:g}s from a 169.254.0.0/16 address derived from its MAC",
+        f"# HA: keepalived adds and announces {reserved} on the active replica only",
+    )

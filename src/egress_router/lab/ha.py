@@ -1,0 +1,517 @@
+"""A two-node lab for the active/standby pair, and the failover measurements on it.
+
+The single-router lab (``lab.world``) has one node; HA needs two nodes on one
+L2, each with a router pod whose macvlan hangs off its own node's NIC, and a
+client that reaches "the Service": whichever replica answers ``/readyz``
+with 200, as kube-proxy would pick it. The lab judges from outside: who
+holds the reserved address is read with ``ip -j addr`` in each router's
+namespace, and a failover is over when the destination server reports a new
+connection from the reserved address.
+
+Topology (all inside ``<prefix>-*`` namespaces)::
+
+    client ─┐                               ┌── n1 ens3 ─ macvlan0 (r1)
+    r1 eth0 ├─ pods: cbr0 10.128.0.1/24     │
+    r2 eth0 ┘                   lan: br0 ───┼── n2 ens3 ─ macvlan0 (r2)
+                                            └── gw lan0 192.168.12.1 ⇄ wan0 ─ ext 203.0.113.25
+
+Failures: ``sigkill`` (the active's wait process, SIGKILL: keepalived hears
+of it by PR_SET_PDEATHSIG and hands over), ``delete`` (the active pod is
+deleted: everything in its namespace SIGKILLed, then the namespace removed,
+so nothing says goodbye), ``linkdown`` (the active node's cable: its port on
+the L2 goes down). After each, the failed replica comes back and must not
+take the address back (nopreempt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface
+from pathlib import Path
+from typing import Any
+
+from egress_router.lab import processes, topology, world
+from egress_router.lab import server as labserver
+
+RESERVED = "192.168.12.99"
+GATEWAY = "192.168.12.1"
+DESTINATION = "203.0.113.25"
+PORT = 80
+HTTP_PORT = 9090
+VRID = 51
+POD_GW = IPv4Interface("10.128.0.1/24")
+CLIENT = IPv4Interface("10.128.0.10/24")
+REPLICAS = {"r1": IPv4Interface("10.128.0.2/24"), "r2": IPv4Interface("10.128.0.3/24")}
+NODES = {"r1": "n1", "r2": "n2"}
+SETTLE_TIMEOUT = 15.0
+FAILOVER_TIMEOUT = 10.0
+KINDS = ("sigkill", "delete", "linkdown")
+
+
+def router_env() -> dict[str, str]:
+    """Both replicas' configuration: identical, as a Deployment gives them."""
+    return {
+        "EGRESS_SOURCE": RESERVED,
+        "EGRESS_GATEWAY": GATEWAY,
+        "EGRESS_DESTINATION": f"{PORT} tcp {DESTINATION}",
+        "EGRESS_ROUTER_MODE": "legacy",
+        "EGRESS_ROUTER_HA": "vrrp",
+        "EGRESS_HA_VRID": str(VRID),
+        "EGRESS_ROUTER_HTTP_PORT": str(HTTP_PORT),
+        "EGRESS_ROUTER_RECONCILE_SECONDS": "1",
+    }
+
+
+@dataclass
+class HaLab:
+    prefix: str
+    routers: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+    logs: dict[str, list[Path]] = field(default_factory=dict)
+
+    def ns(self, role: str) -> str:
+        return f"{self.prefix}-{role}"
+
+    @property
+    def base(self) -> world.Lab:
+        return world.Lab(self.prefix)  # its ext namespace and state directory are ours
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.ns(r) for r in ("lan", "pods", "n1", "n2", "r1", "r2", "client", "gw", "ext")]
+
+
+def _ip(ns: str, *args: str) -> str:
+    return processes.ip(ns, *args, what=f"ip {' '.join(args)} in {ns}")
+
+
+def _pod(lab: HaLab, replica: str) -> None:
+    """Create router pod ``replica``: eth0 on the pod network, macvlan0 on its node's NIC."""
+    ns, node = lab.ns(replica), lab.ns(NODES[replica])
+    processes.run(["ip", "netns", "add", ns], f"create namespace {ns}")
+    processes.sysctl(ns, {"net.ipv4.ip_forward": "0", **topology.NO_DAD})
+    _ip(ns, "link", "set", "lo", "up")
+    world._veth(ns, "eth0", lab.ns("pods"), f"p{replica}")
+    _ip(lab.ns("pods"), "link", "set", f"p{replica}", "master", "cbr0", "up")
+    # A pod deleted and created again keeps its IP here, so it keeps its MAC too:
+    # the client's neighbour entry must not point at the deleted pod's veth.
+    mac = f"02:00:0a:80:00:{REPLICAS[replica].ip.packed[3]:02x}"
+    _ip(ns, "link", "set", "eth0", "address", mac)
+    _ip(ns, "link", "set", "eth0", "up")
+    world._address(ns, "eth0", REPLICAS[replica])
+    world._default_route(ns, POD_GW)
+    _ip(node, "link", "add", "mvtmp0", "link", "ens3", "type", "macvlan", "mode", "private")
+    _ip(node, "link", "set", "mvtmp0", "netns", ns)
+    _ip(ns, "link", "set", "mvtmp0", "name", "macvlan0")
+
+
+def up(prefix: str) -> HaLab:
+    """Build the two-node lab and start the destination server (not the routers)."""
+    lab = HaLab(prefix)
+    down(prefix)
+    try:
+        lab.base.state_dir.mkdir(parents=True, exist_ok=True)
+        # A parallel test run's sweep leaves a lab alone while its owner lives.
+        owner = lab.base.state_dir / world.OWNER_FILE
+        owner.write_text(processes.process_record(os.getpid()), encoding="utf-8")
+        for role in ("lan", "pods", "n1", "n2", "client", "gw", "ext"):
+            ns = lab.ns(role)
+            processes.run(["ip", "netns", "add", ns], f"create namespace {ns}")
+            forwarding = "1" if role == "gw" else "0"
+            processes.sysctl(ns, {"net.ipv4.ip_forward": forwarding, **topology.NO_DAD})
+            _ip(ns, "link", "set", "lo", "up")
+        for bridge_ns, bridge in ((lab.ns("lan"), "br0"), (lab.ns("pods"), "cbr0")):
+            _ip(bridge_ns, "link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
+            _ip(bridge_ns, "link", "set", bridge, "up")
+        for node in ("n1", "n2"):
+            world._veth(lab.ns(node), "ens3", lab.ns("lan"), node)
+            _ip(lab.ns(node), "link", "set", "ens3", "up")
+        world._veth(lab.ns("gw"), "lan0", lab.ns("lan"), "gw")
+        for port in ("n1", "n2", "gw"):
+            _ip(lab.ns("lan"), "link", "set", port, "master", "br0", "up")
+        world._veth(lab.ns("client"), "eth0", lab.ns("pods"), "pclient")
+        _ip(lab.ns("pods"), "link", "set", "pclient", "master", "cbr0", "up")
+        world._address(lab.ns("pods"), "cbr0", POD_GW)
+        _ip(lab.ns("client"), "link", "set", "eth0", "up")
+        world._address(lab.ns("client"), "eth0", CLIENT)
+        world._default_route(lab.ns("client"), POD_GW)
+        world._veth(lab.ns("ext"), "eth0", lab.ns("gw"), "wan0")
+        for ns, dev in ((lab.ns("gw"), "lan0"), (lab.ns("gw"), "wan0"), (lab.ns("ext"), "eth0")):
+            _ip(ns, "link", "set", dev, "up")
+        world._address(lab.ns("gw"), "lan0", world.GATEWAY4)
+        world._address(lab.ns("gw"), "wan0", world.EXT_GATEWAY4)
+        world._address(lab.ns("ext"), "eth0", world.DESTINATIONS4[0])
+        world._default_route(lab.ns("ext"), world.EXT_GATEWAY4)
+        for replica in REPLICAS:
+            _pod(lab, replica)
+        processes.start_server(lab.base, [f"tcp:{DESTINATION}:{PORT}"])
+    except BaseException:
+        with contextlib.suppress(Exception):
+            down(prefix)
+        raise
+    return lab
+
+
+def down(prefix: str) -> None:
+    """Stop everything the lab started and delete its namespaces; idempotent."""
+    lab = HaLab(prefix)
+    existing = set(world._list_netns())
+    world._remove(prefix, [ns for ns in lab.namespaces if ns in existing])
+
+
+# ---------------------------------------------------------------------- the routers
+
+
+def start_router(lab: HaLab, replica: str) -> subprocess.Popen[str]:
+    """Start the product's wait process in ``replica`` (legacy mode, HA on)."""
+    log_dir = lab.base.state_dir
+    out = (log_dir / f"{replica}.{len(lab.logs.get(replica, []))}.log")
+    lab.logs.setdefault(replica, []).append(out)
+    with out.open("a") as handle:
+        proc = subprocess.Popen(
+            processes._netns_exec(lab.ns(replica), [sys.executable, "-m", "egress_router"]),
+            stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, text=True,
+            env={**processes._base_env(), **router_env()}, start_new_session=True,
+        )
+    lab.routers[replica] = proc
+    return proc
+
+
+def stop_router(lab: HaLab, replica: str, sig: int = signal.SIGTERM) -> None:
+    proc = lab.routers.pop(replica, None)
+    if proc is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def holders(lab: HaLab) -> list[str]:
+    """The replicas whose macvlan0 holds the reserved address now (read with ``ip -j``)."""
+    found = []
+    for replica in REPLICAS:
+        cp = subprocess.run(
+            ["ip", "-j", "-n", lab.ns(replica), "addr", "show", "dev", "macvlan0"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+        if cp.returncode != 0 or not cp.stdout.strip():
+            continue
+        for link in json.loads(cp.stdout):
+            if any(a.get("local") == RESERVED for a in link.get("addr_info", [])):
+                found.append(replica)
+    return found
+
+
+def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.02) -> float:
+    """Poll ``predicate`` until true; the time it took, or LabError."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise world.LabError(f"cannot {what}: not after {timeout:g} s")
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+def settle(lab: HaLab) -> str:
+    """Wait until exactly one replica holds the address; that replica."""
+    found: list[str] = []
+
+    def one() -> bool:
+        nonlocal found
+        found = holders(lab)
+        return len(found) == 1
+
+    wait_for(one, SETTLE_TIMEOUT, "elect one active replica")
+    return found[0]
+
+
+# ---------------------------------------------------------------------- the client
+
+
+@dataclass
+class Client:
+    """The client pod, dialling through "the Service" in its own process (``client`` below)."""
+
+    proc: subprocess.Popen[str]
+    path: Path
+
+    def records(self) -> list[dict[str, Any]]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError:
+            return []
+        out = []
+        for line in text.splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+        return out
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_client(lab: HaLab, duration: float) -> Client:
+    path = lab.base.state_dir / f"client.{time.monotonic_ns()}.jsonl"
+    endpoints = ",".join(str(i.ip) for i in REPLICAS.values())
+    argv = [sys.executable, "-m", "egress_router.lab.ha", "client", "--endpoints", endpoints,
+            "--out", str(path), "--duration", f"{duration:g}"]
+    proc = subprocess.Popen(
+        processes._netns_exec(lab.ns("client"), argv), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        env=processes._base_env(), start_new_session=True,
+    )
+    return Client(proc, path)
+
+
+def _ready(endpoint: str, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(
+            f"http://{endpoint}:{HTTP_PORT}/readyz", timeout=timeout
+        ) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+def run_client(endpoints: Sequence[str], out: Path, duration: float) -> None:
+    """Open a new connection to the destination every 10 ms through a ready endpoint.
+
+    One prober thread per endpoint plays kube-proxy: it asks ``/readyz``
+    every 20 ms and the dialler uses the first endpoint that last said 200.
+    Each dial runs on its own thread, so one hanging through a dead replica
+    does not hold back the next (new connections keep arriving, as from
+    many clients). One JSON line per dial.
+    """
+    duration = min(duration, 600.0)
+    end = time.monotonic() + duration
+    ready = dict.fromkeys(endpoints, False)
+    lock = threading.Lock()
+    handle = out.open("a", encoding="utf-8")
+
+    def probe(endpoint: str) -> None:
+        while time.monotonic() < end:
+            ready[endpoint] = _ready(endpoint, 0.5)
+            time.sleep(0.02)
+
+    def dial(via: str, started: float) -> None:
+        reply = labserver.dial("tcp", via, PORT, timeout=0.3)
+        record = {"t0": started, "t1": time.monotonic(), "via": via, **reply}
+        with lock:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+    for endpoint in endpoints:
+        threading.Thread(target=probe, args=(endpoint,), daemon=True).start()
+    dials: list[threading.Thread] = []
+    while time.monotonic() < end:
+        chosen = next((e for e in endpoints if ready[e]), None)
+        if chosen is not None:
+            dials = [t for t in dials if t.is_alive()]
+            if len(dials) < 64:  # bounded: at most 64 dials in flight
+                thread = threading.Thread(target=dial, args=(chosen, time.monotonic()),
+                                          daemon=True)
+                thread.start()
+                dials.append(thread)
+        time.sleep(0.01)
+    for thread in dials:
+        thread.join(1.0)
+    handle.close()
+
+
+def _peer_host(record: dict[str, Any]) -> str | None:
+    peer = record.get("peer")
+    return None if not peer else str(peer).rsplit(":", 1)[0].strip("[]")
+
+
+def first_success(client: Client, after: float, via: str) -> float | None:
+    """When the first dial started after ``after`` through ``via`` came back from the
+    reserved address (the destination's view), or None."""
+    for record in client.records():
+        if (record["t0"] >= after and record.get("via") == via and not record.get("error")
+                and _peer_host(record) == RESERVED):
+            return float(record["t1"])
+    return None
+
+
+# ---------------------------------------------------------------------- failures
+
+
+def fail(lab: HaLab, kind: str, replica: str) -> None:
+    """Make ``replica`` fail the way ``kind`` says."""
+    if kind == "sigkill":
+        stop_router(lab, replica, signal.SIGKILL)
+    elif kind == "delete":
+        proc = lab.routers.pop(replica, None)
+        ns = lab.ns(replica)
+        for pid in world._netns_pids(ns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        processes.run(["ip", "netns", "delete", ns], f"delete namespace {ns}")
+        if proc is not None:
+            proc.wait(10)
+    elif kind == "linkdown":
+        _ip(lab.ns("lan"), "link", "set", NODES[replica], "down")
+    else:
+        raise world.LabError(f"cannot fail {replica}: unknown failure {kind!r}")
+
+
+def recover(lab: HaLab, kind: str, replica: str) -> None:
+    """Bring the failed replica back (a restarted container, a new pod, the cable back)."""
+    if kind == "sigkill":
+        start_router(lab, replica)
+    elif kind == "delete":
+        _ip(lab.ns("pods"), "link", "del", f"p{replica}") if _has_link(
+            lab.ns("pods"), f"p{replica}") else None
+        _pod(lab, replica)
+        start_router(lab, replica)
+    elif kind == "linkdown":
+        _ip(lab.ns("lan"), "link", "set", NODES[replica], "up")
+
+
+def _has_link(ns: str, dev: str) -> bool:
+    cp = subprocess.run(["ip", "-n", ns, "link", "show", dev], capture_output=True, timeout=5,
+                        check=False)
+    return cp.returncode == 0
+
+
+def count_switchovers(lab: HaLab, seconds: float, holder: str) -> int:
+    """How often the holder changed (or the address was held by none or two) over ``seconds``."""
+    changes = 0
+    current = [holder]
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        now = holders(lab)
+        if now != current:
+            changes += 1
+            current = now
+        time.sleep(0.02)
+    return changes
+
+
+def wait_ready(lab: HaLab, client: Client, replica: str, timeout: float = SETTLE_TIMEOUT) -> None:
+    """Until the client has had a good dial through ``replica`` (the pair is up end to end)."""
+    start = time.monotonic()
+    wait_for(lambda: first_success(client, start, str(REPLICAS[replica].ip)) is not None,
+             timeout, f"reach the destination through {replica}")
+
+
+def standby_ready(lab: HaLab, replica: str, timeout: float = SETTLE_TIMEOUT) -> None:
+    """Until ``replica``'s keepalived is a standby (its log says so)."""
+    log = lab.logs[replica][-1]
+    wait_for(lambda: "-> standby" in log.read_text(errors="replace"), timeout,
+             f"see {replica} join as a standby")
+
+
+@dataclass
+class Trial:
+    kind: str
+    failed: str
+    took_over: str
+    failover: float  # seconds from the failure to the first new connection from the reserved IP
+    switchovers_on_return: int
+
+
+def trial(lab: HaLab, client: Client, kind: str, observe_return: float = 2.0) -> Trial:
+    """One failure of the active replica, measured; the failed one is brought back."""
+    active = settle(lab)
+    other = "r2" if active == "r1" else "r1"
+    via = str(REPLICAS[other].ip)
+    standby_ready(lab, other)
+    started = time.monotonic()
+    fail(lab, kind, active)
+    wait_for(lambda: first_success(client, started, via) is not None, FAILOVER_TIMEOUT,
+             f"fail over from {active} to {other} ({kind})", step=0.01)
+    took = first_success(client, started, via)
+    assert took is not None
+    recover(lab, kind, active)
+    if kind != "linkdown":
+        standby_ready(lab, active)
+    switchovers = count_switchovers(lab, observe_return, other)
+    return Trial(kind, active, other, took - started, switchovers)
+
+
+def partition(lab: HaLab, on: bool) -> None:
+    """Cut (or heal) the L2 between the two nodes; both still reach the gateway."""
+    if on:
+        script = (
+            "table bridge ha_partition {\n chain forward {\n"
+            "  type filter hook forward priority 0; policy accept;\n"
+            '  iifname "n1" oifname "n2" drop\n  iifname "n2" oifname "n1" drop\n }\n}\n'
+        )
+        cp = world.run_in(lab.ns("lan"), ["nft", "-f", "-"], input=script, timeout=10)
+    else:
+        cp = world.run_in(lab.ns("lan"), ["nft", "delete", "table", "bridge", "ha_partition"],
+                          timeout=10)
+    if cp.returncode != 0:
+        raise world.LabError(f"cannot {'cut' if on else 'heal'} the partition: {cp.stderr}")
+
+
+def heal_trial(lab: HaLab, split_timeout: float = 5.0) -> float:
+    """Split the pair (both become active), heal it; seconds until exactly one holder."""
+    settle(lab)
+    partition(lab, True)
+    try:
+        wait_for(lambda: len(holders(lab)) == 2, split_timeout, "see both replicas active")
+    finally:
+        partition(lab, False)
+    started = time.monotonic()
+    wait_for(lambda: len(holders(lab)) == 1, FAILOVER_TIMEOUT, "heal the split", step=0.01)
+    return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def running(prefix: str) -> Iterator[HaLab]:
+    """The lab with both routers started, removed afterwards whatever happens."""
+    lab = up(prefix)
+    try:
+        start_router(lab, "r1")
+        start_router(lab, "r2")
+        settle(lab)
+        yield lab
+    finally:
+        for replica in list(lab.routers):
+            with contextlib.suppress(Exception):
+                stop_router(lab, replica)
+        down(prefix)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "max": max(values), "min": min(values)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m egress_router.lab.ha")
+    sub = parser.add_subparsers(dest="command", required=True)
+    client = sub.add_parser("client", help="dial through the ready endpoint (in the client ns)")
+    client.add_argument("--endpoints", required=True)
+    client.add_argument("--out", required=True, type=Path)
+    client.add_argument("--duration", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    if args.command == "client":
+        run_client(args.endpoints.split(","), args.out, args.duration)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""router.ha: the role of a replica, driven through a fake keepalived, and its hooks in Router."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from egress_router.core import config, ha
+from egress_router.kernel import announce, conntrack, netlink, nft, vrrp
+from egress_router.router import engine, metrics, reconciler
+from egress_router.router import ha as ha_role
+
+ENV = {
+    "EGRESS_SOURCE": "192.168.12.99",
+    "EGRESS_GATEWAY": "192.168.12.1",
+    "EGRESS_DESTINATION": "80 tcp 203.0.113.25",
+    "EGRESS_ROUTER_HA": "vrrp",
+    "EGRESS_HA_VRID": "51",
+}
+ADVERT_SOURCE = ipaddress.IPv4Interface("169.254.7.8/16")
+
+
+class FakeKernelAddresses:
+    """The egress interface's addresses as keepalived would leave them."""
+
+    def __init__(self) -> None:
+        self.held: set[str] = {"192.168.12.99"}  # a killed predecessor's leftover
+        self.removed: list[list[str]] = []
+        self.saved: list[dict[str, Any]] = []  # what `status` would read
+
+    def remove(self, ifname: str, addresses: Any) -> list[str]:
+        gone = [str(a) for a in addresses if str(a) in self.held]
+        self.held -= set(gone)
+        self.removed.append(gone)
+        return gone
+
+
+def _pair(registry: CollectorRegistry | None = None) -> tuple[ha_role.Pair, vrrp.FakeDriver,
+                                                              FakeKernelAddresses]:
+    cfg = config.load_config(ENV)
+    assert cfg.ha is not None
+    driver = vrrp.FakeDriver()
+    kernel = FakeKernelAddresses()
+    clock = iter(range(1000, 100000))
+    pair = ha_role.Pair(
+        cfg, cfg.ha, ha_role.HaMetrics(registry or CollectorRegistry()), driver=driver,
+        listen=False, ensure_address=lambda ifname: ADVERT_SOURCE,
+        remove_addresses=kernel.remove, held=lambda ifname: set(kernel.held),
+        save=kernel.saved.append,
+        clock=lambda: float(next(clock)), wall=lambda: 1_700_000_000.0,
+    )
+    return pair, driver, kernel
+
+
+def test_start_removes_a_stale_reserved_address_then_joins_as_standby() -> None:
+    pair, driver, kernel = _pair()
+    pair.start()
+    assert kernel.removed == [["192.168.12.99"]]
+    assert driver.running and driver.conf is not None
+    assert "mcast_src_ip 169.254.7.8" in driver.conf and "state BACKUP" in driver.conf
+    assert pair.readiness() == (False, "starting")
+    driver.notify('INSTANCE "egress_router" BACKUP 250')
+    assert pair.role is ha.Role.STANDBY
+    assert pair.readiness() == (False, "standby")
+
+
+def test_active_is_ready_only_while_it_holds_the_address() -> None:
+    registry = CollectorRegistry()
+    pair, driver, kernel = _pair(registry)
+    pair.start()
+    driver.notify('INSTANCE "egress_router" BACKUP 250')
+    driver.notify('INSTANCE "egress_router" MASTER 250')
+    assert pair.readiness() == (False, "active but 192.168.12.99 is not on the interface")
+    kernel.held.add("192.168.12.99")  # keepalived added it
+    assert pair.readiness() is None  # the data path's own readiness decides
+    assert pair.transitions == 2
+    assert registry.get_sample_value("egress_router_ha_role", {"role": "active"}) == 1
+    assert registry.get_sample_value("egress_router_ha_role", {"role": "standby"}) == 0
+    assert registry.get_sample_value(
+        "egress_router_ha_transitions_total", {"role": "active"}) == 1
+    assert registry.get_sample_value(
+        "egress_router_ha_last_transition_timestamp_seconds") == 1_700_000_000.0
+    assert kernel.saved[-1]["role"] == "active" and kernel.saved[-1]["transitions"] == 2
+    driver.notify('INSTANCE "egress_router" FAULT 0')
+    ready, why = pair.readiness() or (True, "")
+    assert not ready and why.startswith("fault: keepalived cannot take part on macvlan0")
+
+
+def test_the_peer_is_whoever_else_advertises_our_vrid() -> None:
+    registry = CollectorRegistry()
+    pair, _driver, _kernel = _pair(registry)
+    pair.start()
+    ours = ha.Advert(ADVERT_SOURCE.ip, 3, 51, 250, 0.1, (ipaddress.IPv4Address("192.168.12.99"),))
+    pair._advert(ours)  # our own advert, looped back: not a peer
+    assert pair.peer is None
+    peer = ha.Advert(ipaddress.IPv4Address("169.254.1.2"), 3, 51, 250, 0.1,
+                     (ipaddress.IPv4Address("192.168.12.99"),))
+    pair._advert(peer)
+    status = pair.status()
+    assert status["peer"]["address"] == "169.254.1.2"
+    assert _kernel.saved[-1]["peer"]["address"] == "169.254.1.2"
+    assert status["role"] == "starting" and status["vrid"] == 51
+    assert registry.get_sample_value("egress_router_ha_peer_last_seen_timestamp_seconds") > 0
+    other = ha.Advert(ipaddress.IPv4Address("169.254.3.3"), 3, 51, 100, 1.0,
+                      (ipaddress.IPv4Address("192.168.12.50"),))
+    pair._advert(other)
+    assert pair.reconcile() == [str(ha.clash_error(
+        "169.254.3.3 advertises VRID 51 for 192.168.12.50"))]
+    assert registry.get_sample_value("egress_router_ha_vrid_clashes_total") == 1
+
+
+def test_a_dead_keepalived_is_restarted_as_a_standby() -> None:
+    registry = CollectorRegistry()
+    pair, driver, kernel = _pair(registry)
+    pair.start()
+    driver.notify('INSTANCE "egress_router" MASTER 250')
+    driver.running = False  # died (SIGKILL) and left the address behind
+    kernel.held.add("192.168.12.99")
+    assert pair.reconcile() == []
+    assert driver.running and "192.168.12.99" not in kernel.held
+    assert pair.role is ha.Role.STARTING
+    assert registry.get_sample_value("egress_router_ha_keepalived_restarts_total") == 1
+
+
+def test_keepalived_dying_alone_frees_the_address_at_once() -> None:
+    pair, driver, kernel = _pair()
+    pair.start()
+    driver.notify('INSTANCE "egress_router" MASTER 250')
+    kernel.held.add("192.168.12.99")
+    driver.running = False  # SIGKILLed by the OOM killer: it released nothing
+    deadline = time.monotonic() + 5
+    while "192.168.12.99" in kernel.held and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "192.168.12.99" not in kernel.held
+    assert pair.role is ha.Role.STARTING
+    assert pair.readiness() == (False, "starting")
+    pair.stop()
+
+
+def _router(pairs: list[ha_role.Pair],
+            kernels: list[FakeKernelAddresses] | None = None) -> reconciler.Router:
+    def factory(cfg: config.Config, settings: ha.Settings,
+                registry: CollectorRegistry) -> ha_role.Pair:
+        pair, _driver, kernel = _pair(registry)
+        pairs.append(pair)
+        if kernels is not None:
+            kernels.append(kernel)
+        return pair
+
+    kernel = reconciler.Edges(
+        firewall=engine.NftablesFirewall(nft.FakeNft()), links=netlink.FakeNetlink(),
+        announcer=announce.FakeAnnouncer(), conntrack=conntrack.FakeConntrack(),
+        resolver=None,  # type: ignore[arg-type]  # no names to resolve
+        drift=lambda cfg: [], pair=factory,
+    )
+    return reconciler.Router(ENV, config.parse_wait_settings({}), kernel, metrics.Metrics(),
+                             sleep=lambda s: None)
+
+
+def test_router_standby_has_the_data_path_but_answers_not_ready() -> None:
+    pairs: list[ha_role.Pair] = []
+    kernels: list[FakeKernelAddresses] = []
+    router = _router(pairs, kernels)
+    router.start()
+    assert len(pairs) == 1
+    assert router.kernel.announcer.sent == []  # type: ignore[attr-defined]  # keepalived's job
+    assert router.applied is not None  # the rules are in place on the standby
+    assert router.readiness() == (False, "starting")
+    assert isinstance(pairs[0].driver, vrrp.FakeDriver)
+    pairs[0].driver.notify('INSTANCE "egress_router" BACKUP 250')
+    assert router.readiness() == (False, "standby")
+    pairs[0].driver.notify('INSTANCE "egress_router" MASTER 250')
+    kernels[0].held.add("192.168.12.99")  # as keepalived does on becoming master
+    assert router.readiness() == (True, "ok")
+    router.stop()
+    assert pairs[0].driver.stops == 1
+
+
+def test_router_without_ha_has_no_pair() -> None:
+    pairs: list[ha_role.Pair] = []
+    router = _router(pairs)
+    router.env = {k: v for k, v in ENV.items() if "HA" not in k}
+    router.start()
+    assert pairs == [] and router.ha is None
+    assert router.readiness() == (True, "ok")
+    sent = router.kernel.announcer.sent  # type: ignore[attr-defined]
+    assert sent == [("macvlan0", "192.168.12.99")] * config.DEFAULT_ANNOUNCE_COUNT
+
+
+@pytest.mark.parametrize("line", ['INSTANCE "egress_router" BACKUP 250'])
+def test_repeated_notices_are_not_transitions(line: str) -> None:
+    pair, driver, _kernel = _pair()
+    pair.start()
+    driver.notify(line)
+    driver.notify(line)
+    assert pair.transitions == 1
