@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -25,8 +25,14 @@ class Probe(Protocol):
         """The programs of ``names`` that are not on ``PATH``."""
         ...
 
-    def unwritable(self, keys: Iterable[str]) -> list[tuple[str, str]]:
-        """(key, why) for the sysctls (``net/ipv4/ip_forward``) that cannot be written."""
+    def unwritable(
+        self, keys: Iterable[str], wanted: Mapping[str, str] | None = None
+    ) -> list[tuple[str, str]]:
+        """(key, why) for the sysctls (``net/ipv4/ip_forward``) that cannot be written.
+
+        A key that already holds its ``wanted`` value needs no write (the waiting
+        container after the init container, in a pod with a read-only /proc/sys).
+        """
         ...
 
 
@@ -36,7 +42,9 @@ class SystemProbe:
     def missing_programs(self, names: Iterable[str]) -> list[str]:
         return [name for name in dict.fromkeys(names) if shutil.which(name) is None]
 
-    def unwritable(self, keys: Iterable[str]) -> list[tuple[str, str]]:
+    def unwritable(
+        self, keys: Iterable[str], wanted: Mapping[str, str] | None = None
+    ) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
         for key in dict.fromkeys(keys):
             path = PROC_SYS / key
@@ -47,10 +55,19 @@ class SystemProbe:
                 continue
             if not path.exists():
                 problems.append((key, "does not exist"))
+            elif wanted and key in wanted and _value(path) == wanted[key]:
+                continue
             elif not os.access(path, os.W_OK):
                 # EROFS included: access(2) reports a read-only mount as not writable.
                 problems.append((key, "is not writable (read-only /proc/sys?)"))
         return problems
+
+
+def _value(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 @dataclass
@@ -66,8 +83,10 @@ class FakeProbe:
         self.asked += wanted
         return [name for name in wanted if name in self.missing]
 
-    def unwritable(self, keys: Iterable[str]) -> list[tuple[str, str]]:
-        wanted = list(dict.fromkeys(keys))
-        self.asked += wanted
-        return [(key, "is not writable (read-only /proc/sys?)") for key in wanted
+    def unwritable(
+        self, keys: Iterable[str], wanted: Mapping[str, str] | None = None
+    ) -> list[tuple[str, str]]:
+        asked = list(dict.fromkeys(keys))
+        self.asked += asked
+        return [(key, "is not writable (read-only /proc/sys?)") for key in asked
                 if key in self.readonly]

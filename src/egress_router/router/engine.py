@@ -175,16 +175,21 @@ def required_programs(
     return tuple(names)
 
 
-def sysctl_keys(steps: Iterable[plan.Step]) -> tuple[str, ...]:
-    """The sysctls (relative to ``/proc/sys``) the plan writes."""
-    keys: list[str] = []
+def sysctl_values(steps: Iterable[plan.Step]) -> dict[str, str]:
+    """The sysctls (keys relative to ``/proc/sys``) the plan writes, and their values."""
+    values: dict[str, str] = {}
     for step in steps:
         if isinstance(step, plan.EnableForwarding):
-            keys.append(step.sysctl.replace(".", "/"))
+            values[step.sysctl.replace(".", "/")] = "1"
         # Steps that write several sysctls carry ``values``: (key under /proc/sys, value).
-        for key, _value in getattr(step, "values", ()):
-            keys.append(str(key))
-    return tuple(dict.fromkeys(keys))
+        for key, value in getattr(step, "values", ()):
+            values[str(key)] = str(value)
+    return values
+
+
+def sysctl_keys(steps: Iterable[plan.Step]) -> tuple[str, ...]:
+    """The sysctls (relative to ``/proc/sys``) the plan writes."""
+    return tuple(sysctl_values(steps))
 
 
 def preflight(
@@ -222,11 +227,12 @@ def preflight(
                     "the macvlan (annotation or CNI)"
                 )
     # Per-interface keys exist only once the interface does: checked above first.
+    wanted = sysctl_values(plan.plan_interfaces(cfg))
     if probe is not None and not problems:
         problems += [
             f"sysctl {key.replace('/', '.')} {why}; run the container privileged "
             "or with a writable /proc/sys"
-            for key, why in probe.unwritable(sysctl_keys(plan.plan_interfaces(cfg)))
+            for key, why in probe.unwritable(list(wanted), wanted)
         ]
     if problems:
         kind = errors.Kind.TOOL_MISSING if missing else errors.Kind.SETUP_FAILED
