@@ -46,6 +46,7 @@ import signal
 import socket
 import socketserver
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -92,6 +93,13 @@ class _Server(http.server.ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A probe or scraper that hangs up early is no error of ours: no traceback for it.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("http: %s went away", client_address)
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

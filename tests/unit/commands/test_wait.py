@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from egress_router import wait
 from support.router import BASE_ENV, Harness
 
@@ -105,3 +107,20 @@ def test_wait_refuses_a_bad_configuration_before_touching_anything(tmp_path: Pat
         "egress-router: error: cannot parse EGRESS_ROUTER_WATCH_SECONDS: invalid value '-1'; "
         "expected seconds from 0.1 to 60\n"
     )
+
+
+def test_a_client_that_hangs_up_early_leaves_no_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = object.__new__(wait._Server)  # handle_error needs no socket
+    cases: list[tuple[Exception, bool]] = [
+        (BrokenPipeError(32, "Broken pipe"), False),
+        (ConnectionResetError(104, "Connection reset by peer"), False),
+        (ValueError("a real bug"), True),  # the control: other errors are still shown
+    ]
+    for error, shown in cases:
+        try:
+            raise error
+        except Exception:
+            server.handle_error(None, ("pod", 0))
+        assert ("Traceback" in capsys.readouterr().err) is shown, error
