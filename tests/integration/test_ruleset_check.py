@@ -153,8 +153,9 @@ def test_the_checkers_refuse_a_broken_ruleset_but_not_an_injected_one(netns: str
     assert run_in(netns, ["iptables-restore", "--test", "--noflush"],
                   payload.replace("--dport 80 ", "--dport 99999 ", 1)).returncode != 0
     # iptables-restore takes an unbalanced quote in a name with a mere warning.
+    assert "! -i eth0 -j RETURN" in payload
     quoted = run_in(netns, ["iptables-restore", "--test", "--noflush"],
-                    payload.replace("-i eth0", '-i "eth0', 1))
+                    payload.replace("! -i eth0 -j RETURN", '! -i "eth0 -j RETURN', 1))
     assert quoted.returncode == 0 and "weird character in interface" in quoted.stderr
     # Why the checkers are not enough: the name 'eth0" accept ; iifname "eth0' is
     # well-formed nft and opens the forward chain to everything from the pod side. Only the
