@@ -11,31 +11,16 @@ ruleset gets through, so the test can fail.
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from egress_router.lab import world as labmod
-
-
-def _load(name: str) -> object:
-    spec = importlib.util.spec_from_file_location(
-        f"egress_router_test_{name}", Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-security = _load("security")
-wire = security.wire
+from support import security, wire
 
 pytestmark = pytest.mark.privileged
 

@@ -11,31 +11,16 @@ protection (sysctls put back to the kernel's defaults, rules taken out).
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from egress_router.lab import world as labmod
-
-
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(
-        f"egress_router_test_{name}", Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-security = _load("security")
-wire = security.wire
+from support import security, wire
 
 pytestmark = pytest.mark.privileged
 

@@ -12,7 +12,6 @@ without the protection; `World.restore` puts the full setup back.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import re
 import secrets
@@ -22,25 +21,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from egress_router.core import config, plan, ruleset
 from egress_router.lab import world as labmod
+from support import wire
 
-WIRE_PATH = Path(__file__).with_name("wire.py")
-
-
-def _load_wire() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("egress_router_test_wire", WIRE_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-wire = _load_wire()
+WIRE_PATH = Path(wire.__file__)  # also run as a program inside lab namespaces
 
 ROUTER4, ROUTER6 = str(labmod.ROUTER_POD4.ip), str(labmod.ROUTER_POD6.ip)
 CLIENT4, CLIENT6 = str(labmod.CLIENT_POD4.ip), str(labmod.CLIENT_POD6.ip)
