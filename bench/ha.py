@@ -75,7 +75,8 @@ def render(result: dict[str, Any], command: str) -> str:
         "# HA failover (two-node netns lab, keepalived VRRPv3, advert_int 0.1 s)",
         "",
         f"Command: `{command}` — {result['when']}, {result['host']}, "
-        f"keepalived {result['keepalived']}.",
+        f"keepalived {result['keepalived']}; load average (1/5/15 min) "
+        f"{result['loadavg']['before']} before, {result['loadavg']['after']} after.",
         "",
         "From the failure of the active replica to the first new client connection that "
         "reached the destination from the reserved address through the other replica "
@@ -102,6 +103,12 @@ def render(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def _loadavg() -> str:
+    """The first three fields of /proc/loadavg: the machine is shared, so every figure is
+    reported with the load it was measured under."""
+    return " ".join(Path("/proc/loadavg").read_text(encoding="utf-8").split()[:3])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ha")
     parser.add_argument("--trials", type=int, default=5)
@@ -109,7 +116,9 @@ def main() -> int:
     # SIGTERM (a timeout) unwinds like Ctrl-C, so the lab's namespaces are removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     trials = max(1, min(args.trials, 50))
+    load_before = _loadavg()
     result = run(trials)
+    result["loadavg"] = {"before": load_before, "after": _loadavg()}
     version = subprocess.run(["keepalived", "--version"], capture_output=True, text=True,
                              check=False)
     result["keepalived"] = (version.stderr or version.stdout).split()[1]

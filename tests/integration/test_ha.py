@@ -147,23 +147,38 @@ def test_keepalived_killed_alone_leaves_no_second_holder(pair: halab.HaLab) -> N
     assert halab.holders(pair) == [standby]
 
 
-def test_a_vrid_another_group_uses_is_refused(pair: halab.HaLab) -> None:
+def test_a_vrid_another_group_uses_is_refused_before_anything_changes(
+    pair: halab.HaLab,
+) -> None:
     active = halab.settle(pair)
     standby = "r2" if active == "r1" else "r1"
     halab.standby_ready(pair, standby)
-    halab.stop_router(pair, standby)
+    halab.new_pod(pair, standby)  # a new pod: its namespace holds nothing of the router yet
+    ns = pair.ns(standby)
     try:
         # Same VRID, another reserved address: another pair's, as far as the adverts say.
         env = {**processes._base_env(), **halab.router_env(), "EGRESS_SOURCE": "192.168.12.98"}
-        cp = world.run_in(pair.ns(standby), [sys.executable, "-m", "egress_router"], env=env,
-                          timeout=60)
+        cp = world.run_in(ns, [sys.executable, "-m", "egress_router"], env=env, timeout=60)
         assert cp.returncode == 1, cp.stderr
-        assert ("cannot parse EGRESS_HA_VRID: another VRRP group on the egress network uses "
-                "this VRID (169.254.") in cp.stderr
+        assert ("cannot parse EGRESS_HA_VRID '51': another VRRP group on the egress network "
+                "uses this VRID (169.254.") in cp.stderr
         assert f"advertises VRID {halab.VRID} for 192.168.12.99" in cp.stderr
         assert halab.holders(pair) == [active]
-    finally:
+        # Read back through ip and nft: no table, no address, no route; the link down again.
+        table = world.run_in(ns, ["nft", "list", "table", "inet", "egress_router"])
+        assert table.returncode != 0 and "No such file or directory" in table.stderr
+        link = json.loads(world.run_in(ns, ["ip", "-j", "addr", "show", "macvlan0"]).stdout)[0]
+        assert [a for a in link["addr_info"] if a["family"] == "inet"] == []
+        assert "UP" not in link["flags"]
+        routes = json.loads(world.run_in(ns, ["ip", "-j", "route", "show", "table", "all"]).stdout)
+        assert [r for r in routes if r.get("dev") == "macvlan0"] == []
+        # The control: the same namespace and command with the pair's own address start.
         halab.start_router(pair, standby)
+        halab.standby_ready(pair, standby)
+        assert world.run_in(ns, ["nft", "list", "table", "inet", "egress_router"]).returncode == 0
+    finally:
+        if standby not in pair.routers:
+            halab.start_router(pair, standby)
     halab.standby_ready(pair, standby)
 
 

@@ -332,11 +332,12 @@ def clash(advert: Advert, settings: Settings, cfg: config.Config) -> str | None:
     return None
 
 
-def clash_error(reason: str) -> config.ConfigError:
+def clash_error(reason: str, vrid: int) -> config.ConfigError:
     return config.ConfigError(
         ENV_VRID,
         f"another VRRP group on the egress network uses this VRID ({reason}); "
         f"pick a VRID no other pair uses (both replicas of a pair share one)",
+        text=str(vrid),
     )
 
 

@@ -373,6 +373,58 @@ class FakeDriver:
 # ---------------------------------------------------------------------- watching adverts
 
 
+ETH_P_IP = 0x0800
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_MULTICAST = 0
+PACKET_OUTGOING = 4
+VRRP_MAC4 = bytes.fromhex("01005e000012")  # 224.0.0.18's Ethernet group
+
+
+def watch_adverts(ifname: str, seconds: float, on_advert: Callable[[ha.Advert], bool]) -> None:
+    """Hand the VRRP adverts ``ifname`` receives for ``seconds`` to ``on_advert``; True stops.
+
+    A packet socket, not the raw IP socket `AdvertListener` uses: this runs
+    before the router has changed anything, when the interface may have no
+    address at all, and an IP socket then hears nothing (reverse-path
+    filtering drops a 169.254.x source the interface has no route for). The
+    Ethernet group is joined so that a macvlan passes the frames up.
+    """
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+    except OSError as err:
+        raise VrrpError(f"cannot watch VRRP adverts on {ifname}: {err}") from None
+    with sock:
+        try:
+            sock.bind((ifname, ETH_P_IP))
+            index = socket.if_nametoindex(ifname)
+            mreq = struct.pack("@iHH8s", index, PACKET_MR_MULTICAST, 6, VRRP_MAC4)
+            sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+        except OSError as err:
+            raise VrrpError(f"cannot watch VRRP adverts on {ifname}: {err}") from None
+        deadline = time.monotonic() + max(0.0, min(seconds, 10.0))
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([sock], [], [], left)
+            if not ready:
+                break
+            packet, address = sock.recvfrom(2048)
+            if address[2] == PACKET_OUTGOING:
+                continue
+            advert = ha.parse_advert(packet)
+            if advert is not None and on_advert(advert):
+                return
+
+
+def link_is_up(ifname: str) -> bool:
+    """Whether ``ifname`` is administratively up (``ip -j link``)."""
+    links = json.loads(_ip("-j", "link", "show", "dev", ifname) or "[]")
+    return bool(links) and "UP" in links[0].get("flags", [])
+
+
+def set_link_down(ifname: str) -> None:
+    _ip("link", "set", "dev", ifname, "down")
+
+
 class AdvertListener:
     """A raw socket that hands every VRRP advert seen on ``ifname`` to a callback."""
 

@@ -381,12 +381,22 @@ def recover(lab: HaLab, kind: str, replica: str) -> None:
     if kind == "sigkill":
         start_router(lab, replica)
     elif kind == "delete":
-        _ip(lab.ns("pods"), "link", "del", f"p{replica}") if _has_link(
-            lab.ns("pods"), f"p{replica}") else None
-        _pod(lab, replica)
+        new_pod(lab, replica)
         start_router(lab, replica)
     elif kind == "linkdown":
         _ip(lab.ns("lan"), "link", "set", NODES[replica], "up")
+
+
+def new_pod(lab: HaLab, replica: str) -> None:
+    """A fresh, empty pod for ``replica`` (its router not started): the old one deleted first."""
+    stop_router(lab, replica)
+    existing = set(world._list_netns())
+    if lab.ns(replica) in existing:
+        processes.run(["ip", "netns", "delete", lab.ns(replica)],
+                      f"delete namespace {lab.ns(replica)}")
+    if _has_link(lab.ns("pods"), f"p{replica}"):
+        _ip(lab.ns("pods"), "link", "del", f"p{replica}")
+    _pod(lab, replica)
 
 
 def _has_link(ns: str, dev: str) -> bool:

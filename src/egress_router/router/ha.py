@@ -10,7 +10,8 @@ nothing to build: keepalived adds the address and sends gratuitous ARP, and
 The role comes from keepalived's notify FIFO; the peer from the adverts a
 raw socket sees (only the active advertises, so the standby sees the active
 and the active sees nobody, unless the pair is split). A VRID that another
-VRRP group already uses on the L2 is refused before keepalived starts.
+VRRP group already uses on the L2 is refused before the router changes
+anything (`Pair.check_vrid`, called before the data path is applied).
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class Pair:
     ensure_address: Callable[[str], ipaddress.IPv4Interface] = vrrp.ensure_advert_address
     remove_addresses: Callable[[str, Any], list[str]] = vrrp.remove_addresses
     held: Callable[[str], set[str]] = vrrp.held_addresses
+    watch_adverts: Callable[[str, float, Callable[[ha.Advert], bool]], None] = (
+        vrrp.watch_adverts
+    )
+    link_is_up: Callable[[str], bool] = vrrp.link_is_up
+    set_link_down: Callable[[str], None] = vrrp.set_link_down
     save: Callable[[dict[str, Any]], None] = vrrp.write_state  # for `status`
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
@@ -87,6 +93,7 @@ class Pair:
     peer: Peer | None = None
     clash: str | None = None
     advert_source: ipaddress.IPv4Interface | None = None
+    started: bool = False
     _listener: vrrp.AdvertListener | None = None
     _saved_at: float = 0.0
     _watcher: threading.Thread | None = None
@@ -98,24 +105,49 @@ class Pair:
     def reserved(self) -> list[config.IPAddress]:
         return [s.address for s in self.cfg.sources]
 
+    def check_vrid(self, raise_link: Callable[[], None]) -> None:
+        """Refuse a VRID another VRRP group on the L2 uses, before the router changes anything.
+
+        Listens `CLASH_WINDOW` (more than three adverts of a 0.1 s pair) on the
+        egress interface. A down interface hears nothing, so ``raise_link``
+        brings it up first (hardened, as the plan does), and down again on a
+        refusal: then the namespace is as it was but for the egress sysctls.
+        Raises `config.ConfigError` naming ``EGRESS_HA_VRID`` and its value.
+        """
+        ifname = self.cfg.egress_interface
+        was_up = self.link_is_up(ifname)
+        if not was_up:
+            raise_link()
+        found: list[str] = []
+
+        def seen(advert: ha.Advert) -> bool:
+            reason = ha.clash(advert, self.settings, self.cfg)
+            if reason is not None:
+                found.append(reason)
+            return reason is not None
+
+        self.watch_adverts(ifname, CLASH_WINDOW, seen)
+        if found:
+            self.clash = found[0]
+            self.metrics.clashes.inc()
+            if not was_up:
+                self.set_link_down(ifname)
+            raise ha.clash_error(found[0], self.settings.vrid)
+
     def start(self) -> None:
         """Join the pair as a standby; must run on the main thread (see `vrrp`).
 
-        Raises `config.ConfigError` for a VRID clash, `vrrp.VrrpError` when
-        keepalived cannot run.
+        `check_vrid` has run before the data path was applied; the advert watch
+        started here keeps looking for a clash (reported as a problem). Raises
+        `vrrp.VrrpError` when keepalived cannot run.
         """
         ifname = self.cfg.egress_interface
+        self.started = True
         self.remove_addresses(ifname, self.reserved)
         self.advert_source = self.ensure_address(ifname)
         if self.listen:
             self._listener = vrrp.AdvertListener(ifname, self._advert)
             self._listener.open()
-            deadline = self.clock() + CLASH_WINDOW
-            while self.clash is None and (left := deadline - self.clock()) > 0:
-                time.sleep(min(left, 0.05))
-            if self.clash is not None:
-                self.stop()
-                raise ha.clash_error(self.clash)
         self._start_keepalived()
         self._watcher = threading.Thread(target=self._watch, name="keepalived-watch", daemon=True)
         self._watcher.start()
@@ -165,7 +197,7 @@ class Pair:
         reason = ha.clash(advert, self.settings, self.cfg)
         if reason is not None:
             if self.clash != reason:
-                log.error("%s", ha.clash_error(reason))
+                log.error("%s", ha.clash_error(reason, self.settings.vrid))
             self.clash = reason
             self.metrics.clashes.inc()
             return
@@ -218,7 +250,7 @@ class Pair:
             except (vrrp.VrrpError, OSError) as err:
                 problems.append(f"cannot restart keepalived: {err}")
         if self.clash is not None:
-            problems.append(str(ha.clash_error(self.clash)))
+            problems.append(str(ha.clash_error(self.clash, self.settings.vrid)))
         gate = self.readiness()
         if self.role is ha.Role.ACTIVE and gate is not None:
             problems.append(gate[1])

@@ -241,6 +241,15 @@ class Router:
         with self._lock:
             # Before the first change (prepare changes links, addresses and routes).
             engine.preflight(desired, self.kernel.links, self.kernel.firewall, self.kernel.probe)
+            if desired.ha is not None and self.ha is None:
+                # Still before the first change: a VRID another group uses is refused
+                # with this namespace as it was (no rules, no address, no route).
+                pair = self.kernel.pair(desired, desired.ha, self.metrics.registry)
+                try:
+                    pair.check_vrid(lambda: self._raise_egress_link(desired))
+                except vrrp.VrrpError as err:
+                    raise engine.ApplyError(str(err)) from None
+                self.ha = pair
             if self.kernel.prepare is not None:
                 # Links, addresses and routes in one go (forwarding stays off until
                 # the engine has put the ruleset in place), so that a fresh pod
@@ -265,9 +274,8 @@ class Router:
             self.problems = []
             self.metrics.ready.set(1)
             self.ready = (True, "ok")
-        if desired.ha is not None and self.ha is None:
+        if self.ha is not None and not self.ha.started:
             # The data path is ready; now join the pair, as a standby (no address yet).
-            self.ha = self.kernel.pair(desired, desired.ha, self.metrics.registry)
             try:
                 self.ha.start()
             except vrrp.VrrpError as err:
@@ -281,6 +289,14 @@ class Router:
             cfg.http_port or "off",
         )
         self.announce()
+
+    def _raise_egress_link(self, desired: config.Config) -> None:
+        """The egress link up for the VRID check, hardened first as `plan_interfaces` does."""
+        for step in (plan.harden_egress(desired), plan.LinkUp(desired.egress_interface)):
+            try:
+                self.kernel.links.apply(step)
+            except errors.KernelError as err:
+                raise engine.ApplyError(str(err)) from None
 
     def _desired(self, cfg: config.Config) -> config.Config:
         """``cfg`` with its names resolved and the router's own routes to the cluster side."""

@@ -17,6 +17,7 @@ def _result(delete_max: float, switchovers: int = 0) -> dict[str, object]:
 
     return {
         "trials": 5, "when": "now", "host": "h", "keepalived": "v2.2.7",
+        "loadavg": {"before": "1.00 0.50 0.25", "after": "2.00 1.00 0.50"},
         "kinds": {"sigkill": kind(0.1, 0.2), "delete": kind(0.3, delete_max),
                   "linkdown": kind(0.3, 0.4, switchovers)},
         "heal": {"median": 0.07, "max": 0.1,
@@ -29,6 +30,7 @@ def test_report_marks_each_goal() -> None:
     assert "| sigkill | 0.100 | 0.050 | 0.200 | 0 | yes |" in text
     assert "| delete | 0.300 | 0.150 | 0.500 | 0 | yes |" in text
     assert "Command: `cmd`" in text
+    assert "load average (1/5/15 min) 1.00 0.50 0.25 before, 2.00 1.00 0.50 after" in text
 
 
 def test_report_flags_a_missed_goal() -> None:

@@ -182,6 +182,6 @@ def test_a_clash_is_another_group_on_our_vrid() -> None:
     assert ha.clash(other_vrid, cfg.ha, cfg) is None
     assert ha.clash(other_group, cfg.ha, cfg) == "169.254.9.9 advertises VRID 51 for 192.168.12.50"
     assert ha.clash(v2, cfg.ha, cfg) == "169.254.9.9 sends VRRPv2 adverts for VRID 51"
-    assert str(ha.clash_error("x")).startswith(
-        "cannot parse EGRESS_HA_VRID: another VRRP group on the egress network uses this VRID"
+    assert str(ha.clash_error("x", 51)).startswith(
+        "cannot parse EGRESS_HA_VRID '51': another VRRP group on the egress network uses this VRID"
     )

@@ -39,8 +39,8 @@ class FakeKernelAddresses:
         return gone
 
 
-def _pair(registry: CollectorRegistry | None = None) -> tuple[ha_role.Pair, vrrp.FakeDriver,
-                                                              FakeKernelAddresses]:
+def _pair(registry: CollectorRegistry | None = None,
+          **hooks: Any) -> tuple[ha_role.Pair, vrrp.FakeDriver, FakeKernelAddresses]:
     cfg = config.load_config(ENV)
     assert cfg.ha is not None
     driver = vrrp.FakeDriver()
@@ -52,6 +52,8 @@ def _pair(registry: CollectorRegistry | None = None) -> tuple[ha_role.Pair, vrrp
         remove_addresses=kernel.remove, held=lambda ifname: set(kernel.held),
         save=kernel.saved.append,
         clock=lambda: float(next(clock)), wall=lambda: 1_700_000_000.0,
+        **{"watch_adverts": lambda ifname, seconds, on_advert: None,
+           "link_is_up": lambda ifname: True, **hooks},
     )
     return pair, driver, kernel
 
@@ -109,7 +111,7 @@ def test_the_peer_is_whoever_else_advertises_our_vrid() -> None:
                       (ipaddress.IPv4Address("192.168.12.50"),))
     pair._advert(other)
     assert pair.reconcile() == [str(ha.clash_error(
-        "169.254.3.3 advertises VRID 51 for 192.168.12.50"))]
+        "169.254.3.3 advertises VRID 51 for 192.168.12.50", 51))]
     assert registry.get_sample_value("egress_router_ha_vrid_clashes_total") == 1
 
 
@@ -142,10 +144,11 @@ def test_keepalived_dying_alone_frees_the_address_at_once() -> None:
 
 
 def _router(pairs: list[ha_role.Pair],
-            kernels: list[FakeKernelAddresses] | None = None) -> reconciler.Router:
+            kernels: list[FakeKernelAddresses] | None = None,
+            **hooks: Any) -> reconciler.Router:
     def factory(cfg: config.Config, settings: ha.Settings,
                 registry: CollectorRegistry) -> ha_role.Pair:
-        pair, _driver, kernel = _pair(registry)
+        pair, _driver, kernel = _pair(registry, **hooks)
         pairs.append(pair)
         if kernels is not None:
             kernels.append(kernel)
@@ -178,6 +181,69 @@ def test_router_standby_has_the_data_path_but_answers_not_ready() -> None:
     assert router.readiness() == (True, "ok")
     router.stop()
     assert pairs[0].driver.stops == 1
+
+
+OURS = (ipaddress.IPv4Address("192.168.12.99"),)
+PEER = ha.Advert(ipaddress.IPv4Address("169.254.1.2"), 3, 51, 250, 0.1, OURS)
+OTHER = ha.Advert(ipaddress.IPv4Address("169.254.3.3"), 3, 51, 100, 1.0,
+                  (ipaddress.IPv4Address("192.168.12.50"),))
+
+
+class FakeAir:
+    """The adverts the egress interface hears during the VRID check, and its link state."""
+
+    def __init__(self, adverts: list[ha.Advert], up: bool = False) -> None:
+        self.adverts = adverts
+        self.up = up
+        self.listened: list[tuple[str, float]] = []
+        self.downs: list[str] = []
+
+    def watch(self, ifname: str, seconds: float, on_advert: Any) -> None:
+        self.listened.append((ifname, seconds))
+        for advert in self.adverts:
+            if on_advert(advert):
+                return
+
+    def hooks(self) -> dict[str, Any]:
+        return {"watch_adverts": self.watch, "link_is_up": lambda _: self.up,
+                "set_link_down": self.downs.append}
+
+
+def test_a_clashing_vrid_is_refused_before_the_first_change() -> None:
+    pairs: list[ha_role.Pair] = []
+    air = FakeAir([PEER, OTHER])
+    router = _router(pairs, **air.hooks())
+    with pytest.raises(config.ConfigError) as refused:
+        router.start()
+    assert str(refused.value) == (
+        "cannot parse EGRESS_HA_VRID '51': another VRRP group on the egress network uses "
+        "this VRID (169.254.3.3 advertises VRID 51 for 192.168.12.50); pick a VRID no other "
+        "pair uses (both replicas of a pair share one)"
+    )
+    assert air.listened == [("macvlan0", ha_role.CLASH_WINDOW)]
+    links = router.kernel.links
+    assert isinstance(links, netlink.FakeNetlink)
+    # The down link was raised (hardened first) to listen, and set down again; nothing else.
+    assert [type(step).__name__ for step in links.applied] == ["SetSysctls", "LinkUp"]
+    assert air.downs == ["macvlan0"]
+    firewall = router.kernel.firewall
+    assert isinstance(firewall, engine.NftablesFirewall)
+    assert isinstance(firewall.runner, nft.FakeNft) and firewall.runner.applied == []
+    assert router.ha is None and router.applied is None
+    assert isinstance(pairs[0].driver, vrrp.FakeDriver) and pairs[0].driver.conf is None
+
+
+def test_the_peer_is_no_clash_and_an_up_link_is_left_alone() -> None:
+    pairs: list[ha_role.Pair] = []
+    air = FakeAir([PEER], up=True)
+    router = _router(pairs, **air.hooks())
+    router.start()
+    assert router.ha is pairs[0] and router.applied is not None
+    links = router.kernel.links
+    assert isinstance(links, netlink.FakeNetlink)
+    assert type(links.applied[0]).__name__ != "LinkUp" and air.downs == []
+    assert isinstance(pairs[0].driver, vrrp.FakeDriver) and pairs[0].driver.running
+    router.stop()
 
 
 def test_router_without_ha_has_no_pair() -> None:
