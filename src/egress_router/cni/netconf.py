@@ -14,7 +14,10 @@ NetworkAttachmentDefinitions keep working::
 
 plus optional ``podInterface``, ``httpPort`` (the ``wait`` container's
 port, accepted on the pod interface; default 9090, 0 for none),
-``log_level``, ``log_file``, ``announceCount`` and ``announceInterval``. Addresses, gateways and
+``log_level``, ``log_file``, ``announceCount``, ``announceInterval`` and
+``ha`` (``{"mode": "vrrp", "vrid": 51}``: one replica of an active/standby
+pair; ADD then sets up everything but the reserved address, which the
+``wait`` container's keepalived adds on the active replica only). Addresses, gateways and
 destinations go through the same parsers as the ``EGRESS_*`` variables (one
 grammar, one set of messages); a list entry is a "line" in messages.
 """
@@ -30,7 +33,7 @@ from typing import Any
 
 from egress_router.cni import errors
 from egress_router.cni.errors import CniError
-from egress_router.core import config
+from egress_router.core import config, ha
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
@@ -117,6 +120,7 @@ class NetConf:
     announce_interval: float = config.DEFAULT_ANNOUNCE_INTERVAL
     http_port: int = config.DEFAULT_HTTP_PORT
     dns: dict[str, Any] | None = None
+    ha: ha.Settings | None = None  # "ha": an active/standby pair; the address is keepalived's
     prev_result: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -134,6 +138,7 @@ class NetConf:
             announce_count=self.announce_count,
             announce_interval=self.announce_interval,
             http_port=self.http_port,
+            ha=self.ha,
         )
 
 
@@ -353,6 +358,38 @@ def _interval(obj: Mapping[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
+HA_FIELDS = ("mode", "vrid")
+
+
+def _ha(obj: Mapping[str, Any], sources: tuple[config.Source, ...]) -> ha.Settings | None:
+    """``"ha": {"mode": "vrrp", "vrid": 1..255}``, as ``EGRESS_ROUTER_HA``/``EGRESS_HA_VRID``."""
+    if "ha" not in obj:
+        return None
+    raw = _object(obj, "ha")
+    unknown = sorted(set(raw) - set(HA_FIELDS))
+    if unknown:
+        raise config.ConfigError(
+            f"ha.{unknown[0]}", f"is not a field of ha; expected {', '.join(HA_FIELDS)}"
+        )
+    mode = raw.get("mode")
+    if not isinstance(mode, str) or ha.parse_mode(mode, "ha.mode") is not ha.Mode.VRRP:
+        raise config.ConfigError(
+            "ha.mode", f"invalid value {json.dumps(mode)}; expected \"vrrp\" (leave ha out "
+            "for one replica)"
+        )
+    vrid = raw.get("vrid")
+    if isinstance(vrid, bool) or not isinstance(vrid, int):
+        raise config.ConfigError(
+            "ha.vrid", f"invalid value {json.dumps(vrid)}; expected a VRRP router id from 1 "
+            "to 255 (a number), the same on both replicas and unused by any other VRRP pair "
+            "on the egress network"
+        )
+    settings = ha.Settings(vrid=ha.parse_vrid(str(vrid), "ha.vrid"))
+    probe = config.Config(sources, (), config.Destinations((), ()))
+    ha.check_sources(probe, "ip.addresses")
+    return settings
+
+
 def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
     """Validate a decoded network configuration; ``ifname`` is CNI_IFNAME (the macvlan's name).
 
@@ -447,6 +484,7 @@ def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
         announce_interval = _interval(
             obj, "announceInterval", config.DEFAULT_ANNOUNCE_INTERVAL
         )
+        ha_settings = _ha(obj, sources)
         dns = _object(obj, "dns") or None
         prev_result = _object(obj, "prevResult") or None
     except config.ConfigError as err:
@@ -465,6 +503,7 @@ def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
         announce_interval=announce_interval,
         http_port=http_port,
         dns=dns,
+        ha=ha_settings,
         prev_result=prev_result,
         raw=dict(obj),
     )
@@ -507,6 +546,8 @@ _REPEATED = (
     config.ENV_ANNOUNCE_COUNT,
     config.ENV_ANNOUNCE_INTERVAL,
     config.ENV_BACKEND,
+    ha.ENV_HA,
+    ha.ENV_VRID,
 )
 
 
@@ -564,6 +605,9 @@ def router_environment(
             config.ENV_BACKEND: config.Backend.NFTABLES.value,  # what the plugin programs
         }
     )
+    if conf.ha is not None:
+        completed[ha.ENV_HA] = ha.Mode.VRRP.value
+        completed[ha.ENV_VRID] = str(conf.ha.vrid)
     if conf.log_level <= logging.DEBUG and config.ENV_DEBUG not in env:
         completed[config.ENV_DEBUG] = "true"
     return completed

@@ -184,11 +184,13 @@ class Plugin:
             )
             undo.pop_all()
         log.info(
-            "added %s (%s, %s on %s) to %s in %.2fs: %s via %s",
+            "added %s (%s, %s on %s) to %s in %.2fs: %s via %s%s",
             env.ifname, link.mac, conf.macvlan.mode, master.name, env.netns,
             time.monotonic() - started,
             ", ".join(s.interface.with_prefixlen for s in conf.sources),
             ", ".join(str(g) for g in conf.gateways),
+            "" if conf.ha is None else f" (HA, VRID {conf.ha.vrid}: the address is left to "
+            "the wait container's keepalived, on the active replica only)",
         )
         self._print(result.build(conf, link, conf.prev_result))
 

@@ -48,7 +48,9 @@ def build(
         ours["mtu"] = link.mtu
     ours["sandbox"] = link.sandbox
     interfaces.append(ours)
-    for source in conf.sources:
+    # An HA replica holds the reserved address only while active, and the role changes
+    # after ADD: the result, cached by the runtime, cannot say, so it lists no address.
+    for source in conf.sources if conf.ha is None else ():
         gateway = next(g for g in conf.gateways if g.version == source.family)
         ips.append(
             {

@@ -723,13 +723,6 @@ def load_config_text(text: str, source: str, overrides: Overrides | None = None)
         vrid=vrid,
         **_attachment(fields, doc),
     )
-    if spec.ha and spec.attachment is Attachment.CNI:
-        raise fields.error(
-            "ha",
-            "with attachment cni the CNI plugin adds the reserved address on both replicas; "
-            "use attachment annotation for an active/standby pair",
-            True,
-        )
     if spec.attachment is Attachment.CNI and spec.backend is not config.Backend.NFTABLES:
         raise fields.error(
             "backend",

@@ -16,6 +16,7 @@ Everything here is pure: objects are plain dicts, YAML is text.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +28,7 @@ import kubernetes_validate
 import kubernetes_validate.utils
 import yaml
 
-from egress_router.core import config
+from egress_router.core import config, ha
 from egress_router.k8s import manifest
 
 # The newest Kubernetes release whose schemas the pinned kubernetes-validate ships.
@@ -155,6 +156,9 @@ def cni_config(spec: manifest.RouterSpec) -> dict[str, Any]:
         conf["httpPort"] = spec.http_port
     if spec.debug:
         conf["log_level"] = "debug"
+    if spec.vrid is not None:
+        # ADD sets up all but the reserved address; wait's keepalived adds it on the active.
+        conf["ha"] = {"mode": ha.Mode.VRRP.value, "vrid": spec.vrid}
     return conf
 
 
@@ -423,8 +427,16 @@ def _check_ha(deployment: Mapping[str, Any], objects: Sequence[Mapping[str, Any]
         return
     name = _describe(deployment)
     pod = spec["template"]["spec"]
+    cni_ha: dict[str, Any] = {}
+    for obj in objects:
+        if obj.get("kind") == "ConfigMap" and CNI_CONFIG_KEY in obj.get("data", {}):
+            with contextlib.suppress(ValueError, AttributeError):
+                cni_ha = json.loads(obj["data"][CNI_CONFIG_KEY]).get("ha") or {}
     for container in pod["containers"]:
-        if _env_of(container).get("EGRESS_ROUTER_HA") != "vrrp":
+        env = _env_of(container)
+        # In CNI mode wait reads the pair from the plugin's configuration ("ha").
+        from_cni = config.ENV_CNI_CONFIG in env and cni_ha.get("mode") == ha.Mode.VRRP.value
+        if env.get(ha.ENV_HA) != ha.Mode.VRRP.value and not from_cni:
             raise CheckError(
                 f"cannot check {name}: {spec['replicas']} replicas but container "
                 f"{container['name']} does not run EGRESS_ROUTER_HA=vrrp; both would hold "
@@ -566,6 +578,15 @@ CNI_CONFIG_SCHEMA: dict[str, Any] = {
         "podInterface": {"type": "string", "minLength": 1, "maxLength": 15},
         "httpPort": {"type": "integer", "minimum": 0, "maximum": 65535},
         "log_level": {"enum": ["debug", "verbose", "info", "warning", "error", "panic"]},
+        "ha": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["mode", "vrid"],
+            "properties": {
+                "mode": {"const": ha.Mode.VRRP.value},
+                "vrid": {"type": "integer", "minimum": 1, "maximum": 255},
+            },
+        },
     },
 }
 

@@ -11,7 +11,7 @@ import pytest
 
 from egress_router.cni import netconf
 from egress_router.cni.errors import CniError
-from egress_router.core import config
+from egress_router.core import config, ha, plan
 from support.cni import CONF
 
 # ------------------------------------------------------------------ configuration
@@ -175,3 +175,78 @@ def test_not_json_and_unreadable_say_what_to_do(tmp_path: Path) -> None:
     missing = {"EGRESS_ROUTER_CNI_CONFIG": str(tmp_path / "nope.json")}
     with pytest.raises(config.ConfigError, match="No such file or directory; mount the ConfigMap"):
         netconf.router_environment(missing)
+
+
+# ------------------------------------------------------------------ an HA pair ("ha")
+
+HA = {"mode": "vrrp", "vrid": 51}
+
+
+def test_ha_makes_the_address_keepaliveds_and_reaches_wait(tmp_path: Path) -> None:
+    conf = netconf.parse({**CONF, "ha": HA}, "net1")
+    assert conf.ha == ha.Settings(vrid=51)
+    cfg = conf.router_config("net1")
+    assert cfg.ha == ha.Settings(vrid=51)
+    # ADD applies the plan: with ha it holds no step that adds the reserved address.
+    assert not [s for s in plan.plan_interfaces(cfg) if isinstance(s, plan.SetAddress)]
+    assert plan.plan_announcements(cfg) == ()
+    assert netconf.parse(CONF, "net1").ha is None
+    env = netconf.router_environment(write(tmp_path, {**WAIT_CONF, "ha": HA}))
+    assert (env["EGRESS_ROUTER_HA"], env["EGRESS_HA_VRID"]) == ("vrrp", "51")
+    waited = config.load_config({**env, "EGRESS_ROUTER_MODE": "legacy"})
+    assert waited.ha == ha.Settings(vrid=51)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("vrrp", 'cannot parse ha: expected a JSON object, got "vrrp"'),
+        ({"mode": "carp", "vrid": 51},
+         "cannot parse ha.mode: unknown value 'carp'; expected 'vrrp' (active/standby) or 'off'"),
+        ({"mode": "off", "vrid": 51},
+         'cannot parse ha.mode: invalid value "off"; expected "vrrp" (leave ha out for one '
+         "replica)"),
+        ({"vrid": 51},
+         'cannot parse ha.mode: invalid value null; expected "vrrp" (leave ha out for one '
+         "replica)"),
+        ({"mode": "vrrp"},
+         "cannot parse ha.vrid: invalid value null; expected a VRRP router id from 1 to 255 (a "
+         "number), the same on both replicas and unused by any other VRRP pair on the egress "
+         "network"),
+        ({"mode": "vrrp", "vrid": "51"},
+         'cannot parse ha.vrid: invalid value "51"; expected a VRRP router id from 1 to 255 (a '
+         "number), the same on both replicas and unused by any other VRRP pair on the egress "
+         "network"),
+        ({"mode": "vrrp", "vrid": True}, "cannot parse ha.vrid: invalid value true;"),
+        ({"mode": "vrrp", "vrid": 256},
+         "cannot parse ha.vrid: invalid value '256'; expected a VRRP router id from 1 to 255, "
+         "the same on both replicas and unused by any other VRRP pair on the egress network"),
+        ({"mode": "vrrp", "vrid": 0}, "cannot parse ha.vrid: invalid value '0';"),
+        ({"mode": "vrrp", "vrid": 51, "priority": 200},
+         "cannot parse ha.priority: is not a field of ha; expected mode, vrid"),
+    ],
+)
+def test_a_bad_ha_field_is_refused_by_name(value: Any, message: str) -> None:
+    with pytest.raises(CniError) as caught:
+        netconf.parse({**CONF, "ha": value}, "net1")
+    assert caught.value.code == 7
+    assert caught.value.msg.startswith(message), caught.value.msg
+
+
+def test_ha_needs_an_ipv4_address() -> None:
+    v6 = {**CONF, "ha": HA, "ip": {"addresses": ["2001:db8:12::99/64"],
+                                   "gateway": "2001:db8:12::1",
+                                   "destinations": ["80 tcp 2001:db8:113::25"]}}
+    with pytest.raises(CniError) as caught:
+        netconf.parse(v6, "net1")
+    assert caught.value.msg == (
+        "cannot parse ip.addresses: has no IPv4 address; EGRESS_ROUTER_HA=vrrp elects over "
+        "IPv4 (VRRPv3 adverts from a 169.254.0.0/16 address), add the IPv4 reserved address"
+    )
+
+
+def test_ha_variables_beside_the_cni_config_are_refused(tmp_path: Path) -> None:
+    env = {**write(tmp_path, {**WAIT_CONF, "ha": HA}), "EGRESS_HA_VRID": "52"}
+    with pytest.raises(config.ConfigError) as caught:
+        netconf.router_environment(env)
+    assert "is set together with EGRESS_HA_VRID" in str(caught.value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import ipaddress
 import json
 import logging
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ import pytest
 from egress_router.cni import errors, macvlan, netconf, plugin, result
 from egress_router.cni import runtime as cnirun
 from egress_router.cni.errors import CniError
-from egress_router.core import config, drift, state
+from egress_router.core import config, drift, plan, state
 from support.cni import CONF, LISTING, MAC, NETNS, healthy
 
 ENV = {
@@ -491,3 +492,64 @@ def test_the_mtu_is_ascii_digits_or_an_integer(mtu: object, shown: str) -> None:
         f"cannot parse interfaceArgs.mtu: invalid MTU {shown}; expected a number from 68 to "
         "65535 (or leave it out to use the master's MTU)",
     )
+
+
+# ------------------------------------------------------------------ an HA replica ("ha")
+
+HA_CONF: dict[str, Any] = {**CONF, "ha": {"mode": "vrrp", "vrid": 51}}
+ADVERT = state.Address(3, ipaddress.ip_interface("169.254.7.8/16"), 253)  # RT_SCOPE_LINK
+
+
+@dataclass
+class RecordingKernel(FakeKernel):
+    configs: list[config.Config] = field(default_factory=list)
+
+    def setup_pod(
+        self, path: str, temp: str, cfg: config.Config, *, pod_side: bool = True
+    ) -> result.Interface:
+        self.configs.append(cfg)
+        return super().setup_pod(path, temp, cfg, pod_side=pod_side)
+
+
+def test_ha_add_sets_up_everything_but_the_reserved_address() -> None:
+    fake = RecordingKernel()
+    code, out, err = invoke(HA_CONF, fake)
+    assert code == 0, out + err
+    (cfg,) = fake.configs
+    assert cfg.ha is not None and cfg.ha.vrid == 51
+    steps = plan.plan_interfaces(cfg)
+    assert not [s for s in steps if isinstance(s, plan.SetAddress)]
+    assert [s for s in steps if isinstance(s, plan.SetRoute)]  # the routes are ADD's
+    reply = json.loads(out)
+    assert reply["ips"] == []  # the address moves with the role; the cached result cannot
+    assert {"dst": "0.0.0.0/0", "gw": "192.168.12.1"} in reply["routes"]
+    assert "the address is left to the wait container's keepalived" in err
+
+
+def _standby() -> state.Snapshot:
+    """The HA pod with keepalived a standby: the advert source, not the reserved address."""
+    snap = healthy()
+    reserved = ipaddress.ip_interface("192.168.12.99/24")
+    return dataclasses.replace(
+        snap,
+        addresses=(*tuple(a for a in snap.addresses if a.interface != reserved), ADVERT),
+        routes=tuple(r for r in snap.routes
+                     if r.dst != ipaddress.ip_network("192.168.12.0/24")),
+    )
+
+
+def test_ha_check_passes_on_the_standby_and_the_active() -> None:
+    prev = result.build(netconf.parse(HA_CONF), result.Interface("net1", MAC, 1500, NETNS))
+    active = dataclasses.replace(healthy(), addresses=(*healthy().addresses, ADVERT))
+    for snapshot in (_standby(), active):
+        fake = FakeKernel(observed=snapshot)
+        assert invoke({**HA_CONF, "prevResult": prev}, fake, CNI_COMMAND="CHECK")[:2] == (0, "")
+    # The control: without ha, the standby's missing address is drift.
+    plain = result.build(netconf.parse(CONF), result.Interface("net1", MAC, 1500, NETNS))
+    code, out, _ = invoke({**CONF, "prevResult": plain}, FakeKernel(observed=_standby()),
+                          CNI_COMMAND="CHECK")
+    assert code == 1 and "192.168.12.99/24" in error_of(out)[1]
+    # And the rest of the data path is still checked on an HA replica.
+    fake = FakeKernel(observed=dataclasses.replace(_standby(), table=None))
+    code, out, _ = invoke({**HA_CONF, "prevResult": prev}, fake, CNI_COMMAND="CHECK")
+    assert code == 1 and "nftables table inet egress_router is missing" in error_of(out)[1]

@@ -72,6 +72,9 @@ def load(name: str, overrides: manifest.Overrides | None = None) -> manifest.Rou
         return manifest.load_config_text(DUAL, "dual.yaml", overrides)
     if name == "ha":
         return manifest.load_config_text(HA, "ha.yaml", overrides)
+    if name == "ha-cni":
+        text = (EXAMPLES / "cni.yaml").read_text() + "ha: true\nvrid: 5\n"
+        return manifest.load_config_text(text, "ha-cni.yaml", overrides)
     text = (EXAMPLES / f"{name}.yaml").read_text()
     if name == "egressrouter":
         return manifest.load_egressrouter_text(text, f"examples/{name}.yaml", overrides)
@@ -101,7 +104,7 @@ def error_of(text: str, loader: Any = manifest.load_config_text) -> str:
 # --------------------------------------------------------------------------- golden
 
 
-@pytest.mark.parametrize("name", ["seed", "cni", "egressrouter", "dual", "ha"])
+@pytest.mark.parametrize("name", ["seed", "cni", "egressrouter", "dual", "ha", "ha-cni"])
 def test_golden_manifests(name: str) -> None:
     check_golden(f"{name}.yaml", render.to_yaml(render.render(load(name)).objects))
 
@@ -861,9 +864,61 @@ def test_ha_input_errors(extra: str, message: str) -> None:
     assert error_of(BASE + "destinations: '80 tcp 203.0.113.25'\n" + extra).startswith(message)
 
 
-def test_ha_with_the_cni_attachment_is_refused() -> None:
-    text = (EXAMPLES / "cni.yaml").read_text() + "ha: true\nvrid: 5\n"
-    assert "use attachment annotation for an active/standby pair" in error_of(text)
+def test_ha_with_the_cni_attachment_puts_the_pair_in_the_plugins_configuration() -> None:
+    objects = render.render(load("ha-cni")).objects
+    nad = one(objects, "NetworkAttachmentDefinition")
+    conf = json.loads(nad["spec"]["config"])
+    assert conf["ha"] == {"mode": "vrrp", "vrid": 5}
+    # The plugin's own parser takes it, and ADD's plan adds no reserved address.
+    parsed = netconf.parse(conf, "net1")
+    assert parsed.ha is not None and parsed.ha.vrid == 5
+    assert json.loads(one(objects, "ConfigMap")["data"]["cni.json"]) == conf  # wait reads it
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert "initContainers" not in pod  # the plugin sets the router up
+    (main,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in main["env"]}
+    assert env == {"EGRESS_ROUTER_CNI_CONFIG": "/etc/egress-router/cni.json",
+                   "EGRESS_INTERFACE": "net1"}  # the pair comes from the configuration
+    assert main["readinessProbe"]["periodSeconds"] == 1
+    assert main["readinessProbe"]["failureThreshold"] == 1
+    assert {"name": "run", "mountPath": "/run"} in main["volumeMounts"]
+    assert one(objects, "PodDisruptionBudget")["spec"]["selector"] == \
+        deployment["spec"]["selector"]
+    assert render.check(objects)[-1].startswith("Service ports match")
+
+
+def test_check_refuses_a_cni_pair_whose_configuration_has_no_ha() -> None:
+    objects = render.render(load("ha-cni")).objects
+    for obj in objects:
+        if obj["kind"] == "ConfigMap":
+            conf = json.loads(obj["data"]["cni.json"])
+            del conf["ha"]
+            obj["data"]["cni.json"] = json.dumps(conf)
+    with pytest.raises(render.CheckError, match="does not run EGRESS_ROUTER_HA=vrrp"):
+        render.check(objects)
+
+
+@pytest.mark.parametrize(
+    ("ha_field", "message"),
+    [({"mode": "vrrp", "vrid": 0}, "0 is less than the minimum of 1"),
+     ({"mode": "carp", "vrid": 5}, "'vrrp' was expected"),
+     ({"mode": "vrrp"}, "'vrid' is a required property")],
+)
+def test_check_refuses_a_bad_ha_field_in_the_plugins_configuration(
+    ha_field: dict[str, Any], message: str
+) -> None:
+    objects = render.render(load("ha-cni")).objects
+    for obj in objects:
+        if obj["kind"] == "NetworkAttachmentDefinition":
+            conf = json.loads(obj["spec"]["config"])
+            conf["ha"] = ha_field
+            obj["spec"]["config"] = json.dumps(conf)
+    with pytest.raises(render.CheckError, match=message):
+        render.check(objects)
 
 
 def test_check_refuses_two_replicas_without_ha() -> None:
