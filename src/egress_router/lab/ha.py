@@ -15,6 +15,12 @@ Topology (all inside ``<prefix>-*`` namespaces)::
     r2 eth0 ┘                   lan: br0 ───┼── n2 ens3 ─ macvlan0 (r2)
                                             └── gw lan0 192.168.12.1 ⇄ wan0 ─ ext 203.0.113.25
 
+With ``attachment="cni"`` the router pods are set up as Multus would: the
+product's CNI plugin, run by ``python -m egress_router.cni.runtime ADD`` in
+the node's namespace, creates ``macvlan0`` and the data path from a network
+configuration with ``"ha"`` (everything but the reserved address), and the
+``wait`` process reads that same configuration (``EGRESS_ROUTER_CNI_CONFIG``).
+
 Failures: ``sigkill`` (the active's wait process, SIGKILL: keepalived hears
 of it by PR_SET_PDEATHSIG and hands over), ``delete`` (the active pod is
 deleted: everything in its namespace SIGKILLed, then the namespace removed,
@@ -60,8 +66,35 @@ FAILOVER_TIMEOUT = 10.0
 KINDS = ("sigkill", "delete", "linkdown")
 
 
-def router_env() -> dict[str, str]:
+CNI_IFNAME = "macvlan0"
+CNI_PATH = "/usr/lib/cni"  # Debian's reference plugins; ours is found next to this Python
+CNI_TIMEOUT = 60.0
+
+
+def cni_config() -> dict[str, Any]:
+    """The NetworkAttachmentDefinition's config both replicas' ADD (and wait) read."""
+    return {
+        "cniVersion": "1.0.0",
+        "name": "egress-ha",
+        "type": "egress-router",
+        "ip": {"addresses": [f"{RESERVED}/24"], "gateway": GATEWAY,
+               "destinations": [f"{PORT} tcp {DESTINATION}"]},
+        "interfaceType": "macvlan",
+        "interfaceArgs": {"master": "ens3", "mode": "private"},
+        "httpPort": HTTP_PORT,
+        "ha": {"mode": "vrrp", "vrid": VRID},
+    }
+
+
+def router_env(lab: HaLab | None = None) -> dict[str, str]:
     """Both replicas' configuration: identical, as a Deployment gives them."""
+    if lab is not None and lab.attachment == "cni":
+        return {
+            "EGRESS_ROUTER_CNI_CONFIG": str(lab.cni_config_path),
+            "EGRESS_INTERFACE": CNI_IFNAME,
+            "EGRESS_ROUTER_MODE": "legacy",
+            "EGRESS_ROUTER_RECONCILE_SECONDS": "1",
+        }
     return {
         "EGRESS_SOURCE": RESERVED,
         "EGRESS_GATEWAY": GATEWAY,
@@ -77,8 +110,19 @@ def router_env() -> dict[str, str]:
 @dataclass
 class HaLab:
     prefix: str
+    attachment: str = "annotation"  # or "cni": the pods' macvlan and data path by CNI ADD
     routers: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
     logs: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def cni_config_path(self) -> Path:
+        return self.base.state_dir / "cni.json"
+
+    def cni_result_path(self, replica: str) -> Path:
+        return self.base.state_dir / f"cni-{replica}.result.json"
+
+    def container_id(self, replica: str) -> str:
+        return f"{self.prefix}-{replica}"
 
     def ns(self, role: str) -> str:
         return f"{self.prefix}-{role}"
@@ -111,17 +155,53 @@ def _pod(lab: HaLab, replica: str) -> None:
     _ip(ns, "link", "set", "eth0", "up")
     world._address(ns, "eth0", REPLICAS[replica])
     world._default_route(ns, POD_GW)
+    if lab.attachment == "cni":
+        cni(lab, "ADD", replica)
+        return
     _ip(node, "link", "add", "mvtmp0", "link", "ens3", "type", "macvlan", "mode", "private")
     _ip(node, "link", "set", "mvtmp0", "netns", ns)
     _ip(ns, "link", "set", "mvtmp0", "name", "macvlan0")
 
 
-def up(prefix: str) -> HaLab:
+def cni(lab: HaLab, command: str, replica: str,
+        config: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CNI plugin for ``replica``'s pod as its node's runtime would (``cnirun``).
+
+    ADD saves its result (libcni's cache), CHECK and DEL pass it back as
+    prevResult. ADD and DEL raise LabError on failure; CHECK's outcome is
+    the caller's to judge. ``config`` replaces the lab's configuration.
+    """
+    path = lab.cni_config_path
+    if config is not None:
+        path = lab.base.state_dir / f"cni-{command.lower()}-{replica}.json"
+        path.write_text(json.dumps(config), encoding="utf-8")
+    argv = [sys.executable, "-m", "egress_router.cni.runtime", command, str(path),
+            "--netns", lab.ns(replica), "--ifname", CNI_IFNAME,
+            "--container-id", lab.container_id(replica), "--cni-path", CNI_PATH,
+            "--in-netns", lab.ns(NODES[replica]), "--timeout", f"{CNI_TIMEOUT:g}"]
+    result = lab.cni_result_path(replica)
+    if command == "ADD":
+        argv += ["--save-result", str(result)]
+    elif result.exists():
+        argv += ["--prev-result", str(result)]
+    try:
+        cp = subprocess.run(argv, capture_output=True, text=True, timeout=CNI_TIMEOUT + 10,
+                            check=False, env=processes._base_env())
+    except subprocess.TimeoutExpired as err:
+        raise world.LabError(f"cannot run CNI {command} for {replica}: {err}") from None
+    if cp.returncode != 0 and command in ("ADD", "DEL"):
+        raise world.LabError(f"cannot run CNI {command} for {replica}: {cp.stdout}{cp.stderr}")
+    return cp
+
+
+def up(prefix: str, attachment: str = "annotation") -> HaLab:
     """Build the two-node lab and start the destination server (not the routers)."""
-    lab = HaLab(prefix)
+    lab = HaLab(prefix, attachment)
     down(prefix)
     try:
         lab.base.state_dir.mkdir(parents=True, exist_ok=True)
+        if attachment == "cni":
+            lab.cni_config_path.write_text(json.dumps(cni_config()), encoding="utf-8")
         # A parallel test run's sweep leaves a lab alone while its owner lives.
         owner = lab.base.state_dir / world.OWNER_FILE
         owner.write_text(processes.process_record(os.getpid()), encoding="utf-8")
@@ -182,7 +262,7 @@ def start_router(lab: HaLab, replica: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             processes._netns_exec(lab.ns(replica), [sys.executable, "-m", "egress_router"]),
             stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, text=True,
-            env={**processes._base_env(), **router_env()}, start_new_session=True,
+            env={**processes._base_env(), **router_env(lab)}, start_new_session=True,
         )
     lab.routers[replica] = proc
     return proc
@@ -391,6 +471,8 @@ def new_pod(lab: HaLab, replica: str) -> None:
     """A fresh, empty pod for ``replica`` (its router not started): the old one deleted first."""
     stop_router(lab, replica)
     existing = set(world._list_netns())
+    if lab.attachment == "cni":
+        cni(lab, "DEL", replica)  # as the runtime does when a pod goes, its netns gone or not
     if lab.ns(replica) in existing:
         processes.run(["ip", "netns", "delete", lab.ns(replica)],
                       f"delete namespace {lab.ns(replica)}")
@@ -491,9 +573,9 @@ def heal_trial(lab: HaLab, split_timeout: float = 5.0) -> float:
 
 
 @contextlib.contextmanager
-def running(prefix: str) -> Iterator[HaLab]:
+def running(prefix: str, attachment: str = "annotation") -> Iterator[HaLab]:
     """The lab with both routers started, removed afterwards whatever happens."""
-    lab = up(prefix)
+    lab = up(prefix, attachment)
     try:
         start_router(lab, "r1")
         start_router(lab, "r2")
