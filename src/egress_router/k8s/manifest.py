@@ -751,7 +751,11 @@ EGRESSROUTER_SCHEMA: dict[str, Any] = {
         "metadata": {
             "type": "object",
             "required": ["name"],
-            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}},
+            "properties": {
+                "name": {"type": "string"},
+                "namespace": {"type": "string"},
+                "annotations": {"type": "object"},
+            },
         },
         "spec": {
             "type": "object",
@@ -896,6 +900,42 @@ def _cr_lines(fields: _Fields, redirect: Mapping[str, Any]) -> _Lines:
     )
 
 
+# The CRD has no field for a pair, and a spec field of our own would be pruned by the
+# API server (or refused by the schema above): an annotation survives both.
+CR_ANNOTATION_PREFIX = "egress-router/"
+CR_HA_ANNOTATION = f"{CR_ANNOTATION_PREFIX}ha-vrid"
+_CR_ANNOTATIONS = (CR_HA_ANNOTATION,)
+
+
+def _cr_ha(
+    fields: _Fields, metadata: Mapping[str, Any], sources: tuple[config.Source, ...]
+) -> int | None:
+    """``egress-router/ha-vrid: "N"`` on the CR: an active/standby pair with VRID N."""
+    annotations = metadata.get("annotations") or {}
+    for key in annotations:
+        if str(key).startswith(CR_ANNOTATION_PREFIX) and key not in _CR_ANNOTATIONS:
+            close = difflib.get_close_matches(str(key), _CR_ANNOTATIONS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise fields.error(
+                f"metadata.annotations.{key}",
+                f"unknown annotation; {hint}expected {', '.join(_CR_ANNOTATIONS)}",
+            )
+    if CR_HA_ANNOTATION not in annotations:
+        return None
+    field = f"metadata.annotations.{CR_HA_ANNOTATION}"
+    value = annotations[CR_HA_ANNOTATION]
+    if not isinstance(value, str):
+        raise fields.error(field, f"must be a string, not {_type(value)} (quote it)", value)
+    vrid = ha.parse_vrid(value, fields.name(field))
+    if not any(s.family == 4 for s in sources):
+        raise fields.error(
+            "spec.addresses",
+            f"has no IPv4 address; {CR_HA_ANNOTATION} elects over IPv4 (VRRPv3): add the "
+            "IPv4 reserved address or remove the annotation",
+        )
+    return vrid
+
+
 def load_egressrouter_text(
     text: str, source: str, overrides: Overrides | None = None
 ) -> RouterSpec:
@@ -903,7 +943,9 @@ def load_egressrouter_text(
 
     Every field is honoured: the router is attached through our CNI plugin as
     the cluster network operator does it, but unlike upstream the macvlan mode
-    and master and the fallback address are applied.
+    and master and the fallback address are applied. The annotation
+    ``egress-router/ha-vrid: "N"`` (the CRD has no field for it) makes it an
+    active/standby pair with VRID N, as ``ha: true`` + ``vrid: N`` does.
     """
     overrides = overrides or Overrides()
     fields = _Fields(source)
@@ -946,6 +988,7 @@ def load_egressrouter_text(
         macvlan_mode=str(macvlan.get("mode", "Bridge")).lower(),
         image=_image(fields, overrides.image, "--image") if overrides.image else DEFAULT_IMAGE,
         http_port=http_port,
+        vrid=_cr_ha(fields, metadata, sources),
     )
     _finish(fields, result, interface_field="spec.networkInterface", http_field="--http-port")
     return result

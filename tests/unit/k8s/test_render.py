@@ -933,3 +933,61 @@ def test_check_refuses_a_pair_that_may_share_a_node() -> None:
     del one(objects, "Deployment")["spec"]["template"]["spec"]["affinity"]
     with pytest.raises(render.CheckError, match="may share a node"):
         render.check(objects)
+
+
+# --------------------------------------------------------------------------- EgressRouter + HA
+
+CR_HA = CR.replace("  namespace: egress\n",
+                   "  namespace: egress\n  annotations:\n    egress-router/ha-vrid: \"51\"\n")
+
+
+def test_the_egressrouter_ha_annotation_renders_a_pair_through_the_plugin() -> None:
+    assert CR_HA != CR
+    spec = manifest.load_egressrouter_text(CR_HA, "cr.yaml")
+    assert spec.ha and spec.vrid == 51 and spec.attachment is manifest.Attachment.CNI
+    objects = render.render(spec).objects
+    conf = json.loads(one(objects, "NetworkAttachmentDefinition")["spec"]["config"])
+    assert conf["ha"] == {"mode": "vrrp", "vrid": 51}
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert one(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert render.check(objects)[-1].startswith("Service ports match")
+    # Without the annotation, the import stays the one replica it always was.
+    plain = render.render(manifest.load_egressrouter_text(CR, "cr.yaml")).objects
+    assert one(plain, "Deployment")["spec"]["replicas"] == 1
+    assert "ha" not in json.loads(one(plain, "NetworkAttachmentDefinition")["spec"]["config"])
+
+
+@pytest.mark.parametrize(
+    ("annotation", "message"),
+    [
+        ('egress-router/ha-vrid: "0"',
+         "cannot parse r.yaml: metadata.annotations.egress-router/ha-vrid: invalid value "
+         "'0'; expected a VRRP router id from 1 to 255"),
+        ("egress-router/ha-vrid: 51",
+         "cannot parse r.yaml: metadata.annotations.egress-router/ha-vrid '51': must be a "
+         "string, not a number (quote it)"),
+        ('egress-router/ha_vrid: "51"',
+         "cannot parse r.yaml: metadata.annotations.egress-router/ha_vrid: unknown annotation; "
+         "did you mean egress-router/ha-vrid? expected egress-router/ha-vrid"),
+    ],
+    ids=["range", "unquoted", "typo"],
+)
+def test_a_bad_egressrouter_ha_annotation_is_refused_by_name(
+    annotation: str, message: str
+) -> None:
+    text = CR.replace("  namespace: egress\n", f"  namespace: egress\n  annotations:\n"
+                      f"    {annotation}\n")
+    assert error_of(text, manifest.load_egressrouter_text).startswith(message)
+
+
+def test_the_egressrouter_ha_annotation_needs_an_ipv4_address() -> None:
+    v6 = CR_HA.replace("192.168.12.99/24", "2001:db8:12::99/64").replace(
+        "gateway: 192.168.12.1", "gateway: 2001:db8:12::1")
+    for old, new in (("203.0.113.25", "2001:db8:113::25"), ("203.0.113.26", "2001:db8:113::26"),
+                     ("203.0.113.27", "2001:db8:113::27")):
+        v6 = v6.replace(old, new)
+    assert error_of(v6, manifest.load_egressrouter_text) == (
+        "cannot parse r.yaml: spec.addresses: has no IPv4 address; egress-router/ha-vrid "
+        "elects over IPv4 (VRRPv3): add the IPv4 reserved address or remove the annotation"
+    )
