@@ -92,13 +92,13 @@ def test_del_removes_what_add_and_keepalived_left(pair: halab.HaLab) -> None:
     halab.standby_ready(pair, standby)
     ns = pair.ns(active)
     pids = world._netns_pids(ns)
-    # Everything in the pod SIGKILLed, keepalived first (else wait's death makes it
-    # release the address): nobody releases the address, as after an OOM kill.
-    first = [p for p in pids if Path(f"/proc/{p}/comm").read_text().strip() == "keepalived"]
-    assert first
-    for pid in first + [p for p in pids if p not in first]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    assert any(Path(f"/proc/{p}/comm").read_text().strip() == "keepalived" for p in pids)
+    # Everything in the pod stopped, then SIGKILLed: no process gets to release the
+    # address (wait's death would SIGTERM keepalived, keepalived's its VRRP child).
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
     pair.routers.pop(active).wait(10)
     assert halab.RESERVED in _addresses(ns)
     halab.cni(pair, "DEL", active)
