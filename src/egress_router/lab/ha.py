@@ -53,6 +53,8 @@ from egress_router.lab import server as labserver
 
 RESERVED = "192.168.12.99"
 GATEWAY = "192.168.12.1"
+RESERVED6 = "2001:db8:12::99"  # dual-stack labs: moves with the IPv4 address
+GATEWAY6 = "2001:db8:12::1"
 DESTINATION = "203.0.113.25"
 PORT = 80
 HTTP_PORT = 9090
@@ -95,6 +97,9 @@ def router_env(lab: HaLab | None = None) -> dict[str, str]:
             "EGRESS_ROUTER_MODE": "legacy",
             "EGRESS_ROUTER_RECONCILE_SECONDS": "1",
         }
+    if lab is not None and lab.dual:
+        return {**router_env(), "EGRESS_SOURCE": f"{RESERVED},{RESERVED6}",
+                "EGRESS_GATEWAY": f"{GATEWAY},{GATEWAY6}"}
     return {
         "EGRESS_SOURCE": RESERVED,
         "EGRESS_GATEWAY": GATEWAY,
@@ -111,6 +116,7 @@ def router_env(lab: HaLab | None = None) -> dict[str, str]:
 class HaLab:
     prefix: str
     attachment: str = "annotation"  # or "cni": the pods' macvlan and data path by CNI ADD
+    dual: bool = False  # the reserved addresses: IPv4 and IPv6 (annotation attachment)
     routers: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
     logs: dict[str, list[Path]] = field(default_factory=dict)
 
@@ -194,9 +200,9 @@ def cni(lab: HaLab, command: str, replica: str,
     return cp
 
 
-def up(prefix: str, attachment: str = "annotation") -> HaLab:
+def up(prefix: str, attachment: str = "annotation", dual: bool = False) -> HaLab:
     """Build the two-node lab and start the destination server (not the routers)."""
-    lab = HaLab(prefix, attachment)
+    lab = HaLab(prefix, attachment, dual)
     down(prefix)
     try:
         lab.base.state_dir.mkdir(parents=True, exist_ok=True)
@@ -281,8 +287,8 @@ def stop_router(lab: HaLab, replica: str, sig: int = signal.SIGTERM) -> None:
         proc.wait(5)
 
 
-def holders(lab: HaLab) -> list[str]:
-    """The replicas whose macvlan0 holds the reserved address now (read with ``ip -j``)."""
+def holders(lab: HaLab, address: str = RESERVED) -> list[str]:
+    """The replicas whose macvlan0 holds ``address`` now (read with ``ip -j``)."""
     found = []
     for replica in REPLICAS:
         cp = subprocess.run(
@@ -292,7 +298,7 @@ def holders(lab: HaLab) -> list[str]:
         if cp.returncode != 0 or not cp.stdout.strip():
             continue
         for link in json.loads(cp.stdout):
-            if any(a.get("local") == RESERVED for a in link.get("addr_info", [])):
+            if any(a.get("local") == address for a in link.get("addr_info", [])):
                 found.append(replica)
     return found
 
@@ -573,9 +579,9 @@ def heal_trial(lab: HaLab, split_timeout: float = 5.0) -> float:
 
 
 @contextlib.contextmanager
-def running(prefix: str, attachment: str = "annotation") -> Iterator[HaLab]:
+def running(prefix: str, attachment: str = "annotation", dual: bool = False) -> Iterator[HaLab]:
     """The lab with both routers started, removed afterwards whatever happens."""
-    lab = up(prefix, attachment)
+    lab = up(prefix, attachment, dual)
     try:
         start_router(lab, "r1")
         start_router(lab, "r2")
