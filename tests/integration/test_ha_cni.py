@@ -122,3 +122,42 @@ def test_del_removes_what_add_and_keepalived_left(pair: halab.HaLab) -> None:
     halab.start_router(pair, active)
     halab.standby_ready(pair, active)
     assert halab.holders(pair) == [standby]
+
+
+def test_add_refuses_a_vrid_another_group_uses_and_leaves_nothing(pair: halab.HaLab) -> None:
+    active = halab.settle(pair)
+    standby = "r2" if active == "r1" else "r1"
+    halab.standby_ready(pair, standby)
+    halab.stop_router(pair, standby)
+    halab.cni(pair, "DEL", standby)  # the pod as the runtime leaves it: no router in it
+    ns, node = pair.ns(standby), pair.ns(halab.NODES[standby])
+    try:
+        # Same VRID, another reserved address: another pair's, as far as the adverts say.
+        clashing = {**halab.cni_config(),
+                    "ip": {**halab.cni_config()["ip"], "addresses": ["192.168.12.98/24"]}}
+        cp = halab.cni(pair, "ADD", standby, config=clashing, check=False)
+        assert cp.returncode == 1, cp.stdout + cp.stderr
+        error = json.loads(cp.stdout)
+        assert error["code"] == 7
+        assert error["msg"].startswith(
+            "cannot parse ha.vrid '51': another VRRP group on the egress network uses this "
+            "VRID (169.254."), error
+        assert f"advertises VRID {halab.VRID} for 192.168.12.99" in error["msg"]
+        # Read back: no macvlan in the pod or on the node, no table, the pod's own route.
+        pod_links = [link["ifname"] for link in
+                     json.loads(world.run_in(ns, ["ip", "-j", "link"]).stdout)]
+        assert "macvlan0" not in pod_links
+        node_links = [link["ifname"] for link in
+                      json.loads(world.run_in(node, ["ip", "-j", "link"]).stdout)]
+        assert not [name for name in node_links if name.startswith("egr")], node_links
+        table = world.run_in(ns, ["nft", "list", "table", "inet", "egress_router"])
+        assert table.returncode != 0
+        routes = json.loads(world.run_in(ns, ["ip", "-j", "route"]).stdout)
+        assert [r.get("gateway") for r in routes if r["dst"] == "default"] == \
+            [str(halab.POD_GW.ip)]
+        assert halab.holders(pair) == [active]
+    finally:
+        halab.cni(pair, "ADD", standby)  # the control: the pair's own configuration is taken
+        halab.start_router(pair, standby)
+    halab.standby_ready(pair, standby)
+    assert halab.holders(pair) == [active]

@@ -29,8 +29,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from egress_router.cni import errors
 from egress_router.cni.errors import CniError
 from egress_router.cni.result import Interface
-from egress_router.core import config, plan, ruleset, state
-from egress_router.kernel import announce, netlink, netns, nft, observe, preflight
+from egress_router.core import config, ha, plan, ruleset, state
+from egress_router.kernel import announce, netlink, netns, nft, observe, preflight, vrrp
 from egress_router.router import engine
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,38 @@ def _default_routes(ipr: Any) -> tuple[dict[str, Any], ...]:
                 spec["priority"] = route.get("RTA_PRIORITY")
             routes.append(spec)
     return tuple(routes)
+
+
+def _vrid_clash(cfg: config.Config, links: netlink.Netlink) -> _Answer | None:
+    """An HA replica's VRID another VRRP group uses, refused before the data path (in the pod).
+
+    The macvlan is hardened and brought up to listen (`ha.CLASH_WINDOW`,
+    as ``wait`` does); a refusal leaves it to ADD's undo steps.
+    """
+    assert cfg.ha is not None
+    settings = cfg.ha
+    try:
+        links.apply(plan.harden_egress(cfg))
+        links.apply(plan.LinkUp(cfg.egress_interface))
+    except Exception as err:  # the engine's setup reports the same failure with its context
+        log.debug("cannot raise %s for the VRID check: %s", cfg.egress_interface, err)
+        return None
+    found: list[str] = []
+
+    def seen(advert: ha.Advert) -> bool:
+        reason = ha.clash(advert, settings, cfg)
+        if reason is not None:
+            found.append(reason)
+        return reason is not None
+
+    try:
+        vrrp.watch_adverts(cfg.egress_interface, ha.CLASH_WINDOW, seen)
+    except vrrp.VrrpError as err:
+        return _Answer(code=errors.ROUTER_SETUP_FAILED, msg=str(err))
+    if not found:
+        return None
+    return _Answer(code=errors.INVALID_CONFIG,
+                   msg=str(ha.clash_error(found[0], settings.vrid, "ha.vrid")))
 
 
 class EgressSideOnly:
@@ -423,6 +455,10 @@ class RealKernel:
                     failure = _netlink_error(err, f"rename {temp} to {ifname} in {path}", code)
                     return _Answer(code=failure.code, msg=failure.msg)
             links: netlink.Netlink = netlink.PyrouteNetlink()
+            if cfg.ha is not None:
+                refused = _vrid_clash(cfg, links)
+                if refused is not None:
+                    return refused
             if not pod_side:
                 links = EgressSideOnly(links, cfg.pod_interface)
             try:

@@ -39,6 +39,7 @@ VRRP_PROTO = 112
 VRRP_GROUP4 = ipaddress.IPv4Address("224.0.0.18")
 LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
 CANDIDATES = 8  # link-local addresses tried in turn when a probe finds one taken
+CLASH_WINDOW = 0.35  # seconds of listening for another group's adverts: > 3 of a 0.1 s pair
 
 
 class Mode(enum.Enum):
@@ -332,9 +333,9 @@ def clash(advert: Advert, settings: Settings, cfg: config.Config) -> str | None:
     return None
 
 
-def clash_error(reason: str, vrid: int) -> config.ConfigError:
+def clash_error(reason: str, vrid: int, variable: str = ENV_VRID) -> config.ConfigError:
     return config.ConfigError(
-        ENV_VRID,
+        variable,
         f"another VRRP group on the egress network uses this VRID ({reason}); "
         f"pick a VRID no other pair uses (both replicas of a pair share one)",
         text=str(vrid),

@@ -169,13 +169,14 @@ def _pod(lab: HaLab, replica: str) -> None:
     _ip(ns, "link", "set", "mvtmp0", "name", "macvlan0")
 
 
-def cni(lab: HaLab, command: str, replica: str,
-        config: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+def cni(lab: HaLab, command: str, replica: str, config: dict[str, Any] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the CNI plugin for ``replica``'s pod as its node's runtime would (``cnirun``).
 
     ADD saves its result (libcni's cache), CHECK and DEL pass it back as
-    prevResult. ADD and DEL raise LabError on failure; CHECK's outcome is
-    the caller's to judge. ``config`` replaces the lab's configuration.
+    prevResult. ADD and DEL raise LabError on failure (unless ``check`` is
+    False); CHECK's outcome is the caller's to judge. ``config`` replaces the
+    lab's configuration.
     """
     path = lab.cni_config_path
     if config is not None:
@@ -195,7 +196,7 @@ def cni(lab: HaLab, command: str, replica: str,
                             check=False, env=processes._base_env())
     except subprocess.TimeoutExpired as err:
         raise world.LabError(f"cannot run CNI {command} for {replica}: {err}") from None
-    if cp.returncode != 0 and command in ("ADD", "DEL"):
+    if check and cp.returncode != 0 and command in ("ADD", "DEL"):
         raise world.LabError(f"cannot run CNI {command} for {replica}: {cp.stdout}{cp.stderr}")
     return cp
 

@@ -31,7 +31,7 @@ from egress_router.kernel import vrrp
 
 log = logging.getLogger(__name__)
 
-CLASH_WINDOW = 0.35  # seconds of listening before keepalived starts: > 3 adverts of a 0.1 s pair
+CLASH_WINDOW = ha.CLASH_WINDOW  # listened before the data path is applied
 WATCH_INTERVAL = 0.1  # how often keepalived's liveness is checked (its death frees the address)
 PREFIX = "egress_router_ha"
 
