@@ -311,8 +311,8 @@ def _loop(
             last_event_check = time.monotonic()
             next_reconcile = last_event_check + settings.reconcile
             continue  # our own repairs are kernel changes too: look at the clock again
-        if event_due is None and router.settle():
-            continue  # idle work done (a second at 10,000 rules): look at the clock again
+        if event_due is None:
+            router.settle(background=True)  # idle work (a second or two at 10,000 rules)
         deadlines = [next_watch, next_reconcile]
         if event_due is not None:
             deadlines.append(event_due)

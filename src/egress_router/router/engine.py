@@ -251,6 +251,8 @@ def setup(
     stale: Firewall | None = None,
     probe: preflight_module.Probe | None = None,
     caller_undoes: bool = False,
+    checked: bool = False,
+    announce: bool = True,
 ) -> Timings:
     """Make the kernel match ``cfg``; idempotent. Raises `ApplyError` naming the failed step.
 
@@ -261,11 +263,14 @@ def setup(
     (CNI ADD), so the message ends with the failure itself.
 
     ``stale`` is the other backend: its rules, if a previous run left any,
-    are removed after ours are in place (best effort, logged).
+    are removed after ours are in place (best effort, logged). ``checked``:
+    the caller ran `preflight` already; ``announce=False``: the caller
+    announces later (``wait`` does, once it is ready).
     """
     report = Timings()
     started = time.monotonic()
-    preflight(cfg, links, firewall, probe)
+    if not checked:
+        preflight(cfg, links, firewall, probe)
     report.time("check interfaces", started)
     done: list[str] = []
     try:
@@ -292,7 +297,8 @@ def setup(
         except errors.KernelError as err:
             log.debug("no %s rules to remove: %s", stale.name, err)
     started = time.monotonic()
-    announce_all(cfg, links, announcer, sleep=sleep)
+    if announce:
+        announce_all(cfg, links, announcer, sleep=sleep)
     report.time("announce", started)
     return report
 

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -111,6 +112,24 @@ class _Silent:
 
 
 _SILENT = _Silent()
+
+
+class _Pending:
+    """A `netlink.Netlink` that applies only the steps found due (the rest are in place)."""
+
+    def __init__(self, links: netlink.Netlink, due: set[plan.Step]) -> None:
+        self.links = links
+        self.due = due
+
+    def has_link(self, ifname: str) -> bool:
+        return self.links.has_link(ifname)
+
+    def link_info(self, ifname: str) -> tuple[int, str]:
+        return self.links.link_info(ifname)
+
+    def apply(self, step: plan.Step) -> None:
+        if step in self.due:
+            self.links.apply(step)
 BACKOFF_WINDOW = 30.0  # seconds over which repairs are counted
 BACKOFF_AFTER = 10  # reconciles that repaired something (in the window) before slowing down
 BACKOFF_FIRST = 0.5  # the first delay, doubled with every further repairing reconcile
@@ -130,13 +149,15 @@ def _kind(step: plan.Step) -> str:
     return "forwarding"
 
 
-def _identity(rule: config.PortRule | config.NamedRule) -> tuple[str, int, str, int]:
-    """What makes a rule the same rule across an edit: local port and the destination as written."""
-    if isinstance(rule, config.NamedRule) or rule.host is not None:
-        target = str(rule.host)
-    else:
-        target = str(rule.address)
-    return (rule.proto.value, rule.port, target, rule.remote_port)
+def _identity(rule: config.PortRule | config.NamedRule) -> tuple[object, ...]:
+    """What makes a rule the same rule across an edit: local port and the destination as written.
+
+    The destination is the name (a string with a letter) or the address itself,
+    which never equal each other; not formatted (10,000 str() calls per edit).
+    """
+    if isinstance(rule, config.NamedRule):
+        return (rule.proto, rule.port, rule.host, rule.remote_port)
+    return (rule.proto, rule.port, rule.host or rule.address, rule.remote_port)
 
 
 def removed_flows(old: config.Config, new_parsed: config.Config) -> conntrack.Cut:
@@ -197,6 +218,7 @@ class Router:
         self.applied: config.Config | None = None  # what the kernel got, names resolved
         self.expected: str | None = None  # fingerprint of our rules right after that apply
         self._verified: int | None = None  # nftables generation at which they last matched
+        self._settling: threading.Thread | None = None  # `settle` in the background
         self.problems: list[str] = ["not started"]
         # What /readyz answers: the last check's verdict, so that a probe never waits on
         # the kernel or on the lock (an apply of 10,000 rules holds it for a second).
@@ -262,18 +284,22 @@ class Router:
             # loop): three rounds a second apart would keep /readyz failing meanwhile.
             engine.setup(
                 desired,
-                self.kernel.links,
+                self._prepared(desired),
                 self.kernel.firewall,
                 _SILENT,
                 sleep=lambda _seconds: None,
                 stale=self.kernel.stale,
                 probe=self.kernel.probe,
+                checked=True,
+                announce=False,
             )
-            desired = self._route_resolvers(desired)
             self._applied(desired)
             self.problems = []
             self.metrics.ready.set(1)
             self.ready = (True, "ok")
+            # The router's own lookups after readiness: the data path does not need
+            # them (names were resolved above), and their route costs a helper process.
+            self.applied = self._route_resolvers(desired)
         if self.ha is not None and not self.ha.started:
             # The data path is ready; now join the pair, as a standby (no address yet).
             try:
@@ -297,6 +323,19 @@ class Router:
                 self.kernel.links.apply(step)
             except errors.KernelError as err:
                 raise engine.ApplyError(str(err)) from None
+
+    def _prepared(self, desired: config.Config) -> netlink.Netlink:
+        """The links for the start-up setup: only the steps `prepare` left undone are applied.
+
+        One drift read instead of one per step (each read is five ``ip`` runs).
+        """
+        if self.kernel.prepare is None:
+            return self.kernel.links
+        try:
+            due = {step for step, _reason in self.kernel.drift(desired)}
+        except errors.KernelError:
+            return self.kernel.links  # each step checks for itself then
+        return _Pending(self.kernel.links, due)
 
     def _desired(self, cfg: config.Config) -> config.Config:
         """``cfg`` with its names resolved and the router's own routes to the cluster side."""
@@ -346,9 +385,23 @@ class Router:
         self.expected = None
         self._verified = generation
 
-    def settle(self) -> bool:
-        """Take the fingerprint the last apply deferred, if it is still due; True if taken."""
+    def settle(self, *, background: bool = False) -> bool:
+        """Take the fingerprint the last apply deferred, if it is still due; True if taken.
+
+        ``background`` (the loop): list the table in a thread of its own, not
+        holding the lock, and keep the fingerprint only if no commit came in the
+        meantime. At 10,000 rules the listing takes nft one to two seconds, which
+        an edit arriving right after the last one would otherwise wait for.
+        Returns False at once then.
+        """
         if self.expected is not None or self._verified is None:
+            return False
+        if background:
+            if self._settling is None or not self._settling.is_alive():
+                self._settling = threading.Thread(
+                    target=self._settle_from, args=(self._verified,), name="settle", daemon=True
+                )
+                self._settling.start()
             return False
         with self._lock:
             before = self.kernel.generation()
@@ -359,6 +412,23 @@ class Router:
                 self.expected = fingerprint
         HEAP.release()
         return True
+
+    def _settle_from(self, token: int) -> None:
+        # Signals are the main thread's business (see wait._serve).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+        try:
+            if self.kernel.generation() != token:
+                return
+            fingerprint = self.kernel.firewall.fingerprint()
+        except errors.KernelError as err:
+            log.debug("cannot take the fingerprint of our rules: %s", err)
+            return
+        with self._lock:
+            # Still the apply it was taken for, and nothing committed while nft listed it.
+            if self.expected is None and self._verified == token == self.kernel.generation():
+                self.expected = fingerprint
+        del fingerprint
+        HEAP.release()
 
     def _rules_match(self) -> bool:
         """Whether our rules in the kernel are still those of the last apply."""
@@ -460,7 +530,11 @@ class Router:
         elif old is not None:
             self.metrics.repairs.labels(kind="ruleset").inc()
             log.warning("our rules in the kernel had drifted; replacing them whole")
-        firewall.check(desired)
+        if firewall.name != engine.NftablesFirewall.name:
+            firewall.check(desired)  # one restore per family: check both before either
+        # No `nft -c` first: an nft apply is one transaction, which the kernel checks
+        # whole before it commits any of it (a refused one leaves the running rules),
+        # and at 10,000 rules a check costs as much as the apply.
         firewall.apply(desired)
 
     def _cut_removed(self, old: config.Config, new_parsed: config.Config) -> None:
