@@ -21,6 +21,13 @@ optionally as many live connections as asked), and writes them to
   holds the lock.
 
 Needs root (network namespaces). A run takes about two minutes; not in CI.
+
+``--only edits,startup`` runs just those cases (the edits at 10,000 rules, the
+one-rule start-up), and ``--baseline SRC`` runs them twice in the same lab,
+first with the package at ``SRC`` (the ``src`` folder of another checkout,
+e.g. ``git worktree add /tmp/base main``), then with this one, alternating
+``--rounds`` times: ratios measured side by side, written to
+``wait-compare.json`` / ``wait-compare.md``.
 """
 
 from __future__ import annotations
@@ -399,6 +406,114 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+def measure_startup(lab: labmod.Lab, probe: Prober, root: Path, extra: dict[str, str]) -> float:
+    """Seconds from the start of a one-rule router until /readyz says 200 (no DNS)."""
+    root.mkdir()
+    one = ConfigMap(root, "80 tcp 203.0.113.25\n")
+    router = Router(lab, {**BASE, "EGRESS_DESTINATION_FILE": str(one.path),
+                          "EGRESS_ANNOUNCE_COUNT": "3", "EGRESS_ANNOUNCE_INTERVAL": "1", **extra})
+    try:
+        return float(probe.ask("ready")[1]) - router.started
+    finally:
+        router.terminate()
+
+
+def cold_startup(root: Path, extra: dict[str, str]) -> float:
+    """`measure_startup` in a lab of its own: a fresh pod, as in the full run."""
+    prefix = "wc" + secrets.token_hex(3)[:5]
+    lab = labmod.up(prefix)
+    probe = Prober(lab)
+    try:
+        return measure_startup(lab, probe, root, extra)
+    finally:
+        probe.close()
+        labmod.down(prefix)
+
+
+def measure_edits_only(
+    lab: labmod.Lab, probe: Prober, root: Path, extra: dict[str, str]
+) -> list[dict[str, Any]]:
+    root.mkdir()
+    cm = ConfigMap(root, rules_text(10000, "203.0.113.25"))
+    router = Router(lab, {**BASE, "EGRESS_DESTINATION_FILE": str(cm.path), **extra})
+    try:
+        probe.ask("ready")
+        time.sleep(3.0)  # past the start-up's idle work (the fingerprint)
+        return measure_edits(router, cm, probe)
+    finally:
+        router.terminate()
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """The selected cases with the package at ``args.baseline`` and with this one, alternating."""
+    prefix = "wc" + secrets.token_hex(3)[:5]
+    lab = labmod.up(prefix) if "edits" in args.only else None
+    tmp = Path(tempfile.mkdtemp(prefix="bench-wait-"))
+    trees = {"baseline": {"PYTHONPATH": str(args.baseline.resolve())}, "this tree": {}}
+    doc: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {"cpus": os.cpu_count(), "kernel": platform.release(), "load": os.getloadavg()},
+        "baseline": str(args.baseline), "only": sorted(args.only), "rounds": args.rounds,
+        "startup_s": {name: [] for name in trees}, "edits": {name: [] for name in trees},
+    }
+    probe = Prober(lab) if lab is not None else None
+    try:
+        for round_ in range(args.rounds):
+            for name, extra in trees.items():
+                label = f"{name.replace(' ', '-')}-{round_}"
+                if "startup" in args.only:
+                    took = cold_startup(tmp / f"one-{label}", extra)
+                    doc["startup_s"][name].append(took)
+                    log(f"{name}: one-rule ready after {took:.2f}s")
+                if lab is not None and probe is not None:
+                    doc["edits"][name].append(
+                        measure_edits_only(lab, probe, tmp / f"big-{label}", extra))
+        doc["host"]["load_end"] = os.getloadavg()
+    finally:
+        if probe is not None:
+            probe.close()
+        if lab is not None:
+            labmod.down(prefix)
+    return doc
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
+def compare_markdown(doc: dict[str, Any]) -> str:
+    load = doc["host"]["load"]
+    lines = [
+        f"# egress-router wait: baseline vs this tree ({doc['when']})",
+        "",
+        f"Host: {doc['host']['cpus']} CPUs, kernel {doc['host']['kernel']}, load average at "
+        f"start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, at the end "
+        f"{doc['host'].get('load_end', [0.0])[0]:.1f}. Baseline: `{doc['baseline']}`. "
+        f"Medians of {doc['rounds']} alternating round(s). Command: `python -m bench.run wait "
+        f"--only {','.join(doc['only'])} --baseline SRC --rounds {doc['rounds']}`.",
+        "",
+        "| figure | baseline | this tree | ratio | goal |",
+        "|---|---|---|---|---|",
+    ]
+    if doc["startup_s"]["baseline"]:
+        a, b = _median(doc["startup_s"]["baseline"]), _median(doc["startup_s"]["this tree"])
+        lines.append(f"| one-rule router ready after start, no DNS (cold pod) | {a:.2f} s | "
+                     f"{b:.2f} s | {b / a:.2f} | < 1 s |")
+    runs = doc["edits"]
+    if runs["baseline"]:
+        for index, first in enumerate(runs["baseline"][0]):
+            for key, unit, goal in (("applied_s", "s wall", "< 2 s"), ("cpu_s", "s CPU", ""),
+                                    ("applied_and_cut_s", "s wall, cut", "< 2 s")):
+                if key not in first:
+                    continue
+                a = _median([run[index][key] for run in runs["baseline"]])
+                b = _median([run[index][key] for run in runs["this tree"]])
+                lines.append(f"| edit: {first['edit']} ({unit}) | {a:.2f} | {b:.2f} | "
+                             f"{b / a:.2f} | {goal} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"# egress-router wait at {doc['rules']:,} rules ({doc['when']})",
@@ -446,9 +561,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="UDP flows held in the conntrack table during the scrapes "
                         "(at most 64,000: one client address, one source port each)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", type=lambda text: set(text.split(",")), default=None,
+                        metavar="CASES", help="comma-separated: edits, startup (with --baseline)")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="SRC",
+                        help="the src folder of another checkout, measured side by side")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N")
     args = parser.parse_args(argv)
     if not 0 <= args.connections <= 64_000:
         parser.error(f"cannot hold {args.connections} flows: give 0 to 64000")
+    if args.only is not None or args.baseline is not None:
+        if args.baseline is None or not (args.baseline / "egress_router").is_dir():
+            parser.error("cannot compare: give --baseline SRC, a folder holding egress_router")
+        args.only = args.only or {"edits", "startup"}
+        if not args.only <= {"edits", "startup"}:
+            parser.error(f"cannot run {sorted(args.only)}: the cases are edits and startup")
+        doc = compare(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "wait-compare.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (args.out / "wait-compare.md").write_text(compare_markdown(doc))
+        print(compare_markdown(doc))
+        return 0
     doc = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "wait.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -480,3 +480,84 @@ def test_the_routers_own_lookups_reach_a_resolver_on_the_service_network(
     labmod.run_in(lab.router, ["ip", "route", "del", resolver])
     eventually(lambda: bool(json.loads(labmod.run_in(
         lab.router, ["ip", "-j", "route", "show", resolver]).stdout)), 10, "resolver route back")
+
+
+def _elements(items: list[dict[str, Any]], name: str) -> dict[tuple[str, int], Any]:
+    """The elements of set or map ``name`` of our table as nft -j lists them: key -> value.
+
+    A map element's value is its (address, port) target; a counting set's, its packets.
+    """
+    found: dict[tuple[str, int], Any] = {}
+    for item in items:
+        body = item.get("set") or item.get("map")
+        if body is None or body["name"] != name:
+            continue
+        for element in body.get("elem", []):
+            if isinstance(element, list):  # map: [key, value]
+                key, value = element
+                value = tuple(value["concat"])
+            else:  # counting set: {"elem": {"val": key, "counter": {...}}}
+                key = element["elem"]["val"]
+                value = element["elem"].get("counter", {}).get("packets", 0)
+            proto, port = key["concat"]
+            found[(proto, int(port))] = value
+    return found
+
+
+def test_edits_in_place_and_whole_read_back_from_the_kernel_and_followed_by_traffic(
+    lab: labmod.Lab, routers: list[Router], tmp_path: Path
+) -> None:
+    """A small edit changes our table in place (the kept rule's counter goes on counting); an
+    edit of 1,800 of 1,202 rules replaces it whole in one transaction. After each, what nft
+    lists is the new rule set, a re-targeted rule reaches its new destination, a removed
+    rule's established connection is cut, and a kept rule's stream goes on untouched."""
+    many = "".join(f"{20000 + i} tcp 203.0.113.25 80\n" for i in range(1200))
+    base = "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n"
+    cm = ConfigMap(tmp_path, base + many)
+    router = Router(lab, {**BASE, "EGRESS_DESTINATION_FILE": str(cm.path)})
+    routers.append(router)
+    router.ready()
+    assert labmod.dial(lab, "tcp", ROUTER4, 80).server == "203.0.113.25:80"  # counted: 80
+    kept = labmod.open_stream(lab, ROUTER4, 80, count=200, interval=0.05)
+    doomed = labmod.open_stream(lab, ROUTER4, 20700, count=400, interval=0.05)
+    try:
+        assert kept.connected().server == "203.0.113.25:80"
+        assert doomed.connected().server == "203.0.113.25:80"
+        # In place: 8080 re-targeted, one rule added.
+        cm.write("80 tcp 203.0.113.25\n8080 tcp 203.0.113.25 80\n9000 tcp 203.0.113.26 80\n"
+                 + many)
+        eventually(lambda: metric(lab, "egress_router_config_generation") == 2, 10, "edit 1")
+        items = nft_json(lab)
+        assert items is not None
+        redirects = _elements(items, "redirect_v4")
+        assert redirects[("tcp", 8080)] == ("203.0.113.25", 80)
+        assert redirects[("tcp", 9000)] == ("203.0.113.26", 80)
+        assert len(redirects) == 1203
+        assert _elements(items, "conns_v4")[("tcp", 80)] >= 2  # kept: still counting
+        assert labmod.dial(lab, "tcp", ROUTER4, 8080).server == "203.0.113.25:80"
+        assert labmod.dial(lab, "tcp", ROUTER4, 9000).server == "203.0.113.26:80"
+        # Whole: 600 rules re-targeted, 600 removed (20700 among them), 9000 removed.
+        retargeted = "".join(f"{20000 + i} tcp 203.0.113.26 80\n" for i in range(600))
+        cm.write(base + retargeted)
+        eventually(lambda: metric(lab, "egress_router_config_generation") == 3, 10, "edit 2")
+        items = nft_json(lab)
+        assert items is not None
+        redirects = _elements(items, "redirect_v4")
+        assert len(redirects) == 602
+        assert redirects[("tcp", 20001)] == ("203.0.113.26", 80)
+        assert ("tcp", 20700) not in redirects and ("tcp", 9000) not in redirects
+        assert _elements(items, "conns_v4")[("tcp", 80)] == 0  # a new table: counters anew
+        assert labmod.dial(lab, "tcp", ROUTER4, 20001).server == "203.0.113.26:80"
+        assert labmod.dial(lab, "tcp", ROUTER4, 20700, timeout=2).error == "refused"
+        cut = doomed.result(timeout=30)
+        assert cut["error"] in ("reset", "closed"), cut
+        assert cut["echoed"] < 400
+        assert not [line for line in conntrack_lines(lab)
+                    if "dport=20700" in line and "ESTABLISHED" in line]
+        summary = kept.result(timeout=60)
+    finally:
+        kept.close()
+        doomed.close()
+    assert summary["error"] is None, summary
+    assert summary["echoed"] == 200
+    assert summary["max_gap"] < 1.0
