@@ -163,3 +163,23 @@ def test_http_port_is_accepted_and_kept_out_of_the_fallback() -> None:
     assert '\t\tiifname "eth0" tcp dport 9090 accept' in lines
     off = ruleset.render_nftables(load("80 tcp 203.0.113.25\n", EGRESS_ROUTER_HTTP_PORT="0"))
     assert "9090" not in off
+
+
+def test_an_edit_of_most_rules_becomes_the_whole_table() -> None:
+    def rules(first: int, count: int, address: str) -> str:
+        return "".join(f"{first + i} tcp {address} 80\n" for i in range(count))
+
+    old = load("80 tcp 203.0.113.25\n" + rules(20000, 1200, "203.0.113.25"))
+    # 600 re-targeted and 600 removed: 1,800 element changes for 601 rules.
+    new = load("80 tcp 203.0.113.25\n" + rules(20000, 600, "203.0.113.26"))
+    assert ruleset.render_nftables_update(old, new) == ruleset.render_nftables(new)
+    # 600 added to 1,201 kept: changed in place (the kept rules keep their counters).
+    grown = load("80 tcp 203.0.113.25\n" + rules(20000, 1800, "203.0.113.25"))
+    update = ruleset.render_nftables_update(old, grown)
+    assert update is not None and update.startswith("# egress-router update")
+    assert "delete element" not in update
+    assert "add element inet egress_router redirect_v4 { tcp . 21200 : 203.0.113.25 . 80," in update
+    # Below REBUILD_AT changes, in place even when nothing is kept.
+    small = ruleset.render_nftables_update(load("80 tcp 203.0.113.25\n"),
+                                           load("81 tcp 203.0.113.25\n"))
+    assert small is not None and small.startswith("# egress-router update")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -347,3 +348,51 @@ def test_a_reload_reads_through_the_same_bounded_reader(
     assert harness.runner.applied == runs
     assert harness.value("egress_router_applies_total", result="invalid") == 1
     assert harness.router.readiness() == (True, "ok")
+
+
+def test_the_loop_takes_the_fingerprint_in_the_background_and_drops_a_stale_one(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    generation = [1]
+    listed = threading.Event()
+    release = threading.Event()
+    list_text = h.runner.list_table_text
+
+    def slow_listing(*, stateless: bool = False) -> str | None:
+        listed.set()
+        assert release.wait(5)
+        return list_text(stateless=stateless)
+
+    h.runner.list_table_text = slow_listing  # type: ignore[method-assign]
+    h.router.kernel.generation = lambda: generation[0]
+    h.router.start()
+    # While nft lists the table, an edit is applied (not held up by the listing) ...
+    assert h.router.settle(background=True) is False
+    assert listed.wait(5)
+    h.edit("80 tcp 203.0.113.25\n")
+    generation[0] += 1
+    assert h.router.poll_file() is True
+    thread = h.router._settling
+    assert thread is not None
+    release.set()
+    thread.join(5)
+    # ... so the listing, of the table before it, is not taken as the fingerprint.
+    assert h.router.expected is None
+    listed.clear()
+    assert h.router.settle(background=True) is False
+    h.router._settling.join(5)  # type: ignore[union-attr]
+    assert h.router.expected is not None
+    assert h.router.settle(background=True) is False  # taken: nothing more to do
+
+
+def test_the_start_applies_only_the_steps_prepare_left_undone(tmp_path: Path) -> None:
+    prepared: list[list[plan.Step]] = []
+    h = Harness(tmp_path)
+    h.router.kernel.prepare = lambda steps: prepared.append(list(steps))
+    left = [(plan.EnableForwarding(4), "IPv4 forwarding is off")]
+    h.router.kernel.drift = lambda cfg: list(left)
+    h.router.start()
+    assert prepared and len(prepared[0]) > 1
+    assert h.links.applied == [plan.EnableForwarding(4)]
+    assert h.router.readiness() == (True, "ok")
