@@ -14,6 +14,7 @@ SCTP, dual stack, comments anywhere and a destination file.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import os
 import re
@@ -205,7 +206,16 @@ class Destinations:
         return next((f for f in self.fallbacks if f.family == family), None)
 
     def rules_of(self, family: int) -> tuple[PortRule, ...]:
-        return tuple(r for r in self.rules if r.family == family)
+        return self._by_family.get(family, ())
+
+    @functools.cached_property
+    def _by_family(self) -> dict[int, tuple[PortRule, ...]]:
+        # One pass for both families, kept: the renderers ask for each several times an
+        # edit, and at 10,000 rules every pass costs 10,000 property calls.
+        found: dict[int, list[PortRule]] = {}
+        for rule in self.rules:
+            found.setdefault(rule.address.version, []).append(rule)
+        return {family: tuple(rules) for family, rules in found.items()}
 
     def hosts(self) -> tuple[str, ...]:
         """The DNS names to resolve, each once, in order of appearance."""

@@ -152,7 +152,8 @@ def check_verbatim(cfg: config.Config) -> None:
 
 
 def _sorted_rules(rules: Iterable[config.PortRule]) -> list[config.PortRule]:
-    return sorted(rules, key=lambda r: (r.proto.value, r.port))
+    # `_value_`, not `value`: the property costs more than the rest of the key at 10,000 rules.
+    return sorted(rules, key=lambda r: (r.proto._value_, r.port))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -193,7 +194,7 @@ def group_rules(cfg: config.Config, family: int) -> dict[Key, list[Target]]:
 
 
 def _keys_text(keys: Iterable[Key]) -> str:
-    return ", ".join(f"{proto.value} . {port}" for proto, port in keys)
+    return ", ".join(f"{proto._value_} . {port}" for proto, port in keys)
 
 
 def _target_text(target: Target) -> str:
@@ -304,8 +305,13 @@ def snat_statement(cfg: config.Config, family: int) -> str:
     )
 
 
-def render_nftables(cfg: config.Config) -> str:
-    """The whole ruleset as one ``nft -f`` transaction that replaces our table atomically."""
+def render_nftables(
+    cfg: config.Config, *, groups: dict[int, dict[Key, list[Target]]] | None = None
+) -> str:
+    """The whole ruleset as one ``nft -f`` transaction that replaces our table atomically.
+
+    ``groups``: `group_rules` of every family, when the caller has them already.
+    """
     check_verbatim(cfg)
     pod = cfg.pod_interface
     egress = cfg.egress_interface
@@ -327,7 +333,8 @@ def render_nftables(cfg: config.Config) -> str:
         f"table {TABLE_FAMILY} {TABLE} {{",
     ]
     families = _family_list(cfg)
-    groups = {family: group_rules(cfg, family) for family in families}
+    if groups is None:
+        groups = {family: group_rules(cfg, family) for family in families}
     for family in cfg.families():
         out += _ct_timeout_lines(family)
     for family in families:
@@ -591,7 +598,7 @@ def render_nftables_update(old: config.Config, new: config.Config) -> str | None
         changes[family] = gone, fresh
     changed = sum(len(gone) + len(fresh) for gone, fresh in changes.values())
     if changed >= REBUILD_AT and changed > sum(map(len, new_groups.values())):
-        return render_nftables(new)
+        return render_nftables(new, groups=new_groups)
     for family in families:
         before, after = old_groups[family], new_groups[family]
         gone, fresh = changes[family]
