@@ -39,6 +39,7 @@ import platform
 import re
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -478,8 +479,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] if ordered else float("nan")
+    return statistics.median(values) if values else float("nan")
 
 
 def compare_markdown(doc: dict[str, Any]) -> str:

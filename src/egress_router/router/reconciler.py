@@ -130,6 +130,7 @@ class _Pending:
     def apply(self, step: plan.Step) -> None:
         if step in self.due:
             self.links.apply(step)
+SETTLE_AFTER = 2.0  # seconds after an apply before its fingerprint is taken (in the background)
 BACKOFF_WINDOW = 30.0  # seconds over which repairs are counted
 BACKOFF_AFTER = 10  # reconciles that repaired something (in the window) before slowing down
 BACKOFF_FIRST = 0.5  # the first delay, doubled with every further repairing reconcile
@@ -219,6 +220,7 @@ class Router:
         self.expected: str | None = None  # fingerprint of our rules right after that apply
         self._verified: int | None = None  # nftables generation at which they last matched
         self._settling: threading.Thread | None = None  # `settle` in the background
+        self._applied_at = float("-inf")  # when the last apply was made (clock)
         self.problems: list[str] = ["not started"]
         # What /readyz answers: the last check's verdict, so that a probe never waits on
         # the kernel or on the lock (an apply of 10,000 rules holds it for a second).
@@ -362,6 +364,7 @@ class Router:
 
     def _applied(self, desired: config.Config) -> None:
         self.applied = desired
+        self._applied_at = self._clock()
         self._remember_rules()
         self.generation += 1
         self.metrics.generation.set(self.generation)
@@ -391,12 +394,15 @@ class Router:
         ``background`` (the loop): list the table in a thread of its own, not
         holding the lock, and keep the fingerprint only if no commit came in the
         meantime. At 10,000 rules the listing takes nft one to two seconds, which
-        an edit arriving right after the last one would otherwise wait for.
-        Returns False at once then.
+        an edit arriving right after the last one would otherwise wait for; and
+        only `SETTLE_AFTER` seconds after the last apply, so that it does not
+        compete for the CPU with edits that come in a row. Returns False at once.
         """
         if self.expected is not None or self._verified is None:
             return False
         if background:
+            if self._clock() - self._applied_at < SETTLE_AFTER:
+                return False
             if self._settling is None or not self._settling.is_alive():
                 self._settling = threading.Thread(
                     target=self._settle_from, args=(self._verified,), name="settle", daemon=True

@@ -367,12 +367,16 @@ def test_the_loop_takes_the_fingerprint_in_the_background_and_drops_a_stale_one(
     h.runner.list_table_text = slow_listing  # type: ignore[method-assign]
     h.router.kernel.generation = lambda: generation[0]
     h.router.start()
+    assert h.router.settle(background=True) is False
+    assert h.router._settling is None  # not right after an apply: edits may come in a row
+    h.clock.now += reconciler.SETTLE_AFTER
     # While nft lists the table, an edit is applied (not held up by the listing) ...
     assert h.router.settle(background=True) is False
     assert listed.wait(5)
     h.edit("80 tcp 203.0.113.25\n")
     generation[0] += 1
     assert h.router.poll_file() is True
+    h.clock.now += reconciler.SETTLE_AFTER
     thread = h.router._settling
     assert thread is not None
     release.set()
