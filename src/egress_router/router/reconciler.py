@@ -130,6 +130,8 @@ class _Pending:
     def apply(self, step: plan.Step) -> None:
         if step in self.due:
             self.links.apply(step)
+
+
 SETTLE_AFTER = 2.0  # seconds after an apply before its fingerprint is taken (in the background)
 BACKOFF_WINDOW = 30.0  # seconds over which repairs are counted
 BACKOFF_AFTER = 10  # reconciles that repaired something (in the window) before slowing down
