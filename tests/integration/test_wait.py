@@ -461,8 +461,14 @@ def test_the_routers_own_lookups_reach_a_resolver_on_the_service_network(
     result = labmod.dial(lab, "tcp", ROUTER4, 80)
     assert result.server == "203.0.113.25:80" and str(result.peer_ip) == SOURCE4, result
     assert any(q["name"].rstrip(".") == "api.lab.test" for q in labmod.dns_queries(lab))
-    routes = json.loads(labmod.run_in(lab.router, ["ip", "-j", "route", "show", resolver]).stdout)
-    assert [(r.get("gateway"), r["dev"]) for r in routes] == [("10.128.0.1", "eth0")]
+    # Routed right after readiness (the data path does not wait for it).
+    def resolver_routes() -> list[tuple[str | None, str]]:
+        routes = json.loads(labmod.run_in(lab.router, ["ip", "-j", "route", "show", resolver])
+                            .stdout)
+        return [(r.get("gateway"), r["dev"]) for r in routes]
+
+    eventually(lambda: bool(resolver_routes()), 10, "the resolver's route")
+    assert resolver_routes() == [("10.128.0.1", "eth0")]
     # Control: a neighbour on the service network without such a route is out of reach.
     labmod.run_in(lab.node, ["ip", "address", "add", "172.30.0.11/32", "dev", "lo"])
     # (TCP to port 53: an answer, even a refusal, means the packet got there and back.)
