@@ -439,7 +439,7 @@ def measure_edits_only(
     router = Router(lab, {**BASE, "EGRESS_DESTINATION_FILE": str(cm.path), **extra})
     try:
         probe.ask("ready")
-        time.sleep(3.0)  # past the start-up's idle work (the fingerprint)
+        time.sleep(6.0)  # past the start-up's idle work (the fingerprint)
         return measure_edits(router, cm, probe)
     finally:
         router.terminate()
