@@ -39,7 +39,6 @@ waiting for the main thread's work.
 from __future__ import annotations
 
 import errno
-import http.server
 import logging
 import select
 import signal
@@ -76,8 +75,9 @@ class Stopping(BaseException):  # like KeyboardInterrupt: not an error
 # ---------------------------------------------------------------------- HTTP
 
 
-class _Server(http.server.ThreadingHTTPServer):
+class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
+    allow_reuse_address = True
     router: Router
     registry: metrics.Metrics
     heartbeat: Callable[[], float]
@@ -87,27 +87,54 @@ class _Server(http.server.ThreadingHTTPServer):
         if self.address_family == socket.AF_INET6:
             # One socket for both families: kubelet probes and scrapes come over either.
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        # Not HTTPServer.server_bind: it calls socket.getfqdn(), a reverse lookup that
+        # No socket.getfqdn() (which http.server's bind calls): a reverse lookup that
         # takes ~10 s on a host without DNS, all before the first probe is answered.
         socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
 
     def handle_error(self, request: object, client_address: object) -> None:
         # A probe or scraper that hangs up early is no error of ours: no traceback for it.
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
             log.debug("http: %s went away", client_address)
             return
         super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "egress-router"
+HTTP_LINE = 8192  # longest request or header line read
+HTTP_HEADERS = 64  # most header lines read (their content is not needed)
+HTTP_TIMEOUT = 10.0  # a client that sends nothing for this long is dropped
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error", 503: "Service Unavailable"}
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+
+class _Handler(socketserver.StreamRequestHandler):
+    """Just enough HTTP/1.0 for probes and scrapes: GET (or HEAD), one request a connection.
+
+    Not http.server: it imports http.client and with it ssl, ~5 MiB of the
+    40 MiB budget for code never run here. Probes are answered from the last
+    known state (`Router.readiness`, the heartbeat), never from the kernel and
+    under no lock the main thread's work holds; the answer goes out in one write.
+    """
+
+    server: _Server
+    timeout = HTTP_TIMEOUT
+    head_only = False
+
+    def handle(self) -> None:
+        request = self.rfile.readline(HTTP_LINE + 1)
+        for _ in range(HTTP_HEADERS):
+            header = self.rfile.readline(HTTP_LINE + 1)
+            if header in (b"\r\n", b"\n", b""):
+                break
+        words = request.split()
+        if len(words) != 3 or len(request) > HTTP_LINE or not words[2].startswith(b"HTTP/"):
+            self._text(400, "bad request: expected GET <path> HTTP/1.x\n")
+            return
+        method, target = words[0], words[1].decode("latin-1")
+        if method not in (b"GET", b"HEAD"):
+            self._text(405, "only GET and HEAD are served\n")
+            return
+        self.head_only = method == b"HEAD"
+        path = target.split("?", 1)[0]
         if path == "/healthz":
             age = time.monotonic() - self.server.heartbeat()
             if age > self.server.stale_after:
@@ -118,23 +145,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             ready, why = self.server.router.readiness()
             self._text(200 if ready else 503, f"{why}\n")
         elif path == "/metrics":
-            self.send_response(200)
-            self.send_header("Content-Type", metrics.CONTENT_TYPE)
-            self.end_headers()
-            self.server.router.write_rule_metrics(lambda text: self.wfile.write(text.encode()))
+            self.wfile.write(self._head(200, metrics.CONTENT_TYPE))
+            if not self.head_only:
+                self.server.router.write_rule_metrics(
+                    lambda text: self.wfile.write(text.encode())
+                )
         else:
             self._text(404, "not found: try /healthz, /readyz or /metrics\n")
 
+    @staticmethod
+    def _head(code: int, content_type: str, length: int | None = None) -> bytes:
+        lines = [f"HTTP/1.0 {code} {_REASONS[code]}", "Server: egress-router",
+                 f"Content-Type: {content_type}", "Connection: close"]
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
     def _text(self, code: int, body: str) -> None:
         data = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("http: %s", format % args)
+        head = self._head(code, "text/plain; charset=utf-8", len(data))
+        self.wfile.write(head if self.head_only else head + data)
 
 
 def serve_http(

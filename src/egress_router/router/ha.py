@@ -24,10 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from egress_router.core import config, ha
 from egress_router.kernel import vrrp
+from egress_router.router.metrics import CollectorRegistry, Counter, Gauge
 
 log = logging.getLogger(__name__)
 

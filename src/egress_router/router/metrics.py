@@ -1,14 +1,23 @@
 """Prometheus metrics of the waiting container: what the router did and is doing.
 
 Two kinds. What the process itself decides (applies and their failures, drift
-repairs, DNS failures, the configuration generation, readiness) are
-prometheus-client counters and gauges in a private registry, every labelled
-counter created at zero for each of its known label values. What the data path
-does per rule (new connections, packets and bytes) lives in the kernel: in the
-element counters of the ``conns_v4``/``traffic_v4`` sets (one lookup per
-connection or packet, whatever the number of rules). Those are read at scrape
-time and written straight out in the text format, line by line; as
-prometheus-client objects they would cost about 20 MiB on every scrape.
+repairs, DNS failures, the configuration generation, readiness) are counters
+and gauges in a small registry here, every labelled counter created at zero for
+each of its known label values. What the data path does per rule (new
+connections, packets and bytes) lives in the kernel: in the element counters of
+the ``conns_v4``/``traffic_v4`` sets (one lookup per connection or packet,
+whatever the number of rules). Those are read at scrape time and written
+straight out in the text format, line by line; as metric objects they would
+cost about 20 MiB on every scrape.
+
+Why not prometheus-client: importing it imports its push-gateway and HTTP
+server code, and with them ``ssl``, ``http.client`` and ``urllib.request``,
+about 8 MiB of the waiting process's 40 MiB budget for code the router never
+runs. What the router needs is a few counters and gauges and the text format
+(version 0.0.4), which the writer here produces; the unit tests read its output
+back with prometheus-client's own parser. The names follow the same rules: a
+counter ``x`` is exported as ``x_total``, its HELP and TYPE name the family as
+written, label values and help texts escaped as the format says.
 
 Series stay bounded: per-rule families are written only while the ruleset has
 at most ``EGRESS_ROUTER_METRICS_RULES`` rules (1,000 by default, 0 turns them
@@ -19,17 +28,11 @@ the namespace) are always there. Live connections are counted by the kernel
 
 from __future__ import annotations
 
+import math
+import os
+import threading
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Mapping
-
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    ProcessCollector,
-    disable_created_metrics,
-)
-from prometheus_client import generate_latest as _generate_latest
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from egress_router.core import config, ruleset
 from egress_router.core.listing import Counters, counter_key
@@ -71,15 +74,228 @@ RULE_FAMILIES = (
     ),
 )
 
+# ----------------------------------------------------------------------------- the registry
+
+
+def format_value(value: float) -> str:
+    """A sample value as the text format (and prometheus-client) spells it."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+class _Child:
+    """One series: a value behind its family's lock."""
+
+    __slots__ = ("_lock", "value")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError(f"cannot increase a counter by {amount}: counters only go up")
+        with self._lock:
+            self.value += amount
+
+    def set(self, value: float) -> None:
+        with self._lock:
+            self.value = float(value)
+
+
+class _Family:
+    """A metric family: its name, help, type and series (by label values)."""
+
+    kind = "untyped"
+    suffix = ""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Iterable[str] = (), *,
+        registry: Registry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], _Child] = {}
+        if not self.labelnames:
+            self._series[()] = _Child(self._lock)
+        registry.register(self)
+
+    def labels(self, **values: str) -> _Child:
+        """The series of these label values (created at zero on first use)."""
+        if set(values) != set(self.labelnames):
+            raise ValueError(
+                f"cannot select a series of {self.name}: labels {sorted(values)} given, "
+                f"{sorted(self.labelnames)} expected"
+            )
+        key = tuple(str(values[n]) for n in self.labelnames)
+        with self._lock:
+            child = self._series.get(key)
+            if child is None:
+                child = self._series[key] = _Child(self._lock)
+        return child
+
+    def _unlabelled(self) -> _Child:
+        if self.labelnames:
+            raise ValueError(f"cannot use {self.name} without its labels {self.labelnames}")
+        return self._series[()]
+
+    def samples(self) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+        """(sample name, labels, value) of every series, in creation order."""
+        with self._lock:
+            items = [(key, child.value) for key, child in self._series.items()]
+        sample = self.name + self.suffix
+        return [(sample, tuple(zip(self.labelnames, key, strict=True)), value)
+                for key, value in items]
+
+    def text(self) -> str:
+        name = self.name + self.suffix
+        lines = [f"# HELP {name} {_escape_help(self.documentation)}\n# TYPE {name} {self.kind}\n"]
+        for sample, labels, value in self.samples():
+            if labels:
+                pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+                lines.append(f"{sample}{{{pairs}}} {format_value(value)}\n")
+            else:
+                lines.append(f"{sample} {format_value(value)}\n")
+        return "".join(lines)
+
+
+class Counter(_Family):
+    """A counter: only goes up; exported as ``<name>_total``."""
+
+    kind = "counter"
+    suffix = "_total"
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Iterable[str] = (), *,
+        registry: Registry,
+    ) -> None:
+        super().__init__(name.removesuffix("_total"), documentation, labelnames,
+                         registry=registry)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._unlabelled().inc(amount)
+
+
+class Gauge(_Family):
+    """A gauge: set to what it is now."""
+
+    kind = "gauge"
+
+    def set(self, value: float) -> None:
+        self._unlabelled().set(value)
+
+    def inc(self, amount: float = 1.0) -> None:
+        child = self._unlabelled()
+        child.set(child.value + amount)
+
+
+class Registry:
+    """The families of one process, written in registration order."""
+
+    def __init__(self) -> None:
+        self._families: list[_Family | Callable[[], str]] = []
+        self._names: set[str] = set()
+        self._lock = threading.Lock()
+
+    def register(self, family: _Family | Callable[[], str], name: str | None = None) -> None:
+        """Add a family (or a function writing families' text, named ``name``)."""
+        name = name if name is not None else getattr(family, "name", "")
+        with self._lock:
+            if name in self._names:
+                raise ValueError(f"cannot register {name} twice")
+            self._names.add(name)
+            self._families.append(family)
+
+    def families(self) -> Iterator[_Family]:
+        with self._lock:
+            found = list(self._families)
+        yield from (f for f in found if isinstance(f, _Family))
+
+    def generate(self) -> bytes:
+        """Every family in the text format (version 0.0.4)."""
+        with self._lock:
+            found = list(self._families)
+        return "".join(f.text() if isinstance(f, _Family) else f() for f in found).encode()
+
+    def get_sample_value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """The value of one sample (``x_total`` for a counter ``x``); None if there is none."""
+        wanted = tuple(sorted((labels or {}).items()))
+        for family in self.families():
+            for sample, pairs, value in family.samples():
+                if sample == name and tuple(sorted(pairs)) == wanted:
+                    return value
+        return None
+
+
+CollectorRegistry = Registry  # the name router/ha (and its tests) know from prometheus-client
+
+
+def process_metrics(prefix: str, proc: str = "/proc/self") -> Callable[[], str]:
+    """A writer of the standard process families (Prometheus' client guidelines), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def boot_time() -> float:
+        with open("/proc/stat", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+        return 0.0
+
+    started: list[float] = []
+
+    def text() -> str:
+        try:
+            with open(f"{proc}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            fds = len(os.listdir(f"{proc}/fd"))
+            max_fds = None
+            with open(f"{proc}/limits", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("Max open files"):
+                        max_fds = float(line.split()[3])
+        except OSError:
+            return ""  # no /proc: no process families (as prometheus-client does)
+        if not started:
+            started.append(boot_time() + int(fields[19]) / ticks)
+        values = (
+            ("virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
+             float(fields[20])),
+            ("resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+             float(int(fields[21]) * page)),
+            ("start_time_seconds", "gauge",
+             "Start time of the process since unix epoch in seconds.", started[0]),
+            ("cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
+             (int(fields[11]) + int(fields[12])) / ticks),
+            ("open_fds", "gauge", "Number of open file descriptors.", float(fds)),
+        )
+        out = [f"# HELP {prefix}_process_{n} {h}\n# TYPE {prefix}_process_{n} {k}\n"
+               f"{prefix}_process_{n} {format_value(v)}\n" for n, k, h, v in values]
+        if max_fds is not None:
+            name = f"{prefix}_process_max_fds"
+            out.append(f"# HELP {name} Maximum number of open file descriptors.\n"
+                       f"# TYPE {name} gauge\n{name} {format_value(max_fds)}\n")
+        return "".join(out)
+
+    return text
+
+
 class Metrics:
     """The process-level metrics, registered in their own registry."""
 
     def __init__(self) -> None:
-        # The *_created series double the output and say only when the process started.
-        disable_created_metrics()  # type: ignore[no-untyped-call]
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = Registry()
         registry = self.registry
-        ProcessCollector(namespace=PREFIX, registry=registry)
+        registry.register(process_metrics(PREFIX), f"{PREFIX}_process")
         self.applies = Counter(
             f"{PREFIX}_applies", "Rule applies by result: ok, invalid (configuration refused, "
             "running rules kept) or failed (the kernel refused, running rules kept).",
@@ -160,7 +376,7 @@ class Metrics:
             self.dns_changes.labels(name=host)
 
     def generate(self) -> bytes:
-        return _generate_latest(self.registry)
+        return self.registry.generate()
 
 
 def count_active(flows: Iterable[conntrack.Flow]) -> Tally[tuple[int, str, int]]:

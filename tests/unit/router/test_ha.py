@@ -7,12 +7,12 @@ import time
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from egress_router.core import config, ha
 from egress_router.kernel import announce, conntrack, netlink, nft, vrrp
 from egress_router.router import engine, metrics, reconciler
 from egress_router.router import ha as ha_role
+from egress_router.router.metrics import CollectorRegistry
 
 ENV = {
     "EGRESS_SOURCE": "192.168.12.99",
