@@ -27,7 +27,9 @@ one-rule start-up), and ``--baseline SRC`` runs them twice in the same lab,
 first with the package at ``SRC`` (the ``src`` folder of another checkout,
 e.g. ``git worktree add /tmp/base main``), then with this one, alternating
 ``--rounds`` times: ratios measured side by side, written to
-``wait-compare.json`` / ``wait-compare.md``.
+``wait-compare.json`` / ``wait-compare.md``. Without ``--baseline``, ``--cases``
+picks cases of the full run (one, edits, scrapes, drift, sigterm, standby; the
+10,000-rule start and the peak RSS always), ``--name`` the results' file name.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 ROUTER4 = "10.128.0.2"
 RULES = 10_000
+CASES = ("one", "edits", "scrapes", "drift", "sigterm", "standby")
 BASE = {
     "EGRESS_SOURCE": "192.168.12.99/24",
     "EGRESS_GATEWAY": "192.168.12.1",
@@ -317,22 +320,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
                  "load": os.getloadavg()},
         "rules": RULES,
+        "cases": list(args.cases),
     }
     tmp = Path(tempfile.mkdtemp(prefix="bench-wait-"))
     probe = Prober(lab)
     routers: list[Router] = []
     try:
         # Probes and readiness of a one-rule router, no DNS reachable from the router pod.
-        (tmp / "one").mkdir()
-        one = ConfigMap(tmp / "one", "80 tcp 203.0.113.25\n")
-        router = Router(lab, {**BASE, "EGRESS_DESTINATION_FILE": str(one.path),
-                              "EGRESS_ANNOUNCE_COUNT": "3", "EGRESS_ANNOUNCE_INTERVAL": "1"})
-        ready_at = float(probe.ask("ready")[1])
-        doc["one_rule_ready_s"] = ready_at - router.started
-        time.sleep(0.3)  # in the middle of the start-up announcements (3 rounds, 1 s apart)
-        doc["sigterm_during_announcements"] = router.terminate()
-        log(f"one rule: ready after {doc['one_rule_ready_s']:.2f}s; SIGTERM during "
-            f"announcements: {doc['sigterm_during_announcements']}")
+        if "one" in args.cases:
+            (tmp / "one").mkdir()
+            one = ConfigMap(tmp / "one", "80 tcp 203.0.113.25\n")
+            router = Router(lab, {**BASE, "EGRESS_DESTINATION_FILE": str(one.path),
+                                  "EGRESS_ANNOUNCE_COUNT": "3", "EGRESS_ANNOUNCE_INTERVAL": "1"})
+            ready_at = float(probe.ask("ready")[1])
+            doc["one_rule_ready_s"] = ready_at - router.started
+            time.sleep(0.3)  # in the middle of the start-up announcements (3 rounds, 1 s apart)
+            doc["sigterm_during_announcements"] = router.terminate()
+            log(f"one rule: ready after {doc['one_rule_ready_s']:.2f}s; SIGTERM during "
+                f"announcements: {doc['sigterm_during_announcements']}")
 
         (tmp / "big").mkdir()
         cm = ConfigMap(tmp / "big", rules_text(10000, "203.0.113.25"))
@@ -343,61 +348,71 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         doc["start_10000_ready_s"] = ready_at - router.started
         log(f"10,000 rules: ready after {doc['start_10000_ready_s']:.2f}s")
 
-        # Probes while edits run (a watcher of its own, beside the prober).
-        watcher = Prober(lab)
-        watch_result: list[str] = []
-        thread = threading.Thread(target=lambda: watch_result.extend(watcher.ask("watch 25")))
-        thread.start()
-        doc["edits"] = measure_edits(router, cm, probe)
-        thread.join()
-        watcher.close()
-        doc["probes_during_edits"] = {
-            "requests": int(watch_result[1]), "not_200": int(watch_result[2]),
-            "slowest_readyz_s": float(watch_result[3]), "slowest_healthz_s": float(watch_result[4]),
-        }
-        log(f"probes during edits: {doc['probes_during_edits']}")
+        if "edits" in args.cases:
+            # Probes while edits run (a watcher of its own, beside the prober).
+            watcher = Prober(lab)
+            watch_result: list[str] = []
+            thread = threading.Thread(target=lambda: watch_result.extend(watcher.ask("watch 25")))
+            thread.start()
+            doc["edits"] = measure_edits(router, cm, probe)
+            thread.join()
+            watcher.close()
+            doc["probes_during_edits"] = {
+                "requests": int(watch_result[1]), "not_200": int(watch_result[2]),
+                "slowest_readyz_s": float(watch_result[3]),
+                "slowest_healthz_s": float(watch_result[4]),
+            }
+            log(f"probes during edits: {doc['probes_during_edits']}")
 
-        sent = int(probe.ask(f"udp {args.connections} 53")[1])
-        count = in_router(lab, "cat", "/proc/sys/net/netfilter/nf_conntrack_count").strip()
-        doc["conntrack_entries"] = int(count)
-        doc["scrape"] = measure_scrapes(router, probe)
-        log(f"scrapes with {count} entries ({sent} sent): {doc['scrape']}")
-        doc["drift_s"] = measure_drift(lab, probe)
+        if "scrapes" in args.cases:
+            sent = int(probe.ask(f"udp {args.connections} 53")[1])
+            count = in_router(lab, "cat", "/proc/sys/net/netfilter/nf_conntrack_count").strip()
+            doc["conntrack_entries"] = int(count)
+            doc["scrape"] = measure_scrapes(router, probe)
+            log(f"scrapes with {count} entries ({sent} sent): {doc['scrape']}")
+        if "drift" in args.cases:
+            doc["drift_s"] = measure_drift(lab, probe)
         doc["peak_rss_mib"] = router.hwm_kib() / 1024
         log(f"peak RSS: {doc['peak_rss_mib']:.1f} MiB")
 
-        # SIGTERM: idle, during an apply, during a cut; standby takeover.
-        doc["sigterm_idle"] = router.terminate()
-        routers.remove(router)
-        router = Router(lab, env)
-        probe.ask("ready")
-        written = cm.write(rules_text(40000, "203.0.113.26"))
-        router.wait_line(r"changed: applying", written, 10)
-        doc["sigterm_during_apply"] = router.terminate()
-        router = Router(lab, env)
-        probe.ask("ready")
-        probe.ask("hold 40000 40200")
-        written = cm.write(rules_text(10000, "203.0.113.25"))
-        router.wait_line(r"edit applied", written, 30)
-        doc["sigterm_during_cut"] = router.terminate()
-        probe.ask("drop")
-        log(f"SIGTERM idle {doc['sigterm_idle']}, apply {doc['sigterm_during_apply']}, "
-            f"cut {doc['sigterm_during_cut']}")
+        if "sigterm" in args.cases:
+            # SIGTERM: idle, during an apply, during a cut; standby takeover.
+            doc["sigterm_idle"] = router.terminate()
+            routers.remove(router)
+            router = Router(lab, env)
+            probe.ask("ready")
+            written = cm.write(rules_text(40000, "203.0.113.26"))
+            router.wait_line(r"changed: applying", written, 10)
+            doc["sigterm_during_apply"] = router.terminate()
+            router = Router(lab, env)
+            probe.ask("ready")
+            probe.ask("hold 40000 40200")
+            written = cm.write(rules_text(10000, "203.0.113.25"))
+            router.wait_line(r"edit applied", written, 30)
+            doc["sigterm_during_cut"] = router.terminate()
+            probe.ask("drop")
+            log(f"SIGTERM idle {doc['sigterm_idle']}, apply {doc['sigterm_during_apply']}, "
+                f"cut {doc['sigterm_during_cut']}")
 
-        active = Router(lab, env)
-        routers.append(active)
-        probe.ask("ready")
-        standby = Router(lab, env)
-        routers.append(standby)
-        standby.wait_line("standing by", standby.started, 10)
-        sent = time.monotonic()
-        doc["active_exit"] = active.terminate()
-        at, _line = standby.wait_line("taking over", sent, 10)
-        doc["takeover_s"] = at - sent  # from SIGTERM: includes the active one's exit
-        ready_at = float(probe.ask("ready")[1])
-        doc["takeover_ready_s"] = ready_at - sent
-        log(f"standby: lock after {doc['takeover_s']:.3f}s, ready after "
-            f"{doc['takeover_ready_s']:.2f}s (10,000 rules applied)")
+        if "standby" in args.cases:
+            if router in routers:  # still running (no sigterm case): it would be the active one
+                router.terminate()
+                routers.remove(router)
+            active = Router(lab, env)
+            routers.append(active)
+            probe.ask("ready")
+            standby = Router(lab, env)
+            routers.append(standby)
+            standby.wait_line("standing by", standby.started, 10)
+            sent = time.monotonic()
+            doc["active_exit"] = active.terminate()
+            at, _line = standby.wait_line("taking over", sent, 10)
+            doc["takeover_s"] = at - sent  # from SIGTERM: includes the active one's exit
+            ready_at = float(probe.ask("ready")[1])
+            doc["takeover_ready_s"] = ready_at - sent
+            log(f"standby: lock after {doc['takeover_s']:.3f}s, ready after "
+                f"{doc['takeover_ready_s']:.2f}s (10,000 rules applied)")
+        doc["host"]["load_end"] = os.getloadavg()
     finally:
         for r in routers:
             if r.proc.poll() is None:
@@ -522,16 +537,21 @@ def compare_markdown(doc: dict[str, Any]) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
+    host = doc["host"]
+    load_end = host.get("load_end", host["load"])
+    command = "python -m bench.run wait" + (
+        f" --cases {','.join(doc['cases'])}" if doc.get("cases") and doc["cases"] != list(CASES)
+        else "")
     lines = [
         f"# egress-router wait at {doc['rules']:,} rules ({doc['when']})",
         "",
-        f"Host: {doc['host']['cpus']} CPUs, kernel {doc['host']['kernel']}, load at start "
-        f"{doc['host']['load'][0]:.1f}. Command: `python -m bench.run wait`.",
+        f"Host: {host['cpus']} CPUs, kernel {host['kernel']}, load average at start "
+        f"{host['load'][0]:.1f}, at the end {load_end[0]:.1f}. Command: `{command}`.",
         "",
         "| figure | value | goal |",
         "|---|---|---|",
     ]
-    for e in doc["edits"]:
+    for e in doc.get("edits", ()):
         cut = f", {e['cut']} of {e['held']} held connections cut after " \
               f"{e['applied_and_cut_s']:.2f} s" if e.get("held") else ""
         lines.append(f"| edit: {e['edit']} | applied after {e['applied_s']:.2f} s (CPU "
@@ -539,26 +559,36 @@ def markdown(doc: dict[str, Any]) -> str:
     for key, goal in (("sigterm_idle", "exit 0 < 1 s"), ("sigterm_during_apply", "exit 0 < 1 s"),
                       ("sigterm_during_cut", "exit 0 < 1 s"),
                       ("sigterm_during_announcements", "exit 0 < 1 s")):
-        took, code = doc[key]
-        lines.append(f"| {key.replace('_', ' ')} | exit {code} after {took:.2f} s | {goal} |")
-    for kind, took in doc["drift_s"].items():
+        if key in doc:
+            took, code = doc[key]
+            lines.append(f"| {key.replace('_', ' ')} | exit {code} after {took:.2f} s | {goal} |")
+    for kind, took in doc.get("drift_s", {}).items():
         lines.append(f"| drift: {kind} | traffic again after {took:.2f} s | < 1.5 s |")
-    p = doc["probes_during_edits"]
-    lines += [
-        f"| slowest /readyz, /healthz during edits ({p['requests']} requests, "
-        f"{p['not_200']} not 200) | {p['slowest_readyz_s'] * 1000:.0f} ms, "
-        f"{p['slowest_healthz_s'] * 1000:.0f} ms | < 100 ms |",
-        f"| one-rule router ready after start, no DNS | {doc['one_rule_ready_s']:.2f} s | < 1 s |",
-        f"| 10,000-rule router ready after start | {doc['start_10000_ready_s']:.2f} s | |",
-        f"| /metrics CPU per scrape ({doc['conntrack_entries']:,} conntrack entries) | "
-        f"{doc['scrape']['cpu_s_per_scrape'] * 1000:.0f} ms (slowest answer "
-        f"{doc['scrape']['slowest_scrape_s'] * 1000:.0f} ms) | < 100 ms |",
-        f"| peak RSS of wait (VmHWM) | {doc['peak_rss_mib']:.1f} MiB | < 40 MiB |",
-        f"| standby holds the lock, from SIGTERM to the active one (exit "
-        f"{doc['active_exit'][0]:.2f} s) | {doc['takeover_s']:.2f} s | < 1 s after the exit |",
-        f"| standby ready (10,000 rules applied), from that SIGTERM | "
-        f"{doc['takeover_ready_s']:.2f} s | |",
-    ]
+    if "probes_during_edits" in doc:
+        p = doc["probes_during_edits"]
+        lines.append(
+            f"| slowest /readyz, /healthz during edits ({p['requests']} requests, "
+            f"{p['not_200']} not 200) | {p['slowest_readyz_s'] * 1000:.0f} ms, "
+            f"{p['slowest_healthz_s'] * 1000:.0f} ms | < 100 ms |")
+    if "one_rule_ready_s" in doc:
+        lines.append(f"| one-rule router ready after start, no DNS | "
+                     f"{doc['one_rule_ready_s']:.2f} s | < 1 s |")
+    lines.append(f"| 10,000-rule router ready after start | {doc['start_10000_ready_s']:.2f} s | |")
+    if "scrape" in doc:
+        lines.append(
+            f"| /metrics CPU per scrape ({doc['conntrack_entries']:,} conntrack entries) | "
+            f"{doc['scrape']['cpu_s_per_scrape'] * 1000:.0f} ms (slowest answer "
+            f"{doc['scrape']['slowest_scrape_s'] * 1000:.0f} ms) | < 100 ms |")
+    done = [c for c in ("edits", "scrapes", "drift") if c in doc.get("cases", CASES)]
+    lines.append(f"| peak RSS of wait (VmHWM), after {', '.join(done) or 'start'} | "
+                 f"{doc['peak_rss_mib']:.1f} MiB | < 40 MiB |")
+    if "takeover_s" in doc:
+        lines += [
+            f"| standby holds the lock, from SIGTERM to the active one (exit "
+            f"{doc['active_exit'][0]:.2f} s) | {doc['takeover_s']:.2f} s | < 1 s after the exit |",
+            f"| standby ready (10,000 rules applied), from that SIGTERM | "
+            f"{doc['takeover_ready_s']:.2f} s | |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -573,7 +603,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, default=None, metavar="SRC",
                         help="the src folder of another checkout, measured side by side")
     parser.add_argument("--rounds", type=int, default=1, metavar="N")
+    parser.add_argument("--cases", default=",".join(CASES), metavar="LIST",
+                        help=f"comma-separated cases to run (default: all of {','.join(CASES)}); "
+                        "the 10,000-rule start and the peak RSS are always measured")
+    parser.add_argument("--name", default="wait", help="results file name (default: wait)")
     args = parser.parse_args(argv)
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if unknown := sorted(set(args.cases) - set(CASES)):
+        parser.error(f"cannot run case(s) {', '.join(unknown)}: choose from {', '.join(CASES)}")
     if not 0 <= args.connections <= 64_000:
         parser.error(f"cannot hold {args.connections} flows: give 0 to 64000")
     if args.only is not None or args.baseline is not None:
@@ -590,8 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     doc = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "wait.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / "wait.md").write_text(markdown(doc))
+    (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(doc))
     print(markdown(doc))
     return 0
 

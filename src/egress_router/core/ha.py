@@ -21,13 +21,13 @@ never tell who wins; distinct sources break the tie by address (RFC 9568).
 from __future__ import annotations
 
 import enum
-import hashlib
 import ipaddress
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from egress_router.core import config
+from egress_router.core.digest import sha256
 
 ENV_HA = "EGRESS_ROUTER_HA"
 ENV_VRID = "EGRESS_HA_VRID"
@@ -160,7 +160,7 @@ def advert_candidates(
     found: list[ipaddress.IPv4Interface] = []
     attempt = 0
     while len(found) < count:
-        digest = hashlib.sha256(b"egress-router-vrrp" + mac + struct.pack("!I", attempt)).digest()
+        digest = sha256(b"egress-router-vrrp" + mac + struct.pack("!I", attempt))
         attempt += 1
         offset = int.from_bytes(digest[:4], "big") % (254 * 256)
         address = LINK_LOCAL.network_address + 256 + offset  # 169.254.1.0 .. 169.254.254.255

@@ -14,14 +14,13 @@ instead of one string (and the counters are read as a stream of lines, never hel
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from egress_router.core import config, plan, ruleset, state
+from egress_router.core import config, digest, plan, ruleset, state
 
 # ----------------------------------------------------------------------------- nft list table
 
@@ -190,7 +189,7 @@ def fingerprint_nftables(listing: str) -> str:
         items = sorted(item.strip() for item in match.group(1).split(","))
         return "elements = { " + ", ".join(items) + " }"
 
-    return hashlib.sha256(_ELEMENTS.sub(ordered, listing).encode()).hexdigest()
+    return digest.sha256_hex(_ELEMENTS.sub(ordered, listing).encode())
 
 
 # ----------------------------------------------------------------------------- iptables-save
@@ -230,7 +229,7 @@ def fingerprint_iptables(dumps: Iterable[str]) -> str | None:
     ]
     if not any("EGRESS-ROUTER-" in line for line in ours):
         return None
-    return hashlib.sha256("\n".join(ours).encode()).hexdigest()
+    return digest.sha256_hex("\n".join(ours).encode())
 
 
 # ----------------------------------------------------------------------------- ip -j

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import signal
@@ -20,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from egress_router.core import config, drift, listing, plan
+from egress_router.core import config, digest, drift, listing, plan
 from egress_router.kernel import (
     announce,
     conntrack,
@@ -251,7 +250,7 @@ class Router:
         text = self._read() if self.path is not None else None
         cfg = config.load_config(self.env, None if text is None else lambda _path: text)
         if text is not None:
-            self._digest = hashlib.sha256(text.encode()).hexdigest()
+            self._digest = digest.sha256_hex(text.encode())
         self.parsed = cfg
         self.metrics.names(cfg.destinations.hosts())
         return cfg
@@ -482,10 +481,10 @@ class Router:
             text = self._read()
         except config.ConfigError as err:
             return self._refuse(err)
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        if digest == self._digest:
+        text_digest = digest.sha256_hex(text.encode())
+        if text_digest == self._digest:
             return False
-        self._digest = digest
+        self._digest = text_digest
         try:
             cfg = config.load_config(self.env, lambda _path: text)
         except config.ConfigError as err:
