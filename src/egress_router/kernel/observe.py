@@ -1,4 +1,4 @@
-"""Read a network namespace back into a `state.Snapshot`, and change interfaces in a child.
+"""Read a network namespace back into a `state.Snapshot`, and change interfaces with ``ip``.
 
 The waiting container checks every few seconds that the kernel still holds
 what `plan.plan_interfaces` asked for: someone may have taken the macvlan
@@ -7,15 +7,16 @@ executes the plan, costs about 23 MiB of resident memory once imported,
 which alone would break the waiting process's 40 MiB budget. So reads go
 through iproute2's JSON output (``ip -j addr``, ``route``, ``rule``; parsed in
 `egress_router.core.listing`), a well-kept tool already in the image, and
-writes through pyroute2 in a child. `read_snapshot_in` reads a pod's
-namespace the same way (CNI CHECK); `egress_router.core.drift` compares.
+writes through the same tool (``ip -batch``, `egress_router.kernel.iproute`).
+`read_snapshot_in` reads a pod's namespace the same way (CNI CHECK);
+`egress_router.core.drift` compares.
 
 `CheckedNetlink` puts the two together behind the engine's `netlink.Netlink`
 protocol: a step that already holds is skipped, and a step that must change
-is executed by `netlink.PyrouteNetlink` in a short-lived child process
-(``python -m egress_router.kernel.observe``), so the long-running process never
-loads pyroute2 at all. Changes are rare (start-up, repairs); a child costs
-a few tenths of a second each time, and nothing in between.
+becomes ``ip`` commands worked out from the snapshot just read, so the
+long-running process never loads pyroute2 at all. A repair costs one snapshot
+and one ``ip`` process per address family, a few milliseconds (a child process
+importing pyroute2 took 0.4 s idle and over a second on a loaded machine).
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ import ipaddress
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from egress_router.core import drift, listing, plan, ruleset, state
-from egress_router.kernel import errors, netlink, netns
+from egress_router.kernel import errors, iproute, netlink, netns
 
 IP_TIMEOUT = 10.0
 NFT_TIMEOUT = 30.0
@@ -161,101 +161,8 @@ def _nft_table() -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def encode_step(step: plan.Step) -> dict[str, Any]:
-    """A plan step as JSON-able data (for the child process)."""
-    if isinstance(step, plan.EnableForwarding):
-        return {"step": "forwarding", "family": step.family}
-    if isinstance(step, plan.SetSysctls):
-        return {"step": "sysctls", "ifname": step.ifname, "values": [list(v) for v in step.values]}
-    if isinstance(step, plan.RemoveAddresses):
-        return {"step": "no-addresses", "ifname": step.ifname, "family": step.family}
-    if isinstance(step, plan.LinkUp):
-        return {"step": "link", "ifname": step.ifname}
-    if isinstance(step, plan.SetAddress):
-        return {"step": "address", "ifname": step.ifname, "interface": str(step.interface),
-                "pool": [str(i) for i in step.pool]}
-    if isinstance(step, plan.KeepPodReturnPath):
-        return {"step": "return-path", "family": step.family, "pod": step.pod_ifname,
-                "egress": step.egress_ifname}
-    gateway = None if step.gateway is None else str(step.gateway)
-    return {"step": "route", "ifname": step.ifname, "destination": str(step.destination),
-            "gateway": gateway}
-
-
-def decode_step(data: dict[str, Any]) -> plan.Step:
-    """The inverse of `encode_step`."""
-    kind = data["step"]
-    if kind == "forwarding":
-        return plan.EnableForwarding(int(data["family"]))
-    if kind == "sysctls":
-        values = tuple((str(k), str(v)) for k, v in data["values"])
-        return plan.SetSysctls(str(data["ifname"]), values)
-    if kind == "no-addresses":
-        return plan.RemoveAddresses(str(data["ifname"]), int(data["family"]))
-    if kind == "link":
-        return plan.LinkUp(str(data["ifname"]))
-    if kind == "address":
-        pool = tuple(ipaddress.ip_interface(i) for i in data.get("pool", ()))
-        return plan.SetAddress(
-            str(data["ifname"]), ipaddress.ip_interface(data["interface"]), pool
-        )
-    if kind == "return-path":
-        return plan.KeepPodReturnPath(int(data["family"]), str(data["pod"]), str(data["egress"]))
-    gateway = data.get("gateway")
-    return plan.SetRoute(
-        str(data["ifname"]),
-        ipaddress.ip_network(data["destination"]),
-        None if gateway is None else ipaddress.ip_address(gateway),
-    )
-
-
-CHILD_TIMEOUT = 60.0
-
-
-def apply_in_child(steps: Sequence[plan.Step]) -> None:
-    """Execute ``steps`` in order through pyroute2 in a child process (same namespace).
-
-    Raises `netlink.KernelRefusedError` with the child's message when a step
-    fails; the steps after it are not attempted.
-    """
-    if not steps:
-        return
-    payload = json.dumps([encode_step(s) for s in steps])
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "egress_router.kernel.observe"],
-            input=payload,
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise netlink.KernelRefusedError(
-            "cannot run the interface helper "
-            f"({sys.executable} -m egress_router.kernel.observe): {err}"
-        ) from None
-    if done.returncode != 0:
-        message = done.stderr.strip().splitlines()
-        raise netlink.KernelRefusedError(
-            message[-1] if message else f"interface helper exit status {done.returncode}"
-        )
-
-
-def main() -> int:
-    """The child: read steps as JSON on stdin, execute them, report the first failure."""
-    writer = netlink.PyrouteNetlink()
-    try:
-        for data in json.load(sys.stdin):
-            writer.apply(decode_step(data))
-    except (netlink.KernelRefusedError, ValueError, KeyError) as err:
-        print(err, file=sys.stderr)
-        return 3
-    return 0
-
-
 class CheckedNetlink:
-    """The engine's `netlink.Netlink`: reads here, changes through pyroute2 in a child."""
+    """The engine's `netlink.Netlink`: reads here, changes through ``ip -batch`` (`iproute`)."""
 
     def has_link(self, ifname: str) -> bool:
         return read_snapshot().link(ifname) is not None
@@ -281,22 +188,22 @@ class CheckedNetlink:
         if isinstance(step, plan.EnableForwarding | plan.SetSysctls):
             netlink.PyrouteNetlink().apply(step)  # /proc writes: no pyroute2 involved
             return
-        apply_in_child([step])
+        iproute.run([step], snapshot)
 
     def prepare(self, steps: Sequence[plan.Step]) -> None:
-        """Bring every drifted step but forwarding in place at once (one child).
+        """Bring every drifted step but forwarding in place at once (one ``ip`` batch).
 
         Forwarding is left to the engine, which switches it on only after the
-        ruleset is in place.
+        ruleset is in place; the sysctls are written here, first, as the plan orders.
         """
         snapshot = read_snapshot()
-        apply_in_child([
+        due = [
             step for step in steps
             if not isinstance(step, plan.EnableForwarding)
             and snapshot.link(step.ifname) is not None  # a missing one: the engine says so
             and drift.step_problem(step, snapshot) is not None
-        ])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        ]
+        for step in due:
+            if isinstance(step, plan.SetSysctls):
+                netlink.write_sysctls(step)
+        iproute.run([step for step in due if not isinstance(step, plan.SetSysctls)], snapshot)
