@@ -13,6 +13,7 @@ does not match the configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -24,9 +25,9 @@ from types import FrameType
 
 import click
 
-from egress_router.core import config, ruleset
+from egress_router.core import config, plan, ruleset
 from egress_router.k8s.command import render_command
-from egress_router.kernel import announce, netlink, preflight
+from egress_router.kernel import announce, errors, netlink, preflight
 from egress_router.lab.command import lab as lab_group
 from egress_router.router import engine
 
@@ -110,7 +111,7 @@ def run_from_environment(env: Mapping[str, str]) -> int:
     if cfg.mode is config.Mode.LEGACY:
         del cfg  # the waiting container parses it again; 10,000 rules should not live twice
         return _run_wait(env)  # set up, then keep the router right: `egress-router wait`
-    cfg = _resolve_names(cfg)
+    cfg = _resolve_names(_route_resolvers(cfg))
     stop = _Stop()
     stop.install()
     firewall = engine.make_firewall(cfg.backend)
@@ -141,6 +142,32 @@ def run_from_environment(env: Mapping[str, str]) -> int:
         len(cfg.destinations.rules) + len(cfg.destinations.fallbacks),
     )
     return EXIT_OK
+
+
+def _route_resolvers(cfg: config.Config) -> config.Config:
+    """``cfg`` with routes to the resolvers via the pod gateway (plan steps, as ``wait`` has).
+
+    With DNS-named destinations they are added at once: the lookups that come
+    next need them when the default route already points at the egress gateway
+    (init run again in a pod whose network namespace survived). Without names
+    the engine adds them with the rest of the plan.
+    """
+    from egress_router.kernel import resolvers  # noqa: PLC0415 (init only)
+
+    routes = resolvers.pod_routes(cfg)
+    if not routes:
+        return cfg
+    cfg = dataclasses.replace(cfg, pod_routes=routes)
+    if cfg.destinations.hosts():
+        links = netlink.PyrouteNetlink()
+        for step in plan.plan_interfaces(cfg):
+            if isinstance(step, plan.SetRoute) and step.ifname == cfg.pod_interface:
+                log.info("the router's own lookups: %s", step.describe())
+                try:
+                    links.apply(step)
+                except errors.KernelError as err:
+                    _fail(str(err), EXIT_APPLY)
+    return cfg
 
 
 def _resolve_names(cfg: config.Config) -> config.Config:

@@ -359,3 +359,45 @@ def test_clients_beyond_the_pod_subnet_get_their_replies(lab: labmod.Lab) -> Non
         assert labmod.dial(lab, "tcp", ROUTER4, 80, timeout=3.0, ns=remote).ok
     finally:
         subprocess.run(["ip", "netns", "del", remote], check=False, timeout=10)
+
+
+# TCP to port 53: an answer, even a refusal, means the packet got there and back.
+_REACH = (
+    "import socket, sys\n"
+    "s = socket.socket(); s.settimeout(1.5)\n"
+    "try:\n    s.connect((sys.argv[1], 53)); print('reached')\n"
+    "except ConnectionRefusedError:\n    print('reached')\n"
+    "except OSError as e:\n    print('lost', e)\n"
+)
+
+
+def test_init_routes_the_resolver_so_names_resolve_when_run_again(lab: labmod.Lab) -> None:
+    # The resolver is a cluster DNS Service: on the service network, reachable only through
+    # the pod network's gateway (the node), not on-link and not behind the egress gateway.
+    labmod.start_dns(lab, {"api.lab.test": {"A": ["203.0.113.25"], "ttl": 60}},
+                     service_network=True)
+    resolver = labmod.SERVICE_RESOLVER
+    env = {**SEED, "EGRESS_DESTINATION": "80 tcp api.lab.test\n"}
+    init(lab, env)  # a fresh pod: its default route still goes to the pod gateway
+    routes = ip_json(lab.router, "route", "show", resolver)
+    assert [(r.get("gateway"), r["dev"]) for r in routes] == [("10.128.0.1", "eth0")]
+    reach = [sys.executable, "-c", _REACH]
+    assert labmod.run_in(lab.router, [*reach, resolver]).stdout.startswith("reached")
+    # Control: without that route the resolver is out of reach (the default route now
+    # points at the egress gateway), as a second init would find it without the fix.
+    labmod.run_in(lab.router, ["ip", "route", "del", resolver])
+    assert labmod.run_in(lab.router, [*reach, resolver]).stdout.startswith("lost")
+    queries = len(labmod.dns_queries(lab))
+    # init again (an init container re-run in a surviving network namespace): the route
+    # comes back before the lookup, the name resolves, the rules redirect to its address.
+    done = init(lab, env)
+    assert "the router's own lookups" in done.stderr, done.stderr
+    assert [q["name"].rstrip(".") for q in labmod.dns_queries(lab)[queries:]].count(
+        "api.lab.test") >= 1
+    routes = ip_json(lab.router, "route", "show", resolver)
+    assert [(r.get("gateway"), r["dev"]) for r in routes] == [("10.128.0.1", "eth0")]
+    assert_redirected(lab, "tcp", ROUTER4, 80, expected="203.0.113.25:80", source=SOURCE4)
+    # Only the router's own traffic takes it: the physical side's default is unchanged.
+    defaults = [r for r in ip_json(lab.router, "-4", "route", "show", "table", "main")
+                if r["dst"] == "default"]
+    assert [(r["gateway"], r["dev"]) for r in defaults] == [("192.168.12.1", "macvlan0")]

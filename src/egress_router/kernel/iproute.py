@@ -119,7 +119,11 @@ def _route(step: plan.SetRoute, snapshot: state.Snapshot) -> list[Command]:
                                f"{f' dev {dev}' if dev else ''} table main", step, delete=True))
     dst = "default" if step.is_default else step.destination.with_prefixlen
     via = f" via {step.gateway}" if step.gateway is not None else " scope link"
-    out.append(Command(family, f"route replace {dst}{via} dev {step.ifname} table main", step))
+    # proto static: what pyroute2 (init, the CNI plugin) gives its routes, so either path
+    # leaves the same kernel state.
+    out.append(Command(
+        family, f"route replace {dst}{via} dev {step.ifname} proto static table main", step
+    ))
     return out
 
 
@@ -138,7 +142,7 @@ def _return_path(step: plan.KeepPodReturnPath, snapshot: state.Snapshot) -> list
     ), None)
     if gateway is not None:
         out.append(Command(family, f"route replace default via {gateway} dev {step.pod_ifname} "
-                           f"table {plan.POD_TABLE}", step))
+                           f"proto static table {plan.POD_TABLE}", step))
     sources = sorted(str(a.interface.ip) for a in _globals(snapshot, step.pod_ifname, family))
     wanted = set(state.pod_return_rules(step, sources))
     present = {rule for fam, rule in snapshot.rules if fam == family}

@@ -4,9 +4,10 @@ Once the plan has replaced the default route with the egress gateway, the
 router pod's own packets to the cluster side follow it out of the egress
 interface, so a resolver on the service network (what the kubelet writes
 into ``/etc/resolv.conf``) is out of reach and DNS-named destinations never
-resolve. The waiting container therefore routes each resolver address through
-the pod interface, via the pod's own default gateway, which
-`plan.KeepPodReturnPath` keeps in table `plan.POD_TABLE`. The forward chain
+resolve. Both ``init`` and the waiting container therefore route each resolver
+address through the pod interface, via the pod's own default gateway, which
+`plan.KeepPodReturnPath` keeps in table `plan.POD_TABLE` (on a fresh pod it is
+still the main table's default route). The forward chain
 accepts new connections only from the pod interface to the egress interface,
 so redirected or physical-side traffic cannot use these routes.
 """
@@ -33,19 +34,22 @@ def nameservers(path: Path = RESOLV_CONF) -> tuple[config.IPAddress, ...]:
 
 
 def pod_gateway(family: int, pod_ifname: str) -> config.IPAddress | None:
-    """The pod's own default gateway of ``family``, as kept in table `plan.POD_TABLE`."""
-    try:
-        done = subprocess.run(
-            ["ip", "-j", f"-{family}", "route", "show", "table", str(plan.POD_TABLE),
-             "default", "dev", pod_ifname],
-            capture_output=True, text=True, timeout=IP_TIMEOUT, check=False,
-        )
-        routes = json.loads(done.stdout or "[]") if done.returncode == 0 else []
-    except (OSError, subprocess.TimeoutExpired, ValueError):
-        return None
-    for route in routes:
-        if "gateway" in route:
-            return ipaddress.ip_address(route["gateway"])
+    """The pod's own default gateway of ``family``: as kept in table `plan.POD_TABLE`, or
+    before the plan ran (``init`` on a fresh pod), the main table's default route on the pod
+    interface."""
+    for table in (str(plan.POD_TABLE), "main"):
+        try:
+            done = subprocess.run(
+                ["ip", "-j", f"-{family}", "route", "show", "table", table, "default", "dev",
+                 pod_ifname],
+                capture_output=True, text=True, timeout=IP_TIMEOUT, check=False,
+            )
+            routes = json.loads(done.stdout or "[]") if done.returncode == 0 else []
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            continue
+        for route in routes:
+            if "gateway" in route:
+                return ipaddress.ip_address(route["gateway"])
     return None
 
 

@@ -56,16 +56,16 @@ def test_a_fresh_pod_gets_its_return_path_before_its_default_route_moves() -> No
         (4, "link set dev macvlan0 up", False),
         (4, "address del 192.168.12.50/24 dev macvlan0", True),
         (4, "address replace 192.168.12.99/24 dev macvlan0", False),
-        (4, "route replace 192.168.12.1/32 scope link dev macvlan0 table main", False),
-        (4, f"route replace default via 10.128.0.1 dev eth0 table {POD}", False),
+        (4, "route replace 192.168.12.1/32 scope link dev macvlan0 proto static table main", False),
+        (4, f"route replace default via 10.128.0.1 dev eth0 proto static table {POD}", False),
         (4, f"rule add priority {P} iif macvlan0 table {MAIN} suppress_prefixlength 0", False),
         (4, f"rule add priority {P + 1} iif macvlan0 table {POD}", False),
         (4, f"rule add priority {P + 2} from 10.128.0.2 table {MAIN} suppress_prefixlength 0",
          False),
         (4, f"rule add priority {P + 3} from 10.128.0.2 table {POD}", False),
-        (4, "route replace 172.30.0.10/32 via 10.128.0.1 dev eth0 table main", False),
+        (4, "route replace 172.30.0.10/32 via 10.128.0.1 dev eth0 proto static table main", False),
         (4, "route del default via 10.128.0.1 dev eth0 table main", True),
-        (4, "route replace default via 192.168.12.1 dev macvlan0 table main", False),
+        (4, "route replace default via 192.168.12.1 dev macvlan0 proto static table main", False),
     ]
 
 
@@ -93,7 +93,7 @@ def test_a_repair_touches_only_what_is_in_the_way() -> None:
         # Main's default is ours already (no pod gateway to copy); one rule missing, one stale.
         (6, f"rule del priority {P + 3} from fd00:128::9 table {POD}", True),
         (6, f"rule add priority {P} iif macvlan0 table {MAIN} suppress_prefixlength 0", False),
-        (6, "route replace default via 2001:db8:12::1 dev macvlan0 table main", False),
+        (6, "route replace default via 2001:db8:12::1 dev macvlan0 proto static table main", False),
     ]
 
 
@@ -139,9 +139,9 @@ def test_one_batch_per_run_of_a_family(monkeypatch: pytest.MonkeyPatch) -> None:
         (["ip", "-4", "-force", "-batch", "-"],
          "link set dev macvlan0 up\n"
          "route del default via 10.128.0.9 dev macvlan0 table main\n"
-         "route replace default via 192.168.12.1 dev macvlan0 table main\n"),
+         "route replace default via 192.168.12.1 dev macvlan0 proto static table main\n"),
         (["ip", "-6", "-force", "-batch", "-"],
-         "route replace default via 2001:db8:12::1 dev macvlan0 table main\n"),
+         "route replace default via 2001:db8:12::1 dev macvlan0 proto static table main\n"),
     ]
 
 
@@ -157,6 +157,6 @@ def test_a_delete_that_finds_nothing_is_fine_a_refused_replace_names_its_step(
         iproute.run(DUAL_STEPS[:2], DUAL)
     assert str(caught.value) == (
         "cannot ip route replace default via 192.168.12.1 dev macvlan0 (other default routes "
-        "removed): ip route replace default via 192.168.12.1 dev macvlan0 table main: "
+        "removed): ip route replace default via 192.168.12.1 dev macvlan0 proto static table main: "
         "Error: Nexthop has invalid gateway."
     )
