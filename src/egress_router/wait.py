@@ -39,6 +39,7 @@ waiting for the main thread's work.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import select
 import signal
@@ -62,6 +63,9 @@ LOCK_NAME = b"\0egress-router-wait"
 WAIT_SLICE = 0.5  # the loop's longest sleep: a safety net should a signal miss the wait
 SETTLE = 0.05  # after a kernel change event, let the burst (one `ip` command's) finish
 HEALTH_GRACE = 30.0  # /healthz fails when the loop has not turned for this long (+ intervals)
+# How long the main thread keeps the GIL while an HTTP thread waits for it (CPython's
+# default: 5 ms). A probe's answer needs the GIL a handful of times (accept, read, write).
+SWITCH_INTERVAL = 0.001
 
 
 class WaitError(RuntimeError):
@@ -321,9 +325,13 @@ def _loop(
     next_watch = now + settings.watch
     next_reconcile = now + settings.reconcile
     last_event_check = 0.0
+    generation = router.generation
     while not signals.stopping:
         now = time.monotonic()
         beat[0] = now
+        if router.generation != generation:
+            generation = router.generation
+            _freeze()
         if signals.hup:
             signals.hup = False
             router.announce()
@@ -354,6 +362,19 @@ def _loop(
         signals.wake.clear()
 
 
+def _freeze() -> None:
+    """Take what the process holds now out of the cyclic garbage collector's sight.
+
+    At 10,000 rules the configuration is some 100,000 objects, which every full
+    collection would walk again (tens of milliseconds each, several per edit,
+    with the GIL held: probes wait meanwhile). They hold no reference cycles
+    and are freed by reference counting when an edit replaces them; frozen,
+    the collector walks only what is younger. Called after every apply.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def _backend(env: Mapping[str, str]) -> config.Backend:
     try:
         return config.Backend((env.get(config.ENV_BACKEND) or "nftables").strip().lower())
@@ -371,6 +392,7 @@ def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
     http_port = config.parse_http_port(
         env.get(config.ENV_HTTP_PORT, str(config.DEFAULT_HTTP_PORT))
     )
+    sys.setswitchinterval(SWITCH_INTERVAL)
     signals = Signals()
     signals.install()
     signals.armed = True
@@ -406,6 +428,7 @@ def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
             watcher.start()
         router.start()
         signals.changed = None  # our own start-up changes
+        _freeze()
         _loop(router, settings, signals, beat)
     except Stopping:
         pass
