@@ -331,7 +331,8 @@ def _loop(
         beat[0] = now
         if router.generation != generation:
             generation = router.generation
-            _freeze()
+            _freeze(signals)
+            continue  # a SIGTERM during the collection: seen at the top of the loop
         if signals.hup:
             signals.hup = False
             router.announce()
@@ -362,7 +363,7 @@ def _loop(
         signals.wake.clear()
 
 
-def _freeze() -> None:
+def _freeze(signals: Signals) -> None:
     """Take what the process holds now out of the cyclic garbage collector's sight.
 
     At 10,000 rules the configuration is some 100,000 objects, which every full
@@ -370,9 +371,17 @@ def _freeze() -> None:
     with the GIL held: probes wait meanwhile). They hold no reference cycles
     and are freed by reference counting when an edit replaces them; frozen,
     the collector walks only what is younger. Called after every apply.
+
+    Unarmed meanwhile: a collection runs finalizers (``__del__``), and an
+    exception raised inside one is printed and dropped, so a `Stopping` raised
+    there would be lost; the stop flag is seen right after.
     """
-    gc.collect()
-    gc.freeze()
+    armed, signals.armed = signals.armed, False
+    try:
+        gc.collect()
+        gc.freeze()
+    finally:
+        signals.armed = armed
 
 
 def _backend(env: Mapping[str, str]) -> config.Backend:
@@ -428,7 +437,7 @@ def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
             watcher.start()
         router.start()
         signals.changed = None  # our own start-up changes
-        _freeze()
+        _freeze(signals)
         _loop(router, settings, signals, beat)
     except Stopping:
         pass
