@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -124,3 +125,47 @@ def test_a_client_that_hangs_up_early_leaves_no_traceback(
         except Exception:
             server.handle_error(None, ("pod", 0))
         assert ("Traceback" in capsys.readouterr().err) is shown, error
+
+
+# A main thread the stop signal cannot unwind (unarmed, as inside a finalizer, busy for 4 s).
+_STUCK = """
+import signal, sys, time
+from egress_router import wait
+signals = wait.Signals()
+signals.install()
+if sys.argv[1] == "deadline":
+    wait.StopDeadline().install()
+print("ready", flush=True)
+end = time.monotonic() + 4
+while time.monotonic() < end:
+    time.sleep(0.02)
+sys.exit(7)
+"""
+
+
+@pytest.mark.parametrize("mode", ["deadline", "control"])
+def test_a_stop_signal_ends_the_process_even_when_the_main_thread_cannot_unwind(
+    mode: str,
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STUCK, mode],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=10)
+        took = time.monotonic() - sent
+        _, err = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if mode == "deadline":
+        assert code == 0
+        assert "the orderly stop took too long; exiting now" in err
+        assert took < 3.0  # STOP_DEADLINE (0.8 s) plus start-up noise; the control needs 4 s
+    else:  # without the deadline the stuck main thread decides: 4 s later, its own code
+        assert code == 7
+        assert took > 3.0
