@@ -7,11 +7,13 @@ transaction), so an apply is all-or-nothing and never touches other tables.
 
 Shape of the nftables data path (per-packet cost independent of rule count):
 
-* ``antispoof`` (filter, prerouting, before conntrack): a packet on the pod or
-  the egress interface whose source would not be routed back out of that same
-  interface is dropped (``fib saddr . iif``, which honours the pod-return
-  policy routing); on the egress interface, a family that is not configured
-  is dropped whole.
+* ``antispoof`` (filter, prerouting, after conntrack, before dstnat): a packet
+  on the pod or the egress interface whose source would not be routed back out
+  of that same interface is dropped (``fib saddr . iif``, which honours the
+  pod-return policy routing); established packets of a redirected flow on the
+  interface and in the direction their flow allows skip the lookup (their
+  source is the one checked with the flow's first packet); on the egress
+  interface, a family that is not configured is dropped whole.
 * ``prerouting`` (nat): only connections that arrive on the pod interface and
   are addressed to the router itself are redirected, through one map lookup
   keyed by ``l4proto . dport`` per family; unmatched ports of a family with a
@@ -465,9 +467,12 @@ def _nft_antispoof(cfg: config.Config) -> list[str]:
     egress = cfg.egress_interface
     lines = [
         f"\tchain {CHAIN_ANTISPOOF} {{",
-        # Before conntrack (raw): a forged packet never creates or refreshes an entry.
-        "\t\ttype filter hook prerouting priority raw; policy accept;",
-        f'\t\tiifname != {{ "{pod}", "{egress}" }} return',
+        # After conntrack (mangle, before dstnat): the route lookup runs once per new,
+        # related, invalid or untracked packet instead of for every packet (in raw it cost
+        # about 10% of the new-connection rate, bench --hardening). A packet dropped here
+        # is dropped before its conntrack entry is confirmed, so a forged packet still
+        # never creates one.
+        "\t\ttype filter hook prerouting priority mangle; policy accept;",
     ]
     lines += [
         f'\t\tiifname "{egress}" meta nfproto {_NFPROTO[family]} '
@@ -476,6 +481,16 @@ def _nft_antispoof(cfg: config.Config) -> list[str]:
         if cfg.source(family) is None
     ]
     lines += [
+        # The established packets of a redirected flow, each on the interface and in the
+        # direction its flow allows: the same tuple, hence the same source, as the
+        # packet that created the entry on the pod side (checked here then, before
+        # dstnat gave it ``ct status dnat``), or as the replies of a connection forwarded
+        # out of the egress interface to that very address. Anything else that matches
+        # an entry (a forged reply from the pod side, a forged original from the
+        # physical side, an ICMP error) is still checked.
+        f'\t\tiifname "{pod}" ct direction original ct status dnat ct state established return',
+        f'\t\tiifname "{egress}" ct direction reply ct status dnat ct state established return',
+        f'\t\tiifname != {{ "{pod}", "{egress}" }} return',
         # DAD probes come from :: and are never forwarded; fib has no route back for them.
         "\t\tip6 saddr :: return",
         "\t\tfib saddr . iif oif missing counter drop "
@@ -698,16 +713,22 @@ def render_iptables(
             if tbl == table and (tbl, builtin, ours) not in present
         ]
 
-    # In mangle (after conntrack), so that packets of established connections skip the
-    # route lookup: xt_rpfilter (through nft_compat) on every packet cost about 7% of the
-    # new-connection rate (bench --hardening), and a forged packet that matches a live flow
-    # is held by the direction-bound accepts anyway. New, related and invalid ones are
-    # checked. ip6t_rpfilter lets :: (DAD) through by itself; both look up with the
-    # pod-return rules.
+    # In mangle (after conntrack), so that established packets of redirected flows skip
+    # the route lookup: xt_rpfilter (through nft_compat) on every packet cost about 7% of
+    # the new-connection rate (bench --hardening). Skipped only on the interface and in the
+    # direction their flow allows, as in the nftables chain (see there why their source is
+    # the one already checked); a forged packet that matches a live flow from the other
+    # side, new, related and invalid ones are checked. ip6t_rpfilter lets :: (DAD)
+    # through by itself; both look up with the pod-return rules.
     mangle = ["*mangle", f":{IPT_ANTISPOOF} - [0:0]"]
     if source is None:
         mangle.append(f"-A {IPT_ANTISPOOF} -i {egress} -j DROP")
-    mangle.append(f"-A {IPT_ANTISPOOF} -m conntrack --ctstate ESTABLISHED -j RETURN")
+    mangle += [
+        f"-A {IPT_ANTISPOOF} -i {ifname} -m conntrack --ctstate ESTABLISHED --ctdir {direction} "
+        "-m conntrack --ctstate DNAT -j RETURN"
+        for ifname, direction in ((pod, "ORIGINAL"), (egress, "REPLY"))
+        if source is not None  # a closed family has nothing redirected
+    ]
     mangle += [
         f"-A {IPT_ANTISPOOF} -i {ifname} -m rpfilter --invert -j DROP" for ifname in (pod, egress)
     ]
