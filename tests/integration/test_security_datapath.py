@@ -12,6 +12,7 @@ ruleset gets through, so the test can fail.
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 import subprocess
 import sys
@@ -202,6 +203,56 @@ def test_physical_side_forging_a_pod_source_gets_nothing_into_the_pod_network(
         world.from_physical(probes(marks))
     for family, mark in marks.items():
         assert seen.containing(mark), f"control: no IPv{family} echo reply into the pod network"
+
+
+def nat_port(world: security.World, family: int) -> int:
+    """The port the client's live UDP flow leaves from after SNAT (its reply tuple's dport)."""
+    out = security.run(world.lab.router, [
+        "conntrack", "-L", "-f", "ipv4" if family == 4 else "ipv6", "-p", "udp",
+        "--orig-port-src", str(CLIENT_PORT_UDP[family]), "--orig-port-dst", "53"])
+    ports = re.findall(r"dport=(\d+)", out)
+    assert len(ports) == 2, f"no single conntrack entry of the IPv{family} flow: {out!r}"
+    return int(ports[1])
+
+
+def test_pod_forging_a_reply_of_a_live_flow_gets_nothing_into_the_pod_network(
+    fresh: security.World,
+) -> None:
+    """The reverse-path check also sees packets that match a live conntrack entry.
+
+    Established packets of a redirected flow skip the route lookup only on the interface
+    and in the direction their flow allows; a pod that forges the reply tuple of another
+    flow (the destination's address and port, to the reserved source and NAT port) is in
+    the reply direction on the pod interface, and is checked and dropped.
+    """
+    world = fresh
+    router_pod_mac = wire.mac_bytes(world.router_pod_mac)
+
+    def forge() -> dict[int, bytes]:
+        marks = {}
+        probes = []
+        for family in world.families:
+            udp_flow(world, family)
+            a = addresses(family)
+            marks[family] = marker()
+            probes.append(wire.udp(a["dest"], a["source"], 53, nat_port(world, family),
+                                   marks[family]))
+        with world.pod_side() as seen:
+            world.from_pod(probes)
+        # What the router sent into the pod network (not the probe on its way in).
+        sent = [f for f in seen.incoming if f[6:12] == router_pod_mac]
+        return {family: mark for family, mark in marks.items()
+                if any(mark in f for f in sent)}
+
+    assert forge() == {}
+    # The reverse-path check alone holds it (with today's unbound forward accept) ...
+    world.apply_variant(lambda text: security.loosen_direction(text, world.backend))
+    assert forge() == {}, "the reverse-path check let a forged reply of a live flow through"
+    # ... and without both, the router forwards it into the pod network (the control).
+    world.apply_variant(lambda text: security.without(
+        security.loosen_direction(text, world.backend),
+        security.PROTECTIONS["rpfilter"][world.backend]))
+    assert set(forge()) == set(world.families), "control: the forged reply did not get through"
 
 
 def _foreign_sources(world: security.World, seen: security.Capture) -> set[str]:
