@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import selectors
 import signal
 import subprocess
@@ -159,6 +160,52 @@ def _stop(procs: Sequence[subprocess.Popen[Any]]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def _on_cpu_ns(pids: Sequence[int]) -> int:
+    """Nanoseconds ``pids`` have run on a CPU so far (``/proc/PID/schedstat``; gone: 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _softirq_threads() -> list[int]:
+    """The kernel's ksoftirqd threads: packets the sender's own context did not finish."""
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().startswith("ksoftirqd/"):
+                pids.append(int(comm.parent.name))
+    return pids
+
+
+@dataclass
+class CpuMeter:
+    """CPU time used while a block ran by the client processes it started and reaped,
+    the given server processes and the softirq threads.
+
+    On veth links the receiving side's stack (the router's netfilter included) runs in
+    the sender's softirq context, so the client's and the server's CPU time hold the
+    router's per-packet work; what the kernel defers lands in ksoftirqd, which on a
+    shared machine also serves other tenants' packets (a small overcount).
+    """
+
+    pids: Sequence[int]
+    seconds: float = 0.0
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[CpuMeter]:
+        def children() -> float:
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return usage.ru_utime + usage.ru_stime
+
+        before_children, before_ns = children(), _on_cpu_ns(self.pids)
+        yield self
+        self.seconds = children() - before_children + (_on_cpu_ns(self.pids) - before_ns) / 1e9
 
 
 class Harness:
@@ -308,6 +355,16 @@ class Harness:
     def flush_conntrack(self) -> None:
         # Fails harmlessly while no rule has loaded conntrack in the namespace.
         labmod.run_in(self.lab_handle.router, ["conntrack", "-F"], timeout=30)
+
+    def cpu_meter(self) -> contextlib.AbstractContextManager[CpuMeter]:
+        """Measure the CPU time of a block: clients reaped in it, nginx workers, softirqs."""
+        nginx = self._servers[0].pid if self._servers else None
+        workers: list[int] = []
+        if nginx is not None:
+            with contextlib.suppress(OSError, ValueError):
+                children = Path(f"/proc/{nginx}/task/{nginx}/children").read_text()
+                workers = [int(pid) for pid in children.split()]
+        return CpuMeter([*workers, *_softirq_threads()]).measuring()
 
     def rules_file(self, count: int, figure: Figure) -> Path:
         path = self.workdir / f"rules-{count}-{figure.value}.txt"

@@ -445,6 +445,31 @@ def test_baseline_is_todays_ruleset_before_the_hardening() -> None:
     assert iptables == (golden / "baseline-dual.iptables").read_text()
 
 
+def test_hardening_report_pairs_the_rulesets_of_the_same_round() -> None:
+    """Ratios come from the same round (rate: hardened / today; CPU: today / hardened)."""
+    from bench import run as benchrun  # noqa: PLC0415 (imports the lab module)
+
+    def sample(round_index: int, path: str, rate: float, cpu: float) -> dict[str, Any]:
+        return {"round": round_index, "path": path, "value": rate, "load1": 1.0 + round_index,
+                "detail": {"cpu_us_per_conn": cpu}}
+
+    samples = []
+    # nftables: rates 0.90, 1.00, 0.96 of today in rounds 0-2; CPU 300 against 330, 300, 310.
+    for r, (today, hard, cpu_hard) in enumerate([(1000, 900, 330), (800, 800, 300),
+                                                 (500, 480, 310)]):
+        samples += [sample(r, "nftables:today", today, 300),
+                    sample(r, "nftables:hardened", hard, cpu_hard)]
+    samples += [sample(0, "iptables:today", 100, 200), sample(0, "iptables:hardened", 90, 200)]
+    text = benchrun.render_hardening({"samples": samples, "settings": {"rounds": 3},
+                                      "host": {"nproc": 2, "loadavg_start": [1, 2, 3],
+                                               "loadavg_end": [4, 5, 6]}})
+    assert ("| nftables | 3 | 800 | 800 | 0.960 (IQR 0.930-0.980, range 0.900-1.000) | "
+            "0.968 (IQR 0.938-0.984, range 0.909-1.000) | met |") in text
+    assert ("| iptables | 1 | 100 | 90 | 0.900 (IQR 0.900-0.900, range 0.900-0.900) | "
+            "1.000 (IQR 1.000-1.000, range 1.000-1.000) | MISSED |") in text
+    assert "median 1.50, 1.00-3.00; at the start 1.00 2.00 3.00, at the end 4.00 5.00 6.00" in text
+
+
 def test_capacity_variants_change_one_nat_knob_of_the_products_ruleset() -> None:
     cfg = config.load_config({
         "EGRESS_SOURCE": "192.168.12.99/24,192.168.12.100/24",
