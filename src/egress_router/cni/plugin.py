@@ -236,6 +236,9 @@ class Plugin:
                 errors.CONTAINER_UNKNOWN,
                 f"cannot check {env.ifname}: network namespace {env.netns!r} does not exist",
             )
+        problem = self.kernel.ip_problem()
+        if problem:
+            raise CniError(errors.PLUGIN_NOT_AVAILABLE, f"cannot check {env.ifname}: {problem}")
         master_name = self._master(conf)
         master = self.kernel.host_link(master_name)
         cfg = conf.router_config(env.ifname)
@@ -273,6 +276,9 @@ class Plugin:
         problem = self.kernel.nft_problem()
         if problem:
             raise CniError(errors.PLUGIN_NOT_AVAILABLE, f"cannot serve ADD: {problem}")
+        problem = self.kernel.ip_problem()
+        if problem:
+            raise CniError(errors.PLUGIN_NOT_AVAILABLE, f"cannot serve CHECK: {problem}")
         try:
             self._master_link(conf, self._master(conf), "serve ADD")
         except CniError as err:
