@@ -12,6 +12,8 @@
 # Idempotent and cached by its inputs: the package sources, pyproject.toml, constraints.txt,
 # this script, the Python version and the bundled nft with its libraries. Same inputs, no work.
 # EGRESS_ROUTER_CNI_BUILD (default build/cni) is where everything goes; `build/` is git-ignored.
+# EGRESS_ROUTER_CNI_VENV (default: a venv of its own there) is the virtualenv PyInstaller runs
+# from; the Containerfile's cni stage passes the one its dependencies layer made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -31,7 +33,7 @@ libs=$(ldd "$nft" | awk '/=> \//{print $3}' | sort -u)
 
 inputs() {
   find src/egress_router -name '*.py' -o -name py.typed | LC_ALL=C sort | xargs sha256sum
-  sha256sum pyproject.toml constraints.txt scripts/build-cni.sh scripts/cni/*.py
+  sha256sum pyproject.toml constraints.txt scripts/build-cni.sh
   # shellcheck disable=SC2086
   sha256sum "$nft" $(readlink -f $libs)
   "$python" --version 2>&1
@@ -44,7 +46,7 @@ if [ -x "$out/$name" ] && [ "$(cat "$out/.inputs" 2>/dev/null)" = "$key" ]; then
 fi
 
 started=$(date +%s)
-venv=$out/venv
+venv=${EGRESS_ROUTER_CNI_VENV:-$out/venv}
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
@@ -72,7 +74,6 @@ PYTHONHASHSEED=0 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0} "$venv/bin/pyinstalle
   --distpath "$out/dist" --workpath "$work" --specpath "$work" \
   --add-binary "$nft:bin" \
   --collect-submodules pyroute2.iproute --collect-submodules pyroute2.netlink.rtnl \
-  --runtime-hook "$root/scripts/cni/rthook_pyroute2.py" \
   "${excludes[@]}" \
   "$root/src/egress_router/cni/__main__.py"
 install -m 0755 "$out/dist/$name" "$out/$name.new"

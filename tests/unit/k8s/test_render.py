@@ -814,11 +814,16 @@ def test_image_entry_point_is_the_console_script_and_runs_as_non_root() -> None:
     (entrypoint,) = [json.loads(a) for i, a in instructions if i == "ENTRYPOINT"]
     assert entrypoint == ["egress-router"]
     assert entrypoint[0] in scripts
-    # Two stages on one base, a build argument whose default is the public Python base.
+    # Build stages on one base (a build argument whose default is the public Python base),
+    # the image on the same base.
     (arg,) = [a for i, a in instructions if i == "ARG"]
     name, _, default = arg.partition("=")
     assert "python:3.11-slim" in default
-    assert [a.split()[0] for i, a in instructions if i == "FROM"] == [f"${{{name}}}"] * 2
+    assert [a.split()[0] for i, a in instructions if i == "FROM"] == [
+        f"${{{name}}}", "deps", "deps", f"${{{name}}}"]
+    # The installer DaemonSet's --source: the one-file plugin the cni stage built.
+    copies = [a.split() for i, a in instructions if i == "COPY"]
+    assert ["--from=cni", "/cni/egress-router-cni", manifest.CNI_EXECUTABLE] in copies
     (user,) = [a for i, a in instructions if i == "USER"]
     assert user.split(":")[0] not in ("0", "root")
     runs = " ".join(a for i, a in instructions if i == "RUN")
