@@ -77,15 +77,22 @@ def hidden() -> list[str]:
     return [p for p in found if not any(p.startswith(f"{q.rstrip('/')}/") for q in found)]
 
 
-def write_node_runtime(directory: Path, plugin: Path) -> Path:
+SYSTEM_BIN = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def write_node_runtime(
+    directory: Path, plugin: Path, missing: tuple[str, ...] = ("nft",)
+) -> Path:
     """An executable that runs ``plugin`` as a node would: everything in `hidden` out of sight.
 
     ``unshare --mount`` gives it a private mount namespace (nothing leaks to the machine); empty
-    read-only tmpfs mounts cover the project and the Python installations, /dev/null covers nft.
+    read-only tmpfs mounts cover the project and the Python installations, /dev/null (not
+    executable: PATH lookups pass over it) covers the ``missing`` programs (nft).
     """
     covers = "".join(f"mount -t tmpfs -o ro,size=4k none {shlex.quote(p)}\n" for p in hidden())
-    nft = [p for p in ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft") if os.path.exists(p)]
-    covers += "".join(f"mount --bind /dev/null {p}\n" for p in nft)
+    programs = [f"{d}/{name}" for name in missing for d in SYSTEM_BIN
+                if os.path.exists(f"{d}/{name}")]
+    covers += "".join(f"mount --bind /dev/null {p}\n" for p in programs)
     inner = (
         "set -e\n" + covers
         + "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
@@ -247,6 +254,17 @@ def test_installed_executable_works_on_a_node_without_python_or_nft(
     assert checked.ok, checked.stdout + checked.stderr
     status = cni("STATUS", {**CONF, "cniVersion": "1.1.0"})
     assert status.ok, status.stdout + status.stderr
+    # A node without iproute2: STATUS says that CHECK cannot work, and what to install.
+    (tmp_path / "no-ip").mkdir()
+    no_ip = write_node_runtime(tmp_path / "no-ip", plugin, missing=("nft", "ip"))
+    refused = cnirun.invoke(str(no_ip), "STATUS", {**CONF, "cniVersion": "1.1.0"},
+                            netns=lab.router, ifname="net1", container_id=CONTAINER_ID,
+                            cni_path=(str(host_bin),), in_netns=lab.node)
+    assert refused.json is not None and refused.json["code"] == 50, refused.stdout
+    assert refused.json["msg"] == (
+        "cannot serve CHECK: the ip binary is not on the node (CHECK reads the pod through "
+        "`ip -j`); install iproute2 (apt install iproute2)"
+    )
 
     gone = cni("DEL", CONF, prev_result=added.json)
     assert gone.ok, gone.stdout + gone.stderr
