@@ -59,11 +59,14 @@ work=$out/work
 rm -rf "$work" "$out/dist"
 # Modules the plugin never imports (render, the lab, the wait process, metrics, DNS,
 # pyroute2's NDB/IPDB): kept out, because a one-file executable unpacks everything it holds at
-# every start, and a CNI ADD has one second.
+# every start, and a CNI ADD has one second: the CJK codecs are 1 MB of it. (ssl, with
+# OpenSSL's 5.4 MB, would be more, but pyroute2's netlink marshal imports it.)
 excludes=()
 for module in kubernetes_validate jsonschema rich yaml prometheus_client dns click \
   matplotlib numpy PIL pytest hypothesis tkinter pydoc_data sqlite3 \
   decimal _decimal xml pyexpat lzma _lzma bz2 _bz2 unicodedata \
+  _multibytecodec _codecs_cn _codecs_hk _codecs_iso2022 _codecs_jp \
+  _codecs_kr _codecs_tw \
   pyroute2.ndb pyroute2.ipdb pyroute2.fixtures pyroute2.plan9; do
   excludes+=(--exclude-module "$module")
 done
