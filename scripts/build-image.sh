@@ -137,7 +137,8 @@ say "image $image: podman build on $base"
 # Also tagged by that digest: the tests of several checkouts on one machine each find
 # their own image, whichever was built last under the version tag.
 source_tag="localhost/egress-router:src-${source_digest:0:16}"
-podman build --pull=never --network host --layers \
+# --jobs 2: the build and cni stages both follow deps and run side by side.
+podman build --pull=never --network host --layers --jobs 2 \
   --label "egress-router.source-sha256=$source_digest" \
   --build-arg BASE="$base" -t "$image" -t "$source_tag" -f "$context/Containerfile" "$context" \
   >>"$log" 2>&1 \
