@@ -9,8 +9,9 @@ in one run: the one-file executable (scripts/build-cni.sh) and the console scrip
 virtualenv. Each ADD is measured as wall time and as CPU time (user + system of the plugin and
 every process it started, from ``getrusage``): on a loaded machine the wall time mostly measures
 the queue for a core, the CPU time what the plugin costs. A bare ``python3 -c pass`` is timed in
-the same rounds as a yardstick for how slow the machine is at the moment. Writes
-``bench/results/cni_add.json`` and prints the medians.
+the same rounds as a yardstick for how slow the machine is at the moment. ``--also NAME=PATH``
+(repeatable) times further plugins in the same rounds, e.g. an older build to compare with.
+Writes ``bench/results/cni_add.json`` and prints the medians.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--executable", type=Path, default=EXECUTABLE)
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=PATH",
+                        help="another plugin to time in the same rounds (repeatable)")
     args = parser.parse_args()
     if not args.executable.is_file():
         raise SystemExit(f"cannot find {args.executable}; run scripts/build-cni.sh first")
@@ -103,6 +106,11 @@ def main() -> None:
         "one-file executable": str(args.executable),
         "console script (venv)": str(Path(sys.executable).parent / "egress-router-cni"),
     }
+    for item in args.also:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not os.access(path, os.X_OK):
+            raise SystemExit(f"cannot time --also {item!r}: expected NAME=PATH of an executable")
+        plugins[name] = path
     prefix = f"bca{os.getpid() % 1000}"
     lab = labmod.up(prefix, macvlan=None, router_eth0=False)
     try:
@@ -128,7 +136,7 @@ def main() -> None:
         report[name] = {"runs": len(values), "wall_median_s": round(statistics.median(wall), 3),
                         "wall_min_s": round(min(wall), 3),
                         "cpu_median_s": round(statistics.median(cpu), 3)}
-    exe, venv = (report[n] for n in plugins)
+    exe, venv = (report[n] for n in list(plugins)[:2])
     report["ratio executable/venv"] = {
         "wall": round(exe["wall_median_s"] / venv["wall_median_s"], 2),
         "cpu": round(exe["cpu_median_s"] / venv["cpu_median_s"], 2),

@@ -12,6 +12,8 @@
 # Idempotent and cached by its inputs: the package sources, pyproject.toml, constraints.txt,
 # this script, the Python version and the bundled nft with its libraries. Same inputs, no work.
 # EGRESS_ROUTER_CNI_BUILD (default build/cni) is where everything goes; `build/` is git-ignored.
+# EGRESS_ROUTER_CNI_VENV (default: a venv of its own there) is the virtualenv PyInstaller runs
+# from; the Containerfile's cni stage passes the one its dependencies layer made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -31,7 +33,7 @@ libs=$(ldd "$nft" | awk '/=> \//{print $3}' | sort -u)
 
 inputs() {
   find src/egress_router -name '*.py' -o -name py.typed | LC_ALL=C sort | xargs sha256sum
-  sha256sum pyproject.toml constraints.txt scripts/build-cni.sh scripts/cni/*.py
+  sha256sum pyproject.toml constraints.txt scripts/build-cni.sh
   # shellcheck disable=SC2086
   sha256sum "$nft" $(readlink -f $libs)
   "$python" --version 2>&1
@@ -44,7 +46,7 @@ if [ -x "$out/$name" ] && [ "$(cat "$out/.inputs" 2>/dev/null)" = "$key" ]; then
 fi
 
 started=$(date +%s)
-venv=$out/venv
+venv=${EGRESS_ROUTER_CNI_VENV:-$out/venv}
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
@@ -57,11 +59,14 @@ work=$out/work
 rm -rf "$work" "$out/dist"
 # Modules the plugin never imports (render, the lab, the wait process, metrics, DNS,
 # pyroute2's NDB/IPDB): kept out, because a one-file executable unpacks everything it holds at
-# every start, and a CNI ADD has one second.
+# every start, and a CNI ADD has one second: the CJK codecs are 1 MB of it. (ssl, with
+# OpenSSL's 5.4 MB, would be more, but pyroute2's netlink marshal imports it.)
 excludes=()
 for module in kubernetes_validate jsonschema rich yaml prometheus_client dns click \
   matplotlib numpy PIL pytest hypothesis tkinter pydoc_data sqlite3 \
   decimal _decimal xml pyexpat lzma _lzma bz2 _bz2 unicodedata \
+  _multibytecodec _codecs_cn _codecs_hk _codecs_iso2022 _codecs_jp \
+  _codecs_kr _codecs_tw \
   pyroute2.ndb pyroute2.ipdb pyroute2.fixtures pyroute2.plan9; do
   excludes+=(--exclude-module "$module")
 done
@@ -72,7 +77,6 @@ PYTHONHASHSEED=0 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0} "$venv/bin/pyinstalle
   --distpath "$out/dist" --workpath "$work" --specpath "$work" \
   --add-binary "$nft:bin" \
   --collect-submodules pyroute2.iproute --collect-submodules pyroute2.netlink.rtnl \
-  --runtime-hook "$root/scripts/cni/rthook_pyroute2.py" \
   "${excludes[@]}" \
   "$root/src/egress_router/cni/__main__.py"
 install -m 0755 "$out/dist/$name" "$out/$name.new"

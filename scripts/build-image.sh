@@ -116,19 +116,32 @@ fi
 # --------------------------------------------------------------------------- the image
 # What the Containerfile copies, as a digest on the image: the tests refuse an image older
 # than the source (tests/integration/test_image.py computes the same digest).
-source_digest="$(
-  find pyproject.toml constraints.txt README.md Containerfile src -type f \
-    ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 \
-    | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64
-)"
+context_files() {
+  find pyproject.toml constraints.txt README.md Containerfile src scripts/build-cni.sh \
+    -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 | LC_ALL=C sort -z
+}
+source_digest="$(context_files | xargs -0 sha256sum | sha256sum | cut -c1-64)"
+# The build context: a copy of just those files with normalised metadata. podman's layer
+# cache keys a COPY by the files' content AND mode, so a clone made under another umask
+# (0002: group-writable files) missed the cache from the first COPY on and rebuilt every
+# layer, dependencies included; times are set to the epoch too (they do not change the cache
+# key today, but they are the other per-clone difference and go into the layers).
+context="$(mktemp -d /var/tmp/egress-router-context.XXXXXX)"
+trap 'rm -rf "$context"' EXIT
+context_files | xargs -0 cp --parents --no-preserve=all -t "$context"
+find "$context" -type d -exec chmod 0755 {} +
+find "$context" -type f -exec chmod 0644 {} +
+find "$context" -exec touch -h -d @0 {} +
 start=$SECONDS
 say "image $image: podman build on $base"
 # Also tagged by that digest: the tests of several checkouts on one machine each find
 # their own image, whichever was built last under the version tag.
 source_tag="localhost/egress-router:src-${source_digest:0:16}"
-podman build --pull=never --network host --layers \
+# --jobs 2: the build and cni stages both follow deps and run side by side.
+podman build --pull=never --network host --layers --jobs 2 \
   --label "egress-router.source-sha256=$source_digest" \
-  --build-arg BASE="$base" -t "$image" -t "$source_tag" -f Containerfile . >>"$log" 2>&1 \
+  --build-arg BASE="$base" -t "$image" -t "$source_tag" -f "$context/Containerfile" "$context" \
+  >>"$log" 2>&1 \
   || failed "cannot build $image"
 # Only the newest few source tags stay (their layers remain as the build cache).
 podman images --format '{{.Repository}}:{{.Tag}} {{.CreatedAt}}' localhost/egress-router \

@@ -236,7 +236,7 @@ def image_source_digest(root: Path = ROOT) -> str:
     """The digest scripts/build-image.sh labels the image with: sha256sum of the sorted
     sha256sum lines of what the Containerfile copies."""
     names = ("pyproject.toml", "constraints.txt", "README.md", "Containerfile")
-    files = [root / name for name in names]
+    files = [root / name for name in (*names, "scripts/build-cni.sh")]
     files += [
         path
         for path in (root / "src").rglob("*")

@@ -13,10 +13,9 @@ container must be the one that puts the data path back after its table was delet
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import pytest
 from egress_router.core import ruleset
 from egress_router.k8s import manifest, render
 from egress_router.lab import world as labmod
+from support.podspec import one, run_args
 
 pytestmark = pytest.mark.privileged
 
@@ -38,47 +38,6 @@ READY_TIMEOUT = 30.0
 
 
 # --------------------------------------------------------------------------- the pod
-
-
-def one(objects: Sequence[Mapping[str, Any]], kind: str) -> Mapping[str, Any]:
-    (found,) = [o for o in objects if o["kind"] == kind]
-    return found
-
-
-def run_args(
-    pod: Mapping[str, Any],
-    container: Mapping[str, Any],
-    volumes: Mapping[str, Path],
-    netns: str,
-    user: str | None = None,
-) -> list[str]:
-    """``podman run`` options for one container of the rendered pod: its environment, its
-    ConfigMap mounts, its securityContext, the pod's network namespace."""
-    sc = container.get("securityContext", {})
-    args = ["--network", f"ns:/run/netns/{netns}"]
-    for item in container.get("env", []):
-        args += ["--env", f"{item['name']}={item['value']}"]
-    pod_volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    for mount in container.get("volumeMounts", []):
-        source = volumes[pod_volumes[mount["name"]]["configMap"]["name"]]
-        mode = "ro" if mount.get("readOnly") else "rw"
-        args += ["--volume", f"{source}:{mount['mountPath']}:{mode}"]
-    if sc.get("privileged"):
-        args.append("--privileged")
-    caps = sc.get("capabilities", {})
-    args += [f"--cap-drop={cap.lower()}" for cap in caps.get("drop", [])]
-    args += [f"--cap-add={cap.lower()}" for cap in caps.get("add", [])]
-    if sc.get("readOnlyRootFilesystem"):
-        args.append("--read-only")
-    if sc.get("allowPrivilegeEscalation") is False:
-        args += ["--security-opt", "no-new-privileges"]
-    if user is not None:
-        args += ["--user", user]
-    elif "runAsUser" in sc:
-        args += ["--user", str(sc["runAsUser"])]
-    if "command" in container:
-        args += ["--entrypoint", json.dumps(container["command"])]
-    return args
 
 
 def write_config_map(config_map: Mapping[str, Any], directory: Path) -> Path:

@@ -35,8 +35,28 @@ __all__ = ["main", "run"]
 # `wait` reads the configuration through `egress_router.cni.netconf` and needs none of it.
 
 
+def _skip_pyroute2_init() -> None:
+    """Import pyroute2's modules without its ``__init__``, in the plugin's own process.
+
+    ``pyroute2/__init__.py`` imports every part of the library (NDB, IPDB, conntrack,
+    WiFi, IPVS, ...): about 0.3 s of an invocation whose budget is one second, for modules
+    the plugin never uses. The package is registered unexecuted, so ``pyroute2.iproute``
+    and ``pyroute2.netlink.exceptions`` (all the plugin imports) load alone. Only here, in
+    the executable's entry point: a process that imports pyroute2 otherwise keeps it whole.
+    """
+    import importlib.util  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    if "pyroute2" in sys.modules:
+        return
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is not None:
+        sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)
+
+
 def main() -> None:
-    """Console-script entry point ``egress-router-cni``."""
+    """Console-script entry point ``egress-router-cni`` (and the one-file executable's)."""
+    _skip_pyroute2_init()
     from egress_router.cni import plugin  # noqa: PLC0415 (see above)
 
     plugin.main()

@@ -103,6 +103,8 @@ class Kernel(Protocol):
 
     def nft_problem(self) -> str | None: ...
 
+    def ip_problem(self) -> str | None: ...
+
     def create_macvlan(self, name: str, master: HostLink, mode: str, mtu: int) -> None: ...
 
     def delete_host_macvlan(self, name: str) -> bool: ...
@@ -336,6 +338,16 @@ class RealKernel:
     def nft_problem(self) -> str | None:
         if not nft.is_installed():
             return "the nft binary is not on the node; install nftables (apt install nftables)"
+        return None
+
+    def ip_problem(self) -> str | None:
+        # CHECK reads the pod's links, addresses, routes and rules through `ip -j` (the one
+        # reader of kernel state, kernel/observe); ADD and DEL need no ip(8).
+        if not nft.is_installed("ip"):
+            return (
+                "the ip binary is not on the node (CHECK reads the pod through `ip -j`); "
+                "install iproute2 (apt install iproute2)"
+            )
         return None
 
     def create_macvlan(self, name: str, master: HostLink, mode: str, mtu: int) -> None:

@@ -938,13 +938,14 @@ _FILE_KINDS = (
 )
 
 
-def _not_regular(mode: int) -> str | None:
+def _not_regular(mode: int, variable: str) -> str | None:
     if stat.S_ISREG(mode):
         return None
     kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+    mounted = variable in (ENV_DESTINATION_FILE, ENV_CNI_CONFIG)
     return (
-        f"it is {kind}, not a regular file; point {ENV_DESTINATION_FILE} at a file "
-        "(the mounted ConfigMap's key)"
+        f"it is {kind}, not a regular file; point {variable} at a file"
+        + (" (the mounted ConfigMap's key)" if mounted else "")
     )
 
 
@@ -975,13 +976,13 @@ def read_bounded_file(path: str, variable: str, what: str) -> str:
         return ConfigError(variable, f"cannot read {what} {path!r}: {cause}")
 
     try:
-        problem = _not_regular(os.stat(path).st_mode)
+        problem = _not_regular(os.stat(path).st_mode, variable)
         if problem is not None:
             raise refuse(problem)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         try:
             info = os.fstat(fd)
-            problem = _not_regular(info.st_mode)
+            problem = _not_regular(info.st_mode, variable)
             if problem is not None:
                 raise refuse(problem)
             if info.st_size > DESTINATION_FILE_LIMIT:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -17,9 +18,23 @@ from egress_router.core import config
 EXIT_CONFIG = 1
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"egress-router: error: {message}", err=True)
     sys.exit(EXIT_CONFIG)
+
+
+def _read_stdin(source: str) -> str:
+    """Standard input, at most `config.DESTINATION_FILE_LIMIT` bytes of UTF-8."""
+    data = sys.stdin.buffer.read(config.DESTINATION_FILE_LIMIT + 1)
+    if len(data) > config.DESTINATION_FILE_LIMIT:
+        _fail(f"cannot read {source}: it is larger than {config.DESTINATION_FILE_LIMIT} bytes;"
+              " give a smaller configuration")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        _fail(f"cannot read {source}: line {line} is not UTF-8 (byte 0x{data[err.start]:02x});"
+              " save it as UTF-8")
 
 
 _INPUT = click.Path(dir_okay=False, exists=True, allow_dash=True, path_type=Path)
@@ -91,10 +106,16 @@ def render_command(
     path = config_file or egressrouter
     assert path is not None
     source = "<stdin>" if str(path) == "-" else str(path)
-    try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        _fail(f"cannot read {source}: {getattr(err, 'strerror', None) or err}")
+    variable, what = ("FILE", "config file") if config_file else ("--from-egressrouter", "file")
+    if str(path) == "-":
+        text = _read_stdin(source)
+    else:
+        # The router's own bounded reader: a FIFO, a device or a huge file is refused with
+        # a clear error instead of hanging or filling memory.
+        try:
+            text = config.read_bounded_file(str(path), variable, what)
+        except config.ConfigError as err:
+            _fail(err.cause)
     overrides = manifest.Overrides(image=image, extra_ports=extra_ports, http_port=http_port)
     try:
         if egressrouter is not None:

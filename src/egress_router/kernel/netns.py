@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import pickle
@@ -62,7 +61,9 @@ class NamespaceGoneError(NetnsError):
 
 def _c() -> ctypes.CDLL:
     if not _LIBC:
-        _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True))
+        # The C library the interpreter is linked with (dlopen(NULL)): ctypes.util.find_library
+        # would run `ldconfig -p` in a child process at every plugin invocation.
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
     return _LIBC[0]
 
 

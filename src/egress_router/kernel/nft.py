@@ -76,7 +76,7 @@ class FakeNft:
 
 
 def is_installed(binary: str = "nft") -> bool:
-    """Whether the ``nft`` binary is on the PATH (CNI STATUS and ADD ask before anything else)."""
+    """Whether ``binary`` (``nft``) is on the PATH (CNI STATUS and ADD ask before anything else)."""
     return shutil.which(binary) is not None
 
 

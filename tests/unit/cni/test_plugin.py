@@ -56,6 +56,7 @@ class FakeKernel:
     fail: str | None = None
     observed: state.Snapshot | None = None
     nft_missing: bool = False
+    ip_missing: bool = False
 
     def _maybe_fail(self, name: str) -> None:
         if self.fail == name:
@@ -75,6 +76,9 @@ class FakeKernel:
 
     def nft_problem(self) -> str | None:
         return "the nft binary is not on the node" if self.nft_missing else None
+
+    def ip_problem(self) -> str | None:
+        return "the ip binary is not on the node" if self.ip_missing else None
 
     def create_macvlan(self, name: str, master: macvlan.HostLink, mode: str, mtu: int) -> None:
         self._maybe_fail("create_macvlan")
@@ -322,6 +326,9 @@ def test_status_and_gc() -> None:
     assert invoke(new, FakeKernel(), CNI_COMMAND="STATUS")[:2] == (0, "")
     _, out, _ = invoke(new, FakeKernel(nft_missing=True), CNI_COMMAND="STATUS")
     assert error_of(out)[0] == errors.PLUGIN_NOT_AVAILABLE
+    _, out, _ = invoke(new, FakeKernel(ip_missing=True), CNI_COMMAND="STATUS")
+    assert error_of(out) == (errors.PLUGIN_NOT_AVAILABLE,
+                             "cannot serve CHECK: the ip binary is not on the node")
     _, out, _ = invoke(CONF, FakeKernel(), CNI_COMMAND="STATUS")
     assert error_of(out) == (errors.INCOMPATIBLE_VERSION,
                              "cannot run STATUS with cniVersion 1.0.0: it needs 1.1.0 or "
@@ -351,6 +358,33 @@ def test_check_details_hold_only_what_msg_leaves_out(monkeypatch: pytest.MonkeyP
     )
     assert obj["details"] == "\n".join(many[drift.MAX_REPORTED:])
     assert not any(line in obj["msg"] for line in obj["details"].splitlines())
+
+
+def test_real_kernel_finds_ip_and_nft_on_path_and_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STATUS and CHECK look for ip(8) as ADD looks for nft: on the PATH the plugin runs with."""
+    kernel = macvlan.RealKernel()
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither is there
+    assert kernel.ip_problem() == (
+        "the ip binary is not on the node (CHECK reads the pod through `ip -j`); install "
+        "iproute2 (apt install iproute2)"
+    )
+    assert kernel.nft_problem() is not None
+    # The control: an executable named ip on that PATH is found.
+    fake_ip = tmp_path / "ip"
+    fake_ip.write_text("#!/bin/sh\n")
+    fake_ip.chmod(0o755)
+    assert kernel.ip_problem() is None
+
+
+def test_check_without_ip_says_what_to_install() -> None:
+    prev = result.build(netconf.parse(CONF), result.Interface("net1", MAC, 1500, NETNS))
+    fake = FakeKernel(observed=healthy(), ip_missing=True)
+    code, out, _ = invoke({**CONF, "prevResult": prev}, fake, CNI_COMMAND="CHECK")
+    assert code == 1
+    assert error_of(out) == (errors.PLUGIN_NOT_AVAILABLE,
+                             "cannot check net1: the ip binary is not on the node")
 
 
 def test_status_with_a_missing_master_says_so() -> None:

@@ -752,6 +752,42 @@ def test_render_command_bad_input_exits_1_with_one_line() -> None:
     )
 
 
+def test_render_command_refuses_a_fifo_and_a_huge_file_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "router.yaml"
+    os.mkfifo(fifo)  # no writer: a plain read would block forever (run's timeout would fire)
+    done = run([str(fifo)])
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"egress-router: error: cannot read config file {str(fifo)!r}: it is a FIFO (named "
+        "pipe), not a regular file; point FILE at a file\n"
+    )
+    huge = tmp_path / "huge.yaml"
+    with huge.open("wb") as fh:  # sparse: no disk used
+        fh.truncate(config.DESTINATION_FILE_LIMIT + 1)
+    done = run(["--from-egressrouter", str(huge)])
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        f"egress-router: error: cannot read file {str(huge)!r}: it is larger than "
+        f"{config.DESTINATION_FILE_LIMIT} bytes ({config.DESTINATION_FILE_LIMIT + 1} bytes)"
+    )
+    # The control: the same path as a regular file renders.
+    fifo.unlink()
+    fifo.write_text((ROOT / "examples" / "seed.yaml").read_text())
+    assert run([str(fifo)]).returncode == 0
+
+
+def test_render_command_refuses_a_huge_stdin() -> None:
+    done = run(["-"], stdin="#" * (config.DESTINATION_FILE_LIMIT + 1))
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"egress-router: error: cannot read <stdin>: it is larger than "
+        f"{config.DESTINATION_FILE_LIMIT} bytes; give a smaller configuration\n"
+    )
+
+
 def test_render_command_needs_exactly_one_input() -> None:
     both = run(["examples/seed.yaml", "--from-egressrouter", "examples/egressrouter.yaml"])
     neither = run([])
@@ -778,11 +814,16 @@ def test_image_entry_point_is_the_console_script_and_runs_as_non_root() -> None:
     (entrypoint,) = [json.loads(a) for i, a in instructions if i == "ENTRYPOINT"]
     assert entrypoint == ["egress-router"]
     assert entrypoint[0] in scripts
-    # Two stages on one base, a build argument whose default is the public Python base.
+    # Build stages on one base (a build argument whose default is the public Python base),
+    # the image on the same base.
     (arg,) = [a for i, a in instructions if i == "ARG"]
     name, _, default = arg.partition("=")
     assert "python:3.11-slim" in default
-    assert [a.split()[0] for i, a in instructions if i == "FROM"] == [f"${{{name}}}"] * 2
+    assert [a.split()[0] for i, a in instructions if i == "FROM"] == [
+        f"${{{name}}}", "deps", "deps", f"${{{name}}}"]
+    # The installer DaemonSet's --source: the one-file plugin the cni stage built.
+    copies = [a.split() for i, a in instructions if i == "COPY"]
+    assert ["--from=cni", "/cni/egress-router-cni", manifest.CNI_EXECUTABLE] in copies
     (user,) = [a for i, a in instructions if i == "USER"]
     assert user.split(":")[0] not in ("0", "root")
     runs = " ".join(a for i, a in instructions if i == "RUN")
