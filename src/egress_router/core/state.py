@@ -110,8 +110,13 @@ def pod_return_rules(step: plan.KeepPodReturnPath, pod_addresses: list[str]) -> 
 
 def describe_rule(family: int, rule: RuleKey) -> str:
     """A policy rule as the ``ip rule`` command that makes it."""
+    return f"ip {'-6 ' if family == 6 else ''}rule add {rule_selector(rule)}"
+
+
+def rule_selector(rule: RuleKey) -> str:
+    """A policy rule as ``ip rule`` arguments (what `describe_rule` and ``ip -batch`` say)."""
     priority, iif, src, table, suppress = rule
-    parts = [f"ip {'-6 ' if family == 6 else ''}rule add priority {priority}"]
+    parts = [f"priority {priority}"]
     if iif is not None:
         parts.append(f"iif {iif}")
     if src is not None:

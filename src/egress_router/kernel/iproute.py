@@ -146,9 +146,9 @@ def _return_path(step: plan.KeepPodReturnPath, snapshot: state.Snapshot) -> list
     sources = sorted(str(a.interface.ip) for a in _globals(snapshot, step.pod_ifname, family))
     wanted = set(state.pod_return_rules(step, sources))
     present = {rule for fam, rule in snapshot.rules if fam == family}
-    out += [Command(family, "rule del " + _rule(rule), step, delete=True)
+    out += [Command(family, "rule del " + state.rule_selector(rule), step, delete=True)
             for rule in sorted(present - wanted, key=_order)]
-    out += [Command(family, "rule add " + _rule(rule), step)
+    out += [Command(family, "rule add " + state.rule_selector(rule), step)
             for rule in sorted(wanted - present, key=_order)]
     return out
 
@@ -157,17 +157,6 @@ def _order(rule: state.RuleKey) -> tuple[int, str, str]:
     return rule[0], rule[1] or "", rule[2] or ""
 
 
-def _rule(rule: state.RuleKey) -> str:
-    priority, iif, src, table, suppress = rule
-    parts = [f"priority {priority}"]
-    if iif is not None:
-        parts.append(f"iif {iif}")
-    if src is not None:
-        parts.append(f"from {src}")
-    parts.append(f"table {table}")
-    if suppress:
-        parts.append("suppress_prefixlength 0")
-    return " ".join(parts)
 
 
 def run(steps: Sequence[plan.Step], snapshot: state.Snapshot) -> None:

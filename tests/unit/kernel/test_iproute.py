@@ -58,11 +58,11 @@ def test_a_fresh_pod_gets_its_return_path_before_its_default_route_moves() -> No
         (4, "address replace 192.168.12.99/24 dev macvlan0", False),
         (4, "route replace 192.168.12.1/32 scope link dev macvlan0 proto static table main", False),
         (4, f"route replace default via 10.128.0.1 dev eth0 proto static table {POD}", False),
-        (4, f"rule add priority {P} iif macvlan0 table {MAIN} suppress_prefixlength 0", False),
-        (4, f"rule add priority {P + 1} iif macvlan0 table {POD}", False),
-        (4, f"rule add priority {P + 2} from 10.128.0.2 table {MAIN} suppress_prefixlength 0",
+        (4, f"rule add priority {P} iif macvlan0 lookup main suppress_prefixlength 0", False),
+        (4, f"rule add priority {P + 1} iif macvlan0 lookup {POD}", False),
+        (4, f"rule add priority {P + 2} from 10.128.0.2 lookup main suppress_prefixlength 0",
          False),
-        (4, f"rule add priority {P + 3} from 10.128.0.2 table {POD}", False),
+        (4, f"rule add priority {P + 3} from 10.128.0.2 lookup {POD}", False),
         (4, "route replace 172.30.0.10/32 via 10.128.0.1 dev eth0 proto static table main", False),
         (4, "route del default via 10.128.0.1 dev eth0 table main", True),
         (4, "route replace default via 192.168.12.1 dev macvlan0 proto static table main", False),
@@ -91,8 +91,8 @@ def test_a_repair_touches_only_what_is_in_the_way() -> None:
         (6, "address del 2001:db8:12::7/64 dev macvlan0", True),
         (6, "address replace 2001:db8:12::99/64 dev macvlan0 nodad", False),
         # Main's default is ours already (no pod gateway to copy); one rule missing, one stale.
-        (6, f"rule del priority {P + 3} from fd00:128::9 table {POD}", True),
-        (6, f"rule add priority {P} iif macvlan0 table {MAIN} suppress_prefixlength 0", False),
+        (6, f"rule del priority {P + 3} from fd00:128::9 lookup {POD}", True),
+        (6, f"rule add priority {P} iif macvlan0 lookup main suppress_prefixlength 0", False),
         (6, "route replace default via 2001:db8:12::1 dev macvlan0 proto static table main", False),
     ]
 
