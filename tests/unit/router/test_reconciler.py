@@ -16,10 +16,10 @@ from egress_router.router import reconciler, resolve
 from support.router import FakeResolver, Harness
 
 
-def test_start_applies_checks_first_and_is_ready(harness: Harness) -> None:
+def test_start_applies_in_one_transaction_and_is_ready(harness: Harness) -> None:
     cfg = harness.router.applied
     assert cfg is not None
-    assert harness.runner.checked == [ruleset.render_nftables(cfg)]
+    assert harness.runner.checked == []  # no `nft -c` first: the apply is checked whole
     assert harness.runner.applied == [ruleset.render_nftables(cfg)]
     assert harness.announcer.sent == [("macvlan0", "192.168.12.99")]
     assert harness.router.readiness() == (True, "ok")
