@@ -75,18 +75,26 @@ def test_metrics_pair_use_with_capacity_and_carry_the_kernels_failures() -> None
     ]
 
 
-def test_the_sampler_dumps_once_per_interval_and_refreshes_in_the_background() -> None:
+def test_the_sampler_dumps_once_per_interval_never_in_a_scrape_one_pass_at_a_time() -> None:
     now = [0.0]
     passes: list[int] = []
     done = threading.Event()
 
+    gate = threading.Event()  # holds the first pass while the burst of scrapes comes in
+
     def table() -> Iterator[conntrack.Flow]:
         passes.append(1)
+        gate.wait(5)
         yield from flows(len(passes), 0)
         if len(passes) > 1:
             done.set()
 
     sampler = capacity.Sampler(30, clock=lambda: now[0])
+    # A burst of first scrapes: none waits for a dump, and one pass runs for all of them.
+    assert [sampler.latest(CFG, table) for _ in range(5)] == [None] * 5
+    gate.set()
+    assert sampler.wait(5)
+    assert len(passes) == 1
     first = sampler.latest(CFG, table)
     assert first is not None and first.active == {(4, "tcp", 80): 1}
     now[0] = 29.0

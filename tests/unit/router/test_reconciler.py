@@ -213,6 +213,10 @@ def test_rule_metrics_come_from_the_kernel_counters(harness: Harness) -> None:
         conntrack.Flow(4, "tcp", 80, ipaddress.ip_address("203.0.113.25"), 80, True),
         conntrack.Flow(4, "tcp", 80, ipaddress.ip_address("203.0.113.25"), 80, False),
     ]
+    # The live connections per rule come from the background sample, never from a dump
+    # inside the scrape: the first scrape starts it, a later one reads it.
+    harness.router.write_rule_metrics(lambda _text: None)
+    assert harness.router.sampler.wait(5)
     out: list[str] = []
     harness.router.write_rule_metrics(out.append)
     text = "".join(out)
