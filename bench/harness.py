@@ -421,7 +421,8 @@ class Harness:
             stages = parsers.parse_stages(text)
             entry["stages"] = stages
             check, apply = (stages.get(f"{v} {path.value} ruleset") for v in ("check", "apply"))
-            entry["apply_s"] = None if check is None or apply is None else check + apply
+            # nftables has no check stage any more (its apply is one transaction).
+            entry["apply_s"] = None if apply is None else (check or 0.0) + apply
         if record:
             (self.records.stages if debug else self.records.init).append(entry)
         return entry
