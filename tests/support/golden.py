@@ -13,6 +13,18 @@ from egress_router.lab import world as lab
 
 GOLDEN = Path(__file__).resolve().parents[1] / "unit" / "golden"
 SEED_ENV = {k: v for k, v in lab.DEMO_ENV.items() if k != "EGRESS_ROUTER_MODE"}
+# Dual stack, SCTP, a remote port and a fallback: the golden `dual` rulesets (and the
+# bench's baseline of them).
+DUAL_ENV = {
+    "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
+    "EGRESS_GATEWAY": "192.168.12.1,2001:db8:12::1",
+    "EGRESS_DESTINATION": (
+        "80 tcp 203.0.113.25\n5000 sctp 203.0.113.25\n80 tcp 2001:db8:113::25\n"
+        "53 udp 2001:db8:113::25 5353\n2001:db8:113::27\n"
+    ),
+    "EGRESS_POD_INTERFACE": "eth0",
+    "EGRESS_INTERFACE": "net1",
+}
 
 
 def check_golden(name: str, text: str) -> None:

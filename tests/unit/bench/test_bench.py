@@ -32,6 +32,7 @@ from bench import (
 from bench.workload import DataPath, Figure, Unit
 
 from egress_router.core import config, ruleset
+from support.golden import DUAL_ENV
 
 # ---------------------------------------------------------------- workload
 
@@ -429,16 +430,7 @@ def test_ablation_report_names_variants_and_ratios() -> None:
 
 def test_baseline_is_todays_ruleset_before_the_hardening() -> None:
     """bench/baseline.py renders exactly the rules the hardening replaced (golden from then)."""
-    cfg = config.load_config({
-        "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
-        "EGRESS_GATEWAY": "192.168.12.1,2001:db8:12::1",
-        "EGRESS_DESTINATION": (
-            "80 tcp 203.0.113.25\n5000 sctp 203.0.113.25\n80 tcp 2001:db8:113::25\n"
-            "53 udp 2001:db8:113::25 5353\n2001:db8:113::27\n"
-        ),
-        "EGRESS_POD_INTERFACE": "eth0",
-        "EGRESS_INTERFACE": "net1",
-    })
+    cfg = config.load_config(DUAL_ENV)
     golden = Path(__file__).resolve().parents[1] / "golden"  # not regenerated: it is history
     assert baseline.render_nftables(cfg) == (golden / "baseline-dual.nft").read_text()
     iptables = "".join(baseline.render_iptables(cfg, family) for family in cfg.families())

@@ -9,18 +9,8 @@ from __future__ import annotations
 import pytest
 
 from egress_router.core import config, ruleset
-from support.golden import SEED_ENV, check_golden
+from support.golden import DUAL_ENV, SEED_ENV, check_golden
 
-DUAL_ENV = {
-    "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
-    "EGRESS_GATEWAY": "192.168.12.1,2001:db8:12::1",
-    "EGRESS_DESTINATION": (
-        "80 tcp 203.0.113.25\n5000 sctp 203.0.113.25\n80 tcp 2001:db8:113::25\n"
-        "53 udp 2001:db8:113::25 5353\n2001:db8:113::27\n"
-    ),
-    "EGRESS_POD_INTERFACE": "eth0",
-    "EGRESS_INTERFACE": "net1",
-}
 NO_FALLBACK_ENV = {**SEED_ENV, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n"}
 
 
