@@ -56,6 +56,18 @@ def _endpoint(destination: Destination) -> str:
     return f"{host}:{port}/{proto}"
 
 
+def become_idle_work() -> None:
+    """Make the calling (background) thread idle work: no signals, the lowest priority.
+
+    Signals are the main thread's business (see wait._serve). Linux nice values are per
+    thread, and a child inherits its forking thread's, so an ``nft`` this thread runs is
+    idle work too: the main loop, its edits and the probes get the CPU first.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 def take_sample(
     cfg: config.Config, flows: Iterable[conntrack.Flow], *, limit: int = MAX_ENTRIES,
     top: int = TOP_DESTINATIONS, clock: Callable[[], float] = time.time,
@@ -233,11 +245,7 @@ class Sampler:
         return False
 
     def _refresh(self, cfg: config.Config, flows: Callable[[], Iterator[conntrack.Flow]]) -> None:
-        # Signals are the main thread's business; idle work at the lowest priority (Linux
-        # nice values are per thread).
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        become_idle_work()
         try:
             sample = take_sample(cfg, flows())
         except conntrack.ConntrackError:

@@ -8,11 +8,9 @@ bundles the edges it drives, so unit tests hand it fakes.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import threading
 import time
 from collections import deque
@@ -422,13 +420,7 @@ class Router:
         return True
 
     def _settle_from(self, token: int) -> None:
-        # Signals are the main thread's business (see wait._serve).
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-        # Idle work: the lowest priority, for this thread and (Linux nice values are per
-        # thread, and a child inherits its forking thread's) the nft it runs, so that an
-        # edit arriving meanwhile gets the CPU first.
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        capacity.become_idle_work()  # the fingerprint's nft too
         try:
             if self.kernel.generation() != token:
                 return
