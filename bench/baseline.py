@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from egress_router.core import config
 from egress_router.core.ruleset import (
     _ADDR_TYPE,
+    _IP,
     _KEY_TYPE,
     _NFPROTO,
     CHAIN_FORWARD,
-    CHAIN_GUARD,
     CHAIN_INPUT,
     CHAIN_POSTROUTING,
     CHAIN_PREROUTING,
@@ -34,7 +34,6 @@ from egress_router.core.ruleset import (
     _endpoint,
     _fallbacks_of,
     _family_list,
-    _forward_guard,
     _prerouting_rules,
     _set_lines,
     _spread_rule,
@@ -48,6 +47,36 @@ from egress_router.core.ruleset import (
     spread_map,
     traffic_set,
 )
+
+CHAIN_GUARD = "guard"  # forward's check that a redirected flow's rule still exists
+
+
+def _forward_guard(cfg: config.Config, families: list[int]) -> list[str]:
+    """Drop packets of redirected connections whose rule is gone (before the accepts).
+
+    Replacing the rules leaves established connections in conntrack, NAT
+    binding included; until the waiting container cuts them (a moment later),
+    a removed rule's connection would still reach its old destination. With
+    this check in the same transaction as the removal, it stops at once: a
+    redirected flow passes only while its port is a key of the rule set, or
+    while its destination is one of the fallbacks.
+    """
+    rules = []
+    for family in families:
+        fallbacks = _fallbacks_of(cfg, family)
+        rule = (
+            # The l4proto match first gives nft the type of ``ct original proto-dst``.
+            f"meta nfproto {_NFPROTO[family]} meta l4proto {{ {L4_PROTOS} }} ct status dnat "
+            f"meta l4proto . ct original proto-dst != @{conns_set(family)}"
+        )
+        if fallbacks:  # nft lists a one-element set as its element: written the same way
+            listed = str(fallbacks[0]) if len(fallbacks) == 1 else (
+                f"{{ {', '.join(map(str, fallbacks))} }}"
+            )
+            rule += f" ct reply {_IP[family]} saddr != {listed}"
+        rules.append(rule + ' counter drop comment "its rule was removed"')
+    return rules
+
 
 _JUMPS: tuple[tuple[str, str, str], ...] = (
     ("nat", "PREROUTING", IPT_PREROUTING),

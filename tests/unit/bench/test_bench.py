@@ -359,6 +359,10 @@ def test_unit_keys_are_readable() -> None:
 
 RULESET = """\
 table inet egress_router {
+\tset conns_v4 {
+\t\ttype inet_proto . inet_service
+\t\tcounter
+\t}
 \tset traffic_v4 {
 \t\ttype inet_proto . inet_service
 \t\tcounter
@@ -366,13 +370,21 @@ table inet egress_router {
 \tchain prerouting {
 \t\ttype nat hook prerouting priority dstnat; policy accept;
 \t\tfib daddr type != local return
+\t\tmeta nfproto ipv4 meta l4proto tcp ct timeout set "nat_tcp_v4"
 \t\tmeta nfproto ipv4 meta l4proto . th dport @conns_v4
 \t\tmeta nfproto ipv4 dnat ip to meta l4proto . th dport map @redirect_v4
 \t}
+\tchain redirected_v4 {
+\t\tmeta l4proto { tcp, udp, sctp } meta l4proto . ct original proto-dst @traffic_v4 accept
+\t\tcounter drop comment "its rule was removed"
+\t}
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy drop;
-\t\tmeta l4proto . ct original proto-dst @traffic_v4
-\t\tct state established,related accept
+\t\tct status dnat meta nfproto . iifname . oifname . ct direction vmap @door
+\t}
+\tchain antispoof {
+\t\ttype filter hook prerouting priority mangle; policy accept;
+\t\tfib saddr . iif oif missing counter drop
 \t}
 }
 """
@@ -382,25 +394,40 @@ def test_ablation_variants_remove_exactly_their_part() -> None:
     full_lines = RULESET.splitlines()
 
     def removed(text: str) -> list[str]:
-        return [line.strip() for line in full_lines if line not in text.splitlines()]
+        lines = text.splitlines()
+        return [line.strip() for line in full_lines if line not in lines]
+
+    def counters(text: str) -> int:
+        return [line.strip() for line in text.splitlines()].count("counter")
 
     assert removed(ablation.without_fib_check(RULESET)) == ["fib daddr type != local return"]
-    assert removed(ablation.without_packet_accounting(RULESET)) == [
-        "meta l4proto . ct original proto-dst @traffic_v4"]
-    assert removed(ablation.without_accounting(RULESET)) == [
-        "meta nfproto ipv4 meta l4proto . th dport @conns_v4",
-        "meta l4proto . ct original proto-dst @traffic_v4"]
-    no_forward = ablation.without_chain(RULESET, "forward")
-    assert "chain forward" not in no_forward and "ct state" not in no_forward
-    assert no_forward.count("{") == no_forward.count("}")
-    assert "chain prerouting {" in no_forward
+    assert removed(ablation.without_timeout(RULESET)) == [
+        'meta nfproto ipv4 meta l4proto tcp ct timeout set "nat_tcp_v4"']
+    assert removed(ablation.without_rpfilter_lookup(RULESET)) == [
+        "fib saddr . iif oif missing counter drop"]
+    # The traffic set loses its counter flag, the conns set keeps it; the lookup stays.
+    packets = ablation.without_packet_accounting(RULESET)
+    assert counters(RULESET) - counters(packets) == 1
+    assert "@traffic_v4 accept" in packets
+    assert "set conns_v4 {\n\t\ttype inet_proto . inet_service\n\t\tcounter" in packets
+    every = ablation.without_accounting(RULESET)
+    assert counters(RULESET) - counters(every) == 2
+    assert "@conns_v4" not in every and "@traffic_v4 accept" in every
+    assert removed(ablation.without_rule_check(RULESET)) == [
+        "meta l4proto { tcp, udp, sctp } meta l4proto . ct original proto-dst @traffic_v4 accept"]
+    assert "\t\taccept\n" in ablation.without_rule_check(RULESET)
+    for name in ("forward", "antispoof"):
+        gone = ablation.without_chain(RULESET, name)
+        assert f"chain {name} " not in gone and gone.count("{") == gone.count("}")
+        assert "chain prerouting {" in gone
 
 
 def test_ablation_leaves_out_variants_that_remove_nothing() -> None:
     plain = "table ip t {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority 0;\n\t}\n}\n"
     assert list(ablation.variants(plain)) == ["full"]
     assert list(ablation.variants(RULESET)) == [
-        "full", "no-packet-accounting", "no-accounting", "no-fib", "no-forward-chain"]
+        "full", "no-packet-accounting", "no-accounting", "no-fib", "no-timeout",
+        "no-rule-check", "no-forward-chain", "no-rpfilter", "no-antispoof"]
 
 
 def test_ablation_applies_to_the_products_own_ruleset() -> None:
@@ -411,6 +438,8 @@ def test_ablation_applies_to_the_products_own_ruleset() -> None:
     no_forward = ablation.without_chain(full, "forward")
     assert "chain forward" in full and "chain forward" not in no_forward
     assert "chain postrouting" in no_forward and "chain input" in no_forward
+    # Every variant still finds its part in the product's ruleset (none silently equal).
+    assert set(ablation.variants(full)) == set(ablation.VARIANTS)
 
 
 def test_ablation_report_names_variants_and_ratios() -> None:
@@ -480,4 +509,4 @@ def test_capacity_variants_change_one_nat_knob_of_the_products_ruleset() -> None
     assert bare.replace("\n", "") != text.replace("\n", "")
     fast = flowtable.with_flowtable(text)
     assert "flowtable fastpath {" in fast
-    assert fast.index("flow add @fastpath") < fast.index("ct direction original ct status dnat")
+    assert fast.index("flow add @fastpath") < fast.index("ct original proto-dst @traffic_v4 accept")
