@@ -75,6 +75,21 @@ def test_plan_measures_connections_at_every_count_and_flows_at_flow_counts() -> 
     assert all(u.rules is None for u in units if u.path is DataPath.DIRECT)
 
 
+def test_plan_measures_upstream_at_the_seeds_size_once_per_figure() -> None:
+    units = workload.plan_units([1, 1000, 10000], [1000])
+    seed = [u for u in units if u.path is DataPath.UPSTREAM_SEED]
+    assert sorted(u.figure.value for u in seed) == sorted(f.value for f in Figure)
+    assert {u.rules for u in seed} == {workload.SEED_RULES}
+    text = workload.destination_text(workload.SEED_RULES, Figure.CONN, fallback=True)
+    # Four rules, the measured port last among them, then the fallback upstream walks last.
+    assert text.splitlines() == ["20000 tcp 203.0.113.26", "20001 tcp 203.0.113.26",
+                                 "20002 tcp 203.0.113.26", "8080 tcp 203.0.113.25",
+                                 workload.SEED_FALLBACK]
+    script = upstream.render_upstream(config.parse_destinations(text),
+                                      IPv4Address("192.168.12.99"))
+    assert script.count(" dnat to ") == 5
+
+
 def test_round_order_is_a_reproducible_permutation_that_changes_between_rounds() -> None:
     units = workload.plan_units([1, 100, 1000, 10000], [1, 10000])
     first = workload.round_order(units, seed=6, round_index=0)
@@ -278,6 +293,45 @@ def test_targets_missed() -> None:
     targets = stats.evaluate_targets(_target_samples(70.0, 8e9), {10000: [0.6]}, {10000: [1.6]})
     assert [t.met for t in targets] == [False, False, False, False, False]
     assert stats.evaluate_targets([], {}, {}) == []
+
+
+def _toll_samples(nft_conn: float, nft_rr: float) -> list[stats.Sample]:
+    out = []
+    for rnd in range(3):
+        out += [sample("forward", None, f, rnd, 100.0) for f in ("conn", "tcp_rr", "udp_rr")]
+        out += [sample("upstream-seed", 4, f, rnd, 90.0) for f in ("conn", "tcp_rr", "udp_rr")]
+        out += [sample("nftables", n, "conn", rnd, nft_conn - n / 100000) for n in (1, 10000)]
+        out += [sample("nftables", 1000, f, rnd, nft_rr) for f in ("tcp_rr", "udp_rr")]
+    return out
+
+
+def test_toll_targets_compare_every_count_with_upstream_at_the_seeds_size() -> None:
+    met = {t.name: t for t in stats.toll_targets(_toll_samples(88.0, 89.0))}
+    conn = met["nftables new-connection rate vs upstream-style at the seed's size "
+               "(worst rule count)"]
+    assert conn.measured == pytest.approx(87.9 / 90) and conn.met and conn.note == \
+        "at 10,000 rules"
+    assert met["nftables TCP request/response vs upstream-style at the seed's size "
+               "(worst rule count)"].measured == pytest.approx(89 / 90)
+    assert met["nftables new-connection rate vs plain forwarding (worst rule count)"].met
+    missed = stats.toll_targets(_toll_samples(80.0, 85.0))
+    assert [t.met for t in missed] == [False, False, False, False]
+    # Runs without the seed-size reference judge none of them.
+    assert stats.toll_targets([s for s in _toll_samples(88.0, 89.0)
+                               if s.path != "upstream-seed"]) == []
+
+
+def test_tables_show_the_ratio_to_upstream_at_the_seeds_size() -> None:
+    doc = {"samples": [dataclasses.asdict(s) for s in _toll_samples(88.0, 89.0)]}
+    units = report.unit_summaries(doc)
+    conn = report.render_conn_table(units, report.vs_upstream_seed(doc))
+    assert conn.splitlines()[0].endswith("| vs upstream, seed's size |")
+    assert "| upstream-style, the seed's size | 4 + fallback | 90 (90-90) | 0.90" in conn
+    assert "| egress-router nftables | 1 | 88 (88-88) |" in conn and "| 0.98 (0.98-0.98) |" \
+        in conn
+    flow = report.render_flow_table(units, report.vs_upstream_seed(doc))
+    assert "| egress-router nftables | 1,000 |" in flow and flow.count("0.99 (0.99-0.99)") == 2
+    assert report.vs_upstream_seed({"samples": []}) == {}
 
 
 # ---------------------------------------------------------------- reports
