@@ -21,7 +21,7 @@ _FIB_DADDR = re.compile(r"^\s*fib daddr type")
 _FIB_SADDR = re.compile(r"fib saddr \. iif")
 _TIMEOUT = re.compile(r"ct timeout set")
 _RULE_CHECK = re.compile(
-    r"^(\t\t)meta l4proto \{ [^}]* \} meta l4proto \. ct original proto-dst @traffic_v[46] accept$",
+    r"^(\t\t)meta l4proto \w+ meta l4proto \. ct original proto-dst @traffic_v[46] accept$",
     re.M,
 )
 
@@ -93,6 +93,31 @@ def without_chain(text: str, name: str) -> str:
     return "".join(out)
 
 
+def hooks_only(text: str, keep: str = "") -> str:
+    """Every filter base chain emptied (policy accept) but ``keep``: what the hooks cost by
+    themselves, before any rule is evaluated (the nat chains stay: the flows must still be
+    redirected); with ``keep``, what that one chain's rules cost."""
+    out: list[str] = []
+    chain: list[str] | None = None
+    for line in text.splitlines(keepends=True):
+        if chain is None and re.match(r"^\s*chain \S+ \{", line):
+            chain = [line]
+            continue
+        if chain is not None:
+            chain.append(line)
+            if line.strip() != "}":
+                continue
+            base = next((c for c in chain if "type filter hook" in c), None)
+            if base is None or re.match(rf"^\s*chain {re.escape(keep)} \{{", chain[0]):
+                out += chain
+            else:
+                out += [chain[0], base.replace("policy drop;", "policy accept;"), line]
+            chain = None
+            continue
+        out.append(line)
+    return "".join(out)
+
+
 VARIANTS: dict[str, tuple[str, Callable[[str], str]]] = {
     "full": ("the product's ruleset", lambda text: text),
     "no-packet-accounting": ("without per-packet counters (traffic sets)",
@@ -110,6 +135,13 @@ VARIANTS: dict[str, tuple[str, Callable[[str], str]]] = {
         text, "antispoof")),
     "no-source-guard": ("without the egress source guard chain",
                         lambda text: without_chain(text, "source_guard")),
+    "hooks-only": ("every filter chain empty (policy accept): the hooks alone", hooks_only),
+    "only-antispoof": ("hooks only, but the reverse-path chain's rules",
+                       lambda text: hooks_only(text, "antispoof")),
+    "only-forward": ("hooks only, but the forward chain's rules",
+                     lambda text: hooks_only(text, "forward")),
+    "only-source-guard": ("hooks only, but the source guard's rules",
+                          lambda text: hooks_only(text, "source_guard")),
 }
 
 

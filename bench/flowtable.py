@@ -45,7 +45,7 @@ FLOWTABLE = (
 # Offload only what the direction-bound forward chain lets into a redirected chain, at the
 # accept that also counts the packet and proves its rule still exists.
 _REDIRECTED_ACCEPT = re.compile(
-    r"^(\t\tmeta l4proto \{ [^}]* \} meta l4proto \. ct original proto-dst @traffic_v\d accept)$",
+    r"^(\t\tmeta l4proto tcp meta l4proto \. ct original proto-dst @traffic_v\d accept)$",
     re.M,
 )
 

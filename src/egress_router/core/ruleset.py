@@ -7,33 +7,30 @@ transaction), so an apply is all-or-nothing and never touches other tables.
 
 Shape of the nftables data path (per-packet cost independent of rule count). A
 packet of an established redirected flow crosses three of our base chains and in
-each meets one lookup that lets it through (about what upstream's two nat rules
-cost, which such a packet never meets); checks a flow needs once are made on its
-first packet only:
+each meets the rule that lets it through first, with one set lookup in all (its
+rule's counter); checks a flow needs once are made on its first packet only:
 
-* ``antispoof`` (filter, prerouting, after conntrack, before dstnat): first, in
-  one concatenated lookup (``iifname . ct direction``), established packets of a
-  redirected flow on the interface and in the direction their flow allows return
-  (their source is the one checked with the flow's first packet); then, on the
-  egress interface, a family that is not configured is dropped whole, and a
-  packet on the pod or the egress interface whose source would not be routed
-  back out of that same interface is dropped (``fib saddr . iif``, which honours
-  the pod-return policy routing).
+* ``antispoof`` (filter, prerouting, after conntrack, before dstnat): first,
+  established packets of a redirected flow on the interface and in the direction
+  their flow allows return (their source is the one checked with the flow's
+  first packet); then, on the egress interface, a family that is not configured
+  is dropped whole, and a packet on the pod or the egress interface whose source
+  would not be routed back out of that same interface is dropped (``fib saddr .
+  iif``, which honours the pod-return policy routing).
 * ``prerouting`` (nat, a connection's first packet only): only connections that
   arrive on the pod interface and are addressed to the router itself are
   redirected, through one map lookup keyed by ``l4proto . dport`` per family;
   unmatched ports of a family with a fallback go to the fallback address, same
   port. New TCP connections get the NAT's conntrack timeout policy here.
 * ``postrouting`` (nat): SNAT to the reserved source on the egress interface.
-* ``forward`` (filter, policy drop): the one-way door, one verdict-map lookup
-  keyed by family, input and output interface and conntrack direction, for
-  redirected (``ct status dnat``) flows only. Pod side to egress side: only the
-  original direction; egress side to pod side: only the reply direction. A packet
-  from the physical network that forges the original tuple of a live flow matches
-  its conntrack entry but in the wrong direction, and is dropped. The map jumps
-  to ``redirected_v4``/``redirected_v6``: one lookup of the flow's rule key both
-  counts the packet (per-rule packets and bytes) and proves the rule still exists
-  (a removed rule's connections stop with the transaction that removes it);
+* ``forward`` (filter, policy drop): the one-way door, bound to interface, conntrack
+  direction and family, for redirected (``ct status dnat``) flows only. Pod side to
+  egress side: only the original direction; egress side to pod side: only the reply
+  direction. A packet from the physical network that forges the original tuple of a
+  live flow matches its conntrack entry but in the wrong direction, and is dropped.
+  The door jumps to ``redirected_v4``/``redirected_v6``: one lookup of the flow's rule
+  key both counts the packet (per-rule packets and bytes) and proves the rule still
+  exists (a removed rule's connections stop with the transaction that removes it);
   flows to a fallback pass by its address.
 * ``input`` (filter): the HTTP port only from the pod interface (and
   loopback); a port with no rule and no fallback is refused at once (TCP
@@ -429,8 +426,7 @@ def render_nftables(
         f"\tchain {CHAIN_FORWARD} {{",
         "\t\ttype filter hook forward priority filter; policy drop;",
     ]
-    if families:
-        out.append(f"\t\t{_forward_door(cfg, families)}")
+    out += [f"\t\t{rule}" for rule in _forward_door(cfg, families)]
     out += [
         '\t\tcounter comment "not a redirected connection: dropped"',
         "\t}",
@@ -445,28 +441,31 @@ def render_nftables(
     return "\n".join(out) + "\n"
 
 
-def _forward_door(cfg: config.Config, families: list[int]) -> str:
-    """The one-way door: one lookup per forwarded packet, bound to interfaces and direction.
+def _forward_door(cfg: config.Config, families: list[int]) -> list[str]:
+    """The one-way door, bound to interfaces, conntrack direction and family.
 
     Only a redirected connection (``ct status dnat``) passes, pod side to egress side in
     its original direction and egress side to pod side in its reply direction. ICMP
     errors (``ct state related``) carry the direction of the packet they quote, so they
     pass only the way their flow does; a packet from the physical side that forges the
     original tuple of a live flow matches the entry in the wrong direction and stays out.
-    The family is part of the key, so the flow then meets its own family's rules.
+    Plain comparisons: one verdict map keyed by family, interfaces and direction (and
+    one concatenated lookup for the reverse-path skip) cost a packet no less in
+    ``python -m bench.toll``, and the first comparison (the input interface) already
+    tells the two directions apart.
     """
     pod, egress = cfg.pod_interface, cfg.egress_interface
-    elements = []
+    rules = []
     for family in families:
         chain = redirected_chain(family)
-        elements += [
-            f'{_NFPROTO[family]} . "{pod}" . "{egress}" . original : jump {chain}',
-            f'{_NFPROTO[family]} . "{egress}" . "{pod}" . reply : jump {chain}',
+        nfproto = f"meta nfproto {_NFPROTO[family]}"
+        rules += [
+            f'iifname "{pod}" oifname "{egress}" ct direction original ct status dnat '
+            f"{nfproto} jump {chain}",
+            f'iifname "{egress}" oifname "{pod}" ct direction reply ct status dnat '
+            f"{nfproto} jump {chain}",
         ]
-    return (
-        "ct status dnat meta nfproto . iifname . oifname . ct direction vmap { "
-        + ", ".join(elements) + " }"
-    )
+    return rules
 
 
 def _redirected_rules(cfg: config.Config, family: int) -> list[str]:
@@ -479,12 +478,13 @@ def _redirected_rules(cfg: config.Config, family: int) -> list[str]:
     them (a moment later), a removed rule's connection would still reach its old
     destination. With this check in the same transaction as the removal, it stops at
     once: a redirected flow passes only while its port is a key of the rule set, or
-    while its destination is one of the fallbacks.
+    while its destination is one of the fallbacks. One rule per protocol: the protocol
+    gives nft the type of ``ct original proto-dst``, by a comparison instead of a lookup.
     """
     rules = [
-        # The l4proto match first gives nft the type of ``ct original proto-dst``.
-        f"meta l4proto {{ {L4_PROTOS} }} meta l4proto . ct original proto-dst "
+        f"meta l4proto {proto.value} meta l4proto . ct original proto-dst "
         f"@{traffic_set(family)} accept"
+        for proto in config.Proto
     ]
     fallbacks = _fallbacks_of(cfg, family)
     if fallbacks:  # nft lists a one-element set as its element: written the same way
@@ -536,16 +536,16 @@ def _nft_antispoof(cfg: config.Config) -> list[str]:
         "\t\ttype filter hook prerouting priority mangle; policy accept;",
     ]
     lines += [
-        # First, in one lookup: the established packets of a redirected flow, each on the
-        # interface and in the direction its flow allows. Their tuple, hence their source,
-        # is the one of the packet that created the entry on the pod side (checked here
-        # then, before dstnat gave it ``ct status dnat``), or of the replies of a
-        # connection forwarded out of the egress interface to that very address. Anything
-        # else that matches an entry (a forged reply from the pod side, a forged original
-        # from the physical side, an ICMP error) is still checked. No flow of an
-        # unconfigured family is redirected, so none skips the family check below.
-        f'\t\tct state established ct status dnat iifname . ct direction '
-        f'{{ "{pod}" . original, "{egress}" . reply }} return',
+        # First: the established packets of a redirected flow, each on the interface and
+        # in the direction its flow allows. Their tuple, hence their source, is the one of
+        # the packet that created the entry on the pod side (checked here then, before
+        # dstnat gave it ``ct status dnat``), or of the replies of a connection forwarded
+        # out of the egress interface to that very address. Anything else that matches an
+        # entry (a forged reply from the pod side, a forged original from the physical
+        # side, an ICMP error) is still checked. No flow of an unconfigured family is
+        # redirected, so none skips the family check below.
+        f'\t\tiifname "{pod}" ct direction original ct status dnat ct state established return',
+        f'\t\tiifname "{egress}" ct direction reply ct status dnat ct state established return',
     ]
     lines += [
         f'\t\tiifname "{egress}" meta nfproto {_NFPROTO[family]} '

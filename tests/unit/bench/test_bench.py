@@ -429,12 +429,12 @@ table inet egress_router {
 \t\tmeta nfproto ipv4 dnat ip to meta l4proto . th dport map @redirect_v4
 \t}
 \tchain redirected_v4 {
-\t\tmeta l4proto { tcp, udp, sctp } meta l4proto . ct original proto-dst @traffic_v4 accept
+\t\tmeta l4proto tcp meta l4proto . ct original proto-dst @traffic_v4 accept
 \t\tcounter drop comment "its rule was removed"
 \t}
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy drop;
-\t\tct status dnat meta nfproto . iifname . oifname . ct direction vmap @door
+\t\tiifname "eth0" oifname "macvlan0" ct direction original ct status dnat jump redirected_v4
 \t}
 \tchain antispoof {
 \t\ttype filter hook prerouting priority mangle; policy accept;
@@ -468,8 +468,13 @@ def test_ablation_variants_remove_exactly_their_part() -> None:
     assert counters(RULESET) - counters(every) == 2
     assert "@conns_v4" not in every and "@traffic_v4 accept" in every
     assert removed(ablation.without_rule_check(RULESET)) == [
-        "meta l4proto { tcp, udp, sctp } meta l4proto . ct original proto-dst @traffic_v4 accept"]
+        "meta l4proto tcp meta l4proto . ct original proto-dst @traffic_v4 accept"]
     assert "\t\taccept\n" in ablation.without_rule_check(RULESET)
+    # Hooks only: the filter chains keep their hook line (policy accept) and nothing else.
+    hooks = ablation.hooks_only(RULESET)
+    assert "type filter hook forward priority filter; policy accept;" in hooks
+    assert "fib saddr" not in hooks and "jump redirected_v4" not in hooks
+    assert "@conns_v4" in hooks and "chain redirected_v4 {" in hooks
     for name in ("forward", "antispoof"):
         gone = ablation.without_chain(RULESET, name)
         assert f"chain {name} " not in gone and gone.count("{") == gone.count("}")
@@ -481,7 +486,7 @@ def test_ablation_leaves_out_variants_that_remove_nothing() -> None:
     assert list(ablation.variants(plain)) == ["full"]
     assert list(ablation.variants(RULESET)) == [
         "full", "no-packet-accounting", "no-accounting", "no-fib", "no-timeout",
-        "no-rule-check", "no-forward-chain", "no-rpfilter", "no-antispoof"]
+        "no-rule-check", "no-forward-chain", "no-rpfilter", "no-antispoof", "hooks-only"]
 
 
 def test_ablation_applies_to_the_products_own_ruleset() -> None:

@@ -72,9 +72,11 @@ def test_update_is_refused_when_more_than_rules_change() -> None:
     ) in update
     assert update.endswith(
         "flush chain inet egress_router redirected_v4\n"
-        "add rule inet egress_router redirected_v4 meta l4proto { tcp, udp, sctp } "
-        "meta l4proto . ct original proto-dst @traffic_v4 accept\n"
-        "add rule inet egress_router redirected_v4 ct reply ip saddr 203.0.113.27 accept\n"
+        + "".join(
+            f"add rule inet egress_router redirected_v4 meta l4proto {proto} "
+            "meta l4proto . ct original proto-dst @traffic_v4 accept\n"
+            for proto in ("tcp", "udp", "sctp"))
+        + "add rule inet egress_router redirected_v4 ct reply ip saddr 203.0.113.27 accept\n"
         'add rule inet egress_router redirected_v4 counter drop comment "its rule was removed"\n'
     )
 
