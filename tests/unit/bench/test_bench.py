@@ -486,7 +486,8 @@ def test_ablation_leaves_out_variants_that_remove_nothing() -> None:
     assert list(ablation.variants(plain)) == ["full"]
     assert list(ablation.variants(RULESET)) == [
         "full", "no-packet-accounting", "no-accounting", "no-fib", "no-timeout",
-        "no-rule-check", "no-forward-chain", "no-rpfilter", "no-antispoof", "hooks-only"]
+        "no-rule-check", "no-forward-chain", "no-rpfilter", "no-antispoof", "hooks-only",
+        "only-antispoof", "only-forward", "only-source-guard"]
 
 
 def test_ablation_applies_to_the_products_own_ruleset() -> None:
