@@ -19,8 +19,13 @@ Besides the rates, the CPU time the measured processes used (client, server,
 softirq threads: `harness.CpuMeter`) per connection and per round trip: on
 veth links the router's netfilter work runs in the sender's softirq context,
 so it is in those figures, and on a shared machine they follow the other
-tenants' load much less than the rates do. Every ratio compares two paths of
-the same round; the report gives the median over rounds.
+tenants' load much less than the rates do. The steadiest figure is the CPU
+time per UDP datagram (``capload blast``: one established flow, a datagram
+there and its echo back; the kernel of this project's machines accounts
+softirq time to the task it interrupts, so the sender's thread CPU time holds
+the whole path's). Instruction counts would be steadier still, but ``perf stat
+-e instructions`` finds no hardware counters in the project's VMs. Every ratio
+compares two paths of the same round; the report gives the median over rounds.
 """
 
 from __future__ import annotations

@@ -36,17 +36,21 @@ rule's counter); checks a flow needs once are made on its first packet only:
   loopback); a port with no rule and no fallback is refused at once (TCP
   reset, ICMP port unreachable) instead of timing out; from the egress side
   only replies of the router's own connections (and ICMP) get in.
-* ``source_guard`` (filter, postrouting, after SNAT): the last resort. Nothing
-  leaves the egress interface with a source other than a reserved address
-  (IPv6 neighbour discovery and MLD from link-local or unspecified sources
-  excepted); postrouting sees forwarded and locally generated packets alike.
+* ``source_guard`` (filter, output): the last resort. Nothing the router itself
+  sends leaves the egress interface with a source other than a reserved address
+  (IPv6 neighbour discovery and MLD from link-local or unspecified sources, and
+  the HA adverts, excepted). A forwarded packet leaves it only through the door
+  (the original direction of a redirected flow from the pod side), and the nat
+  chain SNATs every new connection out of it to a reserved source on its first
+  packet, a binding conntrack keeps for the flow's life: checking forwarded
+  packets again after SNAT (a filter hook in postrouting) cost every packet of
+  every flow a base chain and found nothing the door and the SNAT rule let by.
 
 The iptables backend renders the same policy with upstream-equivalent NAT
 rules (one rule per port in our own chains) for clusters that need xtables;
-it is the compatibility path, not the fast one. xtables has no filter hook
-after SNAT, so its guard checks locally generated packets in OUTPUT and
-relies on the SNAT rule catching every new connection out of the egress
-interface for forwarded ones. It always renders both families: a family
+it is the compatibility path, not the fast one. Its guard, like the nftables
+one, checks locally generated packets in OUTPUT and relies on the door and
+the SNAT rule for forwarded ones. It always renders both families: a family
 without a source gets the closed policy (nothing forwarded, nothing in from
 the egress side, the HTTP port only from the pod side).
 """
@@ -568,8 +572,11 @@ def _nft_guard(cfg: config.Config) -> list[str]:
     egress = cfg.egress_interface
     lines = [
         f"\tchain {CHAIN_SOURCE_GUARD} {{",
-        # After srcnat: the source checked is the one on the wire.
-        "\t\ttype filter hook postrouting priority srcnat + 10; policy accept;",
+        # Locally generated packets only (see the module docstring for forwarded ones): the
+        # source checked is the one the router chose, before SNAT, so its own connections
+        # out of the egress interface must come from a reserved address already (the
+        # kernel picks the interface's own, which is one).
+        "\t\ttype filter hook output priority filter; policy accept;",
         f'\t\toifname != "{egress}" return',
     ]
     for family in (4, 6):
