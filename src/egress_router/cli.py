@@ -29,6 +29,7 @@ from egress_router.core import config, plan, ruleset
 from egress_router.k8s.command import render_command
 from egress_router.kernel import announce, errors, netlink, preflight
 from egress_router.lab.command import lab as lab_group
+from egress_router.proxy import command as proxy_command
 from egress_router.router import engine
 
 # rich and the lab (asyncio) are imported by the commands that use them: the
@@ -213,6 +214,9 @@ def cli(ctx: click.Context) -> None:
     exactly like the upstream image.
     """
     if ctx.invoked_subcommand is None:
+        proxy = proxy_command.selected(os.environ)  # upstream's proxy pods: the variable decides
+        if proxy is not None:
+            sys.exit(proxy_command.run(proxy, os.environ))
         sys.exit(run_from_environment(os.environ))
 
 
@@ -384,6 +388,8 @@ def status_command(path: Path | None, as_json: bool) -> None:
 
 cli.add_command(lab_group, "lab")
 cli.add_command(render_command, "render")
+cli.add_command(proxy_command.http_proxy_command)
+cli.add_command(proxy_command.dns_proxy_command)
 
 
 def main() -> None:
