@@ -130,7 +130,7 @@ class DnsProxy:
             f"# TYPE {PREFIX}_connections_total counter\n",
         ]
         up = [
-            f"# HELP {PREFIX}_servers Addresses a forward has now, by state (UP, DOWN, MAINT: "
+            f"# HELP {PREFIX}_servers Addresses a forward has now, by state (up, down, maint: "
             "a template slot without an address).\n",
             f"# TYPE {PREFIX}_servers gauge\n",
         ]
@@ -145,7 +145,9 @@ class DnsProxy:
                 )
             elif name in by_backend and svname not in ("BACKEND", "FRONTEND"):
                 forward = by_backend[name]
-                state = (row.get("status") or "unknown").split()[0]
+                # "no check": no health checks, HAProxy counts it as up.
+                state = (row.get("status") or "unknown").split()[0].lower()
+                state = "up" if state == "no" else state
                 key = (str(forward.port), forward.target, state)
                 states[key] = states.get(key, 0) + 1
         for (port, target, state), count in sorted(states.items()):
