@@ -34,6 +34,7 @@ from typing import Any
 from egress_router.cni import errors
 from egress_router.cni.errors import CniError
 from egress_router.core import config, ha
+from egress_router.kernel import files
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
@@ -372,7 +373,7 @@ def _ha(obj: Mapping[str, Any], sources: tuple[config.Source, ...]) -> ha.Settin
             f"ha.{unknown[0]}", f"is not a field of ha; expected {', '.join(HA_FIELDS)}"
         )
     mode = raw.get("mode")
-    if not isinstance(mode, str) or ha.parse_mode(mode, "ha.mode") is not ha.Mode.VRRP:
+    if not isinstance(mode, str) or ha.parse_mode(mode, "ha.mode") is not ha.HAMode.VRRP:
         raise config.ConfigError(
             "ha.mode", f"invalid value {json.dumps(mode)}; expected \"vrrp\" (leave ha out "
             "for one replica)"
@@ -551,13 +552,6 @@ _REPEATED = (
 )
 
 
-def _rule_lines(destinations: config.Destinations) -> list[str]:
-    lines = [
-        f"{r.port} {r.proto.value} {r.address} {r.remote_port}" for r in destinations.rules
-    ]
-    return lines + [str(f.address) for f in destinations.fallbacks]
-
-
 def router_environment(
     env: Mapping[str, str], read_text: Callable[[str], str] | None = None
 ) -> dict[str, str]:
@@ -584,7 +578,7 @@ def router_environment(
         )
     if read_text is None:
         # The same bounded reader as the destination file: a FIFO or a device never hangs.
-        text = config.read_bounded_file(path, config.ENV_CNI_CONFIG, "the CNI configuration")
+        text = files.read_bounded_file(path, config.ENV_CNI_CONFIG, "the CNI configuration")
     else:
         text = read_text(path)
     ifname = env.get(config.ENV_INTERFACE, config.DEFAULT_EGRESS_INTERFACE)
@@ -597,7 +591,7 @@ def router_environment(
         {
             config.ENV_SOURCE: ",".join(conf.raw["ip"]["addresses"]),
             config.ENV_GATEWAY: ",".join(str(g) for g in conf.gateways),
-            config.ENV_DESTINATION: "\n".join(_rule_lines(conf.destinations)),
+            config.ENV_DESTINATION: "\n".join(conf.destinations.lines()),
             config.ENV_POD_INTERFACE: conf.pod_interface,
             config.ENV_HTTP_PORT: str(conf.http_port),
             config.ENV_ANNOUNCE_COUNT: str(conf.announce_count),
@@ -606,7 +600,7 @@ def router_environment(
         }
     )
     if conf.ha is not None:
-        completed[ha.ENV_HA] = ha.Mode.VRRP.value
+        completed[ha.ENV_HA] = ha.HAMode.VRRP.value
         completed[ha.ENV_VRID] = str(conf.ha.vrid)
     if conf.log_level <= logging.DEBUG and config.ENV_DEBUG not in env:
         completed[config.ENV_DEBUG] = "true"

@@ -116,9 +116,12 @@ def parse_forwards(
 
 
 def read_forwards_text(
-    env: Mapping[str, str], read_text: Callable[[str], str] | None = None
+    env: Mapping[str, str], read_text: Callable[[str], str]
 ) -> tuple[str, str]:
-    """(the variable or file for messages, the forwards' text) from the environment."""
+    """(the variable or file for messages, the forwards' text) from the environment.
+
+    ``read_text`` reads the file (``kernel.files``: bounded, regular files only).
+    """
     path = config.strip_space(env.get(ENV_DESTINATION_FILE, ""))
     inline = env.get(ENV_DESTINATION)
     if path:
@@ -126,9 +129,7 @@ def read_forwards_text(
             raise config.ConfigError(
                 ENV_DESTINATION_FILE, f"is set together with {ENV_DESTINATION}; set only one"
             )
-        if read_text is not None:
-            return path, read_text(path)
-        return path, config.read_bounded_file(path, ENV_DESTINATION_FILE, "destination file")
+        return path, read_text(path)
     if inline is None or not config.strip_space(inline):
         raise config.ConfigError(
             ENV_DESTINATION, f"is not set; set it (or {ENV_DESTINATION_FILE}) to lines of {SYNTAX}"

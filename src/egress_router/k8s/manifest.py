@@ -133,7 +133,7 @@ class RouterSpec:
     def environment(self) -> list[tuple[str, str]]:
         """The ``EGRESS_*`` environment of both containers (the mode is added per container)."""
         env = [
-            (config.ENV_SOURCE, ",".join(source_text(s) for s in self.sources)),
+            (config.ENV_SOURCE, ",".join(s.text for s in self.sources)),
             (config.ENV_GATEWAY, ",".join(str(g) for g in self.gateways)),
             (config.ENV_DESTINATION_FILE, DESTINATIONS_PATH),
             (config.ENV_HTTP_PORT, str(self.http_port)),
@@ -147,13 +147,8 @@ class RouterSpec:
         if self.debug:
             env.append((config.ENV_DEBUG, "true"))
         if self.vrid is not None:
-            env += [(ha.ENV_HA, ha.Mode.VRRP.value), (ha.ENV_VRID, str(self.vrid))]
+            env += [(ha.ENV_HA, ha.HAMode.VRRP.value), (ha.ENV_VRID, str(self.vrid))]
         return env
-
-
-def source_text(source: config.Source) -> str:
-    """A source as ``EGRESS_SOURCE`` writes it: with ``/len`` only when one was given."""
-    return source.interface.with_prefixlen if source.on_link else str(source.address)
 
 
 Rule = config.PortRule | config.NamedRule
@@ -166,18 +161,6 @@ def port_rules(destinations: config.Destinations) -> tuple[Rule, ...]:
 
 def has_fallback(destinations: config.Destinations) -> bool:
     return bool(destinations.fallbacks or destinations.named_fallbacks)
-
-
-def rule_lines(destinations: config.Destinations) -> list[str]:
-    """The rules in the destination grammar, normalised, one per rule, fallbacks last."""
-    lines = []
-    for rule in port_rules(destinations):
-        target = str(rule.address) if isinstance(rule, config.PortRule) else rule.host
-        remote = f" {rule.remote_port}" if rule.remote_port != rule.port else ""
-        lines.append(f"{rule.port} {rule.proto.value} {target}{remote}")
-    lines += [str(f.address) for f in destinations.fallbacks]
-    lines += [f.host for f in destinations.named_fallbacks]
-    return lines
 
 
 # --------------------------------------------------------------------------- YAML

@@ -143,9 +143,9 @@ def cni_config(spec: manifest.RouterSpec) -> dict[str, Any]:
         "name": spec.name,
         "type": CNI_TYPE,
         "ip": {
-            "addresses": [manifest.source_text(s) for s in spec.sources],
+            "addresses": [s.text for s in spec.sources],
             "gateway": gateways[0] if len(gateways) == 1 else gateways,
-            "destinations": manifest.rule_lines(spec.destinations),
+            "destinations": spec.destinations.lines(),
         },
         "interfaceType": "macvlan",
         "interfaceArgs": args,
@@ -158,7 +158,7 @@ def cni_config(spec: manifest.RouterSpec) -> dict[str, Any]:
         conf["log_level"] = "debug"
     if spec.vrid is not None:
         # ADD sets up all but the reserved address; wait's keepalived adds it on the active.
-        conf["ha"] = {"mode": ha.Mode.VRRP.value, "vrid": spec.vrid}
+        conf["ha"] = {"mode": ha.HAMode.VRRP.value, "vrid": spec.vrid}
     return conf
 
 
@@ -435,8 +435,8 @@ def _check_ha(deployment: Mapping[str, Any], objects: Sequence[Mapping[str, Any]
     for container in pod["containers"]:
         env = _env_of(container)
         # In CNI mode wait reads the pair from the plugin's configuration ("ha").
-        from_cni = config.ENV_CNI_CONFIG in env and cni_ha.get("mode") == ha.Mode.VRRP.value
-        if env.get(ha.ENV_HA) != ha.Mode.VRRP.value and not from_cni:
+        from_cni = config.ENV_CNI_CONFIG in env and cni_ha.get("mode") == ha.HAMode.VRRP.value
+        if env.get(ha.ENV_HA) != ha.HAMode.VRRP.value and not from_cni:
             raise CheckError(
                 f"cannot check {name}: {spec['replicas']} replicas but container "
                 f"{container['name']} does not run EGRESS_ROUTER_HA=vrrp; both would hold "
@@ -583,7 +583,7 @@ CNI_CONFIG_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "required": ["mode", "vrid"],
             "properties": {
-                "mode": {"const": ha.Mode.VRRP.value},
+                "mode": {"const": ha.HAMode.VRRP.value},
                 "vrid": {"type": "integer", "minimum": 1, "maximum": 255},
             },
         },

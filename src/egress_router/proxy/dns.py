@@ -216,7 +216,9 @@ class DnsProxy:
 
 def run(env: Mapping[str, str]) -> int:
     """The DNS proxy container; raises `config.ConfigError` or `supervise.ProxyError`."""
-    variable, text = proxy_dns.read_forwards_text(env)
+    variable, text = proxy_dns.read_forwards_text(
+        env, supervise.file_reader(proxy_dns.ENV_DESTINATION_FILE)
+    )
     mode = config.strip_space(env.get(proxy_dns.ENV_MODE, ""))
     if mode not in ("", "unit-test"):
         raise config.ConfigError(

@@ -162,7 +162,9 @@ class HttpProxy:
 
 def run(env: Mapping[str, str]) -> int:
     """The HTTP proxy container; raises `config.ConfigError` or `supervise.ProxyError`."""
-    variable, text = proxy_http.read_rules_text(env)
+    variable, text = proxy_http.read_rules_text(
+        env, supervise.file_reader(proxy_http.ENV_DESTINATION_FILE)
+    )
     rules = proxy_http.parse_rules(text, variable)
     mode = config.strip_space(env.get(proxy_http.ENV_MODE, ""))
     if mode == "unit-test":

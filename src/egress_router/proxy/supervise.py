@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from egress_router.core import config
+from egress_router.kernel import files
 from egress_router.router import metrics
 
 log = logging.getLogger("egress_router.proxy")
@@ -96,7 +97,7 @@ class Watcher:
         self.last: str | None = None
 
     def read(self) -> str:
-        return config.read_bounded_file(self.path, self.variable, "destination file")
+        return files.read_bounded_file(self.path, self.variable, "destination file")
 
     def loop(self, stop: threading.Event) -> None:
         while not stop.wait(self.interval):
@@ -226,3 +227,8 @@ def workdir(prefix: str) -> Path:
     path.chmod(0o755)
     return path
 
+
+
+def file_reader(variable: str) -> Callable[[str], str]:
+    """Read the file ``variable`` names: bounded, a regular file (``kernel.files``)."""
+    return lambda path: files.read_bounded_file(path, variable, "destination file")

@@ -137,7 +137,7 @@ def test_access_log_lines_parse() -> None:
 def test_file_and_inline_together_are_refused() -> None:
     with pytest.raises(config.ConfigError) as caught:
         proxy_http.read_rules_text(
-            {VAR: "203.0.113.25", "EGRESS_HTTP_PROXY_DESTINATION_FILE": "/x"}
+            {VAR: "203.0.113.25", "EGRESS_HTTP_PROXY_DESTINATION_FILE": "/x"}, str
         )
     assert "set only one" in str(caught.value)
 

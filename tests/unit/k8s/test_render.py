@@ -292,7 +292,7 @@ def test_egressrouter_fields_are_all_honoured() -> None:
     assert (spec.attachment, spec.master, spec.macvlan_mode) == (
         manifest.Attachment.CNI, "ens3", "private"
     )
-    assert manifest.rule_lines(spec.destinations) == [
+    assert spec.destinations.lines() == [
         "80 tcp 203.0.113.25",
         "8080 tcp 203.0.113.26 80",
         "8443 tcp 203.0.113.26 443",
