@@ -136,6 +136,14 @@ def run_from_environment(env: Mapping[str, str]) -> int:
         _fail(str(err), EXIT_APPLY)
     for stage, seconds in report.stages.items():
         log.debug("%s: %.3fs", stage, seconds)
+    if not cfg.mode.redirects:
+        log.info(
+            "egress router ready for the %s container: %s via %s, nothing redirected",
+            cfg.mode.value,
+            ", ".join(str(s.interface) for s in cfg.sources),
+            ", ".join(str(g) for g in cfg.gateways),
+        )
+        return EXIT_OK
     log.info(
         "egress router ready: %s via %s, %d rules",
         ", ".join(str(s.interface) for s in cfg.sources),
