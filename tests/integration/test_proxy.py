@@ -32,11 +32,14 @@ pytestmark = pytest.mark.privileged
 SOURCE = "192.168.12.99"
 ROUTER = str(labmod.ROUTER_POD4.ip)
 PROXY = f"http://{ROUTER}:8080"
-INIT_ENV = {"EGRESS_SOURCE": f"{SOURCE}/24", "EGRESS_GATEWAY": "192.168.12.1",
-            "EGRESS_ANNOUNCE_COUNT": "1"}
+SOURCE6 = "2001:db8:12::99"
+# Dual-stack (upstream's pods are IPv4 only; the same two variables carry both families here).
+INIT_ENV = {"EGRESS_SOURCE": f"{SOURCE}/24,{SOURCE6}/64",
+            "EGRESS_GATEWAY": "192.168.12.1,2001:db8:12::1", "EGRESS_ANNOUNCE_COUNT": "1"}
 ENDPOINTS = (
     "tcp:203.0.113.25:80", "tcp:203.0.113.26:80", "tcp:203.0.113.27:80",
     "tcp:203.0.113.27:9000", "tcp:203.0.113.25:9000",
+    "tcp:[2001:db8:113::25]:80", "tcp:[2001:db8:113::26]:80",
 )
 RECORDS: dict[str, dict[str, Any]] = {
     "api.example.com": {"A": ["203.0.113.27"], "ttl": 1},
@@ -44,7 +47,10 @@ RECORDS: dict[str, dict[str, Any]] = {
     "other.test": {"A": ["203.0.113.27"], "ttl": 1},
     "multi.example.com": {"A": ["203.0.113.25", "203.0.113.26"], "ttl": 1},
 }
-HTTP_RULES = "# upstream's grammar\n!203.0.113.26\n203.0.113.25\n*.example.com\n"
+HTTP_RULES = (
+    "# upstream's grammar, and IPv6\n!203.0.113.26\n203.0.113.25\n*.example.com\n"
+    "2001:db8:113::24/127\n"
+)
 WAIT = 20.0
 
 
@@ -75,7 +81,8 @@ def status_of(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def peers(lab: labmod.Lab, server: str) -> list[str]:
-    return [e["peer"].rsplit(":", 1)[0] for e in labmod.served(lab) if e["server"] == server]
+    return [e["peer"].rsplit(":", 1)[0].strip("[]") for e in labmod.served(lab)
+            if e["server"] == server]
 
 
 def wait_ready(lab: labmod.Lab, proc: subprocess.Popen[str]) -> None:
@@ -257,6 +264,17 @@ def test_metrics_count_decisions_by_rule(http_world: ProxyWorld) -> None:
     assert samples[(name, "default", "deny")] >= 1
 
 
+def test_ipv6_destinations_leave_from_the_reserved_ipv6_address(http_world: ProxyWorld) -> None:
+    lab = http_world.lab
+    done = curl(lab, "-x", PROXY, "http://[2001:db8:113::25]/v6")
+    assert status_of(done) == "200", done.stderr
+    assert SOURCE6 in peers(lab, "[2001:db8:113::25]:80")
+    # The proxy itself answers on the pod's IPv6 address too.
+    done = curl(lab, "-x", f"http://[{labmod.ROUTER_POD6.ip}]:8080", "http://[2001:db8:113::26]/")
+    assert status_of(done) == "403"
+    assert peers(lab, "[2001:db8:113::26]:80") == []
+
+
 # --------------------------------------------------------------------------- the file, reloaded
 
 
@@ -293,7 +311,10 @@ def test_rules_file_is_reloaded_and_a_bad_edit_keeps_the_running_rules(
 
 # --------------------------------------------------------------------------- DNS proxy
 
-DNS_FORWARDS = "5000 api.example.com 80\n5001 203.0.113.27 9000\n5002 multi.example.com 80\n"
+DNS_FORWARDS = (
+    "5000 api.example.com 80\n5001 203.0.113.27 9000\n5002 multi.example.com 80\n"
+    "5003 [2001:db8:113::25] 80\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -303,11 +324,17 @@ def dns_world() -> Iterator[ProxyWorld]:
 
 def test_every_port_forwards_from_the_reserved_address(dns_world: ProxyWorld) -> None:
     lab = dns_world.lab
-    for port, server in ((5000, "203.0.113.27:80"), (5001, "203.0.113.27:9000")):
+    for port, server, source in (
+        (5000, "203.0.113.27:80", SOURCE),
+        (5001, "203.0.113.27:9000", SOURCE),
+        (5003, "[2001:db8:113::25]:80", SOURCE6),
+    ):
         result = labmod.dial(lab, "tcp", ROUTER, port)
         assert result.ok, result
         assert result.server == server
-        assert str(result.peer_ip) == SOURCE
+        assert str(result.peer_ip) == source
+    # The pod's IPv6 address is a listener too.
+    assert labmod.dial(lab, "tcp", str(labmod.ROUTER_POD6.ip), 5001).server == "203.0.113.27:9000"
 
 
 def test_several_addresses_become_several_servers(dns_world: ProxyWorld) -> None:
@@ -335,3 +362,47 @@ def test_the_physical_side_reaches_no_forwarded_port(dns_world: ProxyWorld) -> N
         result = labmod.dial(lab, "tcp", host, 5001, ns=lab.gw, timeout=2)
         assert not result.ok
     assert labmod.dial(lab, "tcp", ROUTER, 5001).ok  # the pod side still does
+
+
+def test_dns_proxy_metrics_count_connections_and_servers(dns_world: ProxyWorld) -> None:
+    lab = dns_world.lab
+    assert labmod.dial(lab, "tcp", ROUTER, 5001).ok
+    done = labmod.run_in(lab.client, ["curl", "-sS", "-m", "5", f"http://{ROUTER}:9090/metrics"])
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(done.stdout)
+        for s in family.samples
+    }
+    assert samples[("egress_router_dns_proxy_connections_total", (("port", "5001"),))] >= 1
+    assert samples[("egress_router_dns_proxy_servers", (
+        ("port", "5002"), ("state", "up"), ("target", "multi.example.com")))] == 2
+
+
+def test_dns_proxy_file_is_reloaded_and_a_bad_edit_keeps_the_running_forwards(
+    tmp_path: Path,
+) -> None:
+    forwards = tmp_path / "forwards"
+    forwards.write_text("5000 203.0.113.25 80\n")
+    forwards.chmod(0o644)
+    env = {"EGRESS_DNS_PROXY_DESTINATION_FILE": str(forwards),
+           "EGRESS_ROUTER_WATCH_SECONDS": "0.2"}
+    gen = build("dns-proxy", env)
+    world = next(gen)
+    try:
+        lab = world.lab
+        assert labmod.dial(lab, "tcp", ROUTER, 5000).server == "203.0.113.25:80"
+        assert not labmod.dial(lab, "tcp", ROUTER, 5004, timeout=2).ok
+        forwards.write_text("5000 203.0.113.26 80\n5004 203.0.113.27 9000\n")
+        deadline = time.monotonic() + WAIT
+        while labmod.dial(lab, "tcp", ROUTER, 5004, timeout=2).server != "203.0.113.27:9000":
+            assert time.monotonic() < deadline, "the edit was not applied"
+            time.sleep(0.3)
+        assert labmod.dial(lab, "tcp", ROUTER, 5000).server == "203.0.113.26:80"
+        forwards.write_text("5000 203.0.113.26 80\n5000 203.0.113.27 9000\n")
+        time.sleep(1.5)
+        assert labmod.dial(lab, "tcp", ROUTER, 5004).server == "203.0.113.27:9000"
+        log = world.logs()
+        assert "line 2 '5000 203.0.113.27 9000': port 5000 is already forwarded by line 1" in log
+        assert "the running forwards stay" in log
+    finally:
+        gen.close()
