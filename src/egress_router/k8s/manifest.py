@@ -25,7 +25,7 @@ import jsonschema
 import yaml
 
 from egress_router import __version__
-from egress_router.core import config, ha
+from egress_router.core import config, ha, proxy_dns, proxy_http
 
 DEFAULT_IMAGE = f"egress-router:{__version__}"
 DEFAULT_CNI_INTERFACE = "net1"
@@ -51,8 +51,13 @@ EGRESSROUTER_KIND = "EgressRouter"
 CONFIG_FIELDS = (
     "name", "namespace", "source", "gateway", "destinations", "extraPorts", "attachment",
     "image", "imagePullPolicy", "nodeSelector", "resources", "backend", "podInterface",
-    "httpPort", "debug", "ha", "vrid",
+    "httpPort", "debug", "ha", "vrid", "mode",
 )
+# `mode`: redirect (the default: init + wait) or one of upstream's proxy pods, whose main
+# container is the proxy and whose `destinations` are the proxy's lines in its own grammar.
+REDIRECT = "redirect"
+PROXY_MODES = {"http-proxy": config.Mode.HTTP_PROXY, "dns-proxy": config.Mode.DNS_PROXY}
+MODES = (REDIRECT, *PROXY_MODES)
 _ANNOTATION_FIELDS = ("type", "macvlan")
 _CNI_FIELDS = ("type", "master", "mode", "mtu", "interface", "binDir")
 
@@ -119,6 +124,8 @@ class RouterSpec:
     resources: Mapping[str, Mapping[str, str | int]] | None = None
     debug: bool = False
     vrid: int | None = None  # ha: true: two replicas, keepalived's VRRP pair with this VRID
+    proxy: config.Mode | None = None  # mode http-proxy/dns-proxy (None: redirect)
+    proxy_ports: tuple[int, ...] = ()  # the proxy's TCP ports (the Service's ports)
 
     @property
     def ha(self) -> bool:
@@ -138,6 +145,9 @@ class RouterSpec:
             (config.ENV_DESTINATION_FILE, DESTINATIONS_PATH),
             (config.ENV_HTTP_PORT, str(self.http_port)),
         ]
+        if self.proxy is not None:
+            # The init container of a proxy pod sets up the network only (upstream's too).
+            env = [e for e in env if e[0] != config.ENV_DESTINATION_FILE]
         if self.backend is not config.Backend.NFTABLES:
             env.append((config.ENV_BACKEND, self.backend.value))
         if self.pod_interface != config.DEFAULT_POD_INTERFACE:
@@ -487,7 +497,7 @@ def _finish(fields: _Fields, spec: RouterSpec, *, interface_field: str, http_fie
             spec.egress_interface,
         )
     env = dict(spec.environment())
-    env[config.ENV_MODE] = config.Mode.INIT.value
+    env[config.ENV_MODE] = (spec.proxy or config.Mode.INIT).value
 
     def read(path: str) -> str:
         del path
@@ -521,11 +531,18 @@ def _address_list(fields: _Fields, doc: Mapping[str, Any], key: str, example: st
     return value
 
 
-def _destination_lines(fields: _Fields, doc: Mapping[str, Any], http_field: str) -> _Lines:
+def _destination_lines(
+    fields: _Fields, doc: Mapping[str, Any], http_field: str, proxy: config.Mode | None = None
+) -> _Lines:
     value = doc.get("destinations")
     renames = {config.ENV_HTTP_PORT: http_field}
+    syntax = {
+        None: config.RULE_SYNTAX,
+        config.Mode.HTTP_PROXY: proxy_http.SYNTAX,
+        config.Mode.DNS_PROXY: proxy_dns.SYNTAX,
+    }[proxy]
     if value is None:
-        raise fields.error("destinations", f"is not set; expected lines of {config.RULE_SYNTAX}")
+        raise fields.error("destinations", f"is not set; expected lines of {syntax}")
     if isinstance(value, str):
         text = value if value.endswith("\n") else value + "\n"
         return _Lines(fields, "destinations", text, None, renames)
@@ -656,8 +673,10 @@ def load_config_text(text: str, source: str, overrides: Overrides | None = None)
     gateways = config.parse_gateways(
         _address_list(fields, doc, "gateway", "192.168.12.1"), fields.name("gateway")
     )
-    lines = _destination_lines(fields, doc, http_field)
-    destinations = lines.parse()
+    mode = fields.choice(fields.string(doc, "mode", REDIRECT) or REDIRECT, MODES, "mode")
+    proxy = PROXY_MODES.get(mode)
+    lines = _destination_lines(fields, doc, http_field, proxy)
+    destinations = lines.parse() if proxy is None else config.Destinations(rules=())
     _check_families(
         lines, sources, gateways, destinations, source_field="source", gateway_field="gateway"
     )
@@ -713,8 +732,48 @@ def load_config_text(text: str, source: str, overrides: Overrides | None = None)
             "remove backend, or use attachment annotation",
             spec.backend.value,
         )
+    if proxy is not None:
+        spec = _proxy_spec(fields, doc, spec, lines, proxy, http_field=http_field)
     _finish(fields, spec, interface_field="attachment.interface", http_field=http_field)
     return spec
+
+
+def _proxy_spec(
+    fields: _Fields, doc: Mapping[str, Any], spec: RouterSpec, lines: _Lines,
+    proxy: config.Mode, *, http_field: str,
+) -> RouterSpec:
+    """A proxy pod: its lines parsed by the proxy's grammar, what it cannot have refused."""
+    mode = f"mode {proxy.value}"
+    for field, why in (
+        ("extraPorts", "the proxy's ports are the Service's ports"),
+        ("ha", "one proxy pod holds the address (no VRRP pair yet)"),
+    ):
+        if field in doc and doc[field] not in (None, False, [], "nftables"):
+            raise fields.error(field, f"is not used with {mode}: {why}; remove it")
+    if spec.attachment is Attachment.CNI:
+        raise fields.error(
+            "attachment", f"cni is not available with {mode} yet (the CNI plugin sets up the "
+            "redirect mode only); use attachment: annotation (or the type: annotation default)",
+        )
+    try:
+        if proxy is config.Mode.HTTP_PROXY:
+            proxy_http.parse_rules(lines.text, lines.base)
+            ports: tuple[int, ...] = (proxy_http.DEFAULT_PORT,)
+            if spec.http_port == proxy_http.DEFAULT_PORT:
+                raise fields.error(
+                    http_field, f"is the HTTP proxy's port {proxy_http.DEFAULT_PORT}; choose "
+                    "another port for the probes and metrics", spec.http_port,
+                )
+        else:
+            reserved = {spec.http_port: f"the router's HTTP port ({http_field})"} \
+                if spec.http_port else {}
+            forwards = proxy_dns.parse_forwards(lines.text, lines.base, reserved=reserved)
+            ports = tuple(f.port for f in forwards)
+    except config.ConfigError as err:
+        if err.variable == fields.name(http_field):
+            raise
+        raise lines.relabel(err) from None
+    return dataclasses.replace(spec, proxy=proxy, proxy_ports=ports)
 
 
 # --------------------------------------------------------------------------- EgressRouter CR
