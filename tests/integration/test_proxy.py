@@ -176,6 +176,24 @@ def test_the_physical_side_reaches_nothing_and_the_control_shows_the_probe_works
     assert reached() == []
 
 
+def test_status_reports_the_proxy_mode_and_the_proxy(http_world: ProxyWorld) -> None:
+    lab = http_world.lab
+    env = {**INIT_ENV, "EGRESS_ROUTER_MODE": "http-proxy"}
+    done = labmod.router_command(lab, env, args=["status", "--json"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["configuration"]["mode"] == "http-proxy"
+    assert report["proxy"]["ready"] is True, report["proxy"]
+    assert report["problems"] == []
+    # Control: status does notice a kernel that differs (the one-way door taken out).
+    labmod.run_in(lab.router, ["nft", "delete", "table", "inet", "egress_router"])
+    try:
+        done = labmod.router_command(lab, env, args=["status", "--json"])
+        assert done.returncode == 4
+    finally:
+        init(lab, "http-proxy")
+
+
 # --------------------------------------------------------------------------- HTTP proxy
 
 
