@@ -55,6 +55,22 @@ def start_pod(
     lab = lab_factory(macvlan=template["metadata"]["annotations"][render.ANNOTATION_MACVLAN])
     volumes = {config_map["metadata"]["name"]: write_config_map(config_map, tmp_path / "cm")}
     setup, proxy = f"{lab.prefix}-setup", f"{lab.prefix}-proxy"
+    try:
+        run_pod(podman, (pod, init, main), volumes, lab, built_image=built_image,
+                names=(setup, proxy))
+    except BaseException:
+        for name in (setup, proxy):
+            podman("rm", "--force", "--time", "2", name, timeout=60)
+        raise
+    return lab, setup, proxy
+
+
+def run_pod(
+    podman: Any, containers: tuple[Any, Any, Any], volumes: dict[str, Path], lab: labmod.Lab,
+    *, built_image: str, names: tuple[str, str],
+) -> None:
+    pod, init, main = containers
+    setup, proxy = names
     done = podman("run", "--rm", "--name", setup, *run_args(pod, init, volumes, lab.router),
                   built_image, *init.get("args", []))
     assert done.returncode == 0, f"init container failed: {done.stdout}{done.stderr}"

@@ -25,6 +25,12 @@ ENV_MODE = "EGRESS_DNS_PROXY_MODE"  # upstream: "unit-test" prints the configura
 SYNTAX = "<port> <host or IP> [<target port>]"
 RESOLVERS = "pod"
 HOLD_VALID = 10  # seconds an answer stays valid (upstream's `hold valid 10s`)
+DEFAULT_MAXCONN = 4000
+
+
+def maxconn_for(nofile: int) -> int:
+    """Connections HAProxy can hold with ``nofile`` descriptors (two each, some to spare)."""
+    return max(16, min(DEFAULT_MAXCONN, (nofile - 64) // 2))
 
 
 @dataclass(frozen=True)
@@ -157,17 +163,20 @@ def render_haproxy(
     servers: Mapping[str, int],
     stats_socket: str,
     ipv6: bool = True,
+    maxconn: int = DEFAULT_MAXCONN,
 ) -> str:
     """A whole haproxy.cfg: one TCP frontend a line, one backend each.
 
     ``servers``: how many addresses each host name has now (upstream: that many servers
     for it, each following one record of the answer). Without ``nameservers`` no name can
-    be resolved; the caller refuses that before.
+    be resolved; the caller refuses that before. ``maxconn``: HAProxy needs two descriptors a
+    connection and refuses to start when the process's limit cannot hold them (the caller
+    derives it from its own limit).
     """
     out = [
         "# egress-router DNS proxy: generated from the forwards, do not edit",
         "global",
-        "    maxconn 4000",
+        f"    maxconn {maxconn}",
         f"    stats socket {stats_socket} mode 600 level admin",
         "    hard-stop-after 10s",
         "",

@@ -300,6 +300,8 @@ def render_squid(rules: AccessRules, *, port: int, log_port: int, ipv6: bool = T
         "via off",
         "forwarded_for delete",
         "httpd_suppress_version_string on",
+        # Error pages name this, not the pod; and squid needs no reverse lookup of itself.
+        "visible_hostname egress-router",
         f"logformat egress {LOG_FORMAT}",
         f"access_log udp://127.0.0.1:{log_port} logformat=egress buffer-size=1bytes",
     ]

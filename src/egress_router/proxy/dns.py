@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -118,6 +119,7 @@ class DnsProxy:
             servers=count_addresses(names),
             stats_socket=self.sock,
             ipv6=os.path.exists("/proc/net/if_inet6"),
+            maxconn=proxy_dns.maxconn_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
         )
 
     def write_stats(self) -> str:

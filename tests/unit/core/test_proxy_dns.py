@@ -95,3 +95,9 @@ def test_nameservers_from_resolv_conf() -> None:
     assert proxy_dns.parse_nameservers(text) == (
         ipaddress.ip_address("172.30.0.10"), ipaddress.ip_address("127.0.0.1")
     )
+
+
+def test_maxconn_fits_the_descriptor_limit() -> None:
+    assert proxy_dns.maxconn_for(1048576) == 4000
+    assert proxy_dns.maxconn_for(4096) == 2016
+    assert proxy_dns.maxconn_for(10) == 16
