@@ -280,6 +280,9 @@ def test_metrics_count_decisions_by_rule(http_world: ProxyWorld) -> None:
     assert samples[(name, "2", "deny")] >= 1
     assert samples[(name, "3", "allow")] >= 1
     assert samples[(name, "default", "deny")] >= 1
+    # Nothing here is allowed by default (no last '*'): the readiness probe's bare connections
+    # to squid were not counted as requests.
+    assert samples.get((name, "default", "allow"), 0) == 0
 
 
 def test_ipv6_destinations_leave_from_the_reserved_ipv6_address(http_world: ProxyWorld) -> None:

@@ -320,6 +320,11 @@ class LogEntry:
     rule: str
 
     @property
+    def decided(self) -> bool:
+        """Whether the rules judged a request: not a connection that sent none (a probe's)."""
+        return self.status != 0 and not self.result.startswith("NONE")
+
+    @property
     def denied(self) -> bool:
         """Squid's TCP_DENIED (403 from http_access)."""
         return self.result.startswith("TCP_DENIED")

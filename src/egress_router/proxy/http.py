@@ -95,7 +95,7 @@ class HttpProxy:
                 return
             for line in data.decode("utf-8", "replace").splitlines():
                 entry = proxy_http.parse_log_line(line)
-                if entry is None:
+                if entry is None or not entry.decided:
                     continue
                 rule = entry.rule if entry.rule != "-" else proxy_http.DEFAULT_RULE
                 decision = "deny" if entry.denied else "allow"

@@ -132,6 +132,12 @@ def test_access_log_lines_parse() -> None:
         "10.128.0.10", "CONNECT", 403, "3", True
     )
     assert proxy_http.parse_log_line("garbage") is None
+    # A connection that sent no request (the readiness probe's) is no decision.
+    probe = proxy_http.parse_log_line(
+        "1796669899.854 127.0.0.1 - 0 NONE_NONE/000 error:transaction-end-before-headers -\n"
+    )
+    assert probe is not None and not probe.decided
+    assert entry.decided
 
 
 def test_file_and_inline_together_are_refused() -> None:
