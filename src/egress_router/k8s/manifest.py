@@ -750,11 +750,6 @@ def _proxy_spec(
     ):
         if field in doc and doc[field] not in (None, False, [], "nftables"):
             raise fields.error(field, f"is not used with {mode}: {why}; remove it")
-    if spec.attachment is Attachment.CNI:
-        raise fields.error(
-            "attachment", f"cni is not available with {mode} yet (the CNI plugin sets up the "
-            "redirect mode only); use attachment: annotation (or the type: annotation default)",
-        )
     try:
         if proxy is config.Mode.HTTP_PROXY:
             proxy_http.parse_rules(lines.text, lines.base)

@@ -154,15 +154,17 @@ def cni_config(spec: manifest.RouterSpec) -> dict[str, Any]:
     if spec.mtu is not None:
         args["mtu"] = str(spec.mtu)
     gateways = [str(g) for g in spec.gateways]
+    ip: dict[str, Any] = {
+        "addresses": [s.text for s in spec.sources],
+        "gateway": gateways[0] if len(gateways) == 1 else gateways,
+    }
+    if spec.proxy is None:
+        ip["destinations"] = spec.destinations.lines()
     conf: dict[str, Any] = {
         "cniVersion": CNI_VERSION,
         "name": spec.name,
         "type": CNI_TYPE,
-        "ip": {
-            "addresses": [s.text for s in spec.sources],
-            "gateway": gateways[0] if len(gateways) == 1 else gateways,
-            "destinations": spec.destinations.lines(),
-        },
+        "ip": ip,
         "interfaceType": "macvlan",
         "interfaceArgs": args,
     }
@@ -172,6 +174,8 @@ def cni_config(spec: manifest.RouterSpec) -> dict[str, Any]:
         conf["httpPort"] = spec.http_port
     if spec.debug:
         conf["log_level"] = "debug"
+    if spec.proxy is not None:
+        conf["mode"] = spec.proxy.value  # ADD: the network set-up only, as the init container
     if spec.vrid is not None:
         # ADD sets up all but the reserved address; wait's keepalived adds it on the active.
         conf["ha"] = {"mode": ha.HAMode.VRRP.value, "vrid": spec.vrid}
@@ -185,7 +189,8 @@ def cni_config_text(spec: manifest.RouterSpec) -> str:
 
 def _config_map(spec: manifest.RouterSpec) -> dict[str, Any]:
     # CNI mode: `wait` reads the plugin's own configuration, so the two cannot disagree.
-    if spec.attachment is manifest.Attachment.CNI:
+    # A proxy pod has no `wait`: its proxy reads its rules, whatever the attachment.
+    if spec.attachment is manifest.Attachment.CNI and spec.proxy is None:
         data = {CNI_CONFIG_KEY: cni_config_text(spec)}
     else:
         data = {manifest.DESTINATIONS_KEY: spec.destination_text}
@@ -625,6 +630,10 @@ CNI_CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["cniVersion", "name", "type", "ip", "interfaceType", "interfaceArgs"],
+    # The redirect (no mode) needs its rules; a proxy pod's set-up (mode) takes none.
+    "if": {"not": {"required": ["mode"]}},
+    "then": {"properties": {"ip": {"required": ["destinations"]}}},
+    "else": {"properties": {"ip": {"not": {"required": ["destinations"]}}}},
     "properties": {
         "cniVersion": {"enum": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]},
         "name": {"type": "string", "minLength": 1},
@@ -632,7 +641,7 @@ CNI_CONFIG_SCHEMA: dict[str, Any] = {
         "ip": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["addresses", "gateway", "destinations"],
+            "required": ["addresses", "gateway"],  # destinations too, unless "mode" is set
             "properties": {
                 "addresses": {**_STRINGS, "maxItems": 2},
                 "gateway": {"anyOf": [{"type": "string"}, {**_STRINGS, "maxItems": 2}]},
@@ -649,6 +658,7 @@ CNI_CONFIG_SCHEMA: dict[str, Any] = {
                 "mtu": {"type": "string", "pattern": "^[0-9]+$"},
             },
         },
+        "mode": {"enum": [m.value for m in PROXY_FILE_VARIABLES]},
         "podInterface": {"type": "string", "minLength": 1, "maxLength": 15},
         "httpPort": {"type": "integer", "minimum": 0, "maximum": 65535},
         "log_level": {"enum": ["debug", "verbose", "info", "warning", "error", "panic"]},
@@ -733,7 +743,7 @@ def _check_router(objects: Sequence[Mapping[str, Any]]) -> None:
     main = deployment["spec"]["template"]["spec"]["containers"][0]
     proxy = next((m for m in PROXY_FILE_VARIABLES if main.get("args") == [m.value]), None)
     if proxy is not None:
-        _check_proxy(proxy, config_map, service, deployment)
+        _check_proxy(proxy, objects, config_map, service, deployment)
         return
     name = _describe(service)
     data = config_map["data"]
@@ -802,6 +812,7 @@ def _check_router(objects: Sequence[Mapping[str, Any]]) -> None:
 
 def _check_proxy(
     proxy: config.Mode,
+    objects: Sequence[Mapping[str, Any]],
     config_map: Mapping[str, Any],
     service: Mapping[str, Any],
     deployment: Mapping[str, Any],
@@ -837,6 +848,14 @@ def _check_proxy(
             )
     main = pod["containers"][0]
     _check_reads_config_map(deployment, main, volumes, config_map, PROXY_FILE_VARIABLES[proxy])
+    for nad in (o for o in objects if o.get("kind") == NAD_KIND):
+        conf = json.loads(nad["spec"]["config"])
+        if conf.get("mode") != proxy.value or conf.get("ip", {}).get("destinations"):
+            raise CheckError(
+                f"cannot check {_describe(nad)}: its config does not set up the network only "
+                f"(\"mode\": \"{proxy.value}\", no ip.destinations) for the {proxy.value} pod"
+            )
+        _check_installer(objects, conf["type"])
     context = main.get("securityContext", {})
     if not context.get("runAsNonRoot") or context.get("capabilities", {}).get("add"):
         raise CheckError(
