@@ -31,6 +31,7 @@ from egress_router.cni.errors import CniError
 from egress_router.cni.result import Interface
 from egress_router.core import config, ha, plan, ruleset, state
 from egress_router.kernel import announce, netlink, netns, nft, observe, preflight, vrrp
+from egress_router.kernel import errors as kernel_errors
 from egress_router.router import engine
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,16 @@ def _netlink_error(err: NetlinkError, what: str, code: int) -> CniError:
         + ("; try again" if transient else ""),
     )
 
+
+
+def _pod_error(err: netns.NetnsError, what: str) -> CniError:
+    """A failure inside the pod's namespace as the CNI error its kind means."""
+    if isinstance(err, netns.NamespaceGoneError):
+        return CniError(errors.CONTAINER_UNKNOWN, f"cannot {what}: {err}")
+    if err.details:
+        log.debug("%s", err.details)
+    timed_out = err.kind is kernel_errors.Kind.TIMED_OUT
+    return CniError(errors.TIMED_OUT if timed_out else errors.INTERNAL, f"cannot {what}: {err}")
 
 @contextmanager
 def _ipr() -> Iterator[Any]:
@@ -414,13 +425,8 @@ class RealKernel:
     def _in_pod(self, path: str, fn: Any, what: str, timeout: float | None = None) -> Any:
         try:
             answer: _Answer = netns.run(path, fn, timeout=timeout or self.pod_timeout)
-        except netns.NamespaceGoneError as err:
-            raise CniError(errors.CONTAINER_UNKNOWN, f"cannot {what}: {err}") from None
         except netns.NetnsError as err:
-            if err.details:
-                log.debug("%s", err.details)
-            code = errors.TIMED_OUT if "no answer within" in str(err) else errors.INTERNAL
-            raise CniError(code, f"cannot {what}: {err}") from None
+            raise _pod_error(err, what) from None
         if answer.code:
             raise CniError(answer.code, answer.msg)
         return answer.value
@@ -590,13 +596,8 @@ class RealKernel:
         what = f"inspect the container {path}"
         try:
             return observe.read_snapshot_in(path, table=True, timeout=self.pod_timeout)
-        except netns.NamespaceGoneError as err:
-            raise CniError(errors.CONTAINER_UNKNOWN, f"cannot {what}: {err}") from None
         except netns.NetnsError as err:
-            if err.details:
-                log.debug("%s", err.details)
-            code = errors.TIMED_OUT if "no answer within" in str(err) else errors.INTERNAL
-            raise CniError(code, f"cannot {what}: {err}") from None
+            raise _pod_error(err, what) from None
 
     def ruleset_listing(self, cfg: config.Config) -> str:
         script = ruleset.render_nftables(cfg)
