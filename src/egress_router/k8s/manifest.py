@@ -26,6 +26,7 @@ import yaml
 
 from egress_router import __version__
 from egress_router.core import config, ha
+from egress_router.core.config import cniconf
 
 DEFAULT_IMAGE = f"egress-router:{__version__}"
 DEFAULT_CNI_INTERFACE = "net1"
@@ -35,14 +36,13 @@ DEFAULT_MACVLAN_MODE = "bridge"  # upstream's default (the CRD and the CNI plugi
 # The CNI plugin: its file name in the node's CNI bin directory (the NetworkAttachmentDefinition's
 # "type", upstream's name), that directory, and where the image carries the one-file executable
 # (scripts/build-cni.sh) for the installer DaemonSet to copy.
-CNI_TYPE = "egress-router"
+CNI_TYPE = cniconf.CNI_TYPE
 CNI_BIN_DIR = "/opt/cni/bin"
 CNI_EXECUTABLE = "/usr/local/libexec/egress-router/egress-router-cni"
 DESTINATIONS_DIR = "/etc/egress-router"
 DESTINATIONS_KEY = "destinations"
 DESTINATIONS_PATH = f"{DESTINATIONS_DIR}/{DESTINATIONS_KEY}"
 
-MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 EGRESSROUTER_API_VERSION = "network.operator.openshift.io/v1"
@@ -613,7 +613,7 @@ def _attachment(fields: _Fields, doc: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "attachment": attachment,
         "master": None if master is None else fields.ifname(master, "attachment.master"),
-        "macvlan_mode": fields.choice(mode, MACVLAN_MODES, "attachment.mode"),
+        "macvlan_mode": fields.choice(mode, cniconf.MACVLAN_MODES, "attachment.mode"),
         "mtu": fields.integer(raw, "attachment.mtu", low=68, high=65535),
         "cni_interface": fields.ifname(interface or "", "attachment.interface"),
         "cni_bin_dir": bin_dir.rstrip("/") or "/",
