@@ -52,11 +52,11 @@ def test_a_namespace_child_that_never_answers_is_a_timeout_by_kind() -> None:
 
 def test_the_cni_code_of_a_namespace_failure_follows_its_kind_not_its_text() -> None:
     from egress_router.cni import errors as cni_errors  # noqa: PLC0415
-    from egress_router.cni import macvlan  # noqa: PLC0415
+    from egress_router.cni import pod  # noqa: PLC0415
 
     timed_out = netns.NetnsError("stopped", kind=errors.Kind.TIMED_OUT)
-    assert macvlan._pod_error(timed_out, "probe").code == cni_errors.TIMED_OUT
+    assert pod._pod_error(timed_out, "probe").code == cni_errors.TIMED_OUT
     worded = netns.NetnsError("ValueError: no answer within the data")
-    assert macvlan._pod_error(worded, "probe").code == cni_errors.INTERNAL
+    assert pod._pod_error(worded, "probe").code == cni_errors.INTERNAL
     gone = netns.NamespaceGoneError("no such namespace")
-    assert macvlan._pod_error(gone, "probe").code == cni_errors.CONTAINER_UNKNOWN
+    assert pod._pod_error(gone, "probe").code == cni_errors.CONTAINER_UNKNOWN
