@@ -2,8 +2,8 @@
 
 Everything the other lab modules (and the tests) agree on before anything runs: which
 addresses the pod network, the physical network and the destinations use (the test address
-plan of docs/architecture.md), what each namespace and interface is called, where a lab keeps its state, and
-the seed configuration the demo applies.
+plan of docs/architecture.md), what each namespace and interface is called, where a lab keeps
+its state, and the seed configuration the demo applies.
 """
 
 from __future__ import annotations
