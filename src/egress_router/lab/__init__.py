@@ -4,6 +4,6 @@
 the tests import (``topology``: the test address plan of docs/architecture.md and the names;
 ``processes``: what runs inside the namespaces; ``demo``: the demo). ``server`` is the
 destination server and client that record the peer address they saw; ``nameserver`` is a tiny
-DNS server for DNS-name destinations. The lab never imports ``kernel`` or ``router``: it observes the code under test
-independently.
+DNS server for DNS-name destinations. The lab never imports ``kernel`` or ``router``: it
+observes the code under test independently.
 """
