@@ -369,9 +369,9 @@ def run_hardening(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
     shared machine the rate follows the other tenants' load, the CPU time much less.
     """
     cfg = config.load_config({**harness.ROUTER_ENV, config.ENV_DESTINATION: ABLATION_RULES})
-    nft = {"nftables:today": baseline.render_nftables(cfg),
+    nft = {"nftables:today": baseline.nftables(),
            "nftables:hardened": ruleset.render_nftables(cfg)}
-    ipt = {"iptables:today": {4: baseline.render_iptables(cfg, 4)},
+    ipt = {"iptables:today": {4: baseline.iptables()},
            "iptables:hardened": {f: ruleset.render_iptables(cfg, f) for f in (4, 6)}}
     names = [*nft, *ipt]
     clock.log(f"hardening: {', '.join(names)} x {args.rounds} rounds")
