@@ -176,7 +176,7 @@ def test_a_vrid_another_group_uses_is_refused_before_anything_changes(
 
 
 def test_a_healed_partition_leaves_exactly_one_holder(pair: halab.HaLab) -> None:
-    halab.heal_trial(pair)  # how long it takes: `python -m bench.ha` (bench/results/ha.md)
+    halab.heal_trial(pair)  # how long it takes: `python -m bench ha` (bench/results/ha.md)
     holder = halab.holders(pair)
     assert len(holder) == 1
     assert halab.count_switchovers(pair, 1.0, holder[0]) == 0

@@ -245,7 +245,7 @@ def test_ten_thousand_rules_from_a_file(lab: labmod.Lab, tmp_path: Path) -> None
     stages = dict(re.findall(r"DEBUG: (.+?): ([0-9.]+)s$", done.stderr, re.MULTILINE))
     # One nft process: no `nft -c` before the apply (one transaction, checked whole).
     assert "check nftables ruleset" not in stages, stages
-    assert "apply nftables ruleset" in stages, stages  # its time: `python -m bench.run wait`
+    assert "apply nftables ruleset" in stages, stages  # its time: `python -m bench wait`
     table = nft_table(lab.router)
     assert table is not None
     (redirect,) = [i["map"] for i in table if "map" in i]
@@ -289,7 +289,7 @@ def test_legacy_mode_waits_and_exits_on_sigterm(lab: labmod.Lab) -> None:
         time.sleep(0.5)
         assert proc.poll() is None  # still waiting after setup
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0  # how quickly: measured by `python -m bench.run wait`
+        assert proc.wait(timeout=5) == 0  # how quickly: measured by `python -m bench wait`
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -224,7 +224,7 @@ def test_drift_is_repaired_counted_and_readiness_follows(
         "link": [["ip", "link", "set", "macvlan0", "down"]],
         "forwarding": [["sysctl", "-qw", "net.ipv4.ip_forward=0"]],
     }
-    # How fast (the goal is 1.5 s) is measured by `python -m bench.run wait`; here: repaired.
+    # How fast (the goal is 1.5 s) is measured by `python -m bench wait`; here: repaired.
     for kind, commands in tampers.items():
         for argv in commands:
             assert labmod.run_in(lab.router, argv).returncode == 0, argv
@@ -333,7 +333,7 @@ def test_one_instance_per_namespace_sighup_announces_sigterm_is_quick_and_status
         ("80", ["203.0.113.25:80"]), ("*", ["203.0.113.27"])
     ]
 
-    # How quickly it stops and the standby takes over is measured by `python -m bench.run wait`.
+    # How quickly it stops and the standby takes over is measured by `python -m bench wait`.
     first.proc.send_signal(signal.SIGTERM)
     assert first.proc.wait(timeout=5) == 0
     assert "standing by" not in first.stop()

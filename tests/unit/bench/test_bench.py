@@ -1,6 +1,6 @@
 """The benchmark's pure parts: workload, upstream-style ruleset, parsers, statistics, reports.
 
-The benchmark itself runs on demand (``python -m bench.run``); these tests
+The benchmark itself runs on demand (``python -m bench data-path``); these tests
 pin down what it computes from tool output, so a figure in the report can be
 trusted without re-running it.
 """
@@ -27,6 +27,7 @@ from bench import (
     harness,
     parsers,
     report,
+    results,
     run,
     stats,
     upstream,
@@ -295,7 +296,7 @@ def _doc() -> dict[str, Any]:
         "host": {"nproc": 2, "kernel": "6.1", "loadavg_start": [0.5, 0.4, 0.3],
                  "loadavg_end": [1.5, 1.0, 0.8],
                  "load1": {"min": 0.5, "median": 1.0, "max": 2.0, "n": 15}},
-        "settings": {"quick": False, "rounds": 3, "command": "python -m bench.run"},
+        "settings": {"quick": False, "rounds": 3, "command": "python -m bench data-path"},
         "samples": [dataclasses.asdict(s) for s in samples],
         "stages": [{"path": "nftables", "rules": 10000, "apply_s": 0.41,
                     "stages": {"check nftables ruleset": 0.2, "apply nftables ruleset": 0.21}}],
@@ -486,3 +487,33 @@ def test_capacity_variants_change_one_nat_knob_of_the_products_ruleset() -> None
     fast = flowtable.with_flowtable(text)
     assert "flowtable fastpath {" in fast
     assert fast.index("flow add @fastpath") < fast.index("ct direction original ct status dnat")
+
+
+def test_one_command_runs_every_suite_and_one_writer_writes_its_results(tmp_path: Path) -> None:
+    from bench import __main__ as cli  # noqa: PLC0415
+
+    parser = cli.parser()
+    for name in cli.SUITES:
+        args = parser.parse_args([name, "--out", str(tmp_path)])
+        assert args.suite == name and args.out == tmp_path
+    with pytest.raises(SystemExit):
+        parser.parse_args(["no-such-suite"])
+    outcome = results.Outcome("example", {"samples": [1, 2]}, "# Example\n",
+                              also=lambda out: [out / "extra"])
+    assert results.write(outcome, tmp_path) == [
+        tmp_path / "example.json", tmp_path / "example.md", tmp_path / "extra"
+    ]
+    assert json.loads((tmp_path / "example.json").read_text()) == {"samples": [1, 2]}
+    assert (tmp_path / "example.md").read_text() == "# Example\n"
+
+
+def test_statistics_and_the_results_folder_are_defined_once() -> None:
+    root = Path(__file__).resolve().parents[3] / "bench"
+    for path in root.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if path.name != "stats.py":
+            assert "import statistics" not in text, path.name
+        if path.name != "results.py":
+            assert not re.search(r"^RESULTS\s*=", text, re.M), path.name
+    assert stats.median([3.0, 1.0, 2.0]) == 2.0
+    assert stats.spread([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 2.0, 4.0, 1.0, 5.0)
