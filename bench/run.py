@@ -522,21 +522,25 @@ def run_data_path(args: argparse.Namespace) -> results.Outcome:
                            also=_extra_outputs(doc, args.update_readme))
 
 
-def run_ablation_suite(args: argparse.Namespace) -> results.Outcome:
-    """The product's nftables ruleset with parts removed, against upstream and forwarding."""
+def _suite(
+    args: argparse.Namespace,
+    name: str,
+    measure: Callable[[argparse.Namespace, Clock], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+) -> results.Outcome:
     args = _settle(args)
     clock = Clock()
     _prepare(args, clock)
     with harness.terminating_on_signals():
-        doc = run_ablation(args, clock)
-    return results.Outcome("ablation", doc, report.render_ablation(doc))
+        doc = measure(args, clock)
+    return results.Outcome(name, doc, render(doc))
+
+
+def run_ablation_suite(args: argparse.Namespace) -> results.Outcome:
+    """The product's nftables ruleset with parts removed, against upstream and forwarding."""
+    return _suite(args, "ablation", run_ablation, report.render_ablation)
 
 
 def run_hardening_suite(args: argparse.Namespace) -> results.Outcome:
     """Today's ruleset (bench/golden/baseline.*) against the hardened one, both backends."""
-    args = _settle(args)
-    clock = Clock()
-    _prepare(args, clock)
-    with harness.terminating_on_signals():
-        doc = run_hardening(args, clock)
-    return results.Outcome("hardening", doc, render_hardening(doc))
+    return _suite(args, "hardening", run_hardening, render_hardening)

@@ -34,7 +34,7 @@ from egress_router.k8s import manifest, render
 from egress_router.lab import world as labmod
 from support import http
 
-pytestmark = pytest.mark.privileged
+pytestmark = [pytest.mark.privileged, pytest.mark.cluster]
 
 LabFactory = Callable[..., labmod.Lab]
 
