@@ -2,7 +2,7 @@
 
 Run on demand, as root (it builds a lab in its own namespaces):
 
-    .venv/bin/python -m bench.proxies --rounds 3 --out bench/results/proxies.json
+    .venv/bin/python -m bench proxies --rounds 6      # -> bench/results/proxies.{json,md}
 
 Five configurations of the lab's router pod, each with the same destination (nginx on
 203.0.113.25:80 in the external namespace, answering ``$remote_addr``):
@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -40,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import results, stats
 from egress_router.core import proxy_dns, proxy_http
 from egress_router.lab import world as labmod
 
@@ -180,12 +179,51 @@ def measure(lab: labmod.Lab, name: str, keepalive: bool, seconds: int) -> float:
     return ab(lab, f"http://{ROUTER}:{PORTS[name]}/", None, keepalive, seconds)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/proxies.json"))
-    args = parser.parse_args()
+
+
+def summarize(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per configuration and figure: the median rate and the medians of the paired ratios."""
+    summary: dict[str, dict[str, Any]] = {}
+
+    def paired(name: str, other: str, figure: str) -> float:
+        theirs = {s["round"]: s["rate"] for s in samples
+                  if s["config"] == other and s["figure"] == figure}
+        return round(stats.median(
+            s["rate"] / theirs[s["round"]] for s in samples
+            if s["config"] == name and s["figure"] == figure and theirs.get(s["round"])
+        ), 3)
+
+    for figure in ("conn", "req"):
+        for name in CONFIGS:
+            rates = [s["rate"] for s in samples if s["config"] == name and s["figure"] == figure]
+            entry: dict[str, Any] = {
+                "median": stats.median(rates), "min": min(rates), "max": max(rates),
+                "vs_redirect": paired(name, "redirect", figure),
+            }
+            if name in ("http-proxy", "dns-proxy"):
+                entry["vs_upstream"] = paired(name, f"{name}-upstream", figure)
+            summary[f"{name}/{figure}"] = entry
+    return summary
+
+
+def markdown(summary: dict[str, dict[str, Any]], command: str) -> str:
+    lines = [
+        "# The proxy modes against the redirect mode and upstream's configurations", "",
+        f"`{command}`; medians over rounds, ratios paired within a round.", "",
+        "| configuration / figure | median per second | vs redirect | vs upstream's config |",
+        "|---|---|---|---|",
+    ]
+    for key, value in summary.items():
+        upstream = value.get("vs_upstream")
+        lines.append(f"| {key} | {value['median']:,.0f} | {value['vs_redirect']:.2f} | "
+                     f"{'' if upstream is None else f'{upstream:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_suite(args: argparse.Namespace) -> results.Outcome:
     workdir = Path(f"/tmp/egress-bench-proxies-{os.getpid()}")
     workdir.mkdir(mode=0o755, exist_ok=True)
     samples: list[dict[str, Any]] = []
@@ -198,39 +236,10 @@ def main() -> None:
                     rate = measure(lab, name, keepalive, args.seconds)
                     samples.append({"round": round_index, "config": name, "figure": figure,
                                     "rate": round(rate, 1), "load": os.getloadavg()[0]})
-                    print(f"round {round_index} {name:20} {figure}: {rate:9.0f}/s", flush=True)
-    summary: dict[str, dict[str, Any]] = {}
-    for figure in ("conn", "req"):
-        for name in CONFIGS:
-            rates = [s["rate"] for s in samples if s["config"] == name and s["figure"] == figure]
-            ratios = [
-                s["rate"] / r["rate"]
-                for s in samples if s["config"] == name and s["figure"] == figure
-                for r in samples
-                if r["config"] == "redirect" and r["figure"] == figure
-                and r["round"] == s["round"]
-            ]
-            summary[f"{name}/{figure}"] = {
-                "median": statistics.median(rates), "min": min(rates), "max": max(rates),
-                "vs_redirect_median": round(statistics.median(ratios), 3),
-            }
-    for proxy in ("http-proxy", "dns-proxy"):
-        for figure in ("conn", "req"):
-            ours = [s for s in samples if s["config"] == proxy and s["figure"] == figure]
-            theirs = {s["round"]: s["rate"] for s in samples
-                      if s["config"] == f"{proxy}-upstream" and s["figure"] == figure}
-            ratios = [s["rate"] / theirs[s["round"]] for s in ours]
-            summary[f"{proxy}/{figure}"]["vs_upstream_median"] = round(
-                statistics.median(ratios), 3)
-    result = {"command": " ".join(sys.argv), "rounds": args.rounds, "seconds": args.seconds,
-              "cpus": os.cpu_count(), "samples": samples, "summary": summary}
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for key, value in summary.items():
-        print(f"{key:28} median {value['median']:9.0f}/s  vs redirect "
-              f"{value['vs_redirect_median']:.2f}"
-              + (f"  vs upstream {value['vs_upstream_median']:.2f}"
-                 if "vs_upstream_median" in value else ""))
-
-
-if __name__ == "__main__":
-    main()
+                    print(f"round {round_index} {name:20} {figure}: {rate:9.0f}/s",
+                          file=sys.stderr, flush=True)
+    summary = summarize(samples)
+    command = getattr(args, "command", "python -m bench proxies")
+    doc = {"command": command, "rounds": args.rounds, "seconds": args.seconds,
+           "cpus": os.cpu_count(), "samples": samples, "summary": summary}
+    return results.Outcome("proxies", doc, markdown(summary, command))

@@ -36,10 +36,11 @@ from typing import Any
 from egress_router.cni import errors
 from egress_router.cni.errors import CniError
 from egress_router.core import config, ha
+from egress_router.core.config import cniconf
 from egress_router.kernel import files
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-LATEST_VERSION = SUPPORTED_VERSIONS[-1]
+SUPPORTED_VERSIONS = cniconf.SUPPORTED_VERSIONS
+LATEST_VERSION = cniconf.LATEST_VERSION
 
 ADD = "ADD"
 DEL = "DEL"
@@ -51,10 +52,10 @@ COMMANDS = (ADD, DEL, CHECK, VERSION, STATUS, GC)
 # The first specification version that knows each command.
 SINCE = {ADD: "0.1.0", DEL: "0.1.0", VERSION: "0.1.0", CHECK: "0.4.0", STATUS: "1.1.0", GC: "1.1.0"}
 
-MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
-DEFAULT_MODE = "bridge"  # upstream's default
-MIN_MTU = 68
-MAX_MTU = 65535
+MACVLAN_MODES = cniconf.MACVLAN_MODES
+DEFAULT_MODE = cniconf.DEFAULT_MACVLAN_MODE
+MIN_MTU = cniconf.MIN_MTU
+MAX_MTU = cniconf.MAX_MTU
 
 LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -64,7 +65,7 @@ LOG_LEVELS = {
     "error": logging.ERROR,
     "panic": logging.CRITICAL,
 }
-DEFAULT_LOG_LEVEL = "info"
+DEFAULT_LOG_LEVEL = cniconf.DEFAULT_LOG_LEVEL
 
 VALID_ATTACHMENTS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 UNSUPPORTED_FORMS = {
@@ -363,7 +364,7 @@ def _interval(obj: Mapping[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-PROXY_MODES = (config.Mode.HTTP_PROXY, config.Mode.DNS_PROXY)
+PROXY_MODES = tuple(config.Mode(m) for m in cniconf.PROXY_MODES)
 
 
 def _router_mode(obj: Mapping[str, Any]) -> config.Mode:
@@ -381,7 +382,7 @@ def _router_mode(obj: Mapping[str, Any]) -> config.Mode:
     )
 
 
-HA_FIELDS = ("mode", "vrid")
+HA_FIELDS = cniconf.HA_FIELDS
 
 
 def _ha(obj: Mapping[str, Any], sources: tuple[config.Source, ...]) -> ha.Settings | None:

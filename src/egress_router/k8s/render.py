@@ -29,6 +29,7 @@ import kubernetes_validate.utils
 import yaml
 
 from egress_router.core import config, ha, proxy_dns, proxy_http
+from egress_router.core.config import cniconf
 from egress_router.k8s import manifest
 
 # The newest Kubernetes release whose schemas the pinned kubernetes-validate ships.
@@ -48,7 +49,7 @@ NAD_KIND = "NetworkAttachmentDefinition"
 # 1.0.0, not 1.1.0: podman 4.3's libcni (Debian 12) rejects a 1.1.0 result; the plugin answers
 # in the version asked, and STATUS/GC (1.1.0) are for runtimes that send their own version.
 CNI_VERSION = "1.0.0"
-CNI_TYPE = manifest.CNI_TYPE  # the plugin's file name in the node's CNI bin directory
+CNI_TYPE = cniconf.CNI_TYPE
 CNI_CONFIG_KEY = "cni.json"  # CNI mode: the NetworkAttachmentDefinition's config, for `wait`
 CNI_CONFIG_PATH = f"{manifest.DESTINATIONS_DIR}/{CNI_CONFIG_KEY}"
 
@@ -623,58 +624,6 @@ NAD_SCHEMA: dict[str, Any] = {
     },
 }
 
-_STRINGS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
-
-# The configuration our plugin (egress_router.cni.netconf) accepts, as we render it.
-CNI_CONFIG_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["cniVersion", "name", "type", "ip", "interfaceType", "interfaceArgs"],
-    # The redirect (no mode) needs its rules; a proxy pod's set-up (mode) takes none.
-    "if": {"not": {"required": ["mode"]}},
-    "then": {"properties": {"ip": {"required": ["destinations"]}}},
-    "else": {"properties": {"ip": {"not": {"required": ["destinations"]}}}},
-    "properties": {
-        "cniVersion": {"enum": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]},
-        "name": {"type": "string", "minLength": 1},
-        "type": {"const": CNI_TYPE},
-        "ip": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["addresses", "gateway"],  # destinations too, unless "mode" is set
-            "properties": {
-                "addresses": {**_STRINGS, "maxItems": 2},
-                "gateway": {"anyOf": [{"type": "string"}, {**_STRINGS, "maxItems": 2}]},
-                "destinations": _STRINGS,
-            },
-        },
-        "interfaceType": {"const": "macvlan"},
-        "interfaceArgs": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "master": {"type": "string", "minLength": 1, "maxLength": 15},
-                "mode": {"enum": list(manifest.MACVLAN_MODES)},
-                "mtu": {"type": "string", "pattern": "^[0-9]+$"},
-            },
-        },
-        "mode": {"enum": [m.value for m in PROXY_FILE_VARIABLES]},
-        "podInterface": {"type": "string", "minLength": 1, "maxLength": 15},
-        "httpPort": {"type": "integer", "minimum": 0, "maximum": 65535},
-        "log_level": {"enum": ["debug", "verbose", "info", "warning", "error", "panic"]},
-        "ha": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["mode", "vrid"],
-            "properties": {
-                "mode": {"const": ha.HAMode.VRRP.value},
-                "vrid": {"type": "integer", "minimum": 1, "maximum": 255},
-            },
-        },
-    },
-}
-
-
 def kubernetes_versions() -> list[str]:
     """The Kubernetes versions whose schemas the installed kubernetes-validate ships."""
     return [kubernetes_validate.utils.major_minor(v)
@@ -694,7 +643,7 @@ def _validate_schema(obj: Mapping[str, Any], version: str) -> None:
             raise CheckError(
                 f"cannot validate {_describe(obj)}: spec.config is not JSON: {err}"
             ) from None
-        _validate_json(CNI_CONFIG_SCHEMA, conf, f"{_describe(obj)} spec.config (CNI)")
+        _validate_json(cniconf.SCHEMA, conf, f"{_describe(obj)} spec.config (CNI)")
         return
     try:
         kubernetes_validate.validate(dict(obj), version, strict=True)
