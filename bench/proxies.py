@@ -182,6 +182,8 @@ def measure(lab: labmod.Lab, name: str, keepalive: bool, seconds: int) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=2)
+    parser.add_argument("--only", default=",".join(CONFIGS),
+                        help="comma-separated configurations to measure (redirect always)")
 
 
 def summarize(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -196,14 +198,15 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if s["config"] == name and s["figure"] == figure and theirs.get(s["round"])
         ), 3)
 
+    measured = [c for c in CONFIGS if any(s["config"] == c for s in samples)]
     for figure in ("conn", "req"):
-        for name in CONFIGS:
+        for name in measured:
             rates = [s["rate"] for s in samples if s["config"] == name and s["figure"] == figure]
             entry: dict[str, Any] = {
                 "median": stats.median(rates), "min": min(rates), "max": max(rates),
                 "vs_redirect": paired(name, "redirect", figure),
             }
-            if name in ("http-proxy", "dns-proxy"):
+            if name in ("http-proxy", "dns-proxy") and f"{name}-upstream" in measured:
                 entry["vs_upstream"] = paired(name, f"{name}-upstream", figure)
             summary[f"{name}/{figure}"] = entry
     return summary
@@ -227,9 +230,10 @@ def run_suite(args: argparse.Namespace) -> results.Outcome:
     workdir = Path(f"/tmp/egress-bench-proxies-{os.getpid()}")
     workdir.mkdir(mode=0o755, exist_ok=True)
     samples: list[dict[str, Any]] = []
+    chosen = tuple(c for c in CONFIGS if c == "redirect" or c in args.only.split(","))
     with world(workdir) as lab:
         for round_index in range(args.rounds):
-            order = CONFIGS[round_index % len(CONFIGS):] + CONFIGS[:round_index % len(CONFIGS)]
+            order = chosen[round_index % len(chosen):] + chosen[:round_index % len(chosen)]
             for name in order:
                 init(lab, "init" if name == "redirect" else "http-proxy")
                 for figure, keepalive in (("conn", False), ("req", True)):
