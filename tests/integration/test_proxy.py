@@ -354,6 +354,8 @@ def test_every_port_forwards_from_the_reserved_address(dns_world: ProxyWorld) ->
         assert result.ok, result
         assert result.server == server
         assert str(result.peer_ip) == source
+    # A port that forwards nothing is closed at once (no listener; nothing redirected).
+    assert labmod.dial(lab, "tcp", ROUTER, 5009, timeout=2).error == "refused"
     # The pod's IPv6 address is a listener too.
     assert labmod.dial(lab, "tcp", str(labmod.ROUTER_POD6.ip), 5001).server == "203.0.113.27:9000"
 

@@ -233,6 +233,21 @@ def describe(forwards: Sequence[Forward]) -> str:
     )
 
 
+def parse_server_counts(text: str, variable: str = "EGRESS_DNS_SERVERS") -> dict[str, int]:
+    """Upstream's unit-test input ``name:count;name:count``: how many addresses a name has."""
+    counts: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        name, sep, count = item.partition(":")
+        number = config.ascii_number(count.strip())
+        if not sep or number is None or not 1 <= number <= 64:
+            raise config.ConfigError(
+                variable, f"invalid entry {config.clip(item)!r}; expected <name>:<count> "
+                "(1 to 64), entries separated by ';'",
+            )
+        counts[name.strip().lower().rstrip(".")] = number
+    return counts
+
+
 def parse_nameservers(text: str) -> tuple[config.IPAddress, ...]:
     """Every ``nameserver`` address of a resolv.conf, in order (loopback included)."""
     found: list[config.IPAddress] = []

@@ -31,6 +31,7 @@ from egress_router.router import metrics
 log = logging.getLogger("egress_router.proxy.dns")
 
 ENV_HAPROXY = "EGRESS_DNS_PROXY_HAPROXY"  # the haproxy executable (default: on PATH)
+ENV_DNS_SERVERS = "EGRESS_DNS_SERVERS"  # upstream's unit-test input: name:count;name:count
 RESOLV_CONF = "/etc/resolv.conf"
 PREFIX = "egress_router_dns_proxy"
 
@@ -99,7 +100,10 @@ class DnsProxy:
     def parse(self, text: str) -> tuple[proxy_dns.Forward, ...]:
         return proxy_dns.parse_forwards(text, self.variable, reserved=self.reserved())
 
-    def render(self, forwards: Sequence[proxy_dns.Forward], resolv: str | None = None) -> str:
+    def render(
+        self, forwards: Sequence[proxy_dns.Forward], resolv: str | None = None,
+        counts: Mapping[str, int] | None = None,
+    ) -> str:
         if resolv is None:
             try:
                 resolv = Path(RESOLV_CONF).read_text(encoding="utf-8", errors="replace")
@@ -116,7 +120,7 @@ class DnsProxy:
         return proxy_dns.render_haproxy(
             forwards,
             nameservers=nameservers,
-            servers=count_addresses(names),
+            servers=count_addresses(names) if counts is None else counts,
             stats_socket=self.sock,
             ipv6=os.path.exists("/proc/net/if_inet6"),
             maxconn=proxy_dns.maxconn_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
@@ -228,7 +232,11 @@ def run(env: Mapping[str, str]) -> int:
         )
     proxy = DnsProxy(env, variable)
     forwards = proxy.parse(text)
-    rendered = proxy.render(forwards)
+    # unit-test touches nothing, DNS included: the names' address counts come from upstream's
+    # EGRESS_DNS_SERVERS ("name:count;name:count"), 1 for the others.
+    counts = proxy_dns.parse_server_counts(env.get(ENV_DNS_SERVERS, "")) \
+        if mode == "unit-test" else None
+    rendered = proxy.render(forwards, counts=counts)
     if mode == "unit-test":
         shutil.rmtree(proxy.dir, ignore_errors=True)
         sys.stdout.write(proxy_dns.describe(forwards) + rendered)

@@ -42,6 +42,8 @@ class HttpProxy:
         self.dir = supervise.workdir("egress-http-proxy")
         self.conf = self.dir / "squid.conf"
         self.logs = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # Room for bursts while the reader thread waits for the GIL (capped by rmem_max).
+        self.logs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.logs.bind(("127.0.0.1", 0))
         self.log_port = self.logs.getsockname()[1]
         self.registry = metrics.Registry()

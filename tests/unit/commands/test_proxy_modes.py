@@ -106,6 +106,19 @@ def test_dns_proxy_unit_test_prints_the_forwards_and_haproxy_config() -> None:
     assert "    server dest1 203.0.113.26:443\n" in done.stdout
 
 
+def test_dns_proxy_unit_test_takes_upstreams_server_counts_and_resolves_nothing() -> None:
+    done = run([], {"EGRESS_DNS_PROXY_DESTINATION": "80 api.example.com\n81 db.example.com\n",
+                    "EGRESS_DNS_PROXY_MODE": "unit-test",
+                    "EGRESS_DNS_SERVERS": "api.example.com:3"})
+    assert done.returncode == 0, done.stderr
+    assert "    server-template dest 3 api.example.com:80 " in done.stdout
+    assert "    server-template dest 1 db.example.com:81 " in done.stdout
+    done = run([], {"EGRESS_DNS_PROXY_DESTINATION": "80 api.example.com\n",
+                    "EGRESS_DNS_PROXY_MODE": "unit-test", "EGRESS_DNS_SERVERS": "api:x"})
+    assert done.returncode == 1
+    assert "EGRESS_DNS_SERVERS: invalid entry 'api:x'" in done.stderr
+
+
 def test_dns_proxy_duplicate_port_is_refused() -> None:
     done = run(["dns-proxy"], {"EGRESS_DNS_PROXY_DESTINATION": "80 203.0.113.25\n80 203.0.113.26"})
     assert done.returncode == 1
