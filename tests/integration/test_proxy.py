@@ -269,20 +269,31 @@ def test_https_through_connect(http_world: ProxyWorld, tmp_path: Path) -> None:
 
 def test_metrics_count_decisions_by_rule(http_world: ProxyWorld) -> None:
     lab = http_world.lab
-    curl(lab, "-x", PROXY, "http://203.0.113.26/counted")
-    done = labmod.run_in(lab.client, ["curl", "-sS", "-m", "5", f"http://{ROUTER}:9090/metrics"])
-    samples = {
-        (s.name, s.labels.get("rule"), s.labels.get("decision")): s.value
-        for family in text_string_to_metric_families(done.stdout)
-        for s in family.samples
-    }
     name = "egress_router_http_proxy_requests_total"
-    assert samples[(name, "2", "deny")] >= 1
-    assert samples[(name, "3", "allow")] >= 1
-    assert samples[(name, "default", "deny")] >= 1
+
+    def scrape() -> dict[tuple[str, str | None, str | None], float]:
+        done = labmod.run_in(lab.client, ["curl", "-sS", "-m", "5",
+                                          f"http://{ROUTER}:9090/metrics"])
+        return {
+            (s.name, s.labels.get("rule"), s.labels.get("decision")): s.value
+            for family in text_string_to_metric_families(done.stdout)
+            for s in family.samples
+        }
+
+    before = scrape()
+    for url in ("http://203.0.113.26/counted", "http://203.0.113.25/counted",
+                "http://203.0.113.27/counted"):
+        curl(lab, "-x", PROXY, url)
+    wanted = {(name, "2", "deny"), (name, "3", "allow"), (name, "default", "deny")}
+    deadline = time.monotonic() + 5  # squid's log datagrams are read by another thread
+    after = scrape()
+    while any(after.get(k, 0) <= before.get(k, 0) for k in wanted):
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(0.2)
+        after = scrape()
     # Nothing here is allowed by default (no last '*'): the readiness probe's bare connections
     # to squid were not counted as requests.
-    assert samples.get((name, "default", "allow"), 0) == 0
+    assert after.get((name, "default", "allow"), 0) == 0
 
 
 def test_ipv6_destinations_leave_from_the_reserved_ipv6_address(http_world: ProxyWorld) -> None:
