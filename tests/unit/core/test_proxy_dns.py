@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from egress_router.core import config, proxy_dns
 
@@ -101,3 +103,26 @@ def test_maxconn_fits_the_descriptor_limit() -> None:
     assert proxy_dns.maxconn_for(1048576) == 4000
     assert proxy_dns.maxconn_for(4096) == 2016
     assert proxy_dns.maxconn_for(10) == 16
+
+
+_LINE = st.text(
+    alphabet=st.characters(min_codepoint=1, max_codepoint=0x7F), min_size=0, max_size=40
+)
+
+
+@given(st.lists(_LINE, min_size=1, max_size=6))
+def test_any_text_parses_or_is_refused_and_nothing_unvalidated_reaches_haproxy(
+    lines: list[str],
+) -> None:
+    try:
+        forwards = proxy_dns.parse_forwards("\n".join(lines))
+    except config.ConfigError as err:
+        assert str(err).startswith(f"cannot parse {VAR}")
+        return
+    conf = proxy_dns.render_haproxy(forwards, nameservers=(), servers={}, stats_socket="/s")
+    for line in conf.splitlines():
+        if line.startswith("    server"):
+            endpoint = line.split()[-1] if line.startswith("    server ") else line.split()[3]
+            assert all(c.isalnum() or c in ".:[]-" for c in endpoint), line
+        if line.startswith("    bind"):
+            assert line.split()[1].rsplit(":", 1)[1].isdigit(), line
