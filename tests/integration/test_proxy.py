@@ -194,16 +194,6 @@ def test_status_reports_the_proxy_mode_and_the_proxy(http_world: ProxyWorld) -> 
         init(lab, "http-proxy")
 
 
-def test_a_pod_process_bound_to_the_pod_address_still_leaves_from_the_reserved_one(
-    http_world: ProxyWorld,
-) -> None:
-    lab = http_world.lab
-    done = curl(lab, "--interface", ROUTER, "http://203.0.113.25/bound", ns=lab.router)
-    assert status_of(done) == "200", done.stderr
-    seen = [e for e in labmod.served(lab) if "/bound" in e["data"]]
-    assert [e["peer"].rsplit(":", 1)[0] for e in seen] == [SOURCE]
-
-
 # --------------------------------------------------------------------------- HTTP proxy
 
 
