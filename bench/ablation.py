@@ -1,8 +1,8 @@
 """Where does the router's per-connection and per-packet time go? Variants of its ruleset.
 
 When the nftables path falls short of plain forwarding or of upstream's rules,
-the question is which part of the ruleset costs what. ``python -m bench.run
---ablation`` and ``python -m bench.toll`` apply the product's own ruleset with
+the question is which part of the ruleset costs what. ``python -m bench
+ablation`` and ``python -m bench toll`` apply the product's own ruleset with
 one part removed at a time next to the full one, the upstream-style ruleset
 and plain forwarding, and measure each the same way. The variants are derived
 from the product's rendered text by these pure functions, so they follow the

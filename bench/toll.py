@@ -2,8 +2,8 @@
 
 Run on demand (root, a few minutes)::
 
-    python -m bench.toll --rounds 6
-    python -m bench.toll --rounds 6 --baseline /tmp/base/src   # plus another tree's rulesets
+    python -m bench toll --rounds 6
+    python -m bench toll --rounds 6 --baseline /tmp/base/src   # plus another tree's rulesets
 
 One lab, the seed's size of configuration (four rules and a fallback), and in
 every round, in a shuffled order, each path measured twice over: new
@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,12 +47,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import ablation as bench_ablation
-from bench import capacity, harness, upstream
+from bench import capacity, harness, results, stats, upstream
+from bench import run as run_module
 from bench.workload import DESTINATION, FILLER_DESTINATION, DataPath
 from egress_router.core import config, ruleset
 from egress_router.lab import world as labmod
 
-RESULTS = Path(__file__).resolve().parent / "results"
 RR_PORT = 7300
 BLAST_PORT = 7301
 BLAST_COUNT = 40000
@@ -251,7 +250,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         "duration_s": (datetime.datetime.now(datetime.UTC) - started).total_seconds(),
         "host": {"nproc": os.cpu_count(), "kernel": platform.release(),
                  "loadavg_start": list(load_start), "loadavg_end": list(harness.loadavg())},
-        "settings": {"command": "python -m bench.toll " + " ".join(sys.argv[1:]),
+        "settings": {"command": getattr(args, "command", "python -m bench toll"),
                      "rounds": args.rounds, "seconds": args.seconds, "seed": args.seed,
                      "rules": SEED_RULES,
                      "baseline": str(args.baseline) if args.baseline else None},
@@ -282,7 +281,7 @@ def _med(values: Sequence[float]) -> str:
     if not values:
         return "-"
     ordered = sorted(values)
-    return f"{statistics.median(ordered):.3f} ({ordered[0]:.2f}-{ordered[-1]:.2f})"
+    return f"{stats.median(ordered):.3f} ({ordered[0]:.2f}-{ordered[-1]:.2f})"
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
@@ -309,7 +308,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         mine = [s for s in doc["samples"] if s["path"] == name]
 
         def med(key: str, mine: list[dict[str, Any]] = mine) -> float:
-            return float(statistics.median(s[key] for s in mine))
+            return float(stats.median(s[key] for s in mine))
 
         label = doc.get("labels", {}).get(name, "")
         shown = f"{name}" + (f" ({label})" if label else "")
@@ -344,9 +343,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.toll", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=6)
@@ -356,39 +353,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also measure the rulesets of the package in SRC (a src folder)")
     parser.add_argument("--no-ablation", action="store_true", help="no ablation variants")
     parser.add_argument("--only", help="comma-separated path names to measure")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--render", type=Path, metavar="JSON", help="only re-render a result")
-    args = parser.parse_args(argv)
-    if args.render is not None:
-        print(render_markdown(json.loads(args.render.read_text(encoding="utf-8"))))
-        return 0
+
+
+def run_suite(args: argparse.Namespace) -> results.Outcome:
     if os.geteuid() != 0:
-        print("python -m bench.toll: needs root (network namespaces)", file=sys.stderr)
-        return 2
+        raise harness.BenchError("needs root (network namespaces)")
     if args.baseline is not None and not (args.baseline / "egress_router").is_dir():
-        parser.error(f"cannot use --baseline {args.baseline}: no egress_router package in it")
+        raise harness.BenchError(
+            f"cannot use --baseline {args.baseline}: no egress_router package in it")
     begun = time.monotonic()
 
     def log(message: str) -> None:
         print(f"[{time.monotonic() - begun:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-    from bench import run as bench_run  # noqa: PLC0415 (bench.run imports much more)
-
-    try:
-        bench_run.ensure_tools(True, log)
-        with harness.terminating_on_signals():
-            doc = run(args, log)
-    except (harness.BenchError, labmod.LabError) as exc:
-        print(f"bench.toll: error: {exc}", file=sys.stderr)
-        return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "toll.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    text = render_markdown(doc)
-    (args.out / "toll.md").write_text(text, encoding="utf-8")
-    log(f"wrote {args.out / 'toll.json'}, {args.out / 'toll.md'}")
-    print(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    run_module.ensure_tools(True, log)
+    with harness.terminating_on_signals():
+        doc = run(args, log)
+    return results.Outcome("toll", doc, render_markdown(doc))
