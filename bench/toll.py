@@ -298,7 +298,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"{' '.join(f'{v:.2f}' for v in host['loadavg_end'])}. Rules: four and a fallback "
         "(the measured ports third and fourth). Each figure is the median over rounds of the "
         "ratio of two paths measured in the same round (min-max in brackets); for CPU time "
-        "the ratio is inverted, so above 1 is better everywhere.", "",
+        "the ratio is inverted, so above 1 is better everywhere."
+        + (f" `nftables:baseline` and `iptables:baseline`: the rulesets of "
+           f"{doc['settings']['baseline']}." if doc["settings"].get("baseline") else ""), "",
         "| path | conn/s | vs upstream | vs forwarding | CPU us/conn | CPU vs upstream | "
         "TCP RR/s | vs upstream | vs forwarding | CPU us/RR | CPU vs upstream | "
         "CPU ns/datagram | vs upstream | vs forwarding |",
