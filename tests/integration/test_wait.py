@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.lab import world as labmod
 
@@ -283,6 +285,43 @@ def test_drift_is_repaired_counted_and_readiness_follows(
     print(f"{fought:.0f} reconciles while the route was deleted 60 times")
     assert fought <= 30
     eventually(lambda: labmod.dial(lab, "tcp", ROUTER4, 80, timeout=0.5).ok, 15, "recovery")
+
+
+def _help_names(text: str) -> list[str]:
+    return [line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")]
+
+
+def test_the_whole_scrape_with_conntrack_figures_passes_strict_parsers(
+    lab: labmod.Lab, routers: list[Router], tmp_path: Path
+) -> None:
+    # Issue 18, item 1: once the conntrack figures existed, one family was written twice
+    # (by the registry and by the capacity writer) and a strict scraper dropped the scrape.
+    # The whole scrape is judged here, not the first line matching a name.
+    cm = ConfigMap(tmp_path, "80 tcp 203.0.113.25\n53 udp 203.0.113.25\n")
+    router = Router(lab, {**BASE, "EGRESS_DESTINATION_FILE": str(cm.path),
+                          "EGRESS_ROUTER_CONNTRACK_SAMPLE_SECONDS": "1"})
+    routers.append(router)
+    router.ready()
+    for _ in range(3):
+        assert labmod.dial(lab, "tcp", ROUTER4, 80).ok
+    assert http(lab, "/metrics")[0] == 200  # starts the first conntrack sample
+    eventually(lambda: "egress_router_nat_ports_in_use{" in http(lab, "/metrics")[1], 10,
+               "the conntrack sample in the scrape")
+    status, body = http(lab, "/metrics")
+    assert status == 200
+    names = _help_names(body)
+    assert {"egress_router_conntrack_entries", "egress_router_conntrack_insert_failed_total",
+            "egress_router_nat_ports_in_use", "egress_router_rule_connections_total",
+            "egress_router_process_resident_memory_bytes"} <= set(names)
+    assert sorted({n for n in names if names.count(n) > 1}) == []
+    parsed = [f.name for f in text_string_to_metric_families(body)]
+    assert len(parsed) == len(set(parsed)) == len(names)
+    promtool = os.environ.get("EGRESS_ROUTER_PROMTOOL") or shutil.which("promtool")
+    if promtool:  # Debian's prometheus package; CI does not install the server for it
+        done = subprocess.run([promtool, "check", "metrics"], input=body, text=True, check=False,
+                              capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        print("promtool check metrics:", done.stdout.strip() or "clean")
 
 
 def test_dns_named_destinations_follow_the_answer(

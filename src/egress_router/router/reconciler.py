@@ -234,6 +234,11 @@ class Router:
         # live connections and the NAT's port space: one conntrack pass per interval
         self.sampler = capacity.Sampler(settings.sample, clock=clock)
         self.ha: ha_role.Pair | None = None  # EGRESS_ROUTER_HA=vrrp
+        registry.registry.collector(
+            "the rule series", [name for name, _kind, _help in metrics.RULE_FAMILIES],
+            self._write_rules,
+        )
+        registry.registry.collector("the NAT capacity", capacity.FAMILIES, self._write_capacity)
 
     # ------------------------------------------------------------------ start
 
@@ -759,32 +764,46 @@ class Router:
             yield from self.kernel.conntrack.flows(family)
 
     def write_rule_metrics(self, write: Callable[[str], object]) -> None:
-        """The aggregate gauges read now, then the per-rule families while they are enabled.
+        """The whole scrape: the aggregate gauges read now, then every family of the registry.
 
         Cheap at any size: the conntrack count is one read; the rule counters
         (one ``nft`` listing) only while the ruleset is within the series limit.
         """
         cfg = self.applied
         self.metrics.conntrack_entries.set(self.kernel.conntrack.count() or 0)
-        enabled = (
+        self.metrics.rule_series.set(1 if self._series_enabled(cfg) else 0)
+        try:
+            self.metrics.registry.write(write)
+        finally:
+            HEAP.release()
+
+    def _series_enabled(self, cfg: config.Config | None) -> bool:
+        return (
             cfg is not None
             and self.kernel.counters is not None
             and 0 < len(cfg.destinations.rules) <= self.settings.metrics_rules
         )
-        self.metrics.rule_series.set(1 if enabled else 0)
-        write(self.metrics.generate().decode())
+
+    def _sample(self, cfg: config.Config) -> capacity.Sample | None:
+        return self.sampler.latest(cfg, lambda: self._flows(cfg))
+
+    def _write_rules(self, out: metrics.Writer) -> None:
+        """The per-rule families (a collector of the registry), while they are enabled."""
+        cfg = self.applied
+        if cfg is None or not self._series_enabled(cfg) or self.kernel.counters is None:
+            return
+        try:
+            counters: listing.Counters = listing.read_counters(self.kernel.counters())
+        except errors.KernelError as err:
+            log.warning("cannot read rule counters: %s", err)
+            counters = {}
+        sample = self._sample(cfg)
+        active = sample.active if sample is not None else {}
+        metrics.write_rule_metrics(out, cfg, counters, active)
+
+    def _write_capacity(self, out: metrics.Writer) -> None:
+        """The NAT port space and conntrack's failures (a collector of the registry)."""
+        cfg = self.applied
         if cfg is None:
             return
-        sample = self.sampler.latest(cfg, lambda: self._flows(cfg))
-        if enabled and self.kernel.counters is not None:
-            try:
-                counters: listing.Counters = listing.read_counters(self.kernel.counters())
-            except errors.KernelError as err:
-                log.warning("cannot read rule counters: %s", err)
-                counters = {}
-            active = sample.active if sample is not None else {}
-            metrics.write_rule_metrics(write, cfg, counters, active)
-            del counters, active
-        capacity.write_metrics(write, sample, self.kernel.stats())
-        del sample
-        HEAP.release()
+        capacity.write_metrics(out, self._sample(cfg), self.kernel.stats())

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.core import config, plan, ruleset
 from egress_router.kernel import conntrack
@@ -404,3 +405,29 @@ def test_the_start_applies_only_the_steps_prepare_left_undone(tmp_path: Path) ->
     assert prepared and len(prepared[0]) > 1
     assert h.links.applied == [plan.EnableForwarding(4)]
     assert h.router.readiness() == (True, "ok")
+
+
+def _family_names(text: str) -> list[str]:
+    """Every family's name as its HELP line gives it, in order (duplicates kept)."""
+    return [line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")]
+
+
+def test_the_whole_scrape_has_each_family_once_with_conntrack_figures(harness: Harness) -> None:
+    # A router with every writer active: the registry's families, the per-rule series, the
+    # conntrack sample and the kernel's conntrack statistics (issue 18, item 1: the entries
+    # gauge was written by the registry and again by the capacity writer).
+    harness.router.kernel.stats = lambda: conntrack.Stats({"insert_failed": 1}, 2, 262144)
+    harness.tracker.table = [
+        conntrack.Flow(4, "tcp", 80, ipaddress.ip_address("203.0.113.25"), 80, True),
+    ]
+    harness.router.write_rule_metrics(lambda _text: None)
+    assert harness.router.sampler.wait(5)
+    out: list[str] = []
+    harness.router.write_rule_metrics(out.append)
+    text = "".join(out)
+    names = _family_names(text)
+    assert "egress_router_conntrack_entries" in names
+    assert "egress_router_nat_ports_in_use" in names
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+    parsed = [f.name for f in text_string_to_metric_families(text)]
+    assert len(parsed) == len(set(parsed)) == len(names)
