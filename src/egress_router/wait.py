@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 LOCK_NAME = b"\0egress-router-wait"
 WAIT_SLICE = 0.5  # the loop's longest sleep: a safety net should a signal miss the wait
 SETTLE = 0.05  # after a kernel change event, let the burst (one `ip` command's) finish
+# A kernel change whose repair is held back this long is checked, and /readyz says 503
+# if it broke the data path (issue 18: ready while broken for 12 s).
+BROKEN_AFTER = 1.0
 HEALTH_GRACE = 30.0  # /healthz fails when the loop has not turned for this long (+ intervals)
 # How long the main thread keeps the GIL while an HTTP thread waits for it (CPython's
 # default: 5 ms). A probe's answer needs the GIL a handful of times (accept, read, write).
@@ -288,6 +291,10 @@ class Signals:
         self.hup = False
         self.changed: float | None = None
 
+    def forget(self) -> None:
+        """Forget the kernel events seen so far (the start-up's own changes)."""
+        self.changed = None
+
     def kernel_changed(self) -> None:
         if self.changed is None:
             self.changed = time.monotonic()
@@ -311,15 +318,6 @@ class Signals:
 
     def _hup(self, signum: int, frame: FrameType | None) -> None:
         self.hup = True  # seen within WAIT_SLICE (no `wake.set()`: see `_stop`)
-
-    def sleep(self, seconds: float) -> None:
-        """An interruptible sleep (announcement spacing): ends at once when stopping."""
-        if not self.stopping:
-            end = time.monotonic() + seconds
-            while not self.stopping and (left := end - time.monotonic()) > 0:
-                self.wake.wait(min(left, WAIT_SLICE))
-                if self.hup or self.stopping:
-                    break
 
 
 class StopDeadline:
@@ -370,6 +368,7 @@ def _loop(
     next_watch = now + settings.watch
     next_reconcile = now + settings.reconcile
     last_event_check = 0.0
+    verified: float | None = None  # the pending event a held-back check was made for
     generation = router.generation
     while not signals.stopping:
         now = time.monotonic()
@@ -385,24 +384,34 @@ def _loop(
             router.poll_file()
             next_watch = time.monotonic() + settings.watch
         router.refresh_dns()
+        router.announce_due()
         changed = signals.changed
         event_due = (
             None if changed is None else max(changed + SETTLE, last_event_check + router.backoff)
         )
         if (event_due is not None and now >= event_due) or now >= next_reconcile:
             signals.changed = None
+            verified = None
             router.reconcile()
             last_event_check = time.monotonic()
             next_reconcile = last_event_check + settings.reconcile
             continue  # our own repairs are kernel changes too: look at the clock again
-        if event_due is None:
-            router.settle(background=True)  # idle work (a second or two at 10,000 rules)
         deadlines = [next_watch, next_reconcile]
-        if event_due is not None:
+        if event_due is not None and changed is not None:
+            # The repair is held back (the backoff): after BROKEN_AFTER, check without
+            # repairing, so that /readyz says 503 while the data path is known broken.
+            if verified != changed:
+                if now >= changed + BROKEN_AFTER:
+                    verified = changed
+                    router.verify()
+                    continue
+                deadlines.append(changed + BROKEN_AFTER)
             deadlines.append(event_due)
-        due = router.next_dns()
-        if due is not None:
-            deadlines.append(due)
+        else:
+            router.settle(background=True)  # idle work (a second or two at 10,000 rules)
+        for due in (router.next_dns(), router.next_announcement()):
+            if due is not None:
+                deadlines.append(due)
         timeout = max(0.0, min(deadlines) - time.monotonic())
         signals.wake.wait(min(timeout, WAIT_SLICE))
         signals.wake.clear()
@@ -467,10 +476,7 @@ def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
             lock.wait()
             log.info("the other instance exited; taking over")
         registry = metrics.Metrics()
-        router = Router(
-            env, settings, kernel or real_edges(_backend(env), settings), registry,
-            sleep=signals.sleep,
-        )
+        router = Router(env, settings, kernel or real_edges(_backend(env), settings), registry)
         router.load()  # parsed once, here: 10,000 rules are worth not parsing twice
         beat = [time.monotonic()]
         if http_port:
@@ -481,8 +487,7 @@ def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
         if kernel is None:
             watcher = events.Watcher(signals.kernel_changed)
             watcher.start()
-        router.start()
-        signals.changed = None  # our own start-up changes
+        router.start(on_ready=signals.forget)  # events after that are drift to repair
         _freeze(signals)
         _loop(router, settings, signals, beat)
     except Stopping:

@@ -202,7 +202,6 @@ class Router:
         kernel: Edges,
         registry: metrics.Metrics,
         *,
-        sleep: Callable[[float], object] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -210,7 +209,6 @@ class Router:
         self.settings = settings
         self.kernel = kernel
         self.metrics = registry
-        self._sleep = sleep
         self._clock = clock
         self._wall = wall
         self._lock = threading.RLock()
@@ -234,6 +232,8 @@ class Router:
         # live connections and the NAT's port space: one conntrack pass per interval
         self.sampler = capacity.Sampler(settings.sample, clock=clock)
         self.ha: ha_role.Pair | None = None  # EGRESS_ROUTER_HA=vrrp
+        self._announce_round = 0
+        self._announce_next: float | None = None  # when the next round is due (None: none)
         registry.registry.collector(
             "the rule series", [name for name, _kind, _help in metrics.RULE_FAMILIES],
             self._write_rules,
@@ -258,11 +258,14 @@ class Router:
         self.metrics.names(cfg.destinations.hosts())
         return cfg
 
-    def start(self) -> None:
+    def start(self, on_ready: Callable[[], object] = lambda: None) -> None:
         """Apply the loaded configuration (as ``init`` would) and announce.
 
-        Raises `engine.ApplyError` when the kernel refuses: the container then
-        exits and is restarted.
+        ``on_ready`` is called once the start-up's own changes are made, just
+        before readiness is announced: the loop forgets the kernel events they
+        caused there, and every later event (a drift in the very first second)
+        is acted on. Raises `engine.ApplyError` when the kernel refuses: the
+        container then exits and is restarted.
         """
         cfg = self.parsed if self.parsed is not None else self.load()
         self._refresh_names(cfg, force=True)
@@ -301,6 +304,7 @@ class Router:
                 announce=False,
             )
             self._applied(desired)
+            on_ready()
             self.problems = []
             self.metrics.ready.set(1)
             self.ready = (True, "ok")
@@ -704,11 +708,43 @@ class Router:
         self.backoff = backoff
         self.metrics.backoff.set(backoff)
 
-    def _fighting(self) -> str:
+    def _fight(self) -> str:
         if not self.backoff:
             return ""
-        return (f"ok, but {len(self._repaired)} repairs in {BACKOFF_WINDOW:g}s: something keeps "
+        return (f"{len(self._repaired)} repairs in {BACKOFF_WINDOW:g}s: something keeps "
                 f"changing the kernel state (repairs slowed to every {self.backoff:g}s)")
+
+    def _fighting(self) -> str:
+        return f"ok, but {self._fight()}" if self.backoff else ""
+
+    def verify(self) -> bool:
+        """Check (not repair) the kernel while repairs are held back; False if it is broken.
+
+        A kernel change whose repair the backoff postpones may leave the data path
+        broken for seconds: once that is known, `readiness` says so (503 with the
+        reason), so that a Service drops the endpoint and the HA pair can move;
+        the repair sets it back.
+        """
+        try:
+            with self._lock:
+                if self.applied is None:
+                    return False
+                try:
+                    broken = [] if self._rules_match() else [
+                        "our rules in the kernel differ from the applied ones"]
+                    broken += [reason for _step, reason in self.kernel.drift(self.applied)]
+                except errors.KernelError as err:
+                    broken = [f"cannot read the kernel's state: {err}"]
+                if not broken:
+                    return True
+                why = "; ".join(broken)
+                pending = self._fight() or "the repair is pending"
+                log.warning("drift: %s; not repaired yet: %s", why, pending)
+                self.metrics.ready.set(0)
+                self.ready = (False, f"{why}; not repaired yet: {pending}")
+                return False
+        finally:
+            HEAP.release()
 
     def readiness(self) -> tuple[bool, str]:
         """Whether the kernel held the desired state at the last check (no kernel access)."""
@@ -749,13 +785,34 @@ class Router:
     # ------------------------------------------------------------------ announcements
 
     def announce(self) -> None:
-        """Announce the reserved address(es) again (SIGHUP, and after an address repair)."""
+        """Announce the reserved address(es) again (SIGHUP, and after an address repair).
+
+        The first round goes out now; the loop sends the others when they are due
+        (`announce_due`), so that it acts on kernel change events between them.
+        """
         cfg = self.applied
         if cfg is None:
             return
         log.info("announcing %s", ", ".join(str(s.address) for s in cfg.sources))
-        engine.announce_all(cfg, self.kernel.links, self.kernel.announcer, sleep=self._sleep)
         self.metrics.announcements.inc()
+        self._announce_round = 0
+        self._announce_next = self._clock()
+        self.announce_due()
+
+    def next_announcement(self) -> float | None:
+        """When the next round of announcements is due (None: none)."""
+        return self._announce_next
+
+    def announce_due(self) -> None:
+        """Send the next round of announcements if it is due."""
+        cfg = self.applied
+        if cfg is None or self._announce_next is None or self._clock() < self._announce_next:
+            return
+        more = engine.announce_round(
+            cfg, self.kernel.links, self.kernel.announcer, self._announce_round
+        )
+        self._announce_round += 1
+        self._announce_next = self._clock() + cfg.announce_interval if more else None
 
     # ------------------------------------------------------------------ metrics
 

@@ -161,7 +161,7 @@ def _router(pairs: list[ha_role.Pair],
         drift=lambda cfg: [], pair=factory,
     )
     return reconciler.Router(ENV, config.parse_wait_settings({}), kernel, metrics.Metrics(),
-                             sleep=lambda s: None)
+                             clock=hooks.pop("clock", time.monotonic))
 
 
 def test_router_standby_has_the_data_path_but_answers_not_ready() -> None:
@@ -248,12 +248,17 @@ def test_the_peer_is_no_clash_and_an_up_link_is_left_alone() -> None:
 
 def test_router_without_ha_has_no_pair() -> None:
     pairs: list[ha_role.Pair] = []
-    router = _router(pairs)
+    now = [100.0]
+    router = _router(pairs, clock=lambda: now[0])
     router.env = {k: v for k, v in ENV.items() if "HA" not in k}
     router.start()
     assert pairs == [] and router.ha is None
     assert router.readiness() == (True, "ok")
     sent = router.kernel.announcer.sent  # type: ignore[attr-defined]
+    assert sent == [("macvlan0", "192.168.12.99")]  # the first round; the loop sends the rest
+    while (due := router.next_announcement()) is not None:
+        now[0] = due
+        router.announce_due()
     assert sent == [("macvlan0", "192.168.12.99")] * config.DEFAULT_ANNOUNCE_COUNT
 
 
