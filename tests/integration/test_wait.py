@@ -363,6 +363,92 @@ def test_readyz_says_503_with_the_reason_while_the_data_path_stays_broken(
     eventually(lambda: labmod.dial(lab, "tcp", ROUTER4, 80, timeout=0.5).ok, 10, "traffic")
 
 
+# From the client pod: argv[2] slow connections to argv[1]:9090, each sending its request one
+# byte a second, for argv[3] seconds; prints how many were open at most and how many the
+# server closed.
+SLOW_FLOOD = """
+import json, resource, socket, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+host, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+request = b"GET /metrics HTTP/1.0\\r\\nHost: router\\r\\n\\r\\n"
+conns, closed, peak, end = [], 0, 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    while len(conns) < count and time.monotonic() < end:
+        s = socket.socket(); s.setblocking(False)
+        try:
+            s.connect_ex((host, 9090))
+        except OSError:
+            s.close(); break
+        conns.append([s, 0])
+    peak = max(peak, len(conns))
+    alive = []
+    for s, sent in conns:
+        try:
+            s.send(request[sent:sent + 1]); alive.append([s, sent + 1])
+        except (BlockingIOError, InterruptedError):
+            alive.append([s, sent])
+        except OSError:
+            s.close(); closed += 1
+    conns = alive
+    time.sleep(1.0)
+print(json.dumps({"peak": peak, "closed_by_server": closed}), flush=True)
+"""
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def test_a_flood_of_slow_connections_from_a_pod_cannot_exhaust_the_endpoint(
+    lab: labmod.Lab, routers: list[Router], tmp_path: Path
+) -> None:
+    # Issue 18, item 5: port 9090 is open to every pod. A thread per connection and a
+    # timeout per read let slow clients run the router to hundreds of threads. Here 1,500
+    # slow connections for 12 s: the probes are answered every time, the thread count does
+    # not move, the flood's connections are closed by the server, traffic is unaffected.
+    cm = ConfigMap(tmp_path, "80 tcp 203.0.113.25\n")
+    router = Router(lab, {**BASE, "EGRESS_DESTINATION_FILE": str(cm.path)})
+    routers.append(router)
+    router.ready()
+    assert http(lab, "/metrics")[0] == 200  # every thread the router ever runs is running
+    time.sleep(0.5)
+    calm = _threads(router.proc.pid)
+    flood = subprocess.Popen(["ip", "netns", "exec", lab.client, sys.executable, "-c",
+                              SLOW_FLOOD, ROUTER4, "1500", "12"],
+                             stdout=subprocess.PIPE, text=True)
+    watch = subprocess.Popen(
+        ["ip", "netns", "exec", lab.client, sys.executable, "-c", READYZ_WATCH,
+         f"http://{ROUTER4}:9090/readyz", "10"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        most = calm
+        for _ in range(16):
+            most = max(most, _threads(router.proc.pid))
+            time.sleep(0.5)
+        assert labmod.dial(lab, "tcp", ROUTER4, 80, timeout=2).ok  # the data path, meanwhile
+        probes, _ = watch.communicate(timeout=30)
+        flooded, _ = flood.communicate(timeout=60)
+    finally:
+        for proc in (flood, watch):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    answers = [json.loads(line) for line in probes.splitlines()]
+    figures = json.loads(flooded)
+    print(f"threads {calm} calm, at most {most} in the flood {figures}; "
+          f"/readyz answers {[code for _at, code, _body in answers].count(200)} of "
+          f"{len(answers)} 200")
+    assert figures["peak"] >= 1000  # the flood was real: the kernel took its connections
+    assert figures["closed_by_server"] >= 500  # deadlines and evictions let them go
+    assert answers and [code for _at, code, _body in answers] == [200] * len(answers)
+    assert most <= calm + 1, (calm, most)
+    assert http(lab, "/readyz") == (200, "ok\n")
+
+
 def _help_names(text: str) -> list[str]:
     return [line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")]
 
