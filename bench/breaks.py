@@ -10,6 +10,10 @@ side-by-side figures mean anything):
   (table, route, address, link down, forwarding off) a change made 1 s after
   ``/readyz`` first answered 200 ("right after start") and again 8 s later
   ("later"): seconds until a connection through the router works again;
+* drifts in a row (table, route, address, policy rule, link down, forwarding off, as
+  the integration test makes them), each as soon as traffic flowed again after the one
+  before: an address or link repair announces again (3 rounds, 1 s apart), and a drift
+  during those rounds used to wait for them (link down and forwarding off: 1.7-2.1 s);
 * a flood on the HTTP port: 1,500 connections from the client pod sending their
   request one byte a second for 12 s, with a control (the same 12 s without the
   flood): the wait process's most threads and most RSS, and the slowest and
@@ -122,6 +126,37 @@ def drift_windows(lab: labmod.Lab, probe: Prober, root: Path,
     return out
 
 
+SEQUENCE: dict[str, list[list[str]]] = {
+    "table deleted": TAMPERS["table deleted"],
+    "default route deleted": TAMPERS["default route deleted"],
+    "address deleted": TAMPERS["address deleted"],
+    "policy rule deleted": [["ip", "rule", "del", "priority", "25970"]],
+    "link set down": TAMPERS["link set down"],
+    "forwarding off": TAMPERS["forwarding off"],
+}
+
+
+def drift_sequence(lab: labmod.Lab, probe: Prober, root: Path,
+                   extra: dict[str, str]) -> dict[str, float]:
+    root.mkdir(parents=True)
+    cm = ConfigMap(root, "80 tcp 203.0.113.25\n")
+    router = Router(lab, {**ONE_RULE, "EGRESS_DESTINATION_FILE": str(cm.path), **extra})
+    out: dict[str, float] = {}
+    try:
+        probe.ask("ready")
+        time.sleep(3.0)  # past the start-up announcements
+        for kind, commands in SEQUENCE.items():
+            started = time.monotonic()
+            for argv in commands:
+                in_router(lab, *argv)
+            answer = probe.ask("reach 80")
+            out[kind] = float(answer[1]) - started if answer[0] == "ok" else float("inf")
+            log(f"drift in a row, {kind}: traffic again after {out[kind]:.2f}s")
+    finally:
+        router.terminate()
+    return out
+
+
 def flood(lab: labmod.Lab, probe: Prober, root: Path, extra: dict[str, str],
           connections: int) -> dict[str, dict[str, float]]:
     root.mkdir(parents=True)
@@ -169,6 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "host": {"cpus": os.cpu_count(), "kernel": platform.release(), "load": os.getloadavg()},
         "baseline": str(args.baseline), "rounds": args.rounds,
         "drift_s": {name: [] for name in trees}, "flood": {name: [] for name in trees},
+        "sequence_s": {name: [] for name in trees},
     }
     probe = Prober(lab)
     try:
@@ -178,6 +214,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if "drift" in args.cases:
                     doc["drift_s"][name].append(
                         drift_windows(lab, probe, tmp / f"drift-{label}", extra))
+                if "sequence" in args.cases:
+                    doc["sequence_s"][name].append(
+                        drift_sequence(lab, probe, tmp / f"sequence-{label}", extra))
                 if "flood" in args.cases:
                     doc["flood"][name].append(
                         flood(lab, probe, tmp / f"flood-{label}", extra, args.connections))
@@ -206,6 +245,13 @@ def markdown(doc: dict[str, Any]) -> str:
                 lines.append(f"| {kind} | {when} | " + " | ".join(f"{c:.2f}" for c in cells)
                              + " |")
         lines.append("")
+    if any(doc.get("sequence_s", {}).values()):
+        lines += ["## Drifts in a row: seconds until traffic flows again (median of the rounds)",
+                  "", "| drift | " + " | ".join(trees) + " |", "|---|" + "---|" * len(trees)]
+        for kind in SEQUENCE:
+            cells = [statistics.median(r[kind] for r in doc["sequence_s"][t]) for t in trees]
+            lines.append(f"| {kind} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+        lines.append("")
     if any(doc["flood"].values()):
         lines += ["## HTTP port under a flood of slow connections (worst of the rounds)", "",
                   "| tree | case | threads (max) | RSS MiB (max) | /readyz answered | not 200 "
@@ -228,14 +274,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.breaks", description=__doc__)
     parser.add_argument("--baseline", type=Path, required=True, metavar="SRC")
     parser.add_argument("--rounds", type=int, default=1, metavar="N")
-    parser.add_argument("--cases", default="drift,flood", metavar="LIST")
+    parser.add_argument("--cases", default="drift,sequence,flood", metavar="LIST")
     parser.add_argument("--connections", type=int, default=1500, metavar="N")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="breaks")
     args = parser.parse_args(argv)
     args.cases = {c.strip() for c in args.cases.split(",") if c.strip()}
-    if unknown := sorted(args.cases - {"drift", "flood"}):
-        parser.error(f"cannot run case(s) {', '.join(unknown)}: choose from drift, flood")
+    if unknown := sorted(args.cases - {"drift", "sequence", "flood"}):
+        parser.error(f"cannot run case(s) {', '.join(unknown)}: choose from drift, sequence, "
+                     "flood")
     if not (args.baseline / "egress_router").is_dir():
         parser.error("cannot compare: give --baseline SRC, a folder holding egress_router")
     doc = run(args)

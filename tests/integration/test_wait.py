@@ -328,6 +328,40 @@ def test_a_drift_right_after_the_first_200_is_repaired_on_the_kernels_event(
     assert nft_json(lab) is not None
 
 
+def test_a_drift_during_the_announcements_after_a_repair_is_repaired_meanwhile(
+    lab: labmod.Lab, routers: list[Router], tmp_path: Path
+) -> None:
+    # Issue 18, item 4: link down and forwarding off took 1.7-1.8 s when they came right
+    # after an address or link repair, whose announcements (3 rounds, 1 s apart) the main
+    # loop sat through before it looked at the next kernel event. Judged by order, from the
+    # router's own log: the forwarding repair comes before the repair's last announcement.
+    cm = ConfigMap(tmp_path, "80 tcp 203.0.113.25\n")
+    router = Router(lab, {**BASE, "EGRESS_DESTINATION_FILE": str(cm.path),
+                          "EGRESS_ANNOUNCE_COUNT": "2", "EGRESS_ANNOUNCE_INTERVAL": "4",
+                          "EGRESS_ROUTER_RECONCILE_SECONDS": "3600",
+                          "EGRESS_ROUTER_DEBUG": "true"})
+    routers.append(router)
+    router.ready()
+    time.sleep(4.5)  # past the start-up's second round
+
+    def flows() -> bool:
+        result = labmod.dial(lab, "tcp", ROUTER4, 80, timeout=0.5)
+        return result.ok and str(result.peer_ip) == SOURCE4
+
+    tamper = ["ip", "address", "del", "192.168.12.99/24", "dev", "macvlan0"]
+    assert labmod.run_in(lab.router, tamper).returncode == 0
+    eventually(flows, 30, "traffic after the address was deleted")
+    assert labmod.run_in(lab.router, ["sysctl", "-qw", "net.ipv4.ip_forward=0"]).returncode == 0
+    eventually(flows, 30, "traffic after forwarding was turned off")
+    time.sleep(4.5)  # the address repair's last round is out by now
+    lines = router.stop().splitlines()
+    forwarding = [i for i, line in enumerate(lines) if "ip_forward is not 1; repairing" in line]
+    last_rounds = [i for i, line in enumerate(lines) if "192.168.12.99 on macvlan0" in line
+                   and line.endswith("(2/2)")]
+    assert forwarding and len(last_rounds) == 2, "\n".join(lines)
+    assert forwarding[0] < last_rounds[1], "\n".join(lines[last_rounds[0] - 5:])
+
+
 def test_readyz_says_503_with_the_reason_while_the_data_path_stays_broken(
     lab: labmod.Lab, routers: list[Router], tmp_path: Path
 ) -> None:
