@@ -190,3 +190,49 @@ def test_a_healed_partition_leaves_exactly_one_holder_within_a_second(
     holder = halab.holders(pair)
     assert len(holder) == 1
     assert halab.count_switchovers(pair, 1.0, holder[0]) == 0
+
+
+def _metric(text: str, name: str) -> float:
+    found = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(found[0]) if found else 0.0
+
+
+def test_a_foreign_vrrp_speaker_is_named_by_the_standby_status_metrics_and_one_log_line(
+    pair: halab.HaLab,
+) -> None:
+    # Issue 18, item 7: a host on the egress L2 advertising the pair's VRID and address at
+    # priority 255 from its own address, 20 a second for 5 s.
+    active = halab.settle(pair)
+    standby = "r2" if active == "r1" else "r1"
+    halab.standby_ready(pair, standby)
+    logs = {r: pair.logs[r][-1].read_text(errors="replace") for r in halab.REPLICAS}
+    speaker = halab.foreign_speaker(pair, seconds=5.0)
+    try:
+        halab.wait_for(lambda: "foreign VRRP speaker" in _get(pair, standby, "/readyz")[1],
+                       4.0, "see the standby name the foreign speaker", step=0.2)
+        code, text = _get(pair, standby, "/readyz")
+        assert code == 503 and text.startswith("standby; a foreign VRRP speaker: "
+                                               f"{halab.GATEWAY} advertises VRID {halab.VRID} "
+                                               "at priority 255"), text
+        _code, scrape = _get(pair, standby, "/metrics")
+        assert _metric(scrape, "egress_router_ha_foreign_adverts_total") > 0
+        assert _metric(scrape, "egress_router_ha_foreign_last_seen_timestamp_seconds") > 0
+        cp = world.run_in(pair.ns(standby), [sys.executable, "-m", "egress_router", "status",
+                                             "--json"],
+                          env={**processes._base_env(), **halab.router_env()}, timeout=60)
+        report = json.loads(cp.stdout)
+        assert report["ha"]["foreign_speaker"]["address"] == halab.GATEWAY
+        assert any("foreign VRRP speaker" in p for p in report["problems"]), report["problems"]
+    finally:
+        sent, _ = speaker.communicate(timeout=30)
+    print(f"{sent.strip()} foreign adverts sent")
+    for replica in halab.REPLICAS:
+        added = pair.logs[replica][-1].read_text(errors="replace")[len(logs[replica]):]
+        ours = [line for line in added.splitlines() if "a foreign VRRP speaker on VRID" in line]
+        assert len(ours) == 1, (replica, ours)
+    # Once it is quiet, one replica holds the address again and the standby is just that.
+    halab.wait_for(lambda: len(halab.holders(pair)) == 1, 10.0, "see one holder again")
+    holder = halab.holders(pair)[0]
+    other = "r2" if holder == "r1" else "r1"
+    halab.wait_for(lambda: _get(pair, other, "/readyz") == (503, "standby\n"), 10.0,
+                   "see the standby plain again", step=0.2)
