@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from egress_router.router import metrics
+
 log = logging.getLogger(__name__)
 
 HTTP_LINE = 8192  # longest request or header line read
@@ -49,7 +51,7 @@ BACKLOG = 1024  # connections the kernel queues between two turns of the loop
 MAX_CONNECTIONS = 512  # kept open at once (bounded further by the open-files limit)
 ACCEPT_BATCH = 256  # accepted per turn of the loop
 TICK = 0.25  # the loop's longest sleep: deadlines are looked at this often
-METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+METRICS_TYPE = metrics.CONTENT_TYPE
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             500: "Internal Server Error", 503: "Service Unavailable"}
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
