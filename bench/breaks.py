@@ -1,4 +1,4 @@
-"""``python -m bench.breaks --baseline SRC``: the figures of issue 18, this tree against another.
+"""``python -m bench breaks --baseline SRC``: the figures of issue 18, this tree against another.
 
 Two measurements, each made with the package at ``SRC`` (the ``src`` folder of
 another checkout, e.g. ``git worktree add /tmp/base main``) and with this one,
@@ -19,26 +19,25 @@ side-by-side figures mean anything):
   flood): the wait process's most threads and most RSS, and the slowest and
   median ``/readyz`` answer (a probe every 0.1 s, as a kubelet asks).
 
-Results go to ``bench/results/breaks.json`` and ``breaks.md``. Needs root; not in CI.
+Results go to ``bench/results/breaks.json`` and ``breaks.md`` (``--name``). Needs root; not
+in CI.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.wait import RESULTS, ROUTER4, TAMPERS, ConfigMap, Prober, Router, in_router, log
+from bench import results, stats
+from bench.wait import ROUTER4, TAMPERS, ConfigMap, Prober, Router, in_router, log
 from egress_router.lab import world as labmod
 
 DRIFT_KINDS = tuple(k for k in TAMPERS)  # table, route, address, link, forwarding
@@ -233,14 +232,14 @@ def markdown(doc: dict[str, Any]) -> str:
              f"Host: {doc['host']['cpus']} CPUs, kernel {doc['host']['kernel']}, load "
              f"{doc['host']['load'][0]:.1f} at start, {doc['host'].get('load_end', [0])[0]:.1f} "
              f"at the end; {doc['rounds']} round(s), alternating. Command: "
-             "`python -m bench.breaks --baseline SRC`.", ""]
+             "`python -m bench breaks --baseline SRC`.", ""]
     if any(doc["drift_s"].values()):
         lines += ["## Drift: seconds until traffic flows again (median of the rounds)", "",
                   "| drift | when | " + " | ".join(trees) + " |",
                   "|---|---|" + "---|" * len(trees)]
         for kind in DRIFT_KINDS:
             for when in ("right after start", "later"):
-                cells = [statistics.median(r[kind][when] for r in doc["drift_s"][t])
+                cells = [stats.median(r[kind][when] for r in doc["drift_s"][t])
                          for t in trees]
                 lines.append(f"| {kind} | {when} | " + " | ".join(f"{c:.2f}" for c in cells)
                              + " |")
@@ -249,7 +248,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["## Drifts in a row: seconds until traffic flows again (median of the rounds)",
                   "", "| drift | " + " | ".join(trees) + " |", "|---|" + "---|" * len(trees)]
         for kind in SEQUENCE:
-            cells = [statistics.median(r[kind] for r in doc["sequence_s"][t]) for t in trees]
+            cells = [stats.median(r[kind] for r in doc["sequence_s"][t]) for t in trees]
             lines.append(f"| {kind} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
         lines.append("")
     if any(doc["flood"].values()):
@@ -265,33 +264,29 @@ def markdown(doc: dict[str, Any]) -> str:
                     f"{sum(r['readyz_answers'] for r in rows)} | "
                     f"{sum(r['readyz_not_200'] for r in rows)} | "
                     f"{max(r['readyz_slowest_s'] for r in rows) * 1000:.0f} ms | "
-                    f"{statistics.median(r['readyz_median_s'] for r in rows) * 1000:.0f} ms | "
+                    f"{stats.median(r['readyz_median_s'] for r in rows) * 1000:.0f} ms | "
                     f"{'ok' if all(r['traffic_after'] for r in rows) else 'FAILED'} |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.breaks", description=__doc__)
-    parser.add_argument("--baseline", type=Path, required=True, metavar="SRC")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--baseline", type=Path, default=None, metavar="SRC",
+                        help="the src folder of another checkout, measured side by side")
     parser.add_argument("--rounds", type=int, default=1, metavar="N")
-    parser.add_argument("--cases", default="drift,sequence,flood", metavar="LIST")
-    parser.add_argument("--connections", type=int, default=1500, metavar="N")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="breaks")
-    args = parser.parse_args(argv)
+    parser.add_argument("--cases", default="drift,sequence,flood", metavar="LIST",
+                        help="comma-separated: drift, sequence, flood (default: all)")
+    parser.add_argument("--connections", type=int, default=1500, metavar="N",
+                        help="slow connections of the flood (default 1,500)")
+    parser.add_argument("--name", default="breaks", help="results file name (default: breaks)")
+
+
+def run_suite(args: argparse.Namespace) -> results.Outcome:
     args.cases = {c.strip() for c in args.cases.split(",") if c.strip()}
     if unknown := sorted(args.cases - {"drift", "sequence", "flood"}):
-        parser.error(f"cannot run case(s) {', '.join(unknown)}: choose from drift, sequence, "
-                     "flood")
-    if not (args.baseline / "egress_router").is_dir():
-        parser.error("cannot compare: give --baseline SRC, a folder holding egress_router")
+        raise SystemExit(f"python -m bench breaks: error: cannot run case(s) "
+                         f"{', '.join(unknown)}: choose from drift, sequence, flood")
+    if args.baseline is None or not (args.baseline / "egress_router").is_dir():
+        raise SystemExit("python -m bench breaks: error: cannot compare: give --baseline SRC, "
+                         "a folder holding egress_router")
     doc = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(markdown(doc))
-    print(markdown(doc))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return results.Outcome(args.name, doc, markdown(doc))
