@@ -372,10 +372,10 @@ class Router:
                     raise engine.ApplyError(str(err)) from None
         return desired
 
-    def _applied(self, desired: config.Config) -> None:
+    def _applied(self, desired: config.Config, before: int | None = None) -> None:
         self.applied = desired
         self._applied_at = self._clock()
-        self._remember_rules()
+        self._remember_rules(before)
         self.generation += 1
         self.metrics.generation.set(self.generation)
         self.metrics.last_apply.set(self._wall())
@@ -383,12 +383,17 @@ class Router:
         self.metrics.applies.labels(result="ok").inc()
         HEAP.release()
 
-    def _remember_rules(self) -> None:
+    def _remember_rules(self, before: int | None = None) -> None:
         """Note that our rules are those just committed.
 
         Listing 10,000 rules back (the fingerprint) takes a second, so it is
         deferred to `settle`, idle work of the loop; until then the nftables
-        generation says whether anything was committed after ours.
+        generation says whether anything was committed after ours. ``before``:
+        the generation read right before our one transaction. Anything but
+        ``before + 1`` now means another commit came in between (one that may
+        have deleted our table a moment after we wrote it): then nothing is
+        taken as verified, and the next check applies the rules again, instead
+        of trusting a generation that already counts the deletion.
         """
         generation = self.kernel.generation()
         if generation is None:  # no generation to go by: fingerprint now
@@ -396,7 +401,18 @@ class Router:
             self._verified = None
             return
         self.expected = None
+        if before is not None and generation != before + 1:
+            log.info("another nftables commit came with ours (generation %d -> %d); "
+                     "checking our rules again", before, generation)
+            self._verified = None
+            return
         self._verified = generation
+
+    def _generation_before(self) -> int | None:
+        """The generation before a commit of ours, when that commit is one transaction."""
+        if self.kernel.firewall.name != engine.NftablesFirewall.name:
+            return None  # iptables: one restore per family, several commits
+        return self.kernel.generation()
 
     def settle(self, *, background: bool = False) -> bool:
         """Take the fingerprint the last apply deferred, if it is still due; True if taken.
@@ -524,22 +540,24 @@ class Router:
                 log.info("no change to the rules")
                 return False
             try:
-                self._transaction(old, desired)
+                before = self._transaction(old, desired)
             except errors.KernelError as err:
                 log.error("cannot apply the new rules: %s; the running rules stay", err)
                 self.metrics.applies.labels(result="failed").inc()
                 return False
-            self._applied(desired)
+            self._applied(desired, before)
         if edited and old is not None and self.parsed is not None:
             self._cut_removed(old, self.parsed)
         return True
 
-    def _transaction(self, old: config.Config | None, desired: config.Config) -> None:
+    def _transaction(self, old: config.Config | None, desired: config.Config) -> int | None:
+        """Commit ``desired``; the generation read right before the commit (`_remember_rules`)."""
         firewall = self.kernel.firewall
         if old is not None and self._rules_match():
             try:
+                before = self._generation_before()
                 if firewall.update(old, desired):
-                    return
+                    return before
             except errors.KernelError as err:
                 log.warning("cannot update the rules in place (%s); replacing them whole", err)
         elif old is not None:
@@ -550,7 +568,9 @@ class Router:
         # No `nft -c` first: an nft apply is one transaction, which the kernel checks
         # whole before it commits any of it (a refused one leaves the running rules),
         # and at 10,000 rules a check costs as much as the apply.
+        before = self._generation_before()
         firewall.apply(desired)
+        return before
 
     def _cut_removed(self, old: config.Config, new_parsed: config.Config) -> None:
         """Delete the conntrack entries of rules (and fallbacks) the edit took away, in one pass."""
@@ -624,8 +644,9 @@ class Router:
                 try:
                     # No `nft -c` first: this very ruleset went in before, and the apply is
                     # one transaction anyway (at 10,000 rules the check costs as much again).
+                    before = self._generation_before()
                     firewall.apply(desired)
-                    self._remember_rules()
+                    self._remember_rules(before)
                     self.metrics.repairs.labels(kind="ruleset").inc()
                     repaired += 1
                 except errors.KernelError as err:

@@ -304,6 +304,44 @@ def test_the_fingerprint_is_taken_when_idle_and_a_commit_before_it_means_reapply
     assert len(h.runner.applied) == applied + 1
 
 
+def test_a_commit_between_our_repair_and_the_generation_read_is_not_taken_for_ours(
+    tmp_path: Path,
+) -> None:
+    # Found by the fight of issue 18, item 3: the table deleted right after a repair's
+    # commit and before the router read the generation back. The router took that
+    # generation (which counts the deletion) for its own rules: /readyz said ok and no
+    # check ever re-applied them. A generation that moved by more than our one commit is
+    # not trusted.
+    h = Harness(tmp_path)
+    generation = [1]
+    run = h.runner.run
+    deleted_after = [False]
+
+    def committing(script: str, *, check_only: bool = False) -> None:
+        run(script, check_only=check_only)
+        generation[0] += 0 if check_only else 1
+        if deleted_after[0]:  # someone's deletion lands before our read
+            deleted_after[0] = False
+            generation[0] += 1
+            h.runner.applied.append("table deleted")
+
+    h.runner.run = committing  # type: ignore[method-assign]
+    h.router.kernel.generation = lambda: generation[0]
+    h.router.start()
+    generation[0] += 1  # the table deleted: a kernel event, then a check
+    h.runner.applied.append("table deleted")
+    deleted_after[0] = True
+    assert h.router.reconcile() == []
+    applied = len(h.runner.applied)
+    # The next check (the deletion's own event) does not trust the generation: re-applied.
+    assert h.router.reconcile() == []
+    assert len(h.runner.applied) == applied + 1
+    assert h.runner.applied[-1] != "table deleted"
+    # The control: a repair nobody interleaved with is trusted (nothing applied again).
+    assert h.router.reconcile() == []
+    assert len(h.runner.applied) == applied + 1
+
+
 def test_a_fight_over_the_kernel_state_backs_off_and_is_reported(harness: Harness) -> None:
     cfg = harness.router.applied
     assert cfg is not None
