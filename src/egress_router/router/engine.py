@@ -148,6 +148,13 @@ def make_firewall(backend: config.Backend) -> Firewall:
     return NftablesFirewall(nft.NftCommand())
 
 
+def stale_firewall(backend: config.Backend) -> Firewall:
+    """The other backend, whose rules a setup with ``backend`` removes (a switch of backend)."""
+    other = (config.Backend.IPTABLES if backend is config.Backend.NFTABLES
+             else config.Backend.NFTABLES)
+    return make_firewall(other)
+
+
 @dataclass
 class Timings:
     """Seconds spent in each stage of a setup, in order (for logs and benchmarks)."""

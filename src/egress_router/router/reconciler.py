@@ -73,11 +73,6 @@ class Edges:
 
 def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
     """The kernel of the current network namespace."""
-    other = (
-        config.Backend.IPTABLES
-        if backend is config.Backend.NFTABLES
-        else config.Backend.NFTABLES
-    )
     links = observe.CheckedNetlink()
     counters: Callable[[], Iterable[str]] | None = None
     if backend is config.Backend.NFTABLES:
@@ -93,7 +88,7 @@ def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
         conntrack=conntrack.CtNetlink(),
         resolver=resolve.DnsResolver(min_ttl=settings.dns_min_ttl, max_ttl=settings.dns_max_ttl),
         counters=counters,
-        stale=engine.make_firewall(other),
+        stale=engine.stale_firewall(backend),
         generation=nft.generation,
         prepare=links.prepare,
         stats=conntrack.read_stats,
