@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from egress_router.kernel import (
     vrrp,
 )
 from egress_router.kernel.memory import HEAP
-from egress_router.router import capacity, engine, metrics, resolve
+from egress_router.router import capacity, engine, metrics, pacing, resolve
 from egress_router.router import ha as ha_role
 
 log = logging.getLogger(__name__)
@@ -127,9 +126,6 @@ class _Pending:
 
 
 SETTLE_AFTER = 2.0  # seconds after an apply before its fingerprint is taken (in the background)
-BACKOFF_WINDOW = 30.0  # seconds over which repairs are counted
-BACKOFF_AFTER = 10  # reconciles that repaired something (in the window) before slowing down
-BACKOFF_FIRST = 0.5  # the first delay, doubled with every further repairing reconcile
 
 
 def _kind(step: plan.Step) -> str:
@@ -219,8 +215,7 @@ class Router:
         # What /readyz answers: the last check's verdict, so that a probe never waits on
         # the kernel or on the lock (an apply of 10,000 rules holds it for a second).
         self.ready: tuple[bool, str] = (False, "rules not applied yet")
-        self._repaired: deque[float] = deque()  # when reconciles repaired something
-        self.backoff = 0.0  # how long event-driven reconciles wait now (0: none)
+        self.pacer = pacing.Pacer(settings.reconcile, clock)  # repairs slowed while fought
         self._pod_routes: PodRoutes = ()
         self._source: tuple[int, int, int, int] | None = None
         self._digest: str | None = None
@@ -703,33 +698,16 @@ class Router:
             return set()
         return set(steps)
 
+    @property
+    def backoff(self) -> float:
+        """How long event-driven reconciles wait now (0: none; `pacing`)."""
+        return self.pacer.backoff
+
     def _pace(self, repaired: int) -> None:
-        """Slow event-driven reconciles down while something keeps undoing our repairs."""
-        now = self._clock()
-        if repaired:
-            self._repaired.append(now)
-        while self._repaired and self._repaired[0] < now - BACKOFF_WINDOW:
-            self._repaired.popleft()
-        excess = len(self._repaired) - BACKOFF_AFTER
-        backoff = (
-            min(self.settings.reconcile, BACKOFF_FIRST * 2 ** (excess - 1)) if excess > 0 else 0.0
-        )
-        if backoff and backoff != self.backoff:
-            log.warning(
-                "%d repairs in the last %gs: something keeps changing the router's kernel "
-                "state; repairing at most every %gs until it stops (find what fights the router)",
-                len(self._repaired), BACKOFF_WINDOW, backoff,
-            )
-        elif self.backoff and not backoff:
-            log.info("the kernel state has stayed put: repairs follow changes at once again")
-        self.backoff = backoff
-        self.metrics.backoff.set(backoff)
+        self.metrics.backoff.set(self.pacer.note(repaired))
 
     def _fight(self) -> str:
-        if not self.backoff:
-            return ""
-        return (f"{len(self._repaired)} repairs in {BACKOFF_WINDOW:g}s: something keeps "
-                f"changing the kernel state (repairs slowed to every {self.backoff:g}s)")
+        return self.pacer.fight()
 
     def _fighting(self) -> str:
         return f"ok, but {self._fight()}" if self.backoff else ""

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.core import config, plan, ruleset
 from egress_router.kernel import conntrack
-from egress_router.router import reconciler, resolve
+from egress_router.router import pacing, reconciler, resolve
 from support.router import FakeResolver, Harness
 
 
@@ -347,22 +347,22 @@ def test_a_fight_over_the_kernel_state_backs_off_and_is_reported(harness: Harnes
     assert cfg is not None
     default = next(s for s in plan.plan_interfaces(cfg) if isinstance(s, plan.SetRoute))
     harness.drifted = [(default, "no default route")]
-    for _ in range(reconciler.BACKOFF_AFTER):
+    for _ in range(pacing.BACKOFF_AFTER):
         harness.clock.now += 0.5
         assert harness.router.reconcile() == []
     assert harness.router.backoff == 0
     harness.clock.now += 0.5
     harness.router.reconcile()
-    assert harness.router.backoff == reconciler.BACKOFF_FIRST
+    assert harness.router.backoff == pacing.BACKOFF_FIRST
     harness.clock.now += 0.5
     harness.router.reconcile()
-    assert harness.router.backoff == 2 * reconciler.BACKOFF_FIRST
-    assert harness.value("egress_router_drift_backoff_seconds") == 2 * reconciler.BACKOFF_FIRST
+    assert harness.router.backoff == 2 * pacing.BACKOFF_FIRST
+    assert harness.value("egress_router_drift_backoff_seconds") == 2 * pacing.BACKOFF_FIRST
     ready, why = harness.router.readiness()
     assert ready and "something keeps changing the kernel state" in why
     # It stops fighting: once the window has passed, repairs follow changes at once again.
     harness.drifted = []
-    harness.clock.now += reconciler.BACKOFF_WINDOW + 1
+    harness.clock.now += pacing.BACKOFF_WINDOW + 1
     harness.router.reconcile()
     assert harness.router.backoff == 0
     assert harness.router.readiness() == (True, "ok")
