@@ -13,10 +13,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from egress_router.core import config, digest, drift, listing, plan
+from egress_router.core import config, digest, drift, plan
 from egress_router.kernel import (
     announce,
     conntrack,
@@ -30,7 +30,7 @@ from egress_router.kernel import (
     vrrp,
 )
 from egress_router.kernel.memory import HEAP
-from egress_router.router import capacity, engine, metrics, pacing, resolve
+from egress_router.router import capacity, engine, metrics, pacing, resolve, scrape
 from egress_router.router import ha as ha_role
 
 log = logging.getLogger(__name__)
@@ -225,11 +225,8 @@ class Router:
         self.ha: ha_role.Pair | None = None  # EGRESS_ROUTER_HA=vrrp
         self._announce_round = 0
         self._announce_next: float | None = None  # when the next round is due (None: none)
-        registry.registry.collector(
-            "the rule series", [name for name, _kind, _help in metrics.RULE_FAMILIES],
-            self._write_rules,
-        )
-        registry.registry.collector("the NAT capacity", capacity.FAMILIES, self._write_capacity)
+        self.scrape = scrape.Scrape(registry, kernel, lambda: self.applied,
+                                    settings.metrics_rules, self.sampler)
 
     # ------------------------------------------------------------------ start
 
@@ -811,51 +808,6 @@ class Router:
 
     # ------------------------------------------------------------------ metrics
 
-    def _flows(self, cfg: config.Config) -> Iterator[conntrack.Flow]:
-        for family in cfg.families():
-            yield from self.kernel.conntrack.flows(family)
-
     def write_rule_metrics(self, write: Callable[[str], object]) -> None:
-        """The whole scrape: the aggregate gauges read now, then every family of the registry.
-
-        Cheap at any size: the conntrack count is one read; the rule counters
-        (one ``nft`` listing) only while the ruleset is within the series limit.
-        """
-        cfg = self.applied
-        self.metrics.conntrack_entries.set(self.kernel.conntrack.count() or 0)
-        self.metrics.rule_series.set(1 if self._series_enabled(cfg) else 0)
-        try:
-            self.metrics.registry.write(write)
-        finally:
-            HEAP.release()
-
-    def _series_enabled(self, cfg: config.Config | None) -> bool:
-        return (
-            cfg is not None
-            and self.kernel.counters is not None
-            and 0 < len(cfg.destinations.rules) <= self.settings.metrics_rules
-        )
-
-    def _sample(self, cfg: config.Config) -> capacity.Sample | None:
-        return self.sampler.latest(cfg, lambda: self._flows(cfg))
-
-    def _write_rules(self, out: metrics.Writer) -> None:
-        """The per-rule families (a collector of the registry), while they are enabled."""
-        cfg = self.applied
-        if cfg is None or not self._series_enabled(cfg) or self.kernel.counters is None:
-            return
-        try:
-            counters: listing.Counters = listing.read_counters(self.kernel.counters())
-        except errors.KernelError as err:
-            log.warning("cannot read rule counters: %s", err)
-            counters = {}
-        sample = self._sample(cfg)
-        active = sample.active if sample is not None else {}
-        metrics.write_rule_metrics(out, cfg, counters, active)
-
-    def _write_capacity(self, out: metrics.Writer) -> None:
-        """The NAT port space and conntrack's failures (a collector of the registry)."""
-        cfg = self.applied
-        if cfg is None:
-            return
-        capacity.write_metrics(out, self._sample(cfg), self.kernel.stats())
+        """The whole scrape (`scrape.Scrape.write`)."""
+        self.scrape.write(write)
