@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from egress_router.core import config, digest, drift, plan
+from egress_router.core import config, drift, plan
 from egress_router.kernel import (
     announce,
     conntrack,
@@ -30,7 +29,7 @@ from egress_router.kernel import (
     vrrp,
 )
 from egress_router.kernel.memory import HEAP
-from egress_router.router import capacity, engine, metrics, pacing, resolve, scrape
+from egress_router.router import capacity, destfile, engine, metrics, pacing, resolve, scrape
 from egress_router.router import ha as ha_role
 
 log = logging.getLogger(__name__)
@@ -217,8 +216,7 @@ class Router:
         self.ready: tuple[bool, str] = (False, "rules not applied yet")
         self.pacer = pacing.Pacer(settings.reconcile, clock)  # repairs slowed while fought
         self._pod_routes: PodRoutes = ()
-        self._source: tuple[int, int, int, int] | None = None
-        self._digest: str | None = None
+        self.file = destfile.DestinationFile(lambda: self.env)  # EGRESS_DESTINATION_FILE, polled
         self.generation = 0
         # live connections and the NAT's port space: one conntrack pass per interval
         self.sampler = capacity.Sampler(settings.sample, clock=clock)
@@ -232,16 +230,12 @@ class Router:
 
     @property
     def path(self) -> str | None:
-        return self.env.get(config.ENV_DESTINATION_FILE, "").strip() or None
+        return self.file.path
 
     def load(self) -> config.Config:
         """Read and validate the configuration; `config.ConfigError` when it is bad."""
-        if self.path is not None:
-            self._source = self._stat(self.path)
-        text = self._read() if self.path is not None else None
+        text = self.file.first()
         cfg = files.load_config(self.env, None if text is None else lambda _path: text)
-        if text is not None:
-            self._digest = digest.sha256_hex(text.encode())
         self.parsed = cfg
         self.metrics.names(cfg.destinations.hosts())
         return cfg
@@ -461,35 +455,14 @@ class Router:
 
     # ------------------------------------------------------------------ the destination file
 
-    @staticmethod
-    def _stat(path: str) -> tuple[int, int, int, int] | None:
-        try:
-            st = os.stat(path)  # follows the ConfigMap's ..data symlink
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def _read(self) -> str:
-        assert self.path is not None
-        _variable, text = files.read_destination_text(self.env)
-        return text
-
     def poll_file(self) -> bool:
         """Apply the destination file if it changed; True if new rules were applied."""
-        if self.path is None:
-            return False
-        source = self._stat(self.path)
-        if source == self._source:
-            return False
-        self._source = source
         try:
-            text = self._read()
+            text = self.file.changed()
         except config.ConfigError as err:
             return self._refuse(err)
-        text_digest = digest.sha256_hex(text.encode())
-        if text_digest == self._digest:
+        if text is None:
             return False
-        self._digest = text_digest
         try:
             cfg = config.load_config(self.env, lambda _path: text)
         except config.ConfigError as err:
