@@ -29,7 +29,16 @@ from egress_router.kernel import (
     vrrp,
 )
 from egress_router.kernel.memory import HEAP
-from egress_router.router import capacity, destfile, engine, metrics, pacing, resolve, scrape
+from egress_router.router import (
+    capacity,
+    destfile,
+    engine,
+    fingerprint,
+    metrics,
+    pacing,
+    resolve,
+    scrape,
+)
 from egress_router.router import ha as ha_role
 
 log = logging.getLogger(__name__)
@@ -124,7 +133,6 @@ class _Pending:
             self.links.apply(step)
 
 
-SETTLE_AFTER = 2.0  # seconds after an apply before its fingerprint is taken (in the background)
 
 
 def _kind(step: plan.Step) -> str:
@@ -206,10 +214,7 @@ class Router:
         self.dns = resolve.Cache(kernel.resolver, retry=settings.dns_min_ttl, clock=clock)
         self.parsed: config.Config | None = None  # the configuration, names unresolved
         self.applied: config.Config | None = None  # what the kernel got, names resolved
-        self.expected: str | None = None  # fingerprint of our rules right after that apply
-        self._verified: int | None = None  # nftables generation at which they last matched
-        self._settling: threading.Thread | None = None  # `settle` in the background
-        self._applied_at = float("-inf")  # when the last apply was made (clock)
+        self.rules = fingerprint.OurRules(kernel, self._lock, clock)  # still ours?
         self.problems: list[str] = ["not started"]
         # What /readyz answers: the last check's verdict, so that a probe never waits on
         # the kernel or on the lock (an apply of 10,000 rules holds it for a second).
@@ -355,8 +360,7 @@ class Router:
 
     def _applied(self, desired: config.Config, before: int | None = None) -> None:
         self.applied = desired
-        self._applied_at = self._clock()
-        self._remember_rules(before)
+        self.rules.remember(before)
         self.generation += 1
         self.metrics.generation.set(self.generation)
         self.metrics.last_apply.set(self._wall())
@@ -364,94 +368,14 @@ class Router:
         self.metrics.applies.labels(result="ok").inc()
         HEAP.release()
 
-    def _remember_rules(self, before: int | None = None) -> None:
-        """Note that our rules are those just committed.
-
-        Listing 10,000 rules back (the fingerprint) takes a second, so it is
-        deferred to `settle`, idle work of the loop; until then the nftables
-        generation says whether anything was committed after ours. ``before``:
-        the generation read right before our one transaction. Anything but
-        ``before + 1`` now means another commit came in between (one that may
-        have deleted our table a moment after we wrote it): then nothing is
-        taken as verified, and the next check applies the rules again, instead
-        of trusting a generation that already counts the deletion.
-        """
-        generation = self.kernel.generation()
-        if generation is None:  # no generation to go by: fingerprint now
-            self.expected = self.kernel.firewall.fingerprint()
-            self._verified = None
-            return
-        self.expected = None
-        if before is not None and generation != before + 1:
-            log.info("another nftables commit came with ours (generation %d -> %d); "
-                     "checking our rules again", before, generation)
-            self._verified = None
-            return
-        self._verified = generation
-
-    def _generation_before(self) -> int | None:
-        """The generation before a commit of ours, when that commit is one transaction."""
-        if self.kernel.firewall.name != engine.NftablesFirewall.name:
-            return None  # iptables: one restore per family, several commits
-        return self.kernel.generation()
-
     def settle(self, *, background: bool = False) -> bool:
-        """Take the fingerprint the last apply deferred, if it is still due; True if taken.
+        """Take the fingerprint the last apply deferred (`fingerprint.OurRules.settle`)."""
+        return self.rules.settle(background=background)
 
-        ``background`` (the loop): list the table in a thread of its own, not
-        holding the lock, and keep the fingerprint only if no commit came in the
-        meantime. At 10,000 rules the listing takes nft one to two seconds, which
-        an edit arriving right after the last one would otherwise wait for; and
-        only `SETTLE_AFTER` seconds after the last apply, so that it does not
-        compete for the CPU with edits that come in a row. Returns False at once.
-        """
-        if self.expected is not None or self._verified is None:
-            return False
-        if background:
-            if self._clock() - self._applied_at < SETTLE_AFTER:
-                return False
-            if self._settling is None or not self._settling.is_alive():
-                self._settling = threading.Thread(
-                    target=self._settle_from, args=(self._verified,), name="settle", daemon=True
-                )
-                self._settling.start()
-            return False
-        with self._lock:
-            before = self.kernel.generation()
-            if before != self._verified:
-                return False  # a commit came first: `_rules_match` re-applies to be sure
-            fingerprint = self.kernel.firewall.fingerprint()
-            if self.kernel.generation() == before:
-                self.expected = fingerprint
-        HEAP.release()
-        return True
-
-    def _settle_from(self, token: int) -> None:
-        capacity.become_idle_work()  # the fingerprint's nft too
-        try:
-            if self.kernel.generation() != token:
-                return
-            fingerprint = self.kernel.firewall.fingerprint()
-        except errors.KernelError as err:
-            log.debug("cannot take the fingerprint of our rules: %s", err)
-            return
-        with self._lock:
-            # Still the apply it was taken for, and nothing committed while nft listed it.
-            if self.expected is None and self._verified == token == self.kernel.generation():
-                self.expected = fingerprint
-        del fingerprint
-        HEAP.release()
-
-    def _rules_match(self) -> bool:
-        """Whether our rules in the kernel are still those of the last apply."""
-        generation = self.kernel.generation()
-        if generation is not None and generation == self._verified:
-            return True  # no nftables commit at all since they last matched
-        if self.expected is None:
-            return False  # committed over before we could take their fingerprint
-        matches = self.kernel.firewall.fingerprint() == self.expected
-        self._verified = generation if matches else None
-        return matches
+    @property
+    def expected(self) -> str | None:
+        """The fingerprint of our rules right after the last apply (None: not taken yet)."""
+        return self.rules.expected
 
     # ------------------------------------------------------------------ the destination file
 
@@ -511,11 +435,11 @@ class Router:
         return True
 
     def _transaction(self, old: config.Config | None, desired: config.Config) -> int | None:
-        """Commit ``desired``; the generation read right before the commit (`_remember_rules`)."""
+        """Commit ``desired``; the generation read right before it (`OurRules.remember`)."""
         firewall = self.kernel.firewall
-        if old is not None and self._rules_match():
+        if old is not None and self.rules.match():
             try:
-                before = self._generation_before()
+                before = self.rules.generation_before()
                 if firewall.update(old, desired):
                     return before
             except errors.KernelError as err:
@@ -528,7 +452,7 @@ class Router:
         # No `nft -c` first: an nft apply is one transaction, which the kernel checks
         # whole before it commits any of it (a refused one leaves the running rules),
         # and at 10,000 rules a check costs as much as the apply.
-        before = self._generation_before()
+        before = self.rules.generation_before()
         firewall.apply(desired)
         return before
 
@@ -594,7 +518,7 @@ class Router:
                 return ["no rules applied yet"]
             firewall = self.kernel.firewall
             try:
-                matches = self._rules_match()
+                matches = self.rules.match()
             except errors.KernelError as err:
                 matches = False
                 log.warning("cannot read our rules back: %s", err)
@@ -604,9 +528,9 @@ class Router:
                 try:
                     # No `nft -c` first: this very ruleset went in before, and the apply is
                     # one transaction anyway (at 10,000 rules the check costs as much again).
-                    before = self._generation_before()
+                    before = self.rules.generation_before()
                     firewall.apply(desired)
-                    self._remember_rules(before)
+                    self.rules.remember(before)
                     self.metrics.repairs.labels(kind="ruleset").inc()
                     repaired += 1
                 except errors.KernelError as err:
@@ -695,7 +619,7 @@ class Router:
                 if self.applied is None:
                     return False
                 try:
-                    broken = [] if self._rules_match() else [
+                    broken = [] if self.rules.match() else [
                         "our rules in the kernel differ from the applied ones"]
                     broken += [reason for _step, reason in self.kernel.drift(self.applied)]
                 except errors.KernelError as err:
@@ -731,7 +655,7 @@ class Router:
             if self.ha is not None and (gate := self.ha.readiness()) is not None:
                 return gate  # the standby's data path is ready, but the Service must skip it
             try:
-                if not self._rules_match():
+                if not self.rules.match():
                     return False, "our rules in the kernel differ from the applied ones"
                 drifted = self.kernel.drift(self.applied)
             except errors.KernelError as err:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.core import config, plan, ruleset
 from egress_router.kernel import conntrack
-from egress_router.router import pacing, reconciler, resolve
+from egress_router.router import fingerprint, pacing, resolve
 from support.router import FakeResolver, Harness
 
 
@@ -418,15 +418,15 @@ def test_the_loop_takes_the_fingerprint_in_the_background_and_drops_a_stale_one(
     h.router.kernel.generation = lambda: generation[0]
     h.router.start()
     assert h.router.settle(background=True) is False
-    assert h.router._settling is None  # not right after an apply: edits may come in a row
-    h.clock.now += reconciler.SETTLE_AFTER
+    assert h.router.rules._settling is None  # not right after an apply: edits may come in a row
+    h.clock.now += fingerprint.SETTLE_AFTER
     # While nft lists the table, an edit is applied (not held up by the listing) ...
     assert h.router.settle(background=True) is False
     assert listed.wait(5)
     h.edit("80 tcp 203.0.113.25\n")
     assert h.router.poll_file() is True  # its commit moves the generation
-    h.clock.now += reconciler.SETTLE_AFTER
-    thread = h.router._settling
+    h.clock.now += fingerprint.SETTLE_AFTER
+    thread = h.router.rules._settling
     assert thread is not None
     release.set()
     thread.join(5)
@@ -434,7 +434,7 @@ def test_the_loop_takes_the_fingerprint_in_the_background_and_drops_a_stale_one(
     assert h.router.expected is None
     listed.clear()
     assert h.router.settle(background=True) is False
-    h.router._settling.join(5)  # type: ignore[union-attr]
+    h.router.rules._settling.join(5)  # type: ignore[union-attr]
     assert h.router.expected is not None
     assert h.router.settle(background=True) is False  # taken: nothing more to do
 
