@@ -47,8 +47,11 @@ class OurRules:
         self._settling: threading.Thread | None = None  # `settle` in the background
         self._applied_at = float("-inf")  # when the last apply was made (clock)
 
-    def remember(self, before: int | None = None) -> None:
+    def remember(self, before: int | None = None, *, applied: bool = False) -> None:
         """Note that our rules are those just committed.
+
+        ``applied``: by an apply, not a repair; the background fingerprint then waits
+        `SETTLE_AFTER`, for edits that come in a row.
 
         Listing 10,000 rules back (the fingerprint) takes a second, so it is
         deferred to `settle`, idle work of the loop; until then the nftables
@@ -59,7 +62,8 @@ class OurRules:
         taken as verified, and the next check applies the rules again, instead
         of trusting a generation that already counts the deletion.
         """
-        self._applied_at = self._clock()
+        if applied:
+            self._applied_at = self._clock()
         generation = self.kernel.generation()
         if generation is None:  # no generation to go by: fingerprint now
             self.expected = self.kernel.firewall.fingerprint()

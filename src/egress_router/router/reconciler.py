@@ -360,7 +360,7 @@ class Router:
 
     def _applied(self, desired: config.Config, before: int | None = None) -> None:
         self.applied = desired
-        self.rules.remember(before)
+        self.rules.remember(before, applied=True)
         self.generation += 1
         self.metrics.generation.set(self.generation)
         self.metrics.last_apply.set(self._wall())
