@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import capacity, cni_add, flowtable, ha, harness, results, run, wait
+from bench import capacity, cni_add, flowtable, ha, harness, results, run, toll, wait
 from egress_router.lab import world as labmod
 
 
@@ -41,6 +41,10 @@ SUITES: dict[str, Suite] = {
     "hardening": Suite(
         "the price of the data-path hardening: today's ruleset against the hardened one",
         run.add_arguments, run.run_hardening_suite,
+    ),
+    "toll": Suite(
+        "the data path's toll at the seed's size against upstream-style rules and forwarding",
+        toll.add_arguments, toll.run_suite,
     ),
     "wait": Suite(
         "the waiting container at 10,000 rules: edits, drift, scrapes, start, SIGTERM",

@@ -80,11 +80,12 @@ _LOOSE_IPT = (
 def loosen_direction(text: str, backend: str) -> str:
     """The ruleset with today's unbound ``established,related accept`` in the forward chain."""
     if backend == "nftables":
-        bound = re.compile(r"^\t\tiifname \S+ oifname \S+ ct direction \w+ ct status dnat accept\n",
-                           re.M)
+        # The door: one verdict map keyed by family, interfaces and conntrack direction.
+        bound = re.compile(r"^\t\tct status dnat meta nfproto \. iifname \. oifname \. "
+                           r"ct direction vmap \{.*\}\n", re.M)
         first = bound.search(text)
         assert first is not None, "no direction-bound accept to loosen"
-        return text[:first.start()] + _LOOSE_NFT + bound.sub("", text[first.start():])
+        return text[:first.start()] + _LOOSE_NFT + text[first.end():]
     bound = re.compile(r"^-A EGRESS-ROUTER-FORWARD .*--ctdir \w+ .*\n", re.M)
     first = bound.search(text)
     if first is None:

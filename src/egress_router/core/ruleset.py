@@ -5,26 +5,36 @@ nftables ruleset lives in its own table and is replaced atomically (the
 ``add table``/``delete table``/definition idiom inside one ``nft -f``
 transaction), so an apply is all-or-nothing and never touches other tables.
 
-Shape of the nftables data path (per-packet cost independent of rule count):
+Shape of the nftables data path (per-packet cost independent of rule count). A
+packet of an established redirected flow crosses three of our base chains and in
+each meets one lookup that lets it through (about what upstream's two nat rules
+cost, which such a packet never meets); checks a flow needs once are made on its
+first packet only:
 
-* ``antispoof`` (filter, prerouting, after conntrack, before dstnat): a packet
-  on the pod or the egress interface whose source would not be routed back out
-  of that same interface is dropped (``fib saddr . iif``, which honours the
-  pod-return policy routing); established packets of a redirected flow on the
-  interface and in the direction their flow allows skip the lookup (their
-  source is the one checked with the flow's first packet); on the egress
-  interface, a family that is not configured is dropped whole.
-* ``prerouting`` (nat): only connections that arrive on the pod interface and
-  are addressed to the router itself are redirected, through one map lookup
-  keyed by ``l4proto . dport`` per family; unmatched ports of a family with a
-  fallback go to the fallback address, same port.
+* ``antispoof`` (filter, prerouting, after conntrack, before dstnat): first, in
+  one concatenated lookup (``iifname . ct direction``), established packets of a
+  redirected flow on the interface and in the direction their flow allows return
+  (their source is the one checked with the flow's first packet); then, on the
+  egress interface, a family that is not configured is dropped whole, and a
+  packet on the pod or the egress interface whose source would not be routed
+  back out of that same interface is dropped (``fib saddr . iif``, which honours
+  the pod-return policy routing).
+* ``prerouting`` (nat, a connection's first packet only): only connections that
+  arrive on the pod interface and are addressed to the router itself are
+  redirected, through one map lookup keyed by ``l4proto . dport`` per family;
+  unmatched ports of a family with a fallback go to the fallback address, same
+  port. New TCP connections get the NAT's conntrack timeout policy here.
 * ``postrouting`` (nat): SNAT to the reserved source on the egress interface.
-* ``forward`` (filter, policy drop): the one-way door, bound to interface and
-  conntrack direction. Pod side to egress side: only the original direction
-  of a redirected (``ct status dnat``) connection; egress side to pod side:
-  only the reply direction of one. A packet from the physical network that
-  forges the original tuple of a live flow matches its conntrack entry but in
-  the wrong direction, and is dropped.
+* ``forward`` (filter, policy drop): the one-way door, one verdict-map lookup
+  keyed by family, input and output interface and conntrack direction, for
+  redirected (``ct status dnat``) flows only. Pod side to egress side: only the
+  original direction; egress side to pod side: only the reply direction. A packet
+  from the physical network that forges the original tuple of a live flow matches
+  its conntrack entry but in the wrong direction, and is dropped. The map jumps
+  to ``redirected_v4``/``redirected_v6``: one lookup of the flow's rule key both
+  counts the packet (per-rule packets and bytes) and proves the rule still exists
+  (a removed rule's connections stop with the transaction that removes it);
+  flows to a fallback pass by its address.
 * ``input`` (filter): the HTTP port only from the pod interface (and
   loopback); a port with no rule and no fallback is refused at once (TCP
   reset, ICMP port unreachable) instead of timing out; from the egress side
@@ -59,7 +69,6 @@ MAP_V6 = "redirect_v6"
 CHAIN_PREROUTING = "prerouting"
 CHAIN_POSTROUTING = "postrouting"
 CHAIN_FORWARD = "forward"
-CHAIN_GUARD = "guard"  # forward's check that a redirected flow's rule still exists
 CHAIN_INPUT = "input"
 CHAIN_ANTISPOOF = "antispoof"
 CHAIN_SOURCE_GUARD = "source_guard"  # nothing leaves the egress interface but reserved sources
@@ -110,6 +119,11 @@ def conns_set(family: int) -> str:
 def traffic_set(family: int) -> str:
     """Set of rule keys, looked up for every forwarded packet: element counters count traffic."""
     return f"traffic_v{family}"
+
+
+def redirected_chain(family: int) -> str:
+    """The forward chain's verdict for a redirected flow: its rule still exists; counted."""
+    return f"redirected_v{family}"
 
 
 def redirect_map(family: int) -> str:
@@ -222,7 +236,11 @@ def _set_lines(name: str, keys: list[Key], what: str) -> list[str]:
 
 
 def _prerouting_rules(
-    cfg: config.Config, families: list[int], groups: dict[int, dict[Key, list[Target]]]
+    cfg: config.Config,
+    families: list[int],
+    groups: dict[int, dict[Key, list[Target]]],
+    *,
+    timeouts: bool = False,
 ) -> list[str]:
     rules = [
         f'iifname != "{cfg.pod_interface}" return',
@@ -232,6 +250,14 @@ def _prerouting_rules(
         rules.append(f"tcp dport {cfg.http_port} return")
     for family in families:
         nfproto = f"meta nfproto {_NFPROTO[family]}"
+        if timeouts and family in cfg.families():
+            # Here, in the nat chain that only a connection's first packet crosses, the
+            # timeout policy costs nothing per packet (in the forward chain its test ran
+            # for every packet of every flow). Set before the DNAT: a connection refused
+            # at input is never confirmed, so it does not matter that it got one too.
+            rules.append(
+                f"{nfproto} meta l4proto tcp ct timeout set \"{ct_timeout(family)}\""
+            )
         rules.append(f"{nfproto} meta l4proto . th dport @{conns_set(family)}")
         if any(len(t) > 1 for t in groups[family].values()):
             rules.append(f"{nfproto} meta l4proto . th dport vmap @{spread_map(family)}")
@@ -315,7 +341,6 @@ def render_nftables(
     ``groups``: `group_rules` of every family, when the caller has them already.
     """
     check_verbatim(cfg)
-    pod = cfg.pod_interface
     egress = cfg.egress_interface
     out: list[str] = [
         "# egress-router ruleset: generated, do not edit (re-run egress-router instead)",
@@ -378,7 +403,7 @@ def render_nftables(
 
     out.append(f"\tchain {CHAIN_PREROUTING} {{")
     out.append("\t\ttype nat hook prerouting priority dstnat; policy accept;")
-    out += [f"\t\t{rule}" for rule in _prerouting_rules(cfg, families, groups)]
+    out += [f"\t\t{rule}" for rule in _prerouting_rules(cfg, families, groups, timeouts=True)]
     out += ["\t}", ""]
 
     out += [
@@ -395,33 +420,18 @@ def render_nftables(
     ]
     out += ["\t}", ""]
 
-    out.append(f"\tchain {CHAIN_GUARD} {{")
-    out += [f"\t\t{rule}" for rule in _forward_guard(cfg, families)]
-    out += ["\t}", ""]
+    for family in families:
+        out.append(f"\tchain {redirected_chain(family)} {{")
+        out += [f"\t\t{rule}" for rule in _redirected_rules(cfg, family)]
+        out += ["\t}", ""]
 
     out += [
         f"\tchain {CHAIN_FORWARD} {{",
         "\t\ttype filter hook forward priority filter; policy drop;",
     ]
-    # Count before the accepts: both directions of every redirected connection,
-    # keyed by the local port the client dialled (the conntrack original tuple).
+    if families:
+        out.append(f"\t\t{_forward_door(cfg, families)}")
     out += [
-        f"\t\tmeta nfproto {_NFPROTO[family]} meta l4proto {{ {L4_PROTOS} }} "
-        f"meta l4proto . ct original proto-dst @{traffic_set(family)}"
-        for family in families
-    ]
-    # Bound to interfaces and direction: ICMP errors (ct state related) carry the
-    # direction of the packet they quote, so they pass only the way their flow does.
-    out += [
-        f'\t\tiifname "{pod}" oifname "{egress}" ct state new ct status dnat '
-        f"meta nfproto {_NFPROTO[family]} meta l4proto tcp "
-        f'ct timeout set "{ct_timeout(family)}"'
-        for family in cfg.families()
-    ]
-    out += [
-        f"\t\tjump {CHAIN_GUARD}",
-        f'\t\tiifname "{pod}" oifname "{egress}" ct direction original ct status dnat accept',
-        f'\t\tiifname "{egress}" oifname "{pod}" ct direction reply ct status dnat accept',
         '\t\tcounter comment "not a redirected connection: dropped"',
         "\t}",
         "",
@@ -433,6 +443,56 @@ def render_nftables(
     out += _nft_guard(cfg)
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _forward_door(cfg: config.Config, families: list[int]) -> str:
+    """The one-way door: one lookup per forwarded packet, bound to interfaces and direction.
+
+    Only a redirected connection (``ct status dnat``) passes, pod side to egress side in
+    its original direction and egress side to pod side in its reply direction. ICMP
+    errors (``ct state related``) carry the direction of the packet they quote, so they
+    pass only the way their flow does; a packet from the physical side that forges the
+    original tuple of a live flow matches the entry in the wrong direction and stays out.
+    The family is part of the key, so the flow then meets its own family's rules.
+    """
+    pod, egress = cfg.pod_interface, cfg.egress_interface
+    elements = []
+    for family in families:
+        chain = redirected_chain(family)
+        elements += [
+            f'{_NFPROTO[family]} . "{pod}" . "{egress}" . original : jump {chain}',
+            f'{_NFPROTO[family]} . "{egress}" . "{pod}" . reply : jump {chain}',
+        ]
+    return (
+        "ct status dnat meta nfproto . iifname . oifname . ct direction vmap { "
+        + ", ".join(elements) + " }"
+    )
+
+
+def _redirected_rules(cfg: config.Config, family: int) -> list[str]:
+    """A redirected flow's packet, either way: accepted while its rule exists, and counted.
+
+    One lookup does both: the packets and bytes of the rule's element in the traffic set
+    (keyed by the local port the client dialled, the conntrack original tuple), and the
+    check that the rule is still configured. Replacing the rules leaves established
+    connections in conntrack, NAT binding included; until the waiting container cuts
+    them (a moment later), a removed rule's connection would still reach its old
+    destination. With this check in the same transaction as the removal, it stops at
+    once: a redirected flow passes only while its port is a key of the rule set, or
+    while its destination is one of the fallbacks.
+    """
+    rules = [
+        # The l4proto match first gives nft the type of ``ct original proto-dst``.
+        f"meta l4proto {{ {L4_PROTOS} }} meta l4proto . ct original proto-dst "
+        f"@{traffic_set(family)} accept"
+    ]
+    fallbacks = _fallbacks_of(cfg, family)
+    if fallbacks:  # nft lists a one-element set as its element: written the same way
+        listed = str(fallbacks[0]) if len(fallbacks) == 1 else (
+            f"{{ {', '.join(map(str, fallbacks))} }}"
+        )
+        rules.append(f"ct reply {_IP[family]} saddr {listed} accept")
+    return [*rules, 'counter drop comment "its rule was removed"']
 
 
 def _nft_input(cfg: config.Config) -> list[str]:
@@ -476,21 +536,24 @@ def _nft_antispoof(cfg: config.Config) -> list[str]:
         "\t\ttype filter hook prerouting priority mangle; policy accept;",
     ]
     lines += [
+        # First, in one lookup: the established packets of a redirected flow, each on the
+        # interface and in the direction its flow allows. Their tuple, hence their source,
+        # is the one of the packet that created the entry on the pod side (checked here
+        # then, before dstnat gave it ``ct status dnat``), or of the replies of a
+        # connection forwarded out of the egress interface to that very address. Anything
+        # else that matches an entry (a forged reply from the pod side, a forged original
+        # from the physical side, an ICMP error) is still checked. No flow of an
+        # unconfigured family is redirected, so none skips the family check below.
+        f'\t\tct state established ct status dnat iifname . ct direction '
+        f'{{ "{pod}" . original, "{egress}" . reply }} return',
+    ]
+    lines += [
         f'\t\tiifname "{egress}" meta nfproto {_NFPROTO[family]} '
         f'counter drop comment "IPv{family} is not configured on {egress}"'
         for family in (4, 6)
         if cfg.source(family) is None
     ]
     lines += [
-        # The established packets of a redirected flow, each on the interface and in the
-        # direction its flow allows: the same tuple, hence the same source, as the
-        # packet that created the entry on the pod side (checked here then, before
-        # dstnat gave it ``ct status dnat``), or as the replies of a connection forwarded
-        # out of the egress interface to that very address. Anything else that matches
-        # an entry (a forged reply from the pod side, a forged original from the
-        # physical side, an ICMP error) is still checked.
-        f'\t\tiifname "{pod}" ct direction original ct status dnat ct state established return',
-        f'\t\tiifname "{egress}" ct direction reply ct status dnat ct state established return',
         f'\t\tiifname != {{ "{pod}", "{egress}" }} return',
         # DAD probes come from :: and are never forwarded; fib has no route back for them.
         "\t\tip6 saddr :: return",
@@ -529,33 +592,6 @@ def _nft_guard(cfg: config.Config) -> list[str]:
         "\t}",
     ]
     return lines
-
-
-def _forward_guard(cfg: config.Config, families: list[int]) -> list[str]:
-    """Drop packets of redirected connections whose rule is gone (before the accepts).
-
-    Replacing the rules leaves established connections in conntrack, NAT
-    binding included; until the waiting container cuts them (a moment later),
-    a removed rule's connection would still reach its old destination. With
-    this check in the same transaction as the removal, it stops at once: a
-    redirected flow passes only while its port is a key of the rule set, or
-    while its destination is one of the fallbacks.
-    """
-    rules = []
-    for family in families:
-        fallbacks = _fallbacks_of(cfg, family)
-        rule = (
-            # The l4proto match first gives nft the type of ``ct original proto-dst``.
-            f"meta nfproto {_NFPROTO[family]} meta l4proto {{ {L4_PROTOS} }} ct status dnat "
-            f"meta l4proto . ct original proto-dst != @{conns_set(family)}"
-        )
-        if fallbacks:  # nft lists a one-element set as its element: written the same way
-            listed = str(fallbacks[0]) if len(fallbacks) == 1 else (
-                f"{{ {', '.join(map(str, fallbacks))} }}"
-            )
-            rule += f" ct reply {_IP[family]} saddr != {listed}"
-        rules.append(rule + ' counter drop comment "its rule was removed"')
-    return rules
 
 
 def render_nftables_removal() -> str:
@@ -628,12 +664,14 @@ def render_nftables_update(old: config.Config, new: config.Config) -> str | None
         adds += adds_f
     tail = [
         f"add rule {table} {CHAIN_PREROUTING} {rule}"
-        for rule in _prerouting_rules(new, families, new_groups)
+        for rule in _prerouting_rules(new, families, new_groups, timeouts=True)
     ]
-    guard = _forward_guard(new, families)
-    if _forward_guard(old, families) != guard:  # it names the fallbacks
-        tail += [f"flush chain {table} {CHAIN_GUARD}"]
-        tail += [f"add rule {table} {CHAIN_GUARD} {rule}" for rule in guard]
+    for family in families:
+        redirected = _redirected_rules(new, family)
+        if _redirected_rules(old, family) != redirected:  # it names the fallbacks
+            chain = redirected_chain(family)
+            tail += [f"flush chain {table} {chain}"]
+            tail += [f"add rule {table} {chain} {rule}" for rule in redirected]
     lines = ["# egress-router update: generated", *head, *deletes, *adds, *tail]
     return "\n".join(lines) + "\n"
 

@@ -47,6 +47,8 @@ def test_update_keeps_unchanged_rules_and_rewrites_only_prerouting() -> None:
         'add rule inet egress_router prerouting iifname != "eth0" return\n'
         "add rule inet egress_router prerouting fib daddr type != local return\n"
         "add rule inet egress_router prerouting tcp dport 9090 return\n"
+        "add rule inet egress_router prerouting meta nfproto ipv4 meta l4proto tcp "
+        'ct timeout set "nat_tcp_v4"\n'
         "add rule inet egress_router prerouting meta nfproto ipv4 meta l4proto . th dport "
         "@conns_v4\n"
         "add rule inet egress_router prerouting meta nfproto ipv4 dnat ip to meta l4proto . "
@@ -60,7 +62,8 @@ def test_update_is_refused_when_more_than_rules_change() -> None:
                                                     "192.168.12.98/24")) is None
     assert ruleset.render_nftables_update(
         old, load("80 tcp 203.0.113.25\n", EGRESS_ROUTER_HTTP_PORT="9191")) is None
-    # A fallback is a prerouting rule and an exception in the guard: an update can change it.
+    # A fallback is a prerouting rule and an exception in the removed-rule check of the
+    # redirected chain: an update can change it.
     update = ruleset.render_nftables_update(old, load("80 tcp 203.0.113.25\n203.0.113.27\n"))
     assert update is not None
     assert (
@@ -68,10 +71,11 @@ def test_update_is_refused_when_more_than_rules_change() -> None:
         " dnat ip to 203.0.113.27\n"
     ) in update
     assert update.endswith(
-        "flush chain inet egress_router guard\n"
-        "add rule inet egress_router guard meta nfproto ipv4 meta l4proto { tcp, udp, sctp } "
-        "ct status dnat meta l4proto . ct original proto-dst != @conns_v4 "
-        'ct reply ip saddr != 203.0.113.27 counter drop comment "its rule was removed"\n'
+        "flush chain inet egress_router redirected_v4\n"
+        "add rule inet egress_router redirected_v4 meta l4proto { tcp, udp, sctp } "
+        "meta l4proto . ct original proto-dst @traffic_v4 accept\n"
+        "add rule inet egress_router redirected_v4 ct reply ip saddr 203.0.113.27 accept\n"
+        'add rule inet egress_router redirected_v4 counter drop comment "its rule was removed"\n'
     )
 
 
