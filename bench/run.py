@@ -33,7 +33,7 @@ from typing import Any
 
 from bench import ablation, baseline, harness, report, results, stats, upstream, workload
 from bench.workload import DataPath, Figure
-from egress_router.core import config, ruleset
+from egress_router.core import config, iptables_rules, ruleset
 from egress_router.lab import world as labmod
 
 REPO = Path(__file__).resolve().parent.parent
@@ -359,7 +359,7 @@ def run_hardening(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
     nft = {"nftables:today": baseline.nftables(),
            "nftables:hardened": ruleset.render_nftables(cfg)}
     ipt = {"iptables:today": {4: baseline.iptables()},
-           "iptables:hardened": {f: ruleset.render_iptables(cfg, f) for f in (4, 6)}}
+           "iptables:hardened": {f: iptables_rules.render_iptables(cfg, f) for f in (4, 6)}}
     names = [*nft, *ipt]
     clock.log(f"hardening: {', '.join(names)} x {args.rounds} rounds")
     started = datetime.datetime.now(datetime.UTC)

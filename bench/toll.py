@@ -44,7 +44,7 @@ from typing import Any
 from bench import ablation as bench_ablation
 from bench import capacity, harness, results, stats, upstream
 from bench.workload import DESTINATION, FILLER_DESTINATION, DataPath
-from egress_router.core import config, ruleset
+from egress_router.core import config, iptables_rules, ruleset
 from egress_router.lab import world as labmod
 
 RR_PORT = 7300
@@ -80,14 +80,19 @@ def render_tree(cfg_rules: str, src: Path | None) -> tuple[str, dict[int, str]]:
     """The nftables text and iptables payloads of ``cfg_rules``, by this tree or ``src``."""
     if src is None:
         cfg = cfg_for(cfg_rules)
-        return ruleset.render_nftables(cfg), {f: ruleset.render_iptables(cfg, f) for f in (4, 6)}
+        payloads = {f: iptables_rules.render_iptables(cfg, f) for f in (4, 6)}
+        return ruleset.render_nftables(cfg), payloads
     code = (
         "import json, sys\n"
         "from egress_router.core import config, ruleset\n"
+        "try:\n"  # an older tree renders iptables in ruleset itself
+        "    from egress_router.core import iptables_rules\n"
+        "except ImportError:\n"
+        "    iptables_rules = ruleset\n"
         "env = json.loads(sys.argv[1])\n"
         "cfg = config.load_config(env)\n"
         "print(json.dumps([ruleset.render_nftables(cfg),"
-        " {f: ruleset.render_iptables(cfg, f) for f in (4, 6)}]))\n"
+        " {f: iptables_rules.render_iptables(cfg, f) for f in (4, 6)}]))\n"
     )
     env = {**harness.ROUTER_ENV, config.ENV_DESTINATION: cfg_rules}
     cp = subprocess.run([sys.executable, "-I", "-c", code, json.dumps(env)], capture_output=True,

@@ -44,7 +44,8 @@ first packet only:
   (IPv6 neighbour discovery and MLD from link-local or unspecified sources
   excepted); postrouting sees forwarded and locally generated packets alike.
 
-The iptables backend renders the same policy with upstream-equivalent NAT
+The iptables backend (`egress_router.core.iptables_rules`) renders the same policy with
+upstream-equivalent NAT
 rules (one rule per port in our own chains) for clusters that need xtables;
 it is the compatibility path, not the fast one. xtables has no filter hook
 after SNAT, so its guard checks locally generated packets in OUTPUT and
@@ -179,7 +180,7 @@ def _address_text(address: config.IPAddress) -> str:
     return str(address)
 
 
-def _endpoint(address: config.IPAddress, port: int) -> str:
+def endpoint_text(address: config.IPAddress, port: int) -> str:
     text = _address_text(address)
     return f"[{text}]:{port}" if address.version == 6 else f"{text}:{port}"
 
@@ -188,7 +189,7 @@ def rule_label(rule: config.PortRule | config.NamedRule) -> str:
     """The destination as configured: ``203.0.113.25:80`` or ``api.example.com:443``."""
     if isinstance(rule, config.NamedRule) or rule.host is not None:
         return f"{rule.host}:{rule.remote_port}"
-    return _endpoint(rule.address, rule.remote_port)
+    return endpoint_text(rule.address, rule.remote_port)
 
 
 def _family_list(cfg: config.Config) -> list[int]:
@@ -264,13 +265,13 @@ def _prerouting_rules(
         rules.append(
             f"{nfproto} dnat {_IP[family]} to meta l4proto . th dport map @{redirect_map(family)}"
         )
-        addresses = _fallbacks_of(cfg, family)
+        addresses = fallbacks_of(cfg, family)
         if addresses:
             rules.append(_fallback_rule(family, addresses))
     return rules
 
 
-def _fallbacks_of(cfg: config.Config, family: int) -> list[config.IPAddress]:
+def fallbacks_of(cfg: config.Config, family: int) -> list[config.IPAddress]:
     return sorted((f.address for f in cfg.destinations.fallbacks if f.family == family), key=int)
 
 
@@ -486,7 +487,7 @@ def _redirected_rules(cfg: config.Config, family: int) -> list[str]:
         f"meta l4proto {{ {L4_PROTOS} }} meta l4proto . ct original proto-dst "
         f"@{traffic_set(family)} accept"
     ]
-    fallbacks = _fallbacks_of(cfg, family)
+    fallbacks = fallbacks_of(cfg, family)
     if fallbacks:  # nft lists a one-element set as its element: written the same way
         listed = str(fallbacks[0]) if len(fallbacks) == 1 else (
             f"{{ {', '.join(map(str, fallbacks))} }}"
@@ -728,184 +729,10 @@ def _update_redirects(
     return deletes, adds
 
 
-def render_iptables(
-    cfg: config.Config, family: int, present_jumps: Iterable[tuple[str, str, str]] = ()
-) -> str:
-    """An ``iptables-restore --noflush`` payload for one family (``ip6tables-restore`` for 6).
-
-    Declaring our chains in the payload flushes them inside the same commit,
-    so the swap is atomic per table; the jumps from the built-in chains are
-    added only when ``present_jumps`` (read back from the kernel) lacks them,
-    which keeps re-runs free of duplicates. A family without a source gets the
-    closed policy: no NAT, nothing forwarded, nothing in from the egress side.
-    """
-    check_verbatim(cfg)
-    pod = cfg.pod_interface
-    egress = cfg.egress_interface
-    present = set(present_jumps)
-    source = cfg.source(family)
-
-    def jumps(table: str) -> list[str]:
-        return [
-            f"-I {builtin} 1 -j {ours}"
-            for (tbl, builtin, ours) in IPT_JUMPS
-            if tbl == table and (tbl, builtin, ours) not in present
-        ]
-
-    # In mangle (after conntrack), so that established packets of redirected flows skip
-    # the route lookup: xt_rpfilter (through nft_compat) on every packet cost about 7% of
-    # the new-connection rate (bench --hardening). Skipped only on the interface and in the
-    # direction their flow allows, as in the nftables chain (see there why their source is
-    # the one already checked); a forged packet that matches a live flow from the other
-    # side, new, related and invalid ones are checked. ip6t_rpfilter lets :: (DAD)
-    # through by itself; both look up with the pod-return rules.
-    mangle = ["*mangle", f":{IPT_ANTISPOOF} - [0:0]"]
-    if source is None:
-        mangle.append(f"-A {IPT_ANTISPOOF} -i {egress} -j DROP")
-    mangle += [
-        f"-A {IPT_ANTISPOOF} -i {ifname} -m conntrack --ctstate ESTABLISHED --ctdir {direction} "
-        "-m conntrack --ctstate DNAT -j RETURN"
-        for ifname, direction in ((pod, "ORIGINAL"), (egress, "REPLY"))
-        if source is not None  # a closed family has nothing redirected
-    ]
-    mangle += [
-        f"-A {IPT_ANTISPOOF} -i {ifname} -m rpfilter --invert -j DROP" for ifname in (pod, egress)
-    ]
-    mangle += jumps("mangle")
-    mangle.append("COMMIT")
-
-    # Interface and address type are checked once, at the top, as in the nftables chain:
-    # repeating `-m addrtype` in every per-port rule made each rule three times dearer.
-    nat = [
-        "*nat",
-        f":{IPT_PREROUTING} - [0:0]",
-        f":{IPT_POSTROUTING} - [0:0]",
-    ]
-    if source is not None:
-        nat += _iptables_redirects(cfg, family)
-        if cfg.ha is not None and family == 4:
-            nat.append(f"-A {IPT_POSTROUTING} -o {egress} -p 112 -j RETURN")  # see nftables
-        pool = cfg.pool(family)
-        for index, member in enumerate(pool):
-            # A pool: every nth new connection to each address, as the DNAT round robin.
-            left = len(pool) - index
-            nth = f"-m statistic --mode nth --every {left} --packet 0 " if left > 1 else ""
-            nat.append(
-                f"-A {IPT_POSTROUTING} -o {egress} {nth}-j SNAT --to-source {member.address}"
-            )
-    nat += jumps("nat")
-    nat.append("COMMIT")
-
-    unreachable = "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"
-    new = "-m conntrack --ctstate NEW"
-    filt = [
-        "*filter",
-        f":{IPT_FORWARD} - [0:0]",
-        f":{IPT_INPUT} - [0:0]",
-        f":{IPT_OUTPUT} - [0:0]",
-    ]
-    if source is not None:
-        filt += [
-            f"-A {IPT_FORWARD} -i {pod} -o {egress} -m conntrack --ctdir ORIGINAL "
-            "--ctstate DNAT -j ACCEPT",
-            f"-A {IPT_FORWARD} -i {egress} -o {pod} -m conntrack --ctdir REPLY "
-            "--ctstate DNAT -j ACCEPT",
-        ]
-    filt.append(f"-A {IPT_FORWARD} -j DROP")
-    if cfg.http_port:
-        filt += [
-            f"-A {IPT_INPUT} -i {pod} -p tcp --dport {cfg.http_port} -j ACCEPT",
-            f"-A {IPT_INPUT} -i lo -p tcp --dport {cfg.http_port} -j ACCEPT",
-            f"-A {IPT_INPUT} -p tcp --dport {cfg.http_port} -j DROP",
-        ]
-    filt += [
-        f"-A {IPT_INPUT} -i {pod} -p tcp {new} -j REJECT --reject-with tcp-reset",
-        f"-A {IPT_INPUT} -i {pod} -p udp {new} -j REJECT --reject-with {unreachable}",
-        f"-A {IPT_INPUT} -i {pod} -p sctp {new} -j REJECT --reject-with {unreachable}",
-    ]
-    if source is not None:
-        filt += [
-            f"-A {IPT_INPUT} -i {egress} -p {p.value} -m conntrack --ctdir REPLY -j ACCEPT"
-            for p in config.Proto
-        ]
-        filt += [f"-A {IPT_INPUT} -i {egress} -p {p.value} -j DROP" for p in config.Proto]
-        filt += [
-            f"-A {IPT_OUTPUT} -o {egress} -s {member.address} -j RETURN"
-            for member in cfg.pool(family)
-        ]
-        if cfg.ha is not None and family == 4:
-            filt.append(  # the VRRP adverts: see the nftables source guard
-                f"-A {IPT_OUTPUT} -o {egress} -s {ha.LINK_LOCAL} -d {ha.VRRP_GROUP4} -p 112 "
-                "-j RETURN"
-            )
-        if family == 6:
-            # ICMPv6 from link-local or unspecified sources never leaves the link.
-            filt += [
-                f"-A {IPT_OUTPUT} -o {egress} -s {src} -p ipv6-icmp -j RETURN"
-                for src in ("::", LINK_LOCAL6)
-            ]
-    else:
-        filt.append(f"-A {IPT_INPUT} -i {egress} -j DROP")
-    filt.append(f"-A {IPT_OUTPUT} -o {egress} -j DROP")
-    filt += jumps("filter")
-    filt.append("COMMIT")
-    return "\n".join(["# egress-router: generated, do not edit", *mangle, *nat, *filt]) + "\n"
-
-
-def _iptables_redirects(cfg: config.Config, family: int) -> list[str]:
-    pod = cfg.pod_interface
-    nat = [
-        f"-A {IPT_PREROUTING} ! -i {pod} -j RETURN",
-        f"-A {IPT_PREROUTING} -m addrtype ! --dst-type LOCAL -j RETURN",
-    ]
-    if cfg.http_port:
-        nat.append(f"-A {IPT_PREROUTING} -p tcp --dport {cfg.http_port} -j RETURN")
-    in_order = sorted(cfg.destinations.rules_of(family), key=lambda r: r.line)
-    groups = group_rules(cfg, family)
-    for key in dict.fromkeys((r.proto, r.port) for r in in_order):
-        proto, port = key
-        targets = groups[key]
-        for index, (address, remote) in enumerate(targets):
-            # Several addresses (a DNS name): round robin, as kube-proxy's iptables mode does.
-            left = len(targets) - index
-            nth = f"-m statistic --mode nth --every {left} --packet 0 " if left > 1 else ""
-            nat.append(
-                f"-A {IPT_PREROUTING} -p {proto.value} --dport {port} {nth}"
-                f"-j DNAT --to-destination {_endpoint(address, remote)}"
-            )
-    fallbacks = _fallbacks_of(cfg, family)
-    for proto in config.Proto if fallbacks else ():
-        for index, address in enumerate(fallbacks):
-            target = f"[{address}]" if family == 6 else str(address)
-            left = len(fallbacks) - index
-            nth = f"-m statistic --mode nth --every {left} --packet 0 " if left > 1 else ""
-            nat.append(
-                f"-A {IPT_PREROUTING} -p {proto.value} {nth}"
-                f"-j DNAT --to-destination {target}"
-            )
-    return nat
-
-
-def render_iptables_removal(family: int, present_jumps: Iterable[tuple[str, str, str]]) -> str:
-    """Unhook and empty our chains (deleting them needs a second step: ``-X``)."""
-    present = set(present_jumps)
-    lines = ["# egress-router: removal"]
-    for table in IPT_TABLES:
-        lines.append(f"*{table}")
-        for tbl, builtin, ours in IPT_JUMPS:
-            if tbl == table:
-                lines.append(f":{ours} - [0:0]")
-                if (tbl, builtin, ours) in present:
-                    lines.append(f"-D {builtin} -j {ours}")
-        lines.append("COMMIT")
-    del family  # the payload is the same for both families
-    return "\n".join(lines) + "\n"
-
-
 def describe_rules(cfg: config.Config) -> list[tuple[str, str, str, str]]:
     """The normalised rule table: (local, protocol, destination, line) rows for people."""
     ports: list[tuple[int, tuple[str, str, str, str]]] = [
-        (r.line, (str(r.port), r.proto.value, _described(r), str(r.line)))
+        (r.line, (str(r.port), r.proto.value, describe_rule(r), str(r.line)))
         for r in cfg.destinations.rules
     ]
     ports += [
@@ -924,9 +751,10 @@ def describe_rules(cfg: config.Config) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def _described(rule: config.PortRule) -> str:
-    endpoint = _endpoint(rule.address, rule.remote_port)
-    return endpoint if rule.host is None else f"{rule_label(rule)} = {endpoint}"
+def describe_rule(rule: config.PortRule) -> str:
+    """A rule's destination for people: ``203.0.113.25:80``, or ``name = address:port``."""
+    shown = endpoint_text(rule.address, rule.remote_port)
+    return shown if rule.host is None else f"{rule_label(rule)} = {shown}"
 
 
 def _fallback_text(fallback: config.Fallback) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from egress_router.core import config, ruleset
+from egress_router.core import config, iptables_rules, ruleset
 
 ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24",
@@ -149,7 +149,7 @@ def test_named_fallback_with_several_addresses() -> None:
         "\t\tmeta nfproto ipv4 meta l4proto { tcp, udp, sctp } dnat ip to numgen inc mod 2 map "
         "{ 0 : 203.0.113.26, 1 : 203.0.113.27 }\n"
     ) in ruleset.render_nftables(cfg)
-    iptables = ruleset.render_iptables(cfg, 4)
+    iptables = iptables_rules.render_iptables(cfg, 4)
     assert (
         "-A EGRESS-ROUTER-PREROUTING -p tcp -m statistic "
         "--mode nth --every 2 --packet 0 -j DNAT --to-destination 203.0.113.26\n"
