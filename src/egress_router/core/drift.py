@@ -12,7 +12,7 @@ rendered by the caller.
 
 from __future__ import annotations
 
-import re
+import ipaddress
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -388,11 +388,13 @@ def nftables_rules(
             problems.append(f"chain {chain} is missing")
         elif chain != ruleset.CHAIN_PREROUTING and have != count:
             problems.append(f"chain {chain} has {have} rules, expected {count}")
-    snat = [line for line in table.lines("chain", ruleset.CHAIN_POSTROUTING) if " snat " in line]
+    snat = {
+        ipaddress.ip_address(address)
+        for line in table.lines("chain", ruleset.CHAIN_POSTROUTING)
+        for address in listing.snat_addresses(line)
+    }
     for source in cfg.sources:
-        # A pool's addresses stand in one map: match the address as a whole word.
-        word = re.compile(rf"(?<![\w:.]){re.escape(str(source.address))}(?![\w:.])")
-        if not any(word.search(line) for line in snat):
+        if source.address not in snat:
             problems.append(f"no SNAT to {source.address}")
     return {"present": True, "chains": chains}, rules, problems
 

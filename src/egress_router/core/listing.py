@@ -33,6 +33,7 @@ _PROTO_INDEX = {p: i for i, p in enumerate(config.Proto)}
 _PROTOCOLS = {p.value for p in config.Proto}
 _NUMGEN_TARGET = re.compile(r"(\d+) : ([0-9a-fA-F.:]+)(?: \. (\d+))?")
 _DNAT = re.compile(r"dnat ip6? to (?:numgen inc mod \d+ map \{ ([^}]*) \}|([0-9a-fA-F.:]+))")
+_SNAT = re.compile(r"\bsnat ip6? to (?:jhash [^{]* map \{ ([^}]*) \}|([0-9a-fA-F.:]+)(?![\w:.-]))")
 
 
 @dataclass
@@ -133,6 +134,16 @@ def numgen_targets(text: str) -> list[tuple[str, str | None]]:
 def dnat_addresses(statement: str) -> list[str]:
     """The addresses a ``dnat ip[6] to ...`` statement sends to (one, or a numgen spread)."""
     match = _DNAT.search(statement)
+    if match is None:
+        return []
+    if match.group(2):
+        return [match.group(2)]
+    return [address for address, _port in numgen_targets(match.group(1))]
+
+
+def snat_addresses(statement: str) -> list[str]:
+    """The source addresses a ``snat ip[6] to ...`` statement writes (one, or a jhash pool)."""
+    match = _SNAT.search(statement)
     if match is None:
         return []
     if match.group(2):
