@@ -21,10 +21,10 @@ def test_http_endpoints(harness: Harness) -> None:
     server = _FakeServer(harness)
     assert _get(server, "/healthz") == (200, "ok\n")
     assert _get(server, "/readyz") == (200, "ok\n")
-    harness.runner.applied.append("tampered")
+    harness.tamper()
     harness.router.reconcile()
+    harness.tamper()
     harness.runner.fail = "Error: injected"
-    harness.runner.applied.append("tampered again")
     harness.router.reconcile()
     status, body = _get(server, "/readyz")
     assert status == 503 and body.startswith("ruleset: "), body
