@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ablation as bench_ablation
-from bench import capacity, harness, results, stats, upstream
+from bench import capacity, harness, results, stats, suite, upstream
 from bench.workload import DESTINATION, FILLER_DESTINATION, DataPath
 from egress_router.core import config, iptables_rules, ruleset
 from egress_router.lab import world as labmod
@@ -377,3 +377,13 @@ def run_suite(args: argparse.Namespace) -> results.Outcome:
     with harness.terminating_on_signals():
         doc = run(args, log)
     return results.Outcome("toll", doc, render_markdown(doc))
+
+
+SUITES = (
+    suite.Suite(
+        "toll",
+        "the data path's toll at the seed's size against upstream-style rules and forwarding",
+        add_arguments,
+        run_suite,
+    ),
+)
