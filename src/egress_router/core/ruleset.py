@@ -1,6 +1,8 @@
 """Render the router's data path as one nftables transaction or iptables-restore payloads.
 
-Pure functions from a `Config` to text, golden-tested without root. The
+Pure functions from a `Config` to text, golden-tested without root: `table_of` builds the
+table as objects (`egress_router.core.nftables`: chains, sets, maps, each writing its own
+text), `render_nftables` is their atomic replacement. The
 nftables ruleset lives in its own table and is replaced atomically (the
 ``add table``/``delete table``/definition idiom inside one ``nft -f``
 transaction), so an apply is all-or-nothing and never touches other tables.
@@ -61,7 +63,7 @@ import functools
 import ipaddress
 from collections.abc import Iterable
 
-from egress_router.core import config, ha
+from egress_router.core import config, ha, nftables
 
 TABLE_FAMILY = "inet"
 TABLE = "egress_router"
@@ -227,13 +229,10 @@ def _spread_rule(family: int, key: Key, targets: list[Target]) -> str:
     )
 
 
-def _set_lines(name: str, keys: list[Key], what: str) -> list[str]:
+def _counting_set(name: str, keys: list[Key], what: str) -> nftables.Set:
     # Elements of the counting sets go on one line: one rule per map element
     # stays the only line-per-rule block, which keeps the ruleset readable.
-    lines = [f"\tset {name} {{  # {what}", f"\t\ttype {_KEY_TYPE}", "\t\tcounter"]
-    if keys:
-        lines.append(f"\t\telements = {{ {_keys_text(keys)} }}")
-    return [*lines, "\t}", ""]
+    return nftables.Set(name, _KEY_TYPE, what, elements=[_keys_text([key]) for key in keys])
 
 
 def _prerouting_rules(
@@ -299,15 +298,11 @@ def ct_timeout(family: int) -> str:
     return f"nat_tcp_v{family}"
 
 
-def _ct_timeout_lines(family: int) -> list[str]:
-    return [
-        f"\tct timeout {ct_timeout(family)} {{  # see NAT_TIME_WAIT",
-        "\t\tprotocol tcp",
-        f"\t\tl3proto {_IP[family]}",
-        f"\t\tpolicy = {{ time_wait : {NAT_TIME_WAIT} }}",
-        "\t}",
-        "",
-    ]
+def _ct_timeout(family: int) -> nftables.CtTimeout:
+    return nftables.CtTimeout(
+        ct_timeout(family), "tcp", _IP[family], f"time_wait : {NAT_TIME_WAIT}",
+        "see NAT_TIME_WAIT",
+    )
 
 
 def snat_statement(cfg: config.Config, family: int) -> str:
@@ -342,108 +337,97 @@ def render_nftables(
     ``groups``: `group_rules` of every family, when the caller has them already.
     """
     check_verbatim(cfg)
-    egress = cfg.egress_interface
-    out: list[str] = [
+    return table_of(cfg, groups=groups).replacement(_header_comments(cfg))
+
+
+def _header_comments(cfg: config.Config) -> list[str]:
+    return [
         "# egress-router ruleset: generated, do not edit (re-run egress-router instead)",
+        *(
+            f"# line {n.line}: {n.port} {n.proto.value} {n.host} {n.remote_port}: "
+            "a host name, resolved when the rules are applied"
+            for n in cfg.destinations.named
+        ),
+        *(
+            f"# line {f.line}: fallback {f.host}: a host name, resolved when the rules are "
+            "applied"
+            for f in cfg.destinations.named_fallbacks
+        ),
     ]
-    out += [
-        f"# line {n.line}: {n.port} {n.proto.value} {n.host} {n.remote_port}: "
-        "a host name, resolved when the rules are applied"
-        for n in cfg.destinations.named
-    ]
-    out += [
-        f"# line {f.line}: fallback {f.host}: a host name, resolved when the rules are applied"
-        for f in cfg.destinations.named_fallbacks
-    ]
-    out += [
-        f"add table {TABLE_FAMILY} {TABLE}",
-        f"delete table {TABLE_FAMILY} {TABLE}",
-        f"table {TABLE_FAMILY} {TABLE} {{",
-    ]
+
+
+def table_of(
+    cfg: config.Config, *, groups: dict[int, dict[Key, list[Target]]] | None = None
+) -> nftables.Table:
+    """Our table for ``cfg`` as objects (sets, maps, chains), in the order they are written."""
     families = _family_list(cfg)
     if groups is None:
         groups = {family: group_rules(cfg, family) for family in families}
+    table = nftables.Table(TABLE_FAMILY, TABLE)
     for family in cfg.families():
-        out += _ct_timeout_lines(family)
+        table.add(_ct_timeout(family))
     for family in families:
         keys = list(groups[family])
-        out += _set_lines(conns_set(family), keys, "new connections per rule")
-        out += _set_lines(traffic_set(family), keys, "packets and bytes per rule")
-        out += [
-            f"\tmap {redirect_map(family)} {{",
-            f"\t\ttype {_KEY_TYPE} : {_ADDR_TYPE[family]} . inet_service",
-        ]
-        single = [(key, targets[0]) for key, targets in groups[family].items() if len(targets) == 1]
-        if single:
-            out.append("\t\telements = {")
-            out += [
-                f"\t\t\t{proto.value} . {port} : {_target_text(target)},"
-                for (proto, port), target in single
-            ]
-            out.append("\t\t}")
-        out += ["\t}", ""]
+        table.add(
+            _counting_set(conns_set(family), keys, "new connections per rule"),
+            _counting_set(traffic_set(family), keys, "packets and bytes per rule"),
+            nftables.Map(
+                redirect_map(family),
+                f"{_KEY_TYPE} : {_ADDR_TYPE[family]} . inet_service",
+                [
+                    f"{proto.value} . {port} : {_target_text(targets[0])}"
+                    for (proto, port), targets in groups[family].items()
+                    if len(targets) == 1
+                ],
+            ),
+        )
         multi = [(key, targets) for key, targets in groups[family].items() if len(targets) > 1]
         if multi:
-            out += [
-                f"\tmap {spread_map(family)} {{",
-                f"\t\ttype {_KEY_TYPE} : verdict",
-                "\t\telements = {",
-            ]
-            out += [
-                f"\t\t\t{key[0].value} . {key[1]} : jump {spread_chain(family, key)},"
-                for key, _ in multi
-            ]
-            out += ["\t\t}", "\t}", ""]
-            for key, targets in multi:
-                out += [
-                    f"\tchain {spread_chain(family, key)} {{",
-                    f"\t\t{_spread_rule(family, key, targets)}",
-                    "\t}",
-                    "",
-                ]
+            table.add(nftables.Map(
+                spread_map(family),
+                f"{_KEY_TYPE} : verdict",
+                [f"{key[0].value} . {key[1]} : jump {spread_chain(family, key)}"
+                 for key, _ in multi],
+            ))
+            table.add(*(
+                nftables.Chain(spread_chain(family, key), rules=[_spread_rule(family, key, t)])
+                for key, t in multi
+            ))
+    table.add(
+        nftables.Chain(
+            CHAIN_PREROUTING,
+            "type nat hook prerouting priority dstnat; policy accept;",
+            _prerouting_rules(cfg, families, groups, timeouts=True),
+        ),
+        _postrouting(cfg),
+        *(nftables.Chain(redirected_chain(f), rules=_redirected_rules(cfg, f)) for f in families),
+        nftables.Chain(
+            CHAIN_FORWARD,
+            "type filter hook forward priority filter; policy drop;",
+            [*([_forward_door(cfg, families)] if families else []),
+             'counter comment "not a redirected connection: dropped"'],
+        ),
+        _nft_input(cfg),
+        _nft_antispoof(cfg),
+        _nft_guard(cfg),
+    )
+    return table
 
-    out.append(f"\tchain {CHAIN_PREROUTING} {{")
-    out.append("\t\ttype nat hook prerouting priority dstnat; policy accept;")
-    out += [f"\t\t{rule}" for rule in _prerouting_rules(cfg, families, groups, timeouts=True)]
-    out += ["\t}", ""]
 
-    out += [
-        f"\tchain {CHAIN_POSTROUTING} {{",
-        "\t\ttype nat hook postrouting priority srcnat; policy accept;",
-    ]
+def _postrouting(cfg: config.Config) -> nftables.Chain:
+    egress = cfg.egress_interface
+    chain = nftables.Chain(
+        CHAIN_POSTROUTING, "type nat hook postrouting priority srcnat; policy accept;"
+    )
     if cfg.ha is not None:
         # HA: the VRRP adverts leave from the replica's own link-local address; SNAT
         # to the reserved one would break their checksum (and the election with it).
-        out.append(f'\t\toifname "{egress}" ip protocol 112 accept')
-    out += [
-        f'\t\toifname "{egress}" meta nfproto {_NFPROTO[family]} {snat_statement(cfg, family)}'
+        chain.rules.append(f'oifname "{egress}" ip protocol 112 accept')
+    chain.rules += [
+        f'oifname "{egress}" meta nfproto {_NFPROTO[family]} {snat_statement(cfg, family)}'
         for family in cfg.families()
     ]
-    out += ["\t}", ""]
-
-    for family in families:
-        out.append(f"\tchain {redirected_chain(family)} {{")
-        out += [f"\t\t{rule}" for rule in _redirected_rules(cfg, family)]
-        out += ["\t}", ""]
-
-    out += [
-        f"\tchain {CHAIN_FORWARD} {{",
-        "\t\ttype filter hook forward priority filter; policy drop;",
-    ]
-    if families:
-        out.append(f"\t\t{_forward_door(cfg, families)}")
-    out += [
-        '\t\tcounter comment "not a redirected connection: dropped"',
-        "\t}",
-        "",
-    ]
-    out += _nft_input(cfg)
-    out.append("")
-    out += _nft_antispoof(cfg)
-    out.append("")
-    out += _nft_guard(cfg)
-    out.append("}")
-    return "\n".join(out) + "\n"
+    return chain
 
 
 def _forward_door(cfg: config.Config, families: list[int]) -> str:
@@ -496,47 +480,43 @@ def _redirected_rules(cfg: config.Config, family: int) -> list[str]:
     return [*rules, 'counter drop comment "its rule was removed"']
 
 
-def _nft_input(cfg: config.Config) -> list[str]:
+def _nft_input(cfg: config.Config) -> nftables.Chain:
     pod = cfg.pod_interface
     egress = cfg.egress_interface
-    lines = [
-        f"\tchain {CHAIN_INPUT} {{",
-        "\t\ttype filter hook input priority filter; policy accept;",
-    ]
+    chain = nftables.Chain(CHAIN_INPUT, "type filter hook input priority filter; policy accept;")
     if cfg.http_port:
         # Loopback stays allowed: the router's own probes of its pod address arrive there.
-        lines.append(
-            f'\t\ttcp dport {cfg.http_port} iifname != {{ "{pod}", "lo" }} '
-            'counter drop comment "HTTP only from the pod side"'
-        )
-        lines.append(f'\t\tiifname "{pod}" tcp dport {cfg.http_port} accept')
-    lines += [
-        f'\t\tiifname "{pod}" ct state new meta l4proto tcp reject with tcp reset',
-        f'\t\tiifname "{pod}" ct state new meta l4proto {{ udp, sctp }} '
+        chain.rules += [
+            f'tcp dport {cfg.http_port} iifname != {{ "{pod}", "lo" }} '
+            'counter drop comment "HTTP only from the pod side"',
+            f'iifname "{pod}" tcp dport {cfg.http_port} accept',
+        ]
+    chain.rules += [
+        f'iifname "{pod}" ct state new meta l4proto tcp reject with tcp reset',
+        f'iifname "{pod}" ct state new meta l4proto {{ udp, sctp }} '
         "reject with icmpx type port-unreachable",
         # From the physical side only replies of the router's own connections reach a
         # socket: a forged original-direction packet of any flow does not.
-        f'\t\tiifname "{egress}" meta l4proto {{ {L4_PROTOS} }} ct direction reply accept',
-        f'\t\tiifname "{egress}" meta l4proto {{ {L4_PROTOS} }} drop',
-        "\t}",
+        f'iifname "{egress}" meta l4proto {{ {L4_PROTOS} }} ct direction reply accept',
+        f'iifname "{egress}" meta l4proto {{ {L4_PROTOS} }} drop',
     ]
-    return lines
+    return chain
 
 
-def _nft_antispoof(cfg: config.Config) -> list[str]:
+def _nft_antispoof(cfg: config.Config) -> nftables.Chain:
     pod = cfg.pod_interface
     egress = cfg.egress_interface
-    lines = [
-        f"\tchain {CHAIN_ANTISPOOF} {{",
+    chain = nftables.Chain(
+        CHAIN_ANTISPOOF,
         # After conntrack (mangle, before dstnat): the route lookup runs for new, related,
         # invalid and untracked packets, about once per connection, instead of for each of
         # its ten or so packets (in raw, before conntrack, nothing tells them apart; a
         # lookup costs about half a microsecond of the ~300 us of CPU a short connection
         # takes in the lab). A packet dropped here is dropped before its conntrack entry
         # is confirmed, so a forged packet still never creates one.
-        "\t\ttype filter hook prerouting priority mangle; policy accept;",
-    ]
-    lines += [
+        "type filter hook prerouting priority mangle; policy accept;",
+    )
+    chain.rules += [
         # First, in one lookup: the established packets of a redirected flow, each on the
         # interface and in the direction its flow allows. Their tuple, hence their source,
         # is the one of the packet that created the entry on the pod side (checked here
@@ -545,54 +525,50 @@ def _nft_antispoof(cfg: config.Config) -> list[str]:
         # else that matches an entry (a forged reply from the pod side, a forged original
         # from the physical side, an ICMP error) is still checked. No flow of an
         # unconfigured family is redirected, so none skips the family check below.
-        f'\t\tct state established ct status dnat iifname . ct direction '
+        f'ct state established ct status dnat iifname . ct direction '
         f'{{ "{pod}" . original, "{egress}" . reply }} return',
     ]
-    lines += [
-        f'\t\tiifname "{egress}" meta nfproto {_NFPROTO[family]} '
+    chain.rules += [
+        f'iifname "{egress}" meta nfproto {_NFPROTO[family]} '
         f'counter drop comment "IPv{family} is not configured on {egress}"'
         for family in (4, 6)
         if cfg.source(family) is None
     ]
-    lines += [
-        f'\t\tiifname != {{ "{pod}", "{egress}" }} return',
+    chain.rules += [
+        f'iifname != {{ "{pod}", "{egress}" }} return',
         # DAD probes come from :: and are never forwarded; fib has no route back for them.
-        "\t\tip6 saddr :: return",
-        "\t\tfib saddr . iif oif missing counter drop "
+        "ip6 saddr :: return",
+        "fib saddr . iif oif missing counter drop "
         'comment "source not routed back through its interface: dropped"',
-        "\t}",
     ]
-    return lines
+    return chain
 
 
-def _nft_guard(cfg: config.Config) -> list[str]:
+def _nft_guard(cfg: config.Config) -> nftables.Chain:
     egress = cfg.egress_interface
-    lines = [
-        f"\tchain {CHAIN_SOURCE_GUARD} {{",
-        # After srcnat: the source checked is the one on the wire.
-        "\t\ttype filter hook postrouting priority srcnat + 10; policy accept;",
-        f'\t\toifname != "{egress}" return',
-    ]
+    # After srcnat: the source checked is the one on the wire.
+    chain = nftables.Chain(
+        CHAIN_SOURCE_GUARD,
+        "type filter hook postrouting priority srcnat + 10; policy accept;",
+        [f'oifname != "{egress}" return'],
+    )
     for family in (4, 6):
         addresses = [str(s.address) for s in cfg.sources if s.family == family]
         if addresses:
             match = addresses[0] if len(addresses) == 1 else f"{{ {', '.join(addresses)} }}"
-            lines.append(f"\t\t{_IP[family]} saddr {match} accept")
+            chain.rules.append(f"{_IP[family]} saddr {match} accept")
     if cfg.source(6) is not None:
-        lines.append(
-            f"\t\tip6 saddr {{ ::, {LINK_LOCAL6} }} icmpv6 type {{ {ND_TYPES_NFT} }} accept"
+        chain.rules.append(
+            f"ip6 saddr {{ ::, {LINK_LOCAL6} }} icmpv6 type {{ {ND_TYPES_NFT} }} accept"
         )
     if cfg.ha is not None:
         # HA: the VRRP adverts leave from the replica's own link-local address, to the
         # link-local VRRP group only: they never leave the L2.
-        lines.append(
-            f"\t\tip saddr {ha.LINK_LOCAL} ip daddr {ha.VRRP_GROUP4} ip protocol vrrp accept"
+        chain.rules.append(
+            f"ip saddr {ha.LINK_LOCAL} ip daddr {ha.VRRP_GROUP4} ip protocol vrrp accept"
         )
-    lines += [
-        '\t\tcounter drop comment "not from a reserved address: dropped"',
-        "\t}",
-    ]
-    return lines
+    chain.rules.append('counter drop comment "not from a reserved address: dropped"')
+    return chain
 
 
 def render_nftables_removal() -> str:
