@@ -45,6 +45,9 @@ class Set:
     comment: str | None = None
     counter: bool = True
     elements: list[str] = field(default_factory=list)
+    # What an element stands for, beside its text (not written): an update keeps an element
+    # (and its counters) only when both stay the same. Empty: the text alone.
+    labels: list[object] = field(default_factory=list, compare=False)
 
     def lines(self) -> list[str]:
         out = [_header("set", self.name, self.comment), f"{_IN2}type {self.type}"]
@@ -122,3 +125,82 @@ class Table:
             f"delete table {self.family} {self.name}",
             *self.definition(),
         ]) + "\n"
+
+
+def _kind(obj: Object) -> str:
+    return "ct timeout" if isinstance(obj, CtTimeout) else type(obj).__name__.lower()
+
+
+def _element_key(element: str) -> str:
+    """A map element's key (``tcp . 80`` of ``tcp . 80 : 203.0.113.25 . 80``)."""
+    return element.split(" : ", 1)[0]
+
+
+def _declaration(obj: Set | Map) -> str:
+    flags = " counter;" if isinstance(obj, Set) and obj.counter else ""
+    return f"{{ type {obj.type};{flags} }}"
+
+
+def update(old: Table, new: Table) -> list[str]:
+    """The commands that turn ``old`` into ``new`` in one transaction (their difference).
+
+    What stays the same is not touched: an element that is in both (by its text and, for a
+    set, its `Set.labels` entry) keeps its counters. In order: chains whose rules change are
+    flushed first (they may refer to what goes), gone elements are deleted (a gone map's
+    too: a verdict map's elements hold the chains they jump to), then gone chains, then gone
+    maps and sets; new maps, sets and chains are added before the elements that refer to
+    them, and the rules last.
+    """
+    table = f"{new.family} {new.name}"
+    before = {(_kind(o), o.name): o for o in old.objects}
+    after = {(_kind(o), o.name): o for o in new.objects}
+    head: list[str] = []
+    deletes: list[str] = []
+    declares: list[str] = []
+    adds: list[str] = []
+    tail: list[str] = []
+    for key, obj in after.items():
+        was = before.get(key)
+        if isinstance(obj, Chain):
+            if was is None:
+                declares.append(f"add chain {table} {obj.name}")
+            elif was == obj:
+                continue
+            else:
+                head.append(f"flush chain {table} {obj.name}")
+            tail += [f"add rule {table} {obj.name} {rule}" for rule in obj.rules]
+        elif isinstance(obj, Set | Map):
+            kind = _kind(obj)
+            if was is None:
+                declares.insert(0, f"add {kind} {table} {obj.name} {_declaration(obj)}")
+                old_ids: list[object] = []
+            else:
+                assert isinstance(was, Set | Map)
+                old_ids = _identities(was)
+            new_ids = _identities(obj)
+            gone = [e for e, i in zip(_elements(was), old_ids, strict=True) if i not in new_ids]
+            fresh = [e for e, i in zip(obj.elements, new_ids, strict=True) if i not in old_ids]
+            if gone:
+                keys = ", ".join(_element_key(e) for e in gone)
+                deletes.append(f"delete element {table} {obj.name} {{ {keys} }}")
+            if fresh:
+                adds.append(f"add element {table} {obj.name} {{ {', '.join(fresh)} }}")
+    gone = [was for key, was in before.items() if key not in after]
+    for was in gone:  # a verdict map's elements first: they hold the chains they jump to
+        if isinstance(was, Set | Map) and was.elements:
+            keys = ", ".join(_element_key(e) for e in was.elements)
+            deletes.append(f"delete element {table} {was.name} {{ {keys} }}")
+    deletes += [f"delete chain {table} {was.name}" for was in gone if isinstance(was, Chain)]
+    deletes += [f"delete {_kind(was)} {table} {was.name}" for was in gone
+                if isinstance(was, Set | Map)]
+    return [*head, *deletes, *declares, *adds, *tail]
+
+
+def _elements(obj: Set | Map | None) -> list[str]:
+    return [] if obj is None else obj.elements
+
+
+def _identities(obj: Set | Map) -> list[object]:
+    if isinstance(obj, Set) and obj.labels:
+        return list(zip(obj.elements, obj.labels, strict=True))
+    return list(obj.elements)

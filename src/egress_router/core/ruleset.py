@@ -229,10 +229,15 @@ def _spread_rule(family: int, key: Key, targets: list[Target]) -> str:
     )
 
 
-def _counting_set(name: str, keys: list[Key], what: str) -> nftables.Set:
+def _counting_set(
+    name: str, keys: list[Key], what: str, labels: dict[Key, object]
+) -> nftables.Set:
     # Elements of the counting sets go on one line: one rule per map element
-    # stays the only line-per-rule block, which keeps the ruleset readable.
-    return nftables.Set(name, _KEY_TYPE, what, elements=[_keys_text([key]) for key in keys])
+    # stays the only line-per-rule block, which keeps the ruleset readable. An element's
+    # label is the rule's configured destination: an update restarts the counters of a
+    # key whose destination changed (`nftables.update`).
+    return nftables.Set(name, _KEY_TYPE, what, elements=[_keys_text([key]) for key in keys],
+                        labels=[labels.get(key) for key in keys])
 
 
 def _prerouting_rules(
@@ -368,9 +373,10 @@ def table_of(
         table.add(_ct_timeout(family))
     for family in families:
         keys = list(groups[family])
+        labels = _labels(cfg, family)
         table.add(
-            _counting_set(conns_set(family), keys, "new connections per rule"),
-            _counting_set(traffic_set(family), keys, "packets and bytes per rule"),
+            _counting_set(conns_set(family), keys, "new connections per rule", labels),
+            _counting_set(traffic_set(family), keys, "packets and bytes per rule", labels),
             nftables.Map(
                 redirect_map(family),
                 f"{_KEY_TYPE} : {_ADDR_TYPE[family]} . inet_service",
@@ -593,13 +599,13 @@ REBUILD_AT = 1000
 def render_nftables_update(old: config.Config, new: config.Config) -> str | None:
     """A transaction that turns the table of ``old`` into that of ``new`` in place.
 
-    Unlike a whole replacement it keeps the element counters of rules that stay
-    the same (a rule is the same when its key and configured destination are),
-    so per-rule metrics do not drop back to zero on every reload. Only what
-    changed is deleted and added; the prerouting chain, which holds no state,
-    is rewritten. Returns None when the two differ in more than rules and
-    fallbacks (families, sources, interfaces, HTTP port): replace the table then.
-    The transaction fails as a whole when the kernel's table is not ``old``'s.
+    The difference of the two tables as objects (`nftables.update`): unlike a whole
+    replacement it keeps the element counters of rules that stay the same (a rule is the
+    same when its key and configured destination are), so per-rule metrics do not drop
+    back to zero on every reload; only what changed is deleted, flushed and added.
+    Returns None when the two differ in more than rules and fallbacks (families, sources,
+    interfaces, HTTP port): replace the table then. The transaction fails as a whole when
+    the kernel's table is not ``old``'s.
 
     When an edit changes more rules than it keeps (at least `REBUILD_AT` of
     them), the transaction is the whole table instead (`render_nftables`): nft
@@ -610,46 +616,20 @@ def render_nftables_update(old: config.Config, new: config.Config) -> str | None
     check_verbatim(new)
     if _static_part(old) != _static_part(new):
         return None
-    table = f"{TABLE_FAMILY} {TABLE}"
     families = _family_list(new)
-    old_groups = {f: group_rules(old, f) for f in families}
     new_groups = {f: group_rules(new, f) for f in families}
-    head = [f"flush chain {table} {CHAIN_PREROUTING}"]
-    deletes: list[str] = []
-    adds: list[str] = []
-    changes: dict[int, tuple[list[Key], list[Key]]] = {}
+    before, after = table_of(old), table_of(new, groups=new_groups)
+    changed = 0
     for family in families:
-        before, after = old_groups[family], new_groups[family]
-        old_labels, new_labels = _labels(old, family), _labels(new, family)
-        # Counting elements: a key whose destination (as configured) changed starts at zero.
-        gone = [k for k in before if k not in after or old_labels[k] != new_labels[k]]
-        fresh = [k for k in after if k not in before or old_labels[k] != new_labels[k]]
-        changes[family] = gone, fresh
-    changed = sum(len(gone) + len(fresh) for gone, fresh in changes.values())
+        was, now = before.get(nftables.Set, conns_set(family)), after.get(nftables.Set,
+                                                                          conns_set(family))
+        assert isinstance(was, nftables.Set) and isinstance(now, nftables.Set)
+        old_ids = set(zip(was.elements, was.labels, strict=True))
+        new_ids = set(zip(now.elements, now.labels, strict=True))
+        changed += len(old_ids ^ new_ids)
     if changed >= REBUILD_AT and changed > sum(map(len, new_groups.values())):
-        return render_nftables(new, groups=new_groups)
-    for family in families:
-        before, after = old_groups[family], new_groups[family]
-        gone, fresh = changes[family]
-        for name in (conns_set(family), traffic_set(family)):
-            if gone:
-                deletes.append(f"delete element {table} {name} {{ {_keys_text(gone)} }}")
-            if fresh:
-                adds.append(f"add element {table} {name} {{ {_keys_text(fresh)} }}")
-        deletes_f, adds_f = _update_redirects(table, family, before, after)
-        deletes += deletes_f
-        adds += adds_f
-    tail = [
-        f"add rule {table} {CHAIN_PREROUTING} {rule}"
-        for rule in _prerouting_rules(new, families, new_groups, timeouts=True)
-    ]
-    for family in families:
-        redirected = _redirected_rules(new, family)
-        if _redirected_rules(old, family) != redirected:  # it names the fallbacks
-            chain = redirected_chain(family)
-            tail += [f"flush chain {table} {chain}"]
-            tail += [f"add rule {table} {chain} {rule}" for rule in redirected]
-    lines = ["# egress-router update: generated", *head, *deletes, *adds, *tail]
+        return after.replacement(_header_comments(new))
+    lines = ["# egress-router update: generated", *nftables.update(before, after)]
     return "\n".join(lines) + "\n"
 
 
@@ -659,50 +639,6 @@ def _labels(cfg: config.Config, family: int) -> dict[Key, object]:
         (r.proto, r.port): (r.host or r.address, r.remote_port)
         for r in cfg.destinations.rules_of(family)
     }
-
-
-def _update_redirects(
-    table: str,
-    family: int,
-    before: dict[Key, list[Target]],
-    after: dict[Key, list[Target]],
-) -> tuple[list[str], list[str]]:
-    redirect, spread = redirect_map(family), spread_map(family)
-    deletes: list[str] = []
-    adds: list[str] = []
-    old_single = {k: t[0] for k, t in before.items() if len(t) == 1}
-    new_single = {k: t[0] for k, t in after.items() if len(t) == 1}
-    old_multi = {k: t for k, t in before.items() if len(t) > 1}
-    new_multi = {k: t for k, t in after.items() if len(t) > 1}
-    drop = [k for k, t in old_single.items() if new_single.get(k) != t]
-    put = [(k, t) for k, t in new_single.items() if old_single.get(k) != t]
-    if drop:
-        deletes.append(f"delete element {table} {redirect} {{ {_keys_text(drop)} }}")
-    if put:
-        elements = ", ".join(f"{p.value} . {n} : {_target_text(t)}" for (p, n), t in put)
-        adds.append(f"add element {table} {redirect} {{ {elements} }}")
-    if not old_multi and not new_multi:
-        return deletes, adds
-    if new_multi:
-        adds.insert(0, f"add map {table} {spread} {{ type {_KEY_TYPE} : verdict; }}")
-    for key in old_multi:
-        if key not in new_multi:
-            deletes.append(f"delete element {table} {spread} {{ {_keys_text([key])} }}")
-            deletes.append(f"delete chain {table} {spread_chain(family, key)}")
-    if not new_multi:
-        deletes.append(f"delete map {table} {spread}")
-    for key, targets in new_multi.items():
-        chain = spread_chain(family, key)
-        if old_multi.get(key) == targets:
-            continue
-        if key not in old_multi:
-            adds.append(f"add chain {table} {chain}")
-        else:
-            adds.append(f"flush chain {table} {chain}")
-        adds.append(f"add rule {table} {chain} {_spread_rule(family, key, targets)}")
-        if key not in old_multi:
-            adds.append(f"add element {table} {spread} {{ {_keys_text([key])} : jump {chain} }}")
-    return deletes, adds
 
 
 def describe_rules(cfg: config.Config) -> list[tuple[str, str, str, str]]:
