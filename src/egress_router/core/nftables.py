@@ -185,14 +185,13 @@ def update(old: Table, new: Table) -> list[str]:
                 deletes.append(f"delete element {table} {obj.name} {{ {keys} }}")
             if fresh:
                 adds.append(f"add element {table} {obj.name} {{ {', '.join(fresh)} }}")
-    gone = [was for key, was in before.items() if key not in after]
-    for was in gone:  # a verdict map's elements first: they hold the chains they jump to
+    removed = [was for key, was in before.items() if key not in after]
+    for was in removed:  # a verdict map's elements first: they hold the chains they jump to
         if isinstance(was, Set | Map) and was.elements:
             keys = ", ".join(_element_key(e) for e in was.elements)
             deletes.append(f"delete element {table} {was.name} {{ {keys} }}")
-    deletes += [f"delete chain {table} {was.name}" for was in gone if isinstance(was, Chain)]
-    deletes += [f"delete {_kind(was)} {table} {was.name}" for was in gone
-                if isinstance(was, Set | Map)]
+    deletes += [f"delete chain {table} {o.name}" for o in removed if isinstance(o, Chain)]
+    deletes += [f"delete {_kind(o)} {table} {o.name}" for o in removed if isinstance(o, Set | Map)]
     return [*head, *deletes, *declares, *adds, *tail]
 
 
