@@ -16,14 +16,25 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import capacity, cni_add, flowtable, ha, harness, results, run, toll, wait
+from bench import (
+    capacity,
+    cni_add,
+    flowtable,
+    ha,
+    harness,
+    proxies,
+    results,
+    run,
+    toll,
+    wait,
+)
 from bench.suite import Suite
 from egress_router.lab import world as labmod
 
 # Every suite, in the order ``--help`` lists them; a new one is a module with ``SUITES``.
 SUITES: dict[str, Suite] = {
     s.name: s
-    for module in (run, toll, wait, capacity, flowtable, ha, cni_add)
+    for module in (run, toll, wait, capacity, flowtable, ha, proxies, cni_add)
     for s in module.SUITES
 }
 

@@ -121,11 +121,14 @@ def render_iptables(
             f"-A {IPT_INPUT} -i lo -p tcp --dport {cfg.http_port} -j ACCEPT",
             f"-A {IPT_INPUT} -p tcp --dport {cfg.http_port} -j DROP",
         ]
-    filt += [
-        f"-A {IPT_INPUT} -i {pod} -p tcp {new} -j REJECT --reject-with tcp-reset",
-        f"-A {IPT_INPUT} -i {pod} -p udp {new} -j REJECT --reject-with {unreachable}",
-        f"-A {IPT_INPUT} -i {pod} -p sctp {new} -j REJECT --reject-with {unreachable}",
-    ]
+    if cfg.mode.redirects:
+        filt += [
+            f"-A {IPT_INPUT} -i {pod} -p tcp {new} -j REJECT --reject-with tcp-reset",
+            f"-A {IPT_INPUT} -i {pod} -p udp {new} -j REJECT --reject-with {unreachable}",
+            f"-A {IPT_INPUT} -i {pod} -p sctp {new} -j REJECT --reject-with {unreachable}",
+        ]
+    else:  # the proxy modes: the proxy's ports answer the pod side
+        filt.append(f"-A {IPT_INPUT} -i {pod} -j ACCEPT")
     if source is not None:
         filt += [
             f"-A {IPT_INPUT} -i {egress} -p {p.value} -m conntrack --ctdir REPLY -j ACCEPT"

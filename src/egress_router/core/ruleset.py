@@ -40,7 +40,9 @@ first packet only:
 * ``input`` (filter): the HTTP port only from the pod interface (and
   loopback); a port with no rule and no fallback is refused at once (TCP
   reset, ICMP port unreachable) instead of timing out; from the egress side
-  only replies of the router's own connections (and ICMP) get in.
+  only replies of the router's own connections (and ICMP) get in. In the
+  proxy modes (``http-proxy``, ``dns-proxy``) nothing is redirected and the
+  pod side reaches the pod's own listeners (the proxy) instead; the rest holds.
 * ``source_guard`` (filter, postrouting, after SNAT): the last resort. Nothing
   leaves the egress interface with a source other than a reserved address
   (IPv6 neighbour discovery and MLD from link-local or unspecified sources
@@ -247,6 +249,8 @@ def _prerouting_rules(
     *,
     timeouts: bool = False,
 ) -> list[str]:
+    if not cfg.mode.redirects:
+        return []  # the proxy modes: no DNAT at all, the chain stays empty
     rules = [
         f'iifname != "{cfg.pod_interface}" return',
         "fib daddr type != local return",
@@ -497,10 +501,16 @@ def _nft_input(cfg: config.Config) -> nftables.Chain:
             'counter drop comment "HTTP only from the pod side"',
             f'iifname "{pod}" tcp dport {cfg.http_port} accept',
         ]
+    if cfg.mode.redirects:
+        chain.rules += [
+            f'iifname "{pod}" ct state new meta l4proto tcp reject with tcp reset',
+            f'iifname "{pod}" ct state new meta l4proto {{ udp, sctp }} '
+            "reject with icmpx type port-unreachable",
+        ]
+    else:
+        # The proxy modes: the pod's own listeners (the proxy's ports) answer the pod side.
+        chain.rules.append(f'iifname "{pod}" accept comment "the proxy listens on the pod side"')
     chain.rules += [
-        f'iifname "{pod}" ct state new meta l4proto tcp reject with tcp reset',
-        f'iifname "{pod}" ct state new meta l4proto {{ udp, sctp }} '
-        "reject with icmpx type port-unreachable",
         # From the physical side only replies of the router's own connections reach a
         # socket: a forged original-direction packet of any flow does not.
         f'iifname "{egress}" meta l4proto {{ {L4_PROTOS} }} ct direction reply accept',
