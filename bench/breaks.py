@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import results, stats
+from bench import results, stats, suite
 from bench.wait import ROUTER4, TAMPERS, ConfigMap, Prober, Router, in_router, log
 from egress_router.lab import world as labmod
 
@@ -290,3 +290,13 @@ def run_suite(args: argparse.Namespace) -> results.Outcome:
                          "a folder holding egress_router")
     doc = run(args)
     return results.Outcome(args.name, doc, markdown(doc))
+
+
+SUITES = (
+    suite.Suite(
+        "breaks",
+        "issue 18's figures against another checkout: drift windows, drifts in a row, a flood",
+        add_arguments,
+        run_suite,
+    ),
+)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, harness, results, stats
+from bench import capacity, harness, results, stats, suite
 from bench.workload import DataPath
 from egress_router.core import ruleset
 from egress_router.lab import world as labmod
@@ -179,3 +179,12 @@ def run_suite(args: argparse.Namespace) -> results.Outcome:
               + json.dumps(counters)]
     return results.Outcome("flowtable", doc, "\n".join(lines) + "\n")
 
+
+SUITES = (
+    suite.Suite(
+        "flowtable",
+        "an nftables flowtable fast path against the product's ruleset",
+        add_arguments,
+        run_suite,
+    ),
+)

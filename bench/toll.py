@@ -7,7 +7,7 @@ Run on demand (root, a few minutes)::
 
 One lab, the seed's size of configuration (four rules and a fallback), and in
 every round, in a shuffled order, each path measured twice over: new
-connections (``ab``, connect + one request + close, as ``bench.run``) and
+connections (``ab``, connect + one request + close, as the data-path suite) and
 request/response on one TCP connection (``capload rr``: one byte each way,
 client pinned to CPU 0, server to CPU 1). Paths: plain forwarding (no rules),
 upstream-style rules (``bench/upstream.py``), this tree's nftables and iptables
@@ -19,13 +19,13 @@ Besides the rates, the CPU time the measured processes used (client, server,
 softirq threads: `harness.CpuMeter`) per connection and per round trip: on
 veth links the router's netfilter work runs in the sender's softirq context,
 so it is in those figures, and on a shared machine they follow the other
-tenants' load much less than the rates do. The steadiest figure is the CPU
-time per UDP datagram (``capload blast``: one established flow, a datagram
-there and its echo back; the kernel of this project's machines accounts
-softirq time to the task it interrupts, so the sender's thread CPU time holds
-the whole path's). Instruction counts would be steadier still, but ``perf stat
--e instructions`` finds no hardware counters in the project's VMs. Every ratio
-compares two paths of the same round; the report gives the median over rounds.
+tenants' load much less than the rates do. Every ratio compares two paths of
+the same round; the report gives the median over rounds. The steadiest figure
+is the CPU time per UDP datagram (``capload blast``: one established flow, a
+datagram there and its echo back; the kernel of this project's machines
+accounts softirq time to the task it interrupts, so the sender's thread CPU
+time holds the whole path's). Instruction counts would be steadier still, but
+``perf stat -e instructions`` finds no hardware counters in the project's VMs.
 """
 
 from __future__ import annotations
@@ -47,10 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import ablation as bench_ablation
-from bench import capacity, harness, results, stats, upstream
-from bench import run as run_module
+from bench import capacity, harness, results, stats, suite, upstream
 from bench.workload import DESTINATION, FILLER_DESTINATION, DataPath
-from egress_router.core import config, ruleset
+from egress_router.core import config, iptables_rules, ruleset
 from egress_router.lab import world as labmod
 
 RR_PORT = 7300
@@ -86,14 +85,19 @@ def render_tree(cfg_rules: str, src: Path | None) -> tuple[str, dict[int, str]]:
     """The nftables text and iptables payloads of ``cfg_rules``, by this tree or ``src``."""
     if src is None:
         cfg = cfg_for(cfg_rules)
-        return ruleset.render_nftables(cfg), {f: ruleset.render_iptables(cfg, f) for f in (4, 6)}
+        payloads = {f: iptables_rules.render_iptables(cfg, f) for f in (4, 6)}
+        return ruleset.render_nftables(cfg), payloads
     code = (
         "import json, sys\n"
         "from egress_router.core import config, ruleset\n"
+        "try:\n"  # an older tree renders iptables in ruleset itself
+        "    from egress_router.core import iptables_rules\n"
+        "except ImportError:\n"
+        "    iptables_rules = ruleset\n"
         "env = json.loads(sys.argv[1])\n"
         "cfg = config.load_config(env)\n"
         "print(json.dumps([ruleset.render_nftables(cfg),"
-        " {f: ruleset.render_iptables(cfg, f) for f in (4, 6)}]))\n"
+        " {f: iptables_rules.render_iptables(cfg, f) for f in (4, 6)}]))\n"
     )
     env = {**harness.ROUTER_ENV, config.ENV_DESTINATION: cfg_rules}
     cp = subprocess.run([sys.executable, "-I", "-c", code, json.dumps(env)], capture_output=True,
@@ -250,7 +254,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         "duration_s": (datetime.datetime.now(datetime.UTC) - started).total_seconds(),
         "host": {"nproc": os.cpu_count(), "kernel": platform.release(),
                  "loadavg_start": list(load_start), "loadavg_end": list(harness.loadavg())},
-        "settings": {"command": getattr(args, "command", "python -m bench toll"),
+        "settings": {"command": args.command,
                      "rounds": args.rounds, "seconds": args.seconds, "seed": args.seed,
                      "rules": SEED_RULES,
                      "baseline": str(args.baseline) if args.baseline else None},
@@ -310,7 +314,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         mine = [s for s in doc["samples"] if s["path"] == name]
 
         def med(key: str, mine: list[dict[str, Any]] = mine) -> float:
-            return float(stats.median(s[key] for s in mine))
+            return stats.median(s[key] for s in mine)
 
         label = doc.get("labels", {}).get(name, "")
         shown = f"{name}" + (f" ({label})" if label else "")
@@ -355,20 +359,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also measure the rulesets of the package in SRC (a src folder)")
     parser.add_argument("--no-ablation", action="store_true", help="no ablation variants")
     parser.add_argument("--only", help="comma-separated path names to measure")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="only re-render a result")
 
 
 def run_suite(args: argparse.Namespace) -> results.Outcome:
+    if args.render is not None:
+        doc = json.loads(args.render.read_text(encoding="utf-8"))
+        args.out = args.out or args.render.parent
+        return results.Outcome("toll", doc, render_markdown(doc))
     if os.geteuid() != 0:
         raise harness.BenchError("needs root (network namespaces)")
     if args.baseline is not None and not (args.baseline / "egress_router").is_dir():
         raise harness.BenchError(
-            f"cannot use --baseline {args.baseline}: no egress_router package in it")
+            f"cannot use --baseline {args.baseline}: no egress_router package in it"
+        )
     begun = time.monotonic()
 
     def log(message: str) -> None:
         print(f"[{time.monotonic() - begun:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-    run_module.ensure_tools(True, log)
+    from bench import run as bench_run  # noqa: PLC0415 (bench.run imports much more)
+
+    bench_run.ensure_tools(True, log)
     with harness.terminating_on_signals():
         doc = run(args, log)
     return results.Outcome("toll", doc, render_markdown(doc))
+
+
+SUITES = (
+    suite.Suite(
+        "toll",
+        "the data path's toll at the seed's size against upstream-style rules and forwarding",
+        add_arguments,
+        run_suite,
+    ),
+)

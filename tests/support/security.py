@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from egress_router.core import config, plan, ruleset
+from egress_router.core import config, iptables_rules, plan, ruleset
 from egress_router.kernel import files
 from egress_router.lab import world as labmod
 from support import wire
@@ -195,7 +195,7 @@ class World:
         """Our rules as the router applies them: {0: nft text} or {4: ..., 6: ...}."""
         if self.backend == "nftables":
             return {0: ruleset.render_nftables(self.cfg)}
-        return {family: ruleset.render_iptables(self.cfg, family, ruleset.IPT_JUMPS)
+        return {family: iptables_rules.render_iptables(self.cfg, family, ruleset.IPT_JUMPS)
                 for family in (4, 6)}
 
     def apply_variant(self, change: Any) -> None:

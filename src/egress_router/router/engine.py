@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from egress_router.core import config, listing, plan, ruleset
+from egress_router.core import config, iptables_rules, listing, plan, ruleset
 from egress_router.kernel import announce, errors, iptables, netlink, nft, observe
 from egress_router.kernel import preflight as preflight_module
 
@@ -106,7 +106,7 @@ class IptablesFirewall:
         # Both families always: one without a source gets the closed policy, so that
         # (for example) the HTTP port is not open over IPv6 link-local on an IPv4 router.
         return [
-            (family, ruleset.render_iptables(cfg, family, self._jumps(family)))
+            (family, iptables_rules.render_iptables(cfg, family, self._jumps(family)))
             for family in (4, 6)
         ]
 
@@ -128,7 +128,7 @@ class IptablesFirewall:
                 # Nothing of ours: a removal payload would create empty tables and chains.
                 continue
             jumps = listing.iptables_jumps(dump)
-            self.runner.restore(family, ruleset.render_iptables_removal(family, jumps))
+            self.runner.restore(family, iptables_rules.render_iptables_removal(family, jumps))
             self.runner.delete_chains(family)
 
     def update(self, old: config.Config, new: config.Config) -> bool:
@@ -371,7 +371,7 @@ def render_iptables(cfg: config.Config) -> str:
     policy), as one readable text."""
     return "".join(
         f"# --- {'ip6tables' if family == 6 else 'iptables'}-restore --noflush\n"
-        f"{ruleset.render_iptables(cfg, family)}"
+        f"{iptables_rules.render_iptables(cfg, family)}"
         for family in (4, 6)
     )
 

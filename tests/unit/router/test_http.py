@@ -74,10 +74,10 @@ def test_http_endpoints_answer_from_the_router(harness: Harness, tmp_path: Path,
     endpoints.append(endpoint)
     assert endpoint.get("/healthz") == (200, "ok\n")
     assert endpoint.get("/readyz") == (200, "ok\n")
-    harness.runner.applied.append("tampered")
+    harness.tamper()
     harness.router.reconcile()
+    harness.tamper()
     harness.runner.fail = "Error: injected"
-    harness.runner.applied.append("tampered again")
     harness.router.reconcile()
     status, body = endpoint.get("/readyz")
     assert status == 503 and body.startswith("ruleset: "), body

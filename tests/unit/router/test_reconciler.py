@@ -100,7 +100,7 @@ def test_removed_fallback_cuts_its_connections_but_not_port_rules(tmp_path: Path
 def test_reconcile_repairs_a_changed_table_and_counts_it(harness: Harness) -> None:
     assert harness.router.reconcile() == []
     assert harness.value("egress_router_drift_repairs_total", kind="ruleset") == 0
-    harness.runner.applied.append("table inet egress_router { }  # someone else")
+    harness.tamper()
     assert harness.router.check() == (
         False, "our rules in the kernel differ from the applied ones"
     )
