@@ -29,8 +29,8 @@ die() { say "$*"; exit 1; }
 command -v go >/dev/null || die "go is not installed (Go 1.24 or newer is needed to build the cluster)"
 command -v gcc >/dev/null || die "gcc is not installed (apt-get install gcc libc6-dev: the pause binary)"
 
-kube_version=$(sed -n 's/^require k8s.io\/kubernetes \(v[0-9.]*\)$/\1/p' cluster/kube/go.mod)
-[ -n "$kube_version" ] || die "cluster/kube/go.mod: cannot find 'require k8s.io/kubernetes vX.Y.Z'"
+kube_version=$(awk '($1 == "require" ? $2 : $1) == "k8s.io/kubernetes" && $NF ~ /^v1\./ {print $NF; exit}' cluster/kube/go.mod)
+[ -n "$kube_version" ] || die "cluster/kube/go.mod: cannot find the required k8s.io/kubernetes version"
 minor=$(echo "$kube_version" | cut -d. -f2)
 
 inputs() {

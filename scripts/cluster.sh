@@ -9,24 +9,25 @@
 #   bash scripts/cluster.sh kubectl ARGS...   # kubectl in the control-plane namespace
 #
 # EGRESS_ROUTER_CLUSTER (default erc): the cluster's name, [a-z0-9]{1,6}, the prefix of its
-# network namespaces ($name-hub, $name-cp, $name-n1, $name-n2) and of its cgroups (/$name.erc),
+# network namespaces ($name-hub, $name-dst, $name-cp, $name-n1, $name-n2) and of its cgroups (/$name.erc),
 # so two clusters coexist. EGRESS_ROUTER_CLUSTER_DIR (/var/tmp/egress-router-cluster): where
 # each cluster keeps its state ($dir/$name). EGRESS_ROUTER_CLUSTER_OWNER: a pid; `sweep`
 # removes the clusters whose owner has exited (the tests set it).
 #
 # Topology (addresses inside the namespaces only):
 #   $name-hub  bridge br-node (node/control-plane network 172.31.0.0/24) and bridge br-phy (the
-#              physical L2 192.168.12.0/24, gateway 192.168.12.1); the destinations
-#              203.0.113.0/24 behind the gateway (a dummy link) with the project's destination
-#              server (egress_router.lab.server) logging the peer address it sees
+#              physical L2 192.168.12.0/24, gateway 192.168.12.1), routing to
+#   $name-dst  the destinations 203.0.113.25-27 behind the gateway, with the project's
+#              destination server (egress_router.lab.server) logging the peer address it sees
 #   $name-cp   172.31.0.2: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
 #   $name-nN   eth0 192.168.12.1N/24 on the physical L2 (the default route: the interface
 #              `assign-macvlan: "true"` means), eth1 172.31.0.1N on the node network; containerd,
 #              kubelet, kube-proxy (nftables); pod network 10.128.(2N-2).0/23 on bridge cni0
 #              (Debian's bridge + host-local CNI plugins), routes to the other node's pods
 # Each node also has a mount namespace of its own (containerd, its shims and runc, the kubelet
-# and the pods' mounts live there; a private /run so no default containerd path is touched)
-# and a cgroup subtree (/$name.erc/nN: the kubelet's cgroup root; its daemons in .../system).
+# and the pods' mounts live there; a private /run so no default containerd path is touched;
+# its own /opt/cni/bin and /etc/cni/net.d, so hostPath DaemonSets that install CNI plugins
+# work unchanged) and a cgroup subtree (/$name.erc/nN: the kubelet's cgroup root; its daemons in .../system).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -116,7 +117,7 @@ wait_for() { # DESCRIPTION SECONDS COMMAND...
     if "$@" >/dev/null 2>&1; then return 0; fi
     sleep 0.25
   done
-  die "$what did not come up within ${secs}s (logs: $dir/log)"
+  die "$what did not come up within ${secs}s (logs: $dir/log; 'cluster.sh down' removes everything)"
 }
 
 kubectl_cp() {
@@ -203,11 +204,16 @@ make_network() {
   ip -n "$hub" link add br-phy type bridge
   ip -n "$hub" addr add 172.31.0.1/24 dev br-node
   ip -n "$hub" addr add 192.168.12.1/24 dev br-phy
-  ip -n "$hub" link add dst0 type dummy
-  for a in 25 26 27; do ip -n "$hub" addr add "203.0.113.$a/24" dev dst0; done
   ip -n "$hub" link set br-node up
   ip -n "$hub" link set br-phy up
-  ip -n "$hub" link set dst0 up
+  # The destinations, behind the gateway.
+  netns_add "$name-dst"
+  ip -n "$hub" link add dst type veth peer name eth0 netns "$name-dst"
+  ip -n "$hub" addr add 203.0.113.1/24 dev dst
+  ip -n "$hub" link set dst up
+  for a in 25 26 27; do ip -n "$name-dst" addr add "203.0.113.$a/24" dev eth0; done
+  ip -n "$name-dst" link set eth0 up
+  ip -n "$name-dst" route add default via 203.0.113.1
   ip -n "$hub" link add cp type veth peer name eth0 netns "$cp"
   ip -n "$hub" link set cp master br-node up
   ip -n "$cp" addr add "$CP_IP/24" dev eth0
@@ -234,6 +240,17 @@ make_network() {
   done
 }
 
+# The project's destination server behind the gateway: it logs every peer address it sees
+# ($dir/dst.log, one JSON object a line), the far side every test judges from.
+DESTINATIONS=(tcp:203.0.113.25:80 tcp:203.0.113.26:80 tcp:203.0.113.26:443 tcp:203.0.113.27:9000 udp:203.0.113.27:9000)
+destinations() {
+  local python=python3
+  [ -x "$root/.venv/bin/python" ] && python=$root/.venv/bin/python
+  start destination-server "$cgname/dst" "$name-dst" - \
+    env PYTHONPATH="$root/src" "$python" -m egress_router.lab.server serve "${DESTINATIONS[@]}" --log "$dir/dst.log" --ready "$dir/dst.ready"
+  wait_for "the destination server" 30 test -e "$dir/dst.ready"
+}
+
 # --------------------------------------------------------------------------- control plane
 control_plane() {
   local cp=$name-cp cg=$cgname/cp
@@ -254,7 +271,7 @@ control_plane() {
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction,PodSecurity \
     --allow-privileged=true --profiling=false --cert-dir "$pki" \
     --endpoint-reconciler-type lease
-  wait_for "etcd" 60 nsenter --net="/run/netns/$cp" -- "$bin/etcd" --version
+  wait_for "etcd" 60 etcd_listens
   wait_for "kube-apiserver" 180 kubectl_cp get --raw /readyz
   start kube-controller-manager "$cg" "$cp" - "$bin/kube-controller-manager" \
     --kubeconfig "$pki/controller-manager.kubeconfig" \
@@ -298,6 +315,8 @@ make_images() {
     rm -rf "$ctx"
   fi
   podman_ image exists "$ROUTER_IMAGE" || die "image $ROUTER_IMAGE is missing: bash scripts/build-image.sh"
+  echo "$PAUSE_IMAGE" >"$dir/pause-image"
+  echo "$ROUTER_IMAGE" >"$dir/router-image"
   archives=()
   local image
   for image in "$PAUSE_IMAGE" "$ROUTER_IMAGE"; do
@@ -363,8 +382,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         Root = "$nd/runc"
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "$nd/cni/bin"
-    conf_dir = "$nd/cni/net.d"
+    # The standard paths, which are the node's own in its mount namespace (so DaemonSets that
+    # install CNI plugins with hostPath /opt/cni/bin and /etc/cni/net.d work unchanged).
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
     max_conf_num = 1
 TOML
   cat >"$nd/kubelet.yaml" <<YAML
@@ -428,6 +449,10 @@ node_mount_ns() {
   nsenter --mount="$nd/mnt" -- sh -ec "
     mount -t tmpfs -o mode=0755 run-$name-$1 /run
     mkdir -p /run/netns /run/lock
+    mount -t tmpfs -o mode=0755 opt-$name-$1 /opt
+    mkdir -p /opt/cni/bin
+    mount --bind $nd/cni/bin /opt/cni/bin
+    mount --bind $nd/cni/net.d /etc/cni/net.d
     mount --bind $nd/sysctl/overcommit_memory /proc/sys/vm/overcommit_memory
     mount --bind $nd/sysctl/panic /proc/sys/kernel/panic
     mount --bind $nd/sysctl/panic_on_oops /proc/sys/kernel/panic_on_oops
@@ -464,6 +489,8 @@ nodes_up() {
   wait_for "the default service account" 60 kubectl_cp get serviceaccount default
 }
 
+etcd_listens() { [ -n "$(ip netns exec "$name-cp" ss -Hltn 'sport = :2379')" ]; }
+
 up() {
   [ ! -e "$dir/up" ] || die "already up ($dir); 'down' first"
   if ip netns list | grep -q "^$name-"; then die "leftovers of cluster $name exist: run 'down' first"; fi
@@ -476,6 +503,7 @@ up() {
   local t0=$SECONDS
   make_pki
   make_network
+  destinations
   control_plane
   say "control plane up in $((SECONDS - t0)) s"
   [ -n "${EGRESS_ROUTER_CLUSTER_CONTROL_PLANE_ONLY:-}" ] || { nodes_up; say "nodes up in $((SECONDS - t0)) s"; }
@@ -513,9 +541,9 @@ down() {
   done
   # Anything still mounted below the cluster's directory in this namespace.
   if [ -d "$dir" ]; then
-    findmnt -rn -o TARGET | grep "^$dir/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    { findmnt -rn -o TARGET | grep "^$dir/" || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   fi
-  for n in hub cp "${nodes[@]}"; do
+  for n in dst hub cp "${nodes[@]}"; do
     ip netns del "$name-$n" 2>/dev/null || true
   done
   for d in $(cgroup_dirs); do
