@@ -26,9 +26,10 @@ from types import FrameType
 import click
 
 from egress_router.core import config, plan, ruleset
-from egress_router.k8s.command import render_command
-from egress_router.kernel import announce, errors, netlink, preflight
+from egress_router.kernel import announce, errors, files, netlink, preflight
 from egress_router.lab.command import lab as lab_group
+from egress_router.proxy import command as proxy_command
+from egress_router.render import render_command
 from egress_router.router import engine
 
 # rich and the lab (asyncio) are imported by the commands that use them: the
@@ -77,7 +78,7 @@ def _cni_environment(env: Mapping[str, str]) -> dict[str, str]:
 
 def _load(env: Mapping[str, str]) -> config.Config:
     try:
-        return config.load_config(_cni_environment(env))
+        return files.load_config(_cni_environment(env))
     except config.ConfigError as err:
         _fail(str(err), EXIT_CONFIG)
         raise AssertionError("unreachable") from err
@@ -135,6 +136,14 @@ def run_from_environment(env: Mapping[str, str]) -> int:
         _fail(str(err), EXIT_APPLY)
     for stage, seconds in report.stages.items():
         log.debug("%s: %.3fs", stage, seconds)
+    if not cfg.mode.redirects:
+        log.info(
+            "egress router ready for the %s container: %s via %s, nothing redirected",
+            cfg.mode.value,
+            ", ".join(str(s.interface) for s in cfg.sources),
+            ", ".join(str(g) for g in cfg.gateways),
+        )
+        return EXIT_OK
     log.info(
         "egress router ready: %s via %s, %d rules",
         ", ".join(str(s.interface) for s in cfg.sources),
@@ -213,6 +222,9 @@ def cli(ctx: click.Context) -> None:
     exactly like the upstream image.
     """
     if ctx.invoked_subcommand is None:
+        proxy = proxy_command.selected(os.environ)  # upstream's proxy pods: the variable decides
+        if proxy is not None:
+            sys.exit(proxy_command.run(proxy, os.environ))
         sys.exit(run_from_environment(os.environ))
 
 
@@ -240,11 +252,11 @@ def validate(path: Path | None) -> None:
     console = Console()
     try:
         if config.ENV_SOURCE in env or config.ENV_GATEWAY in env:
-            cfg = config.load_config(env)
+            cfg = files.load_config(env)
             rows = ruleset.describe_rules(cfg)
             title = f"{len(rows)} rules, source {', '.join(str(s.interface) for s in cfg.sources)}"
         else:
-            variable, text = config.read_destination_text(env)
+            variable, text = files.read_destination_text(env)
             destinations = config.parse_destinations(text, variable)
             rows = ruleset.describe_rules(
                 config.Config(sources=(), gateways=(), destinations=destinations)
@@ -384,6 +396,8 @@ def status_command(path: Path | None, as_json: bool) -> None:
 
 cli.add_command(lab_group, "lab")
 cli.add_command(render_command, "render")
+cli.add_command(proxy_command.http_proxy_command)
+cli.add_command(proxy_command.dns_proxy_command)
 
 
 def main() -> None:

@@ -26,7 +26,12 @@ import yaml
 
 from support import cluster as clustermod
 
-pytestmark = [pytest.mark.privileged, pytest.mark.cluster, pytest.mark.timeout(1800)]
+pytestmark = [
+    pytest.mark.privileged,
+    pytest.mark.cluster,
+    pytest.mark.slow,
+    pytest.mark.timeout(1800),
+]
 
 HERE = Path(__file__).parent / "cluster"
 REPO = Path(__file__).resolve().parents[2]

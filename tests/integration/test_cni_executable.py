@@ -33,7 +33,7 @@ from egress_router.k8s import manifest, render
 from egress_router.lab import world as labmod
 from support.podspec import one, run_args
 
-pytestmark = pytest.mark.privileged
+pytestmark = [pytest.mark.privileged, pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "scripts" / "build-cni.sh"
@@ -204,6 +204,7 @@ def ip_json(ns: str, *args: str) -> Any:
     return json.loads(done.stdout or "[]")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_installed_executable_works_on_a_node_without_python_or_nft(
     installed: tuple[Path, bytes], lab: labmod.Lab, tmp_path: Path

@@ -17,7 +17,9 @@ port, accepted on the pod interface; default 9090, 0 for none),
 ``log_level``, ``log_file``, ``announceCount``, ``announceInterval`` and
 ``ha`` (``{"mode": "vrrp", "vrid": 51}``: one replica of an active/standby
 pair; ADD then sets up everything but the reserved address, which the
-``wait`` container's keepalived adds on the active replica only). Addresses, gateways and
+``wait`` container's keepalived adds on the active replica only) and ``mode``
+(``"http-proxy"`` or ``"dns-proxy"``: upstream's proxy pods, whose ADD sets up the network
+only, as their init container would, and takes no ``ip.destinations``). Addresses, gateways and
 destinations go through the same parsers as the ``EGRESS_*`` variables (one
 grammar, one set of messages); a list entry is a "line" in messages.
 """
@@ -34,9 +36,11 @@ from typing import Any
 from egress_router.cni import errors
 from egress_router.cni.errors import CniError
 from egress_router.core import config, ha
+from egress_router.core.config import cniconf
+from egress_router.kernel import files
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-LATEST_VERSION = SUPPORTED_VERSIONS[-1]
+SUPPORTED_VERSIONS = cniconf.SUPPORTED_VERSIONS
+LATEST_VERSION = cniconf.LATEST_VERSION
 
 ADD = "ADD"
 DEL = "DEL"
@@ -48,10 +52,10 @@ COMMANDS = (ADD, DEL, CHECK, VERSION, STATUS, GC)
 # The first specification version that knows each command.
 SINCE = {ADD: "0.1.0", DEL: "0.1.0", VERSION: "0.1.0", CHECK: "0.4.0", STATUS: "1.1.0", GC: "1.1.0"}
 
-MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
-DEFAULT_MODE = "bridge"  # upstream's default
-MIN_MTU = 68
-MAX_MTU = 65535
+MACVLAN_MODES = cniconf.MACVLAN_MODES
+DEFAULT_MODE = cniconf.DEFAULT_MACVLAN_MODE
+MIN_MTU = cniconf.MIN_MTU
+MAX_MTU = cniconf.MAX_MTU
 
 LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -61,7 +65,7 @@ LOG_LEVELS = {
     "error": logging.ERROR,
     "panic": logging.CRITICAL,
 }
-DEFAULT_LOG_LEVEL = "info"
+DEFAULT_LOG_LEVEL = cniconf.DEFAULT_LOG_LEVEL
 
 VALID_ATTACHMENTS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 UNSUPPORTED_FORMS = {
@@ -122,6 +126,8 @@ class NetConf:
     dns: dict[str, Any] | None = None
     ha: ha.Settings | None = None  # "ha": an active/standby pair; the address is keepalived's
     prev_result: dict[str, Any] | None = None
+    # "mode": "http-proxy"/"dns-proxy" (ours): set up the network for a proxy pod, no redirect.
+    mode: config.Mode = config.Mode.INIT
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def router_config(self, ifname: str) -> config.Config:
@@ -130,7 +136,7 @@ class NetConf:
             self.sources,
             self.gateways,
             self.destinations,
-            mode=config.Mode.INIT,
+            mode=self.mode,
             backend=config.Backend.NFTABLES,
             pod_interface=self.pod_interface,
             egress_interface=ifname,
@@ -358,7 +364,25 @@ def _interval(obj: Mapping[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-HA_FIELDS = ("mode", "vrid")
+PROXY_MODES = tuple(config.Mode(m) for m in cniconf.PROXY_MODES)
+
+
+def _router_mode(obj: Mapping[str, Any]) -> config.Mode:
+    """``"mode"`` (ours, optional): a proxy pod's network set-up instead of the redirect."""
+    if "mode" not in obj:
+        return config.Mode.INIT
+    value = obj["mode"]
+    for mode in PROXY_MODES:
+        if value == mode.value:
+            return mode
+    raise config.ConfigError(
+        "mode", f"unknown mode {json.dumps(value)[:100]}; expected "
+        f"{' or '.join(json.dumps(m.value) for m in PROXY_MODES)} (a proxy pod), or no mode "
+        "(the redirect)",
+    )
+
+
+HA_FIELDS = cniconf.HA_FIELDS
 
 
 def _ha(obj: Mapping[str, Any], sources: tuple[config.Source, ...]) -> ha.Settings | None:
@@ -372,7 +396,7 @@ def _ha(obj: Mapping[str, Any], sources: tuple[config.Source, ...]) -> ha.Settin
             f"ha.{unknown[0]}", f"is not a field of ha; expected {', '.join(HA_FIELDS)}"
         )
     mode = raw.get("mode")
-    if not isinstance(mode, str) or ha.parse_mode(mode, "ha.mode") is not ha.Mode.VRRP:
+    if not isinstance(mode, str) or ha.parse_mode(mode, "ha.mode") is not ha.HAMode.VRRP:
         raise config.ConfigError(
             "ha.mode", f"invalid value {json.dumps(mode)}; expected \"vrrp\" (leave ha out "
             "for one replica)"
@@ -438,7 +462,16 @@ def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
         gateways = config.parse_gateways(
             ",".join(_strings(ip["gateway"], "ip.gateway", allow_string=True)), "ip.gateway"
         )
-        if not ip.get("destinations"):
+        mode = _router_mode(obj)
+        if not mode.redirects:
+            if ip.get("destinations"):
+                raise config.ConfigError(
+                    "ip.destinations",
+                    f"is set, but mode {mode.value} redirects nothing (the pod's proxy "
+                    "container decides where traffic goes); remove it, or remove mode",
+                )
+            ip = {**ip, "destinations": []}
+        elif not ip.get("destinations"):
             raise config.ConfigError(
                 "ip.destinations",
                 f"is missing; expected a list of rules: {config.RULE_SYNTAX}",
@@ -447,7 +480,7 @@ def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
         _one_line(entries, "ip.destinations")
         destinations = config.parse_destinations(
             "\n".join(entries), "ip.destinations", host_prefix=True
-        )
+        ) if entries else config.Destinations(rules=())
         if destinations.hosts():
             raise CniError(
                 errors.UNSUPPORTED_FIELD,
@@ -505,6 +538,7 @@ def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
         dns=dns,
         ha=ha_settings,
         prev_result=prev_result,
+        mode=mode,
         raw=dict(obj),
     )
 
@@ -551,13 +585,6 @@ _REPEATED = (
 )
 
 
-def _rule_lines(destinations: config.Destinations) -> list[str]:
-    lines = [
-        f"{r.port} {r.proto.value} {r.address} {r.remote_port}" for r in destinations.rules
-    ]
-    return lines + [str(f.address) for f in destinations.fallbacks]
-
-
 def router_environment(
     env: Mapping[str, str], read_text: Callable[[str], str] | None = None
 ) -> dict[str, str]:
@@ -584,7 +611,7 @@ def router_environment(
         )
     if read_text is None:
         # The same bounded reader as the destination file: a FIFO or a device never hangs.
-        text = config.read_bounded_file(path, config.ENV_CNI_CONFIG, "the CNI configuration")
+        text = files.read_bounded_file(path, config.ENV_CNI_CONFIG, "the CNI configuration")
     else:
         text = read_text(path)
     ifname = env.get(config.ENV_INTERFACE, config.DEFAULT_EGRESS_INTERFACE)
@@ -597,7 +624,7 @@ def router_environment(
         {
             config.ENV_SOURCE: ",".join(conf.raw["ip"]["addresses"]),
             config.ENV_GATEWAY: ",".join(str(g) for g in conf.gateways),
-            config.ENV_DESTINATION: "\n".join(_rule_lines(conf.destinations)),
+            config.ENV_DESTINATION: "\n".join(conf.destinations.lines()),
             config.ENV_POD_INTERFACE: conf.pod_interface,
             config.ENV_HTTP_PORT: str(conf.http_port),
             config.ENV_ANNOUNCE_COUNT: str(conf.announce_count),
@@ -605,8 +632,11 @@ def router_environment(
             config.ENV_BACKEND: config.Backend.NFTABLES.value,  # what the plugin programs
         }
     )
+    if not conf.mode.redirects:  # a proxy pod: the network only (status reads it so)
+        del completed[config.ENV_DESTINATION]
+        completed[config.ENV_MODE] = conf.mode.value
     if conf.ha is not None:
-        completed[ha.ENV_HA] = ha.Mode.VRRP.value
+        completed[ha.ENV_HA] = ha.HAMode.VRRP.value
         completed[ha.ENV_VRID] = str(conf.ha.vrid)
     if conf.log_level <= logging.DEBUG and config.ENV_DEBUG not in env:
         completed[config.ENV_DEBUG] = "true"

@@ -22,6 +22,7 @@ from egress_router.kernel import (
     announce,
     conntrack,
     errors,
+    files,
     netlink,
     nft,
     observe,
@@ -246,7 +247,7 @@ class Router:
         if self.path is not None:
             self._source = self._stat(self.path)
         text = self._read() if self.path is not None else None
-        cfg = config.load_config(self.env, None if text is None else lambda _path: text)
+        cfg = files.load_config(self.env, None if text is None else lambda _path: text)
         if text is not None:
             self._digest = digest.sha256_hex(text.encode())
         self.parsed = cfg
@@ -458,7 +459,7 @@ class Router:
 
     def _read(self) -> str:
         assert self.path is not None
-        _variable, text = config.read_destination_text(self.env)
+        _variable, text = files.read_destination_text(self.env)
         return text
 
     def poll_file(self) -> bool:
