@@ -290,6 +290,11 @@ control_plane() {
     --authorization-kubeconfig "$pki/scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --leader-elect=false --profiling=false
   kubectl_cp apply -f "$root/cluster/manifests/cni-rbac.yaml" >/dev/null
+  # Multus's NetworkAttachmentDefinition CRD, from the Multus module the plugin is built from.
+  local multus_dir
+  multus_dir=$(cd "$root/cluster/multus" && go list -m -f '{{.Dir}}' gopkg.in/k8snetworkplumbingwg/multus-cni.v4)
+  awk 'BEGIN{RS="\n---\n"} /kind: CustomResourceDefinition/ {print; exit}' "$multus_dir/deployments/multus-daemonset.yml" \
+    | kubectl_cp apply -f - >/dev/null
 }
 
 # --------------------------------------------------------------------------- images
@@ -431,6 +436,8 @@ protectKernelDefaults: true
 resolvConf: $nd/resolv.conf
 clusterDomain: cluster.local
 clusterDNS: [172.30.0.10]
+# ConfigMap changes reach the pods within seconds (live reload by kubectl apply).
+syncFrequency: 10s
 podLogsDir: $nd/pod-logs
 staticPodPath: ""
 maxPods: 40

@@ -15,14 +15,11 @@ destination server's own log must show the reserved source 192.168.12.99.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from support import cluster as clustermod
 
@@ -34,8 +31,6 @@ pytestmark = [
 ]
 
 HERE = Path(__file__).parent / "cluster"
-REPO = Path(__file__).resolve().parents[2]
-SYSTEM_NAMESPACE = "egress-router-system"
 # The seed's four flows and the fallback's extra ports: (proto, service port, where it lands).
 FLOWS = [
     ("tcp", 80, "203.0.113.25:80"),
@@ -46,41 +41,9 @@ FLOWS = [
 ]
 
 
-def _installer_daemonset(image: str) -> dict[str, Any]:
-    """`egress-router render`'s installer DaemonSet, for every node."""
-    config = {
-        "name": "egress-router-cni",
-        "namespace": SYSTEM_NAMESPACE,
-        "attachment": {"type": "cni", "master": "eth0", "interface": "net1"},
-        "source": "192.168.12.98/24",
-        "gateway": "192.168.12.1",
-        "destinations": ["203.0.113.27"],
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-    }
-    done = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "egress-router"), "render", "-"],
-        input=yaml.safe_dump(config), capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
-    for doc in yaml.safe_load_all(done.stdout):
-        if doc and doc.get("kind") == "DaemonSet":
-            return dict(doc)
-    raise AssertionError(f"render gave no installer DaemonSet:\n{done.stdout}")
-
-
-def install_annotation_plugin(cluster: clustermod.Cluster) -> None:
-    """Our DaemonSet puts the plugin on both nodes; then the pod network chains it."""
-    cluster.kubectl("create", "namespace", SYSTEM_NAMESPACE)
-    cluster.apply(yaml.safe_dump(_installer_daemonset(cluster.image)))
-    for node in clustermod.NODES:
-        plugin = cluster.dir / node / "cni" / "bin" / "egress-router"
-        clustermod.wait_until(
-            f"the installer DaemonSet puts the plugin on {node}",
-            lambda plugin=plugin: plugin.exists() and os.access(plugin, os.X_OK),
-            timeout=240,
-        )
-    # The cluster's administrator chains it after the pod network, as OpenShift SDN had it
-    # built in: the plugin reads the pod's annotation with the node's CNI credential.
+def chain_annotation_plugin(cluster: clustermod.Cluster) -> None:
+    """The cluster's administrator chains the plugin after the pod network, as OpenShift SDN
+    had it built in: it reads the pod's annotation with the node's CNI credential."""
     for node in clustermod.NODES:
         conflist = cluster.dir / node / "cni" / "net.d" / "10-podnet.conflist"
         conf = json.loads(conflist.read_text())
@@ -98,31 +61,10 @@ def install_annotation_plugin(cluster: clustermod.Cluster) -> None:
             tmp.replace(conflist)
 
 
-def client_pod(name: str, node: str, image: str) -> str:
-    return yaml.safe_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": "egress-client"}},
-            "spec": {
-                "nodeSelector": {"kubernetes.io/hostname": node},
-                "terminationGracePeriodSeconds": 1,
-                "containers": [
-                    {
-                        "name": "client",
-                        "image": image,
-                        "imagePullPolicy": "IfNotPresent",
-                        "command": ["sleep", "infinity"],
-                    }
-                ],
-            },
-        }
-    )
-
-
 @pytest.fixture(scope="module")
-def seed(cluster: clustermod.Cluster) -> clustermod.Cluster:
-    install_annotation_plugin(cluster)
+def seed(cluster: clustermod.Cluster) -> Iterator[clustermod.Cluster]:
+    clustermod.install_plugin(cluster)
+    chain_annotation_plugin(cluster)
     # The seed's Pod asks for a node with site=springfield-1.
     cluster.kubectl("label", "node", "n1", "site=springfield-1", "--overwrite")
     manifest = (
@@ -133,14 +75,17 @@ def seed(cluster: clustermod.Cluster) -> clustermod.Cluster:
     )
     cluster.apply(manifest)
     for node in clustermod.NODES:
-        cluster.apply(client_pod(f"client-{node}", node, cluster.image))
+        cluster.apply(clustermod.client_pod(f"client-{node}", node, cluster.image))
     try:
         cluster.wait("pod/egress-multi", "condition=Ready", timeout=180)
         for node in clustermod.NODES:
             cluster.wait(f"pod/client-{node}", "condition=Ready", timeout=180)
     except clustermod.ClusterError as err:
-        raise AssertionError(f"{err}\n{cluster.describe('pods')}") from None
-    return cluster
+        logs = cluster.kubectl("logs", "egress-multi", "-c", "egress-router", check=False)
+        raise AssertionError(f"{err}\n{cluster.describe('pods')}\n{logs.stdout}") from None
+    yield cluster
+    # The reserved address is the next test's too: this router leaves the physical network.
+    cluster.kubectl("delete", "pod", "egress-multi", "--wait=true", "--timeout=60s", check=False)
 
 
 def test_the_router_pod_got_macvlan0_from_the_annotation(seed: clustermod.Cluster) -> None:

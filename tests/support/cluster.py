@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "cluster.sh"
 BASE = Path(os.environ.get("EGRESS_ROUTER_CLUSTER_DIR", "/var/tmp/egress-router-cluster"))
@@ -130,13 +132,21 @@ class Cluster:
         return entries
 
     def dial_from(
-        self, pod: str, proto: str, host: str, port: int, payload: str, *, timeout: float = 5.0
+        self,
+        pod: str,
+        proto: str,
+        host: str,
+        port: int,
+        payload: str,
+        *,
+        timeout: float = 5.0,
+        namespace: str = "default",
     ) -> dict[str, Any]:
         """``egress_router.lab.server dial`` inside ``pod`` (the project's image has it)."""
         done = self.exec(
             pod, "/opt/egress-router/bin/python", "-m", "egress_router.lab.server", "dial",
             proto, host, str(port), "--payload", payload, "--timeout", str(timeout),
-            timeout=timeout + 30,
+            timeout=timeout + 30, namespace=namespace,
         )  # fmt: skip
         line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
         try:
@@ -144,6 +154,73 @@ class Cluster:
         except ValueError:
             answer = {"error": "no-answer", "stdout": done.stdout, "stderr": done.stderr}
         return answer
+
+
+# ---------------------------------------------------------------------- what tests install
+
+SYSTEM_NAMESPACE = "egress-router-system"
+
+
+def installer_daemonset(image: str) -> dict[str, Any]:
+    """`egress-router render`'s installer DaemonSet (no node selector: every node)."""
+    config = {
+        "name": "egress-router-cni",
+        "namespace": SYSTEM_NAMESPACE,
+        "attachment": {"type": "cni", "master": "eth0", "interface": "net1"},
+        "source": "192.168.12.98/24",
+        "gateway": "192.168.12.1",
+        "destinations": ["203.0.113.27"],
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+    }
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "egress-router"), "render", "-"],
+        input=yaml.safe_dump(config), capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    for doc in yaml.safe_load_all(done.stdout):
+        if doc and doc.get("kind") == "DaemonSet":
+            return dict(doc)
+    raise AssertionError(f"render gave no installer DaemonSet:\n{done.stdout}")
+
+
+def install_plugin(cluster: Cluster) -> None:
+    """Our installer DaemonSet puts the CNI plugin on both nodes (/opt/cni/bin/egress-router)."""
+    cluster.apply(
+        yaml.safe_dump(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}}
+        )
+    )
+    cluster.apply(yaml.safe_dump(installer_daemonset(cluster.image)))
+    for node in NODES:
+        plugin = cluster.dir / node / "cni" / "bin" / "egress-router"
+        wait_until(
+            f"the installer DaemonSet puts the plugin on {node}",
+            lambda plugin=plugin: plugin.exists() and os.access(plugin, os.X_OK),
+            timeout=240,
+        )
+
+
+def client_pod(name: str, node: str, image: str, namespace: str = "default") -> str:
+    """A pod on ``node`` running the project's image idle, to dial from."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": "egress-client"}},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": node},
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {
+                        "name": "client",
+                        "image": image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["sleep", "infinity"],
+                    }
+                ],
+            },
+        }
+    )
 
 
 # ---------------------------------------------------------------------- life cycle
