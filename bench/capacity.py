@@ -37,7 +37,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from bench import harness, results, upstream
+from bench import harness, results, suite, upstream
 from bench.workload import DataPath
 from egress_router.core import config, ruleset
 from egress_router.lab import world as labmod
@@ -474,3 +474,13 @@ def run_suite(args: argparse.Namespace) -> results.Outcome:
         "errors": [r for r in bench.results if "error" in r],
     }
     return results.Outcome(args.name, doc, render_markdown(doc))
+
+
+SUITES = (
+    suite.Suite(
+        "capacity",
+        "connections to one destination through the source-address pool",
+        add_arguments,
+        run_suite,
+    ),
+)

@@ -18,6 +18,13 @@
  *       open up to count connections and keep them; stops at the first failure.
  *   capload rr <ip> <port> <seconds>
  *       one connection, one byte back and forth: round trips per second.
+ *   capload uecho <ip> <port> <seconds>
+ *       UDP echo server; on exit one JSON line: datagrams echoed and the CPU time it used.
+ *   capload blast <ip> <port> <count>
+ *       one UDP flow: one datagram echoed (the flow is established in conntrack), then
+ *       count datagrams as fast as they go; one JSON line with the CPU time of the sends.
+ *       On veth links the whole path (every namespace's netfilter) runs in the sender's
+ *       softirq context, so CPU time per datagram is the per-packet cost of the path.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -355,6 +362,55 @@ static int rr(const char *ip, int port, double seconds) {
     return 0;
 }
 
+static double cpu_s(clockid_t clock) {
+    struct timespec t;
+    clock_gettime(clock, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static int uecho(const char *ip, int port, double seconds) {
+    struct sockaddr_in a = addr_of(ip, port);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0), one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a)) { perror("capload: bind"); return 1; }
+    struct timeval tv = {0, 200000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    fprintf(stderr, "capload: udp echo on %s:%d\n", ip, port);
+    unsigned long echoed = 0;
+    double c0 = cpu_s(CLOCK_PROCESS_CPUTIME_ID), end = now() + seconds;
+    char buf[2048];
+    while (!stop && now() < end) {
+        struct sockaddr_in peer;
+        socklen_t len = sizeof peer;
+        ssize_t n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&peer, &len);
+        if (n < 0) continue;
+        if (sendto(fd, buf, n, 0, (struct sockaddr *)&peer, len) == n) echoed++;
+    }
+    printf("{\"echoed\": %lu, \"cpu_s\": %.6f}\n", echoed,
+           cpu_s(CLOCK_PROCESS_CPUTIME_ID) - c0);
+    return 0;
+}
+
+static int blast(const char *ip, int port, unsigned long count) {
+    struct sockaddr_in dst = addr_of(ip, port);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    if (connect(fd, (struct sockaddr *)&dst, sizeof dst)) { perror("capload: connect"); return 1; }
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char b = 'x';
+    if (send(fd, &b, 1, 0) != 1 || recv(fd, &b, 1, 0) != 1) {
+        fprintf(stderr, "capload: no echo from %s:%d\n", ip, port);
+        return 1;
+    }
+    unsigned long sent = 0;
+    double c0 = cpu_s(CLOCK_THREAD_CPUTIME_ID), t0 = now();
+    for (unsigned long i = 0; i < count && !stop; i++)
+        if (send(fd, &b, 1, 0) == 1) sent++;
+    double cpu = cpu_s(CLOCK_THREAD_CPUTIME_ID) - c0, wall = now() - t0;
+    printf("{\"sent\": %lu, \"cpu_s\": %.6f, \"wall_s\": %.6f}\n", sent, cpu, wall);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
@@ -368,6 +424,9 @@ int main(int argc, char **argv) {
     if (argc == 8 && !strcmp(argv[1], "hold"))
         return hold(argv[2], atoi(argv[3]), strtoul(argv[4], NULL, 10), atof(argv[5]),
                     atof(argv[6]), argv[7]);
+    if (argc == 5 && !strcmp(argv[1], "uecho")) return uecho(argv[2], atoi(argv[3]), atof(argv[4]));
+    if (argc == 5 && !strcmp(argv[1], "blast"))
+        return blast(argv[2], atoi(argv[3]), strtoul(argv[4], NULL, 10));
     if (argc == 5 && !strcmp(argv[1], "rr")) return rr(argv[2], atoi(argv[3]), atof(argv[4]));
     fprintf(stderr, "usage: see the comment at the top of capload.c\n");
     return 2;

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import results, stats
+from bench import results, stats, suite
 from egress_router.cni import runtime as cnirun
 from egress_router.lab import world as labmod
 
@@ -146,3 +146,12 @@ def run_suite(args: argparse.Namespace) -> results.Outcome:
     lines += [f"{name:24} {values}" for name, values in report.items()]
     return results.Outcome("cni_add", report, "\n".join([*lines, "```"]) + "\n")
 
+
+SUITES = (
+    suite.Suite(
+        "cni-add",
+        "CNI ADD+DEL time: the one-file executable against the console script",
+        add_arguments,
+        run_suite,
+    ),
+)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, harness, results, stats
+from bench import capacity, harness, results, stats, suite
 from bench.workload import DataPath
 from egress_router.core import ruleset
 from egress_router.lab import world as labmod
@@ -40,20 +40,22 @@ FLOWTABLE = (
     '\t\tdevices = { "eth0", "macvlan0" }\n'
     "\t}\n\n"
 )
-# Offload only what the direction-bound forward chain accepts: pod -> egress, original direction.
-_FORWARD_ACCEPT = re.compile(
-    r"^(\t\tiifname \S+ oifname \S+ ct direction original ct status dnat accept)$", re.M
+# Offload only what the direction-bound forward chain lets into a redirected chain, at the
+# accept that also counts the packet and proves its rule still exists.
+_REDIRECTED_ACCEPT = re.compile(
+    r"^(\t\tmeta l4proto \{ [^}]* \} meta l4proto \. ct original proto-dst @traffic_v\d accept)$",
+    re.M,
 )
 
 
 def with_flowtable(text: str) -> str:
-    """The product's ruleset plus the fast path (a flowtable and one rule)."""
+    """The product's ruleset plus the fast path (a flowtable and one rule per family)."""
     head, sep, rest = text.partition("\tchain prerouting {")
     offload = (
         "\t\tmeta l4proto { tcp, udp } ct state established ct status dnat "
         "flow add @fastpath\n"
     )
-    return head + FLOWTABLE + sep + _FORWARD_ACCEPT.sub(lambda m: offload + m.group(1), rest)
+    return head + FLOWTABLE + sep + _REDIRECTED_ACCEPT.sub(lambda m: offload + m.group(1), rest)
 
 
 def traffic_packets(lab: labmod.Lab, port: int) -> int:
@@ -177,3 +179,12 @@ def run_suite(args: argparse.Namespace) -> results.Outcome:
               + json.dumps(counters)]
     return results.Outcome("flowtable", doc, "\n".join(lines) + "\n")
 
+
+SUITES = (
+    suite.Suite(
+        "flowtable",
+        "an nftables flowtable fast path against the product's ruleset",
+        add_arguments,
+        run_suite,
+    ),
+)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import results, stats
+from bench import results, stats, suite
 from egress_router.lab import ha as halab
 
 GOALS = {"median": 0.5, "max": 1.0}
@@ -125,3 +125,12 @@ def run_suite(args: argparse.Namespace) -> results.Outcome:
     result["host"] = f"{platform.node()} ({platform.release()})"
     return results.Outcome("ha", result, render(result, args.command))
 
+
+SUITES = (
+    suite.Suite(
+        "ha",
+        "active/standby failover and healed partitions (keepalived, two replicas)",
+        add_arguments,
+        run_suite,
+    ),
+)

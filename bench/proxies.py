@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import results, stats
+from bench import results, stats, suite
 from egress_router.core import proxy_dns, proxy_http
 from egress_router.lab import world as labmod
 
@@ -159,7 +159,7 @@ def world(workdir: Path) -> Iterator[labmod.Lab]:
         time.sleep(4)
         for proc in procs:
             if proc.poll() is not None:
-                raise SystemExit(f"bench: {proc.args} exited; see {workdir}")
+                raise SystemExit(f"bench: {proc.args!r} exited; see {workdir}")
         yield lab
     finally:
         for proc in procs:
@@ -247,3 +247,13 @@ def run_suite(args: argparse.Namespace) -> results.Outcome:
     doc = {"command": command, "rounds": args.rounds, "seconds": args.seconds,
            "cpus": os.cpu_count(), "samples": samples, "summary": summary}
     return results.Outcome("proxies", doc, markdown(summary, command))
+
+
+SUITES = (
+    suite.Suite(
+        "proxies",
+        "the HTTP and DNS proxy modes against the redirect mode and upstream's configs (~3 min)",
+        add_arguments,
+        run_suite,
+    ),
+)

@@ -96,32 +96,58 @@ def _ordered(units: Sequence[stats.UnitSummary], figure: str) -> list[stats.Unit
     )
 
 
-def _rules_cell(rules: int | None) -> str:
+def _rules_cell(rules: int | None, path: str = "") -> str:
+    if path == DataPath.UPSTREAM_SEED.value and rules is not None:
+        return f"{rules:,} + fallback"
     return "-" if rules is None else f"{rules:,}"
 
 
-def render_conn_table(units: Sequence[stats.UnitSummary]) -> str:
-    """New connections per path and rule count: rate, ratio to forwarding, latency."""
+def vs_upstream_seed(doc: Mapping[str, Any]) -> dict[tuple[str, int | None, str],
+                                                      stats.Summary | None]:
+    """Per (path, rules, figure) of our backends: the paired per-round ratio to upstream-style
+    rules at the seed's size, same figure; empty when the run did not measure those."""
+    samples = [stats.sample_from_dict(s) for s in doc.get("samples", [])]
+    seed = DataPath.UPSTREAM_SEED.value
+    sizes = {s.rules for s in samples if s.path == seed}
+    if not sizes:
+        return {}
+    size = next(iter(sizes))
+    ours = (DataPath.NFTABLES.value, DataPath.IPTABLES.value)
+    keys = dict.fromkeys(s.key for s in samples if s.path in ours)
+    return {key: stats.Summary.of(stats.paired_ratios(samples, key, (seed, size, key[2])))
+            for key in keys}
+
+
+def render_conn_table(
+    units: Sequence[stats.UnitSummary],
+    vs_seed: Mapping[tuple[str, int | None, str], stats.Summary | None] | None = None,
+) -> str:
+    """New connections per path and rule count: rate, ratio to forwarding, latency (and to
+    upstream-style rules at the seed's size, when ``vs_seed`` has them)."""
     labels = _labels()
     rows = [
         [
             labels.get(u.path, u.path),
-            _rules_cell(u.rules),
+            _rules_cell(u.rules, u.path),
             fmt_spread(u.value, u.figure),
             fmt_ratio(u.ratio),
             fmt_us(u.p50_us),
             fmt_us(u.p99_us),
             str(u.errors) if u.errors else "",
-        ]
+        ] + ([fmt_ratio(vs_seed.get((u.path, u.rules, u.figure)))] if vs_seed else [])
         for u in _ordered(units, Figure.CONN.value)
     ]
     header = ["path", "rules", "conn/s median (min-max)", "vs forwarding", "p50 us",
-              "p99 us", "failed"]
+              "p99 us", "failed"] + (["vs upstream, seed's size"] if vs_seed else [])
     return _table(header, rows)
 
 
-def render_flow_table(units: Sequence[stats.UnitSummary]) -> str:
-    """Figures of one established flow: throughput, TCP and UDP request/response."""
+def render_flow_table(
+    units: Sequence[stats.UnitSummary],
+    vs_seed: Mapping[tuple[str, int | None, str], stats.Summary | None] | None = None,
+) -> str:
+    """Figures of one established flow: throughput, TCP and UDP request/response (and the
+    request/response ratios to upstream-style rules at the seed's size, with ``vs_seed``)."""
     labels = _labels()
     by_key = {(u.path, u.rules, u.figure): u for u in units}
     flow_figures = (Figure.THROUGHPUT.value, Figure.TCP_RR.value, Figure.UDP_RR.value)
@@ -131,7 +157,7 @@ def render_flow_table(units: Sequence[stats.UnitSummary]) -> str:
     )
     rows = []
     for path, rules in keys:
-        row = [labels.get(path, path), _rules_cell(rules)]
+        row = [labels.get(path, path), _rules_cell(rules, path)]
         for figure in flow_figures:
             u = by_key.get((path, rules, figure))
             if u is None:
@@ -140,9 +166,14 @@ def render_flow_table(units: Sequence[stats.UnitSummary]) -> str:
             row += [fmt_value(u.value.median if u.value else None, figure), fmt_ratio(u.ratio)]
             if figure != Figure.THROUGHPUT.value:
                 row.append(f"{fmt_us(u.p50_us)} / {fmt_us(u.p99_us)}")
+        if vs_seed:
+            row += [fmt_ratio(vs_seed.get((path, rules, f)))
+                    for f in (Figure.TCP_RR.value, Figure.UDP_RR.value)]
         rows.append(row)
     header = ["path", "rules", "TCP Gbit/s", "vs fwd", "TCP RR/s", "vs fwd",
               "p50/p99 us", "UDP RR/s", "vs fwd", "p50/p99 us"]
+    if vs_seed:
+        header += ["TCP RR vs upstream, seed's size", "UDP RR vs upstream, seed's size"]
     return _table(header, rows)
 
 
@@ -252,9 +283,9 @@ def render_summary(doc: Mapping[str, Any]) -> str:
         render_targets(targets_from(doc)),
         "New connections (connect, one HTTP request, close; `ab` without keep-alive; "
         "latency of one connection at a time):\n",
-        render_conn_table(units),
+        render_conn_table(units, vs_upstream_seed(doc)),
         "One established flow (iperf3; sockperf ping-pong, round-trip p50/p99):\n",
-        render_flow_table(units),
+        render_flow_table(units, vs_upstream_seed(doc)),
         "Setting up (median, min-max):\n",
         render_setup_table(doc),
     ]

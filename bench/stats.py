@@ -25,6 +25,10 @@ CONN_VS_FORWARD_MIN = 0.8  # nftables conn rate at the largest count vs plain fo
 THROUGHPUT_VS_FORWARD_MIN = 0.9
 APPLY_MAX_S = 0.5  # check + apply of 10,000 rules
 INIT_READY_MAX_S = 1.5  # init with 10,000 rules, process start to ready
+# Issue 23: our paths at every rule count against upstream-style rules at the seed's size
+# (new connections, and request/response on an established flow), and against forwarding.
+VS_UPSTREAM_SEED_MIN = 0.97
+CONN_EVERY_COUNT_VS_FORWARD_MIN = 0.85
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,7 @@ def evaluate_targets(
             "nftables TCP throughput vs plain forwarding (worst rule count)",
             known.get(worst), THROUGHPUT_VS_FORWARD_MIN, True, note=f"at {worst:,} rules",
         ))
+    targets += toll_targets(samples)
     if apply_seconds:
         high = max(apply_seconds)
         targets.append(Target(
@@ -233,3 +238,52 @@ def evaluate_targets(
             _median(init_ready_seconds[high]), INIT_READY_MAX_S, False,
         ))
     return targets
+
+
+def toll_targets(samples: Sequence[Sample]) -> list[Target]:
+    """Issue 23's targets, per backend, at the worst rule count measured: new connections
+    and TCP/UDP request/response against upstream-style rules at the seed's size, new
+    connections against plain forwarding (only in runs that measured the seed's size)."""
+    seed = DataPath.UPSTREAM_SEED.value
+    fwd = BASELINE.value
+    figures = (Figure.CONN.value, Figure.TCP_RR.value, Figure.UDP_RR.value)
+    targets: list[Target] = []
+
+    def worst(path: str, figure: str, reference: tuple[str, int | None, str]) -> \
+            tuple[float | None, int | None]:
+        counts = sorted({s.rules for s in samples if s.path == path and s.figure == figure
+                         and s.rules is not None})
+        medians = {n: _median(paired_ratios(samples, (path, n, figure), reference))
+                   for n in counts}
+        known = {n: m for n, m in medians.items() if m is not None}
+        if not known:
+            return None, None
+        n = min(known, key=lambda k: known[k])
+        return known[n], n
+
+    seed_counts = {s.rules for s in samples if s.path == seed}
+    if not seed_counts:  # a run from before the seed-size reference: none of these
+        return []
+    for backend in (DataPath.NFTABLES.value, DataPath.IPTABLES.value):
+        for figure in figures:
+            reference = (seed, next(iter(seed_counts)), figure)
+            measured, at = worst(backend, figure, reference)
+            if at is None:
+                continue
+            targets.append(Target(
+                f"{backend} {_FIGURE_NAMES[figure]} vs upstream-style at the seed's size "
+                "(worst rule count)", measured, VS_UPSTREAM_SEED_MIN, True,
+                note=f"at {at:,} rules"))
+        measured, at = worst(backend, Figure.CONN.value, (fwd, None, Figure.CONN.value))
+        if at is not None:
+            targets.append(Target(
+                f"{backend} new-connection rate vs plain forwarding (worst rule count)",
+                measured, CONN_EVERY_COUNT_VS_FORWARD_MIN, True, note=f"at {at:,} rules"))
+    return targets
+
+
+_FIGURE_NAMES = {
+    Figure.CONN.value: "new-connection rate",
+    Figure.TCP_RR.value: "TCP request/response",
+    Figure.UDP_RR.value: "UDP request/response",
+}

@@ -20,6 +20,10 @@ DESTINATION = "203.0.113.25"
 FILLER_DESTINATION = "203.0.113.26"
 FILLER_FIRST_PORT = 20000
 MAX_RULES = 40000  # fillers must stay within 20000-59999, clear of every service port
+# The seed's size (four rules and a fallback), at which upstream-style rules are the
+# reference every rule count of ours is compared with (UPSTREAM_SEED).
+SEED_RULES = 4
+SEED_FALLBACK = "203.0.113.27"
 
 
 class DataPath(enum.Enum):
@@ -30,6 +34,7 @@ class DataPath(enum.Enum):
     NFTABLES = "nftables"  # our router, nftables backend (map lookup)
     IPTABLES = "iptables"  # our router, iptables backend (one rule per port)
     UPSTREAM = "upstream"  # OpenShift's egress-router.sh ruleset (one rule per port)
+    UPSTREAM_SEED = "upstream-seed"  # the same at the seed's size: four rules and a fallback
 
     @property
     def has_rules(self) -> bool:
@@ -40,7 +45,7 @@ class DataPath(enum.Enum):
         return _LABELS[self]
 
 
-RULE_PATHS = (DataPath.NFTABLES, DataPath.IPTABLES, DataPath.UPSTREAM)
+RULE_PATHS = (DataPath.NFTABLES, DataPath.IPTABLES, DataPath.UPSTREAM, DataPath.UPSTREAM_SEED)
 BASELINE = DataPath.FORWARD
 
 _LABELS = {
@@ -49,6 +54,7 @@ _LABELS = {
     DataPath.NFTABLES: "egress-router nftables",
     DataPath.IPTABLES: "egress-router iptables",
     DataPath.UPSTREAM: "upstream-style (rule per port)",
+    DataPath.UPSTREAM_SEED: "upstream-style, the seed's size",
 }
 
 
@@ -93,8 +99,9 @@ SERVICES = {
 }
 
 
-def destination_text(count: int, figure: Figure) -> str:
-    """``EGRESS_DESTINATION`` with ``count`` rules, the one ``figure`` dials last."""
+def destination_text(count: int, figure: Figure, *, fallback: bool = False) -> str:
+    """``EGRESS_DESTINATION`` with ``count`` rules, the one ``figure`` dials last (before the
+    fallback address, with ``fallback``: upstream walks it after the rules)."""
     if not 1 <= count <= MAX_RULES:
         raise ValueError(f"cannot build a rule set of {count} rules: use 1 to {MAX_RULES}")
     service = SERVICES[figure]
@@ -102,6 +109,8 @@ def destination_text(count: int, figure: Figure) -> str:
         f"{FILLER_FIRST_PORT + i} {service.proto} {FILLER_DESTINATION}" for i in range(count - 1)
     ]
     lines.append(f"{service.port} {service.proto} {DESTINATION}")
+    if fallback:
+        lines.append(SEED_FALLBACK)
     return "\n".join(lines) + "\n"
 
 
@@ -130,13 +139,17 @@ def plan_units(
 
     New connections are measured at every rule count; the figures of one
     established flow (throughput, request/response), where the ruleset is
-    not consulted per packet, only at ``flow_counts``. The baseline is
+    not consulted per packet, only at ``flow_counts``; upstream-style rules
+    at the seed's size (four and a fallback) once, every figure. The baseline is
     measured ``baseline_repeats`` times a round: every ratio divides by its
     round's mean, so one unlucky baseline measurement weighs less.
     """
     units: list[Unit] = []
     for path in paths:
         for figure in figures:
+            if path is DataPath.UPSTREAM_SEED:  # one size: the reference of every count
+                units.append(Unit(path, SEED_RULES, figure))
+                continue
             if not path.has_rules:
                 repeats = baseline_repeats if path is BASELINE else 1
                 units += [Unit(path, None, figure)] * repeats

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from egress_router.core import ruleset
 from egress_router.lab import world as labmod
 
 pytestmark = pytest.mark.privileged
@@ -117,6 +118,31 @@ def test_seed_example_end_to_end(lab: labmod.Lab, backend: str) -> None:
         assert_redirected(lab, proto, ROUTER4, port, expected=expected, source=SOURCE4)
 
 
+def test_redirected_tcp_connections_leave_time_wait_after_the_nat_timeout(
+    lab: labmod.Lab,
+) -> None:
+    """The ruleset's conntrack timeout policy reaches redirected connections (set in the
+    nat chain, on their first packet): a closed one waits at most NAT_TIME_WAIT seconds in
+    conntrack's TIME_WAIT, not the kernel's 120; the router's own connection, the control,
+    keeps the kernel's default."""
+    init(lab, SEED)
+    assert_redirected(lab, "tcp", ROUTER4, 80, expected="203.0.113.25:80", source=SOURCE4)
+    own = labmod.run_in(lab.router, [sys.executable, "-c", (
+        "import socket; s = socket.create_connection(('203.0.113.25', 80), timeout=3); "
+        "s.sendall(b'own\\n'); s.recv(100); s.close()")], timeout=15)
+    assert own.returncode == 0, own.stderr
+    time.sleep(0.5)
+    listed = labmod.run_in(lab.router, ["conntrack", "-L", "-p", "tcp", "--state", "TIME_WAIT"],
+                           timeout=10)
+    waits = {m["src"]: int(m["timeout"]) for m in (
+        re.match(r"tcp\s+6\s+(?P<timeout>\d+) TIME_WAIT src=(?P<src>\S+)", line)
+        for line in listed.stdout.splitlines()) if m}
+    client = str(labmod.CLIENT_POD4.ip)
+    assert set(waits) == {client, SOURCE4}, listed.stdout
+    assert 50 < waits[client] <= ruleset.NAT_TIME_WAIT, waits
+    assert waits[SOURCE4] > ruleset.NAT_TIME_WAIT, waits
+
+
 def test_without_fallback_other_ports_are_refused_promptly(lab: labmod.Lab) -> None:
     init(lab, {**SEED, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n53 udp 203.0.113.25\n"})
     assert_redirected(lab, "tcp", ROUTER4, 80, expected="203.0.113.25:80", source=SOURCE4)
@@ -157,7 +183,8 @@ def test_init_three_times_gives_identical_kernel_state(lab: labmod.Lab) -> None:
     assert state["nft"] is not None
     chains = [i["chain"]["name"] for i in state["nft"] if "chain" in i]
     assert sorted(chains) == [
-        "antispoof", "forward", "guard", "input", "postrouting", "prerouting", "source_guard"
+        "antispoof", "forward", "input", "postrouting", "prerouting", "redirected_v4",
+        "redirected_v6", "source_guard",
     ]
     # Only our table: looking for stale iptables rules must not create empty xtables tables.
     tables = labmod.run_in(lab.router, ["nft", "list", "tables"], timeout=10).stdout.split("\n")

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from egress_router.core import config, ruleset
+from egress_router.core import config, iptables_rules, ruleset
 from egress_router.lab import world as labmod
 from egress_router.router import resolve
 
@@ -127,7 +127,7 @@ def test_every_valid_configuration_passes_the_kernels_own_checks(netns: str) -> 
         done = run_in(netns, ["nft", "-c", "-f", "-"], text)
         assert done.returncode == 0, f"nft -c refused:\n{done.stderr}\n{text}"
         for family in cfg.families():
-            payload = ruleset.render_iptables(cfg, family)
+            payload = iptables_rules.render_iptables(cfg, family)
             tool = "ip6tables-restore" if family == 6 else "iptables-restore"
             done = run_in(netns, [tool, "--test", "--noflush"], payload)
             assert done.returncode == 0, f"{tool} --test refused:\n{done.stderr}\n{payload}"
@@ -148,7 +148,7 @@ def test_the_checkers_refuse_a_broken_ruleset_but_not_an_injected_one(netns: str
     # checkers say so.
     assert run_in(netns, ["nft", "-c", "-f", "-"], text.replace('"eth0"', '"eth0""')
                   ).returncode != 0
-    payload = ruleset.render_iptables(cfg, 4)
+    payload = iptables_rules.render_iptables(cfg, 4)
     assert "--dport 80 " in payload
     assert run_in(netns, ["iptables-restore", "--test", "--noflush"],
                   payload.replace("--dport 80 ", "--dport 99999 ", 1)).returncode != 0

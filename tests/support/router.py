@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from egress_router.core import config, plan
+from egress_router.core import config, plan, ruleset
 from egress_router.kernel import announce, conntrack, netlink, nft
 from egress_router.router import engine, metrics, reconciler, resolve
 from support.environments import BASE_ENV
@@ -73,9 +73,14 @@ class Harness:
         full_env = {**BASE_ENV, "EGRESS_DESTINATION_FILE": str(self.file), **(env or {})}
         settings = config.parse_wait_settings(full_env)
         self.router = reconciler.Router(
-            full_env, settings, kernel, self.registry, sleep=lambda s: None, clock=self.clock,
+            full_env, settings, kernel, self.registry, clock=self.clock,
             wall=lambda: 1_700_000_000.0,
         )
+
+    def tamper(self) -> None:
+        """Someone else empties our prerouting chain: a drift of the (fake) kernel's table."""
+        table = f"{ruleset.TABLE_FAMILY} {ruleset.TABLE}"
+        self.runner.run(f"flush chain {table} {ruleset.CHAIN_PREROUTING}\n")
 
     def edit(self, text: str) -> None:
         # A new inode, as the kubelet's symlink swap gives the ConfigMap's file.

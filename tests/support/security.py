@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from egress_router.core import config, plan, ruleset
+from egress_router.core import config, iptables_rules, plan, ruleset
 from egress_router.kernel import files
 from egress_router.lab import world as labmod
 from support import wire
@@ -80,11 +80,12 @@ _LOOSE_IPT = (
 def loosen_direction(text: str, backend: str) -> str:
     """The ruleset with today's unbound ``established,related accept`` in the forward chain."""
     if backend == "nftables":
-        bound = re.compile(r"^\t\tiifname \S+ oifname \S+ ct direction \w+ ct status dnat accept\n",
-                           re.M)
+        # The door: one verdict map keyed by family, interfaces and conntrack direction.
+        bound = re.compile(r"^\t\tct status dnat meta nfproto \. iifname \. oifname \. "
+                           r"ct direction vmap \{.*\}\n", re.M)
         first = bound.search(text)
         assert first is not None, "no direction-bound accept to loosen"
-        return text[:first.start()] + _LOOSE_NFT + bound.sub("", text[first.start():])
+        return text[:first.start()] + _LOOSE_NFT + text[first.end():]
     bound = re.compile(r"^-A EGRESS-ROUTER-FORWARD .*--ctdir \w+ .*\n", re.M)
     first = bound.search(text)
     if first is None:
@@ -194,7 +195,7 @@ class World:
         """Our rules as the router applies them: {0: nft text} or {4: ..., 6: ...}."""
         if self.backend == "nftables":
             return {0: ruleset.render_nftables(self.cfg)}
-        return {family: ruleset.render_iptables(self.cfg, family, ruleset.IPT_JUMPS)
+        return {family: iptables_rules.render_iptables(self.cfg, family, ruleset.IPT_JUMPS)
                 for family in (4, 6)}
 
     def apply_variant(self, change: Any) -> None:

@@ -12,13 +12,13 @@ rendered by the caller.
 
 from __future__ import annotations
 
-import re
+import ipaddress
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from egress_router.core import config, listing, plan, ruleset, state
+from egress_router.core import config, listing, nftables, plan, ruleset, state
 
 MAX_REPORTED = 20
 TABLE_NAME = f"{ruleset.TABLE_FAMILY} {ruleset.TABLE}"
@@ -283,17 +283,29 @@ def kernel_fallback(table: listing.Listing, family: int) -> list[str]:
     return []
 
 
+_COUNTED = (
+    ruleset.CHAIN_PREROUTING, ruleset.CHAIN_POSTROUTING, ruleset.CHAIN_FORWARD,
+    ruleset.CHAIN_INPUT,
+)
+
+
 def _rule_counts(text: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for name, block in listing.parse_table(text).of_kind("chain").items():
-        if name in (
-            ruleset.CHAIN_PREROUTING,
-            ruleset.CHAIN_POSTROUTING,
-            ruleset.CHAIN_FORWARD,
-            ruleset.CHAIN_INPUT,
-        ):
-            counts[name] = len([line for line in block.lines if not line.startswith("type ")])
-    return counts
+    """The rules of the counted chains in the kernel's listing (the hook line is no rule)."""
+    chains = listing.parse_table(text).of_kind("chain")
+    return {
+        name: len([line for line in block.lines if not line.startswith("type ")])
+        for name, block in chains.items()
+        if name in _COUNTED
+    }
+
+
+def _expected_counts(cfg: config.Config) -> dict[str, int]:
+    """The same counts from our table's model, not from a re-parse of our own text."""
+    return {
+        obj.name: len(obj.rules)
+        for obj in ruleset.table_of(cfg).objects
+        if isinstance(obj, nftables.Chain) and obj.name in _COUNTED
+    }
 
 
 def _configured_rules(cfg: config.Config) -> list[tuple[int, config.Proto, int, str, str | None]]:
@@ -378,7 +390,7 @@ def nftables_rules(
         if row.problem:
             problems.append(f"IPv{family} fallback: {row.problem}")
         rules.append(row)
-    expected = _rule_counts(ruleset.render_nftables(cfg))
+    expected = _expected_counts(cfg)
     actual = _rule_counts(text)
     chains: dict[str, Any] = {}
     for chain, count in expected.items():
@@ -388,11 +400,13 @@ def nftables_rules(
             problems.append(f"chain {chain} is missing")
         elif chain != ruleset.CHAIN_PREROUTING and have != count:
             problems.append(f"chain {chain} has {have} rules, expected {count}")
-    snat = [line for line in table.lines("chain", ruleset.CHAIN_POSTROUTING) if " snat " in line]
+    snat = {
+        ipaddress.ip_address(address)
+        for line in table.lines("chain", ruleset.CHAIN_POSTROUTING)
+        for address in listing.snat_addresses(line)
+    }
     for source in cfg.sources:
-        # A pool's addresses stand in one map: match the address as a whole word.
-        word = re.compile(rf"(?<![\w:.]){re.escape(str(source.address))}(?![\w:.])")
-        if not any(word.search(line) for line in snat):
+        if source.address not in snat:
             problems.append(f"no SNAT to {source.address}")
     return {"present": True, "chains": chains}, rules, problems
 

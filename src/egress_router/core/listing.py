@@ -33,6 +33,7 @@ _PROTO_INDEX = {p: i for i, p in enumerate(config.Proto)}
 _PROTOCOLS = {p.value for p in config.Proto}
 _NUMGEN_TARGET = re.compile(r"(\d+) : ([0-9a-fA-F.:]+)(?: \. (\d+))?")
 _DNAT = re.compile(r"dnat ip6? to (?:numgen inc mod \d+ map \{ ([^}]*) \}|([0-9a-fA-F.:]+))")
+_SNAT = re.compile(r"\bsnat ip6? to (?:jhash [^{]* map \{ ([^}]*) \}|([0-9a-fA-F.:]+)(?![\w:.-]))")
 
 
 @dataclass
@@ -117,6 +118,112 @@ def parse_table(text: str) -> Listing:
     return listing
 
 
+# ------------------------------------------------------------------ the table as a model
+# The same blocks in the other direction: a transaction applied to a `Listing`, and a
+# `Listing` written back as ``nft list table`` text. The fake nft (kernel/nft.py) keeps its
+# table this way, so a test reads back the whole table after any sequence of applies (a
+# whole replacement or an in-place update), as from the kernel. ``ct timeout`` objects are
+# not blocks here (nothing compares them).
+
+_COMMAND = re.compile(
+    r"^(add|delete|flush) (table|chain|set|map|rule|element) (\S+) (\S+)(?: (\S+))?(.*)$"
+)
+
+
+def _is_header(line: str) -> bool:
+    """A chain's ``type ... hook ...;`` and ``policy ...;`` lines survive ``flush chain``."""
+    return line.endswith(";")
+
+
+def _element_key(element: str) -> str:
+    return element.split(" : ", 1)[0].split(" counter", 1)[0].strip()
+
+
+def _braced(rest: str) -> str:
+    rest = rest.strip()
+    return rest[rest.index("{") + 1 : rest.rindex("}")] if "{" in rest else ""
+
+
+def apply_script(table: Listing | None, script: str, name: str) -> Listing | None:
+    """``table`` (None: absent) after the ``nft -f`` transaction ``script`` on table ``name``.
+
+    Knows the forms the router writes: a whole replacement (``add table``, ``delete table``,
+    ``table ... { ... }``) and the in-place update's commands (``flush chain``, ``add rule``,
+    ``add``/``delete element``, ``add``/``delete chain``/``map``/``set``). Other tables'
+    commands are refused (ValueError), as a fake must not pretend to run what it cannot.
+    """
+    lines = script.splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index].strip()
+        index += 1
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("table ") and line.endswith("{"):
+            depth, body = 1, [line]
+            while depth and index < len(lines):
+                body.append(lines[index])
+                depth += lines[index].count("{") - lines[index].count("}")
+                index += 1
+            defined = parse_table("\n".join(body))
+            table = table or Listing()
+            for key, block in defined.blocks.items():
+                have = table.blocks.setdefault(key, Block(block.kind, block.name))
+                have.lines += block.lines
+                have.elements += block.elements
+            continue
+        match = _COMMAND.match(line)
+        if match is None or f"{match.group(3)} {match.group(4)}" != name:
+            raise ValueError(f"cannot apply {line!r} to a model of table {name}")
+        verb, kind, obj, rest = match.group(1), match.group(2), match.group(5), match.group(6)
+        if kind == "table":
+            table = (table or Listing()) if verb == "add" else None
+            continue
+        if table is None:
+            raise ValueError(f"cannot apply {line!r}: table {name} does not exist")
+        if kind == "rule":
+            table.blocks[f"chain {obj}"].lines.append(rest.strip())
+        elif kind == "element":
+            block = table.blocks[f"{_kind_of(table, obj)} {obj}"]
+            given = _split_elements(_braced(rest))
+            if verb == "add":
+                block.elements += given
+            else:
+                gone = {_element_key(e) for e in given}
+                block.elements = [e for e in block.elements if _element_key(e) not in gone]
+        elif verb == "add":
+            block = table.blocks.setdefault(f"{kind} {obj}", Block(kind, obj))
+            inner = _braced(rest).strip()
+            if inner and not block.lines:  # a set's or map's declarations, one a line
+                parts = [inner] if kind == "chain" else inner.split(";")
+                block.lines += [part.strip() for part in parts if part.strip()]
+        elif verb == "delete":
+            del table.blocks[f"{kind} {obj}"]
+        else:  # flush
+            block = table.blocks[f"{kind} {obj}"]
+            if kind == "chain":
+                block.lines = [x for x in block.lines if _is_header(x)]
+            else:
+                block.elements = []
+    return table
+
+
+def _kind_of(table: Listing, name: str) -> str:
+    return "map" if f"map {name}" in table.blocks else "set"
+
+
+def dump(table: Listing, name: str) -> str:
+    """``table`` as ``nft list table`` prints it (one element a line), readable by `parse_table`."""
+    out = [f"table {name} {{"]
+    for block in table.blocks.values():
+        out.append(f"\t{block.kind} {block.name} {{")
+        out += [f"\t\t{line}" for line in block.lines]
+        if block.elements:
+            out.append("\t\telements = { " + ",\n\t\t\t     ".join(block.elements) + " }")
+        out.append("\t}")
+    return "\n".join([*out, "}"]) + "\n"
+
+
 def element_key(text: str) -> ruleset.Key | None:
     """The rule key of an element (``tcp . 80`` or ``tcp . 80 : ...``), None if not one."""
     parts = text.split()
@@ -133,6 +240,16 @@ def numgen_targets(text: str) -> list[tuple[str, str | None]]:
 def dnat_addresses(statement: str) -> list[str]:
     """The addresses a ``dnat ip[6] to ...`` statement sends to (one, or a numgen spread)."""
     match = _DNAT.search(statement)
+    if match is None:
+        return []
+    if match.group(2):
+        return [match.group(2)]
+    return [address for address, _port in numgen_targets(match.group(1))]
+
+
+def snat_addresses(statement: str) -> list[str]:
+    """The source addresses a ``snat ip[6] to ...`` statement writes (one, or a jhash pool)."""
+    match = _SNAT.search(statement)
     if match is None:
         return []
     if match.group(2):

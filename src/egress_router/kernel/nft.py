@@ -8,6 +8,7 @@ ruleset in place.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import socket
@@ -51,25 +52,42 @@ class Nft(Protocol):
 
 @dataclass
 class FakeNft:
-    """Keeps the last applied script; ``fail`` makes every run raise (to test rollbacks)."""
+    """nftables as a model of our table: each applied transaction changes it, as in the kernel.
+
+    A whole replacement and an in-place update alike are applied to the model
+    (`listing.apply_script`), and the listing is the model written back (`listing.dump`), so a
+    test reads the whole table after any sequence of applies. ``applied`` and ``checked`` keep
+    the scripts; ``fail`` makes every run raise (to test rollbacks).
+    """
 
     applied: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
     fail: str | None = None
+    table: listing.Listing | None = None
 
     def run(self, script: str, *, check_only: bool = False) -> None:
         if self.fail is not None:
             raise NftError(self.fail)
-        (self.checked if check_only else self.applied).append(script)
+        name = f"{ruleset.TABLE_FAMILY} {ruleset.TABLE}"
+        try:
+            after = listing.apply_script(copy.deepcopy(self.table), script, name)
+        except (ValueError, KeyError) as err:  # what nft would refuse: nothing is committed
+            raise NftError(f"cannot apply the transaction: {err}") from None
+        if check_only:
+            self.checked.append(script)
+            return
+        self.applied.append(script)
+        self.table = after
 
     def list_table(self) -> dict[str, Any] | None:
-        return {"script": self.applied[-1]} if self.applied else None
+        return {"script": self.applied[-1]} if self.table is not None and self.applied else None
 
     def list_table_text(self, *, stateless: bool = False) -> str | None:
-        if not self.applied:
+        if self.table is None:
             return None
+        text = listing.dump(self.table, f"{ruleset.TABLE_FAMILY} {ruleset.TABLE}")
         # As ``nft -s``: the same listing without counter values.
-        return listing.strip_counters(self.applied[-1]) if stateless else self.applied[-1]
+        return listing.strip_counters(text) if stateless else text
 
     def table_lines(self) -> Iterator[str]:
         return iter((self.list_table_text() or "").splitlines())

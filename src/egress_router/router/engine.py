@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from egress_router.core import config, listing, plan, ruleset
+from egress_router.core import config, iptables_rules, listing, plan, ruleset
 from egress_router.kernel import announce, errors, iptables, netlink, nft, observe
 from egress_router.kernel import preflight as preflight_module
 
@@ -106,7 +106,7 @@ class IptablesFirewall:
         # Both families always: one without a source gets the closed policy, so that
         # (for example) the HTTP port is not open over IPv6 link-local on an IPv4 router.
         return [
-            (family, ruleset.render_iptables(cfg, family, self._jumps(family)))
+            (family, iptables_rules.render_iptables(cfg, family, self._jumps(family)))
             for family in (4, 6)
         ]
 
@@ -128,7 +128,7 @@ class IptablesFirewall:
                 # Nothing of ours: a removal payload would create empty tables and chains.
                 continue
             jumps = listing.iptables_jumps(dump)
-            self.runner.restore(family, ruleset.render_iptables_removal(family, jumps))
+            self.runner.restore(family, iptables_rules.render_iptables_removal(family, jumps))
             self.runner.delete_chains(family)
 
     def update(self, old: config.Config, new: config.Config) -> bool:
@@ -146,6 +146,13 @@ def make_firewall(backend: config.Backend) -> Firewall:
     if backend is config.Backend.IPTABLES:
         return IptablesFirewall(iptables.IptablesCommand())
     return NftablesFirewall(nft.NftCommand())
+
+
+def stale_firewall(backend: config.Backend) -> Firewall:
+    """The other backend, whose rules a setup with ``backend`` removes (a switch of backend)."""
+    other = (config.Backend.IPTABLES if backend is config.Backend.NFTABLES
+             else config.Backend.NFTABLES)
+    return make_firewall(other)
 
 
 @dataclass
@@ -325,26 +332,38 @@ def announce_all(
     sleep: Callable[[float], object] = time.sleep,
 ) -> None:
     """Send every announcement ``count`` times, ``interval`` apart; failures only warn."""
+    number = 0
+    while announce_round(cfg, links, announcer, number):
+        sleep(cfg.announce_interval)
+        number += 1
+
+
+def announce_round(
+    cfg: config.Config, links: netlink.Netlink, announcer: announce.Announcer, number: int
+) -> bool:
+    """Send round ``number`` (from 0) of the announcements; True if another round follows.
+
+    The waiting process schedules the rounds in its loop (`Router.announce`), so that
+    kernel change events are acted on between them; ``init`` sleeps (`announce_all`).
+    """
     steps = plan.plan_announcements(cfg)
     if not steps:
-        return
+        return False
     try:
         index, mac = links.link_info(cfg.egress_interface)
     except errors.KernelError as err:
         log.warning("cannot announce the reserved address: %s", err)
-        return
+        return False
     rounds = max(step.count for step in steps)
-    for number in range(rounds):
-        for step in steps:
-            if number >= step.count:
-                continue
-            try:
-                announcer.send(step.ifname, index, mac, step.address)
-                log.debug("%s (%d/%d)", step.describe(), number + 1, step.count)
-            except errors.KernelError as err:
-                log.warning("%s", err)
-        if number + 1 < rounds:
-            sleep(cfg.announce_interval)
+    for step in steps:
+        if number >= step.count:
+            continue
+        try:
+            announcer.send(step.ifname, index, mac, step.address)
+            log.debug("%s (%d/%d)", step.describe(), number + 1, step.count)
+        except errors.KernelError as err:
+            log.warning("%s", err)
+    return number + 1 < rounds
 
 
 def render_iptables(cfg: config.Config) -> str:
@@ -352,7 +371,7 @@ def render_iptables(cfg: config.Config) -> str:
     policy), as one readable text."""
     return "".join(
         f"# --- {'ip6tables' if family == 6 else 'iptables'}-restore --noflush\n"
-        f"{ruleset.render_iptables(cfg, family)}"
+        f"{iptables_rules.render_iptables(cfg, family)}"
         for family in (4, 6)
     )
 

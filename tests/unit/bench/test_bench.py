@@ -78,6 +78,21 @@ def test_plan_measures_connections_at_every_count_and_flows_at_flow_counts() -> 
     assert all(u.rules is None for u in units if u.path is DataPath.DIRECT)
 
 
+def test_plan_measures_upstream_at_the_seeds_size_once_per_figure() -> None:
+    units = workload.plan_units([1, 1000, 10000], [1000])
+    seed = [u for u in units if u.path is DataPath.UPSTREAM_SEED]
+    assert sorted(u.figure.value for u in seed) == sorted(f.value for f in Figure)
+    assert {u.rules for u in seed} == {workload.SEED_RULES}
+    text = workload.destination_text(workload.SEED_RULES, Figure.CONN, fallback=True)
+    # Four rules, the measured port last among them, then the fallback upstream walks last.
+    assert text.splitlines() == ["20000 tcp 203.0.113.26", "20001 tcp 203.0.113.26",
+                                 "20002 tcp 203.0.113.26", "8080 tcp 203.0.113.25",
+                                 workload.SEED_FALLBACK]
+    script = upstream.render_upstream(config.parse_destinations(text),
+                                      IPv4Address("192.168.12.99"))
+    assert script.count(" dnat to ") == 5
+
+
 def test_round_order_is_a_reproducible_permutation_that_changes_between_rounds() -> None:
     units = workload.plan_units([1, 100, 1000, 10000], [1, 10000])
     first = workload.round_order(units, seed=6, round_index=0)
@@ -283,6 +298,45 @@ def test_targets_missed() -> None:
     assert stats.evaluate_targets([], {}, {}) == []
 
 
+def _toll_samples(nft_conn: float, nft_rr: float) -> list[stats.Sample]:
+    out = []
+    for rnd in range(3):
+        out += [sample("forward", None, f, rnd, 100.0) for f in ("conn", "tcp_rr", "udp_rr")]
+        out += [sample("upstream-seed", 4, f, rnd, 90.0) for f in ("conn", "tcp_rr", "udp_rr")]
+        out += [sample("nftables", n, "conn", rnd, nft_conn - n / 100000) for n in (1, 10000)]
+        out += [sample("nftables", 1000, f, rnd, nft_rr) for f in ("tcp_rr", "udp_rr")]
+    return out
+
+
+def test_toll_targets_compare_every_count_with_upstream_at_the_seeds_size() -> None:
+    met = {t.name: t for t in stats.toll_targets(_toll_samples(88.0, 89.0))}
+    conn = met["nftables new-connection rate vs upstream-style at the seed's size "
+               "(worst rule count)"]
+    assert conn.measured == pytest.approx(87.9 / 90) and conn.met and conn.note == \
+        "at 10,000 rules"
+    assert met["nftables TCP request/response vs upstream-style at the seed's size "
+               "(worst rule count)"].measured == pytest.approx(89 / 90)
+    assert met["nftables new-connection rate vs plain forwarding (worst rule count)"].met
+    missed = stats.toll_targets(_toll_samples(80.0, 85.0))
+    assert [t.met for t in missed] == [False, False, False, False]
+    # Runs without the seed-size reference judge none of them.
+    assert stats.toll_targets([s for s in _toll_samples(88.0, 89.0)
+                               if s.path != "upstream-seed"]) == []
+
+
+def test_tables_show_the_ratio_to_upstream_at_the_seeds_size() -> None:
+    doc = {"samples": [dataclasses.asdict(s) for s in _toll_samples(88.0, 89.0)]}
+    units = report.unit_summaries(doc)
+    conn = report.render_conn_table(units, report.vs_upstream_seed(doc))
+    assert conn.splitlines()[0].endswith("| vs upstream, seed's size |")
+    assert "| upstream-style, the seed's size | 4 + fallback | 90 (90-90) | 0.90" in conn
+    assert "| egress-router nftables | 1 | 88 (88-88) |" in conn and "| 0.98 (0.98-0.98) |" \
+        in conn
+    flow = report.render_flow_table(units, report.vs_upstream_seed(doc))
+    assert "| egress-router nftables | 1,000 |" in flow and flow.count("0.99 (0.99-0.99)") == 2
+    assert report.vs_upstream_seed({"samples": []}) == {}
+
+
 # ---------------------------------------------------------------- reports
 
 
@@ -362,6 +416,10 @@ def test_unit_keys_are_readable() -> None:
 
 RULESET = """\
 table inet egress_router {
+\tset conns_v4 {
+\t\ttype inet_proto . inet_service
+\t\tcounter
+\t}
 \tset traffic_v4 {
 \t\ttype inet_proto . inet_service
 \t\tcounter
@@ -369,13 +427,21 @@ table inet egress_router {
 \tchain prerouting {
 \t\ttype nat hook prerouting priority dstnat; policy accept;
 \t\tfib daddr type != local return
+\t\tmeta nfproto ipv4 meta l4proto tcp ct timeout set "nat_tcp_v4"
 \t\tmeta nfproto ipv4 meta l4proto . th dport @conns_v4
 \t\tmeta nfproto ipv4 dnat ip to meta l4proto . th dport map @redirect_v4
 \t}
+\tchain redirected_v4 {
+\t\tmeta l4proto { tcp, udp, sctp } meta l4proto . ct original proto-dst @traffic_v4 accept
+\t\tcounter drop comment "its rule was removed"
+\t}
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy drop;
-\t\tmeta l4proto . ct original proto-dst @traffic_v4
-\t\tct state established,related accept
+\t\tct status dnat meta nfproto . iifname . oifname . ct direction vmap @door
+\t}
+\tchain antispoof {
+\t\ttype filter hook prerouting priority mangle; policy accept;
+\t\tfib saddr . iif oif missing counter drop
 \t}
 }
 """
@@ -385,25 +451,40 @@ def test_ablation_variants_remove_exactly_their_part() -> None:
     full_lines = RULESET.splitlines()
 
     def removed(text: str) -> list[str]:
-        return [line.strip() for line in full_lines if line not in text.splitlines()]
+        lines = text.splitlines()
+        return [line.strip() for line in full_lines if line not in lines]
+
+    def counters(text: str) -> int:
+        return [line.strip() for line in text.splitlines()].count("counter")
 
     assert removed(ablation.without_fib_check(RULESET)) == ["fib daddr type != local return"]
-    assert removed(ablation.without_packet_accounting(RULESET)) == [
-        "meta l4proto . ct original proto-dst @traffic_v4"]
-    assert removed(ablation.without_accounting(RULESET)) == [
-        "meta nfproto ipv4 meta l4proto . th dport @conns_v4",
-        "meta l4proto . ct original proto-dst @traffic_v4"]
-    no_forward = ablation.without_chain(RULESET, "forward")
-    assert "chain forward" not in no_forward and "ct state" not in no_forward
-    assert no_forward.count("{") == no_forward.count("}")
-    assert "chain prerouting {" in no_forward
+    assert removed(ablation.without_timeout(RULESET)) == [
+        'meta nfproto ipv4 meta l4proto tcp ct timeout set "nat_tcp_v4"']
+    assert removed(ablation.without_rpfilter_lookup(RULESET)) == [
+        "fib saddr . iif oif missing counter drop"]
+    # The traffic set loses its counter flag, the conns set keeps it; the lookup stays.
+    packets = ablation.without_packet_accounting(RULESET)
+    assert counters(RULESET) - counters(packets) == 1
+    assert "@traffic_v4 accept" in packets
+    assert "set conns_v4 {\n\t\ttype inet_proto . inet_service\n\t\tcounter" in packets
+    every = ablation.without_accounting(RULESET)
+    assert counters(RULESET) - counters(every) == 2
+    assert "@conns_v4" not in every and "@traffic_v4 accept" in every
+    assert removed(ablation.without_rule_check(RULESET)) == [
+        "meta l4proto { tcp, udp, sctp } meta l4proto . ct original proto-dst @traffic_v4 accept"]
+    assert "\t\taccept\n" in ablation.without_rule_check(RULESET)
+    for name in ("forward", "antispoof"):
+        gone = ablation.without_chain(RULESET, name)
+        assert f"chain {name} " not in gone and gone.count("{") == gone.count("}")
+        assert "chain prerouting {" in gone
 
 
 def test_ablation_leaves_out_variants_that_remove_nothing() -> None:
     plain = "table ip t {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority 0;\n\t}\n}\n"
     assert list(ablation.variants(plain)) == ["full"]
     assert list(ablation.variants(RULESET)) == [
-        "full", "no-packet-accounting", "no-accounting", "no-fib", "no-forward-chain"]
+        "full", "no-packet-accounting", "no-accounting", "no-fib", "no-timeout",
+        "no-rule-check", "no-forward-chain", "no-rpfilter", "no-antispoof"]
 
 
 def test_ablation_applies_to_the_products_own_ruleset() -> None:
@@ -414,6 +495,8 @@ def test_ablation_applies_to_the_products_own_ruleset() -> None:
     no_forward = ablation.without_chain(full, "forward")
     assert "chain forward" in full and "chain forward" not in no_forward
     assert "chain postrouting" in no_forward and "chain input" in no_forward
+    # Every variant still finds its part in the product's ruleset (none silently equal).
+    assert set(ablation.variants(full)) == set(ablation.VARIANTS)
 
 
 def test_ablation_report_names_variants_and_ratios() -> None:
@@ -486,7 +569,7 @@ def test_capacity_variants_change_one_nat_knob_of_the_products_ruleset() -> None
     assert bare.replace("\n", "") != text.replace("\n", "")
     fast = flowtable.with_flowtable(text)
     assert "flowtable fastpath {" in fast
-    assert fast.index("flow add @fastpath") < fast.index("ct direction original ct status dnat")
+    assert fast.index("flow add @fastpath") < fast.index("ct original proto-dst @traffic_v4 accept")
 
 
 def test_one_command_runs_every_suite_and_one_writer_writes_its_results(tmp_path: Path) -> None:

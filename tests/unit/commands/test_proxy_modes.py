@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from egress_router.core import config, ruleset
+from egress_router.core import config, iptables_rules, ruleset
 from egress_router.proxy import command
 
 UPSTREAM_INIT = {"EGRESS_SOURCE": "192.168.12.99/24", "EGRESS_GATEWAY": "192.168.12.1"}
@@ -39,7 +39,7 @@ def test_proxy_modes_need_no_destination_and_redirect_nothing(mode: str) -> None
     # The rest of the door stands: replies only from the physical side, reserved source only.
     assert 'iifname "macvlan0" meta l4proto { tcp, udp, sctp } drop' in nft
     assert 'counter drop comment "not from a reserved address: dropped"' in nft
-    ipt = ruleset.render_iptables(cfg, 4)
+    ipt = iptables_rules.render_iptables(cfg, 4)
     assert "-A EGRESS-ROUTER-INPUT -i eth0 -j ACCEPT" in ipt
     assert "-j DNAT" not in ipt and "REJECT" not in ipt
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from egress_router.core import config, ruleset
+from egress_router.core import config, iptables_rules, ruleset
 from egress_router.core.config import ConfigError
 from egress_router.kernel import files
 
@@ -98,14 +98,14 @@ def test_real_interface_names_are_accepted_and_pasted_verbatim(name: str) -> Non
     assert f'oifname "{name}" meta nfproto ipv4 snat ip to 192.168.12.99' in (
         ruleset.render_nftables(cfg)
     )
-    assert f"-o {name} -j SNAT" in ruleset.render_iptables(cfg, 4)
+    assert f"-o {name} -j SNAT" in iptables_rules.render_iptables(cfg, 4)
 
 
 def test_the_ruleset_refuses_a_config_that_skipped_the_parser() -> None:
     cfg = load()
     for bad in ('eth0";accept', "eth0\n", "eth0 ", "eth+"):
         forged = config.Config(cfg.sources, cfg.gateways, cfg.destinations, pod_interface=bad)
-        for render in (ruleset.render_nftables, lambda c: ruleset.render_iptables(c, 4)):
+        for render in (ruleset.render_nftables, lambda c: iptables_rules.render_iptables(c, 4)):
             with pytest.raises(ValueError, match="unvalidated interface name"):
                 render(forged)
     named = config.Destinations((), named_fallbacks=(config.NamedFallback("a.example\n;x"),))

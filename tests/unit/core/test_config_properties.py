@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from egress_router.core import config, ruleset
+from egress_router.core import config, iptables_rules, ruleset
 from egress_router.kernel import files
 
 TOKENS = st.one_of(
@@ -171,7 +171,7 @@ def test_any_unicode_in_any_variable_is_a_config_or_a_config_error(env: dict[str
     text = ruleset.render_nftables(cfg)
     assert f'iifname != "{cfg.pod_interface}" return' in text
     for family in cfg.families():
-        assert f"-o {cfg.egress_interface} -j SNAT" in ruleset.render_iptables(cfg, family)
+        assert f"-o {cfg.egress_interface} -j SNAT" in iptables_rules.render_iptables(cfg, family)
     for rule in cfg.destinations.rules:
         assert config.destination_problem(rule.address, cfg.sources, cfg.gateways) is None
     assert 0 <= cfg.http_port <= 65535 and 0 <= cfg.announce_count <= 100

@@ -241,3 +241,17 @@ def test_rules_count_the_chains_statements() -> None:
     tampered = KERNEL_LISTING.replace('\t\tiifname "eth0" tcp dport 9090 accept\n', "")
     _state, _rules, problems = drift.nftables_rules(cfg, tampered, {})
     assert problems == ["chain input has 5 rules, expected 6"]
+
+
+def test_snat_is_read_from_the_statement_not_from_any_mention_of_the_address() -> None:
+    # The reserved address only as a match (ip saddr), the SNAT going elsewhere: a drift.
+    # Finding the address as a word in a line with " snat " called this healthy.
+    cfg = config.load_config(ENV)
+    good = KERNEL_LISTING
+    assert "snat ip to 192.168.12.99" in good
+    _state, _rules, problems = drift.nftables_rules(cfg, good, {})
+    assert not [p for p in problems if "SNAT" in p]
+    tampered = good.replace("snat ip to 192.168.12.99",
+                            "ip saddr 192.168.12.99 snat ip to 192.168.12.5")
+    _state, _rules, problems = drift.nftables_rules(cfg, tampered, {})
+    assert "no SNAT to 192.168.12.99" in problems

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from egress_router.core import config, ha, plan, ruleset
+from egress_router.core import config, ha, iptables_rules, plan, ruleset
 
 BASE = {
     "EGRESS_SOURCE": "192.168.12.99",
@@ -129,7 +129,7 @@ def test_vrrp_adverts_leave_without_snat_in_both_backends() -> None:
     nft = ruleset.render_nftables(cfg)
     exempt = nft.index('oifname "macvlan0" ip protocol 112 accept')
     assert exempt < nft.index("snat ip to 192.168.12.99")
-    ipt = ruleset.render_iptables(cfg, 4)
+    ipt = iptables_rules.render_iptables(cfg, 4)
     assert ipt.index("-p 112 -j RETURN") < ipt.index("-j SNAT --to-source 192.168.12.99")
 
 

@@ -141,3 +141,15 @@ def test_ip_json_rules_keeps_ours_only() -> None:
         (4, (25972, None, "10.128.0.2", 254, True)),
         (4, (25973, None, "10.128.0.2", 25970, False)),
     ]
+
+
+def test_snat_addresses_of_one_source_and_of_a_pool() -> None:
+    one = 'oifname "macvlan0" meta nfproto ipv4 snat ip to 192.168.12.99'
+    pool = ('oifname "net1" meta nfproto ipv4 snat ip to jhash ip saddr . th sport mod 2 '
+            "map { 0 : 192.168.12.99, 1 : 192.168.12.100 }")
+    assert listing.snat_addresses(one) == ["192.168.12.99"]
+    assert listing.snat_addresses(pool) == ["192.168.12.99", "192.168.12.100"]
+    assert listing.snat_addresses("ip6 saddr 2001:db8:12::99 snat ip6 to 2001:db8:12::5") == [
+        "2001:db8:12::5"
+    ]
+    assert listing.snat_addresses("ip saddr 192.168.12.99 accept") == []

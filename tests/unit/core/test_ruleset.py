@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from egress_router.core import config, ruleset
+from egress_router.core import config, iptables_rules, ruleset
 from support.golden import DUAL_ENV, SEED_ENV, check_golden
 
 NO_FALLBACK_ENV = {**SEED_ENV, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n"}
@@ -25,7 +25,7 @@ def test_nftables_golden(name: str, env: dict[str, str]) -> None:
 @pytest.mark.parametrize(("name", "env"), [("seed", SEED_ENV), ("dual", DUAL_ENV)])
 def test_iptables_golden(name: str, env: dict[str, str]) -> None:
     cfg = config.load_config(env)
-    text = "".join(ruleset.render_iptables(cfg, family) for family in cfg.families())
+    text = "".join(iptables_rules.render_iptables(cfg, family) for family in cfg.families())
     check_golden(f"{name}.iptables", text)
 
 
@@ -46,9 +46,9 @@ def test_map_elements_are_sorted_and_one_per_rule() -> None:
 
 def test_iptables_jumps_are_added_only_when_missing() -> None:
     cfg = config.load_config(SEED_ENV)
-    fresh = ruleset.render_iptables(cfg, 4)
+    fresh = iptables_rules.render_iptables(cfg, 4)
     assert "-I PREROUTING 1 -j EGRESS-ROUTER-PREROUTING" in fresh
-    rerun = ruleset.render_iptables(cfg, 4, set(ruleset.IPT_JUMPS))
+    rerun = iptables_rules.render_iptables(cfg, 4, set(ruleset.IPT_JUMPS))
     assert "-I " not in rerun
     assert rerun.count("-A EGRESS-ROUTER-PREROUTING") == fresh.count("-A EGRESS-ROUTER-PREROUTING")
 
@@ -73,7 +73,7 @@ def test_nftables_spreads_new_connections_over_the_pool() -> None:
 
 
 def test_iptables_spreads_new_connections_over_the_pool() -> None:
-    text = ruleset.render_iptables(config.load_config(POOL_ENV), 4)
+    text = iptables_rules.render_iptables(config.load_config(POOL_ENV), 4)
     snat = [line for line in text.splitlines() if "SNAT" in line]
     assert snat == [
         "-A EGRESS-ROUTER-POSTROUTING -o macvlan0 -m statistic --mode nth --every 2 --packet 0 "

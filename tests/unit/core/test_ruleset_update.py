@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from egress_router.core import config, ruleset
+from egress_router.core import config, iptables_rules, ruleset
 
 ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24",
@@ -30,13 +30,13 @@ def with_answers(cfg: config.Config, **answers: list[str]) -> config.Config:
                                                                      cfg.destinations.fallbacks))
 
 
-def test_update_keeps_unchanged_rules_and_rewrites_only_prerouting() -> None:
+def test_update_is_the_difference_and_leaves_unchanged_chains_alone() -> None:
     old = load("80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n53 udp 203.0.113.25\n")
     new = load("80 tcp 203.0.113.25\n8080 tcp 203.0.113.27 80\n5353 udp 203.0.113.25 53\n")
     assert ruleset.render_nftables_update(old, new) == (
         "# egress-router update: generated\n"
-        "flush chain inet egress_router prerouting\n"
-        # 8080 changed its destination: its counters start again; 53 is gone.
+        # 8080 changed its destination: its counters start again; 53 is gone. No chain's
+        # rules change (prerouting reads the maps): none is flushed.
         "delete element inet egress_router conns_v4 { tcp . 8080, udp . 53 }\n"
         "delete element inet egress_router traffic_v4 { tcp . 8080, udp . 53 }\n"
         "delete element inet egress_router redirect_v4 { tcp . 8080, udp . 53 }\n"
@@ -44,13 +44,6 @@ def test_update_keeps_unchanged_rules_and_rewrites_only_prerouting() -> None:
         "add element inet egress_router traffic_v4 { tcp . 8080, udp . 5353 }\n"
         "add element inet egress_router redirect_v4 { tcp . 8080 : 203.0.113.27 . 80, "
         "udp . 5353 : 203.0.113.25 . 53 }\n"
-        'add rule inet egress_router prerouting iifname != "eth0" return\n'
-        "add rule inet egress_router prerouting fib daddr type != local return\n"
-        "add rule inet egress_router prerouting tcp dport 9090 return\n"
-        "add rule inet egress_router prerouting meta nfproto ipv4 meta l4proto . th dport "
-        "@conns_v4\n"
-        "add rule inet egress_router prerouting meta nfproto ipv4 dnat ip to meta l4proto . "
-        "th dport map @redirect_v4\n"
     )
 
 
@@ -60,18 +53,24 @@ def test_update_is_refused_when_more_than_rules_change() -> None:
                                                     "192.168.12.98/24")) is None
     assert ruleset.render_nftables_update(
         old, load("80 tcp 203.0.113.25\n", EGRESS_ROUTER_HTTP_PORT="9191")) is None
-    # A fallback is a prerouting rule and an exception in the guard: an update can change it.
+    # A fallback is a prerouting rule and an exception in the removed-rule check of the
+    # redirected chain: an update can change it.
     update = ruleset.render_nftables_update(old, load("80 tcp 203.0.113.25\n203.0.113.27\n"))
     assert update is not None
     assert (
         "add rule inet egress_router prerouting meta nfproto ipv4 meta l4proto { tcp, udp, sctp }"
         " dnat ip to 203.0.113.27\n"
     ) in update
+    assert update.startswith(
+        "# egress-router update: generated\n"
+        "flush chain inet egress_router prerouting\n"
+        "flush chain inet egress_router redirected_v4\n"
+    )
     assert update.endswith(
-        "flush chain inet egress_router guard\n"
-        "add rule inet egress_router guard meta nfproto ipv4 meta l4proto { tcp, udp, sctp } "
-        "ct status dnat meta l4proto . ct original proto-dst != @conns_v4 "
-        'ct reply ip saddr != 203.0.113.27 counter drop comment "its rule was removed"\n'
+        "add rule inet egress_router redirected_v4 meta l4proto { tcp, udp, sctp } "
+        "meta l4proto . ct original proto-dst @traffic_v4 accept\n"
+        "add rule inet egress_router redirected_v4 ct reply ip saddr 203.0.113.27 accept\n"
+        'add rule inet egress_router redirected_v4 counter drop comment "its rule was removed"\n'
     )
 
 
@@ -145,7 +144,7 @@ def test_named_fallback_with_several_addresses() -> None:
         "\t\tmeta nfproto ipv4 meta l4proto { tcp, udp, sctp } dnat ip to numgen inc mod 2 map "
         "{ 0 : 203.0.113.26, 1 : 203.0.113.27 }\n"
     ) in ruleset.render_nftables(cfg)
-    iptables = ruleset.render_iptables(cfg, 4)
+    iptables = iptables_rules.render_iptables(cfg, 4)
     assert (
         "-A EGRESS-ROUTER-PREROUTING -p tcp -m statistic "
         "--mode nth --every 2 --packet 0 -j DNAT --to-destination 203.0.113.26\n"
