@@ -77,6 +77,25 @@ def use_multus(cluster: clustermod.Cluster) -> None:
         tmp = netd / "00-multus.conf.tmp"
         tmp.write_text(json.dumps(conf, indent=2))
         tmp.replace(netd / "00-multus.conf")
+    # containerd reloads its CNI configuration on its own time: a pod created before that
+    # gets the plain pod network and no attachment. Wait until Multus answers on each node
+    # (its network-status annotation on a probe pod).
+    for node in clustermod.NODES:
+        clustermod.wait_until(
+            f"Multus is {node}'s network", lambda node=node: _multus_answers(cluster, node),
+            timeout=90, interval=1,
+        )  # fmt: skip
+
+
+def _multus_answers(cluster: clustermod.Cluster, node: str) -> bool:
+    name = f"multus-probe-{node}"
+    cluster.apply(clustermod.client_pod(name, node, cluster.image))
+    try:
+        cluster.wait(f"pod/{name}", "condition=Ready", timeout=60)
+        annotations = cluster.get("pod", name)["metadata"].get("annotations") or {}
+        return "k8s.v1.cni.cncf.io/network-status" in annotations
+    finally:
+        cluster.kubectl("delete", "pod", name, "--wait=true", "--timeout=60s", check=False)
 
 
 def node_macvlans(cluster: clustermod.Cluster, node: str) -> list[str]:
