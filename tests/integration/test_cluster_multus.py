@@ -145,6 +145,14 @@ def multus(cluster: clustermod.Cluster) -> Iterator[clustermod.Cluster]:
             cluster.wait(f"pod/mclient-{node}", "condition=Ready", timeout=180, namespace=NAMESPACE)
     except clustermod.ClusterError as err:
         raise AssertionError(f"{err}\n{cluster.describe('pods', '-n', NAMESPACE)}") from None
+    # kube-proxy programs the new endpoints a moment after the pod is Ready; until then it
+    # rejects connections to the Service (refused).
+    for node in clustermod.NODES:
+        clustermod.wait_until(
+            f"kube-proxy on {node} forwards the Service",
+            lambda node=node: "server" in _dial(cluster, node, "tcp", 80)[0],
+            timeout=60, interval=1,
+        )  # fmt: skip
     yield cluster
 
 
@@ -157,6 +165,16 @@ def _router_pod(cluster: clustermod.Cluster) -> dict[str, Any]:
     )["items"]  # fmt: skip
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
     return dict(pods[0])
+
+
+def _diagnose(cluster: clustermod.Cluster) -> str:
+    """What a failure message needs: the router pod, its attachments, its log, its endpoints."""
+    pod = _router_pod(cluster)
+    name = pod["metadata"]["name"]
+    status = (pod["metadata"].get("annotations") or {}).get("k8s.v1.cni.cncf.io/network-status")
+    logs = cluster.kubectl("logs", "-n", NAMESPACE, name, check=False).stdout
+    slices = cluster.kubectl("get", "endpointslices", "-n", NAMESPACE, "-o", "wide", check=False)
+    return f"pod {name} network-status {status}\nlog:\n{logs}\n{slices.stdout}"
 
 
 def _dial(
@@ -176,7 +194,7 @@ def test_clients_reach_every_rule_through_the_service_from_the_reserved_source(
 ) -> None:
     for proto, port, lands in FLOWS:
         answer, logged = _dial(multus, node, proto, port)
-        assert answer.get("server") == lands, (proto, port, answer)
+        assert answer.get("server") == lands, (proto, port, answer, _diagnose(multus))
         assert logged == [clustermod.SOURCE], (proto, port, logged)
 
 

@@ -83,6 +83,16 @@ def seed(cluster: clustermod.Cluster) -> Iterator[clustermod.Cluster]:
     except clustermod.ClusterError as err:
         logs = cluster.kubectl("logs", "egress-multi", "-c", "egress-router", check=False)
         raise AssertionError(f"{err}\n{cluster.describe('pods')}\n{logs.stdout}") from None
+    # kube-proxy programs the new endpoints a moment after the pod is Ready; until then it
+    # rejects connections to the Service (refused).
+    cluster_ip = cluster.get("service", "egress-1")["spec"]["clusterIP"]
+    for node in clustermod.NODES:
+        clustermod.wait_until(
+            f"kube-proxy on {node} forwards the Service",
+            lambda node=node: "server"
+            in cluster.dial_from(f"client-{node}", "tcp", cluster_ip, 80, "ready"),
+            timeout=60, interval=1,
+        )  # fmt: skip
     yield cluster
     # The reserved address is the next test's too: this router leaves the physical network.
     cluster.kubectl("delete", "pod", "egress-multi", "--wait=true", "--timeout=60s", check=False)
