@@ -26,6 +26,7 @@ import pytest
 
 from egress_router import __version__
 from egress_router.lab import world as labmod
+from support import cluster as clustermod
 
 RUN_PREFIX = "ert"
 REQUIRE_PRIVILEGED_ENV = "EGRESS_ROUTER_REQUIRE_PRIVILEGED"
@@ -337,3 +338,12 @@ def _root_namespace_guard() -> Iterator[None]:
             f"the run changed the host's network namespace ({', '.join(changed)}): {details}",
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="session")
+def cluster(built_image: str) -> Iterator[clustermod.Cluster]:
+    """The local two-node Kubernetes cluster (scripts/cluster.sh), once per session, its
+    nodes given the image of this very source (the version tag is shared by every checkout
+    on the machine)."""
+    require_privileged()
+    yield from clustermod.started(image=built_image)
