@@ -29,6 +29,7 @@ from egress_router.core import config, plan, ruleset
 from egress_router.k8s.command import render_command
 from egress_router.kernel import announce, errors, netlink, preflight
 from egress_router.lab.command import lab as lab_group
+from egress_router.operator.command import operator_command
 from egress_router.router import engine
 
 # rich and the lab (asyncio) are imported by the commands that use them: the
@@ -384,6 +385,7 @@ def status_command(path: Path | None, as_json: bool) -> None:
 
 cli.add_command(lab_group, "lab")
 cli.add_command(render_command, "render")
+cli.add_command(operator_command, "operator")
 
 
 def main() -> None:
