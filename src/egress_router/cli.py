@@ -194,8 +194,15 @@ def _run_wait(env: Mapping[str, str]) -> int:
     """Run the waiting container (``wait``, ``legacy`` mode); map failures to exit codes."""
     from egress_router import wait as wait_module  # noqa: PLC0415 (init needs none of it)
 
+    reread = None
+    if env.get(config.ENV_CNI_CONFIG, "").strip():
+        from egress_router.cni import netconf  # noqa: PLC0415 (only in CNI mode)
+
+        def reread() -> dict[str, str]:
+            return netconf.router_environment(env)
+
     try:
-        return wait_module.run(_cni_environment(env))
+        return wait_module.run(_cni_environment(env), reread=reread)
     except config.ConfigError as err:
         _fail(str(err), EXIT_CONFIG)
     except (engine.ApplyError, wait_module.WaitError) as err:

@@ -436,7 +436,11 @@ def _backend(env: Mapping[str, str]) -> config.Backend:
         return config.Backend.NFTABLES  # Router.load reports the bad value
 
 
-def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
+def run(
+    env: Mapping[str, str],
+    kernel: Edges | None = None,
+    reread: Callable[[], Mapping[str, str]] | None = None,
+) -> int:
     """Take the lock, apply, serve and watch until SIGTERM; the exit code (0).
 
     Raises `config.ConfigError` (exit 1) for a bad configuration and
@@ -469,7 +473,7 @@ def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
         registry = metrics.Metrics()
         router = Router(
             env, settings, kernel or real_edges(_backend(env), settings), registry,
-            sleep=signals.sleep,
+            sleep=signals.sleep, reread=reread,
         )
         router.load()  # parsed once, here: 10,000 rules are worth not parsing twice
         beat = [time.monotonic()]

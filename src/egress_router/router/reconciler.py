@@ -205,8 +205,13 @@ class Router:
         sleep: Callable[[float], object] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        reread: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.env = dict(env)
+        # CNI mode: the environment completed afresh from the plugin's configuration file
+        # (EGRESS_ROUTER_CNI_CONFIG, the mounted ConfigMap): its rules are reloaded like a
+        # destination file's; any other change needs a new pod (the Deployment rolls it).
+        self._reread = reread
         self.settings = settings
         self.kernel = kernel
         self.metrics = registry
@@ -239,14 +244,24 @@ class Router:
 
     @property
     def path(self) -> str | None:
+        if self._reread is not None:
+            return self.env.get(config.ENV_CNI_CONFIG, "").strip() or None
         return self.env.get(config.ENV_DESTINATION_FILE, "").strip() or None
+
+    def _environment(self, text: str) -> dict[str, str]:
+        """The environment to load ``text`` (the rules just read) with."""
+        if self._reread is None:
+            return self.env
+        return {**self.env, config.ENV_DESTINATION: text}
 
     def load(self) -> config.Config:
         """Read and validate the configuration; `config.ConfigError` when it is bad."""
         if self.path is not None:
             self._source = self._stat(self.path)
         text = self._read() if self.path is not None else None
-        cfg = config.load_config(self.env, None if text is None else lambda _path: text)
+        cfg = config.load_config(
+            self._environment(text or ""), None if text is None else lambda _path: text
+        )
         if text is not None:
             self._digest = digest.sha256_hex(text.encode())
         self.parsed = cfg
@@ -458,6 +473,19 @@ class Router:
 
     def _read(self) -> str:
         assert self.path is not None
+        if self._reread is not None:
+            fresh = self._reread()
+            changed = sorted(
+                name for name in set(fresh) | set(self.env)
+                if name != config.ENV_DESTINATION and fresh.get(name) != self.env.get(name)
+            )
+            if changed:
+                raise config.ConfigError(
+                    config.ENV_CNI_CONFIG,
+                    f"{self.path} changed more than the rules ({', '.join(changed)}); "
+                    "only the rules are reloaded: restart the pod for the rest",
+                )
+            return fresh.get(config.ENV_DESTINATION, "")
         _variable, text = config.read_destination_text(self.env)
         return text
 
@@ -478,7 +506,7 @@ class Router:
             return False
         self._digest = text_digest
         try:
-            cfg = config.load_config(self.env, lambda _path: text)
+            cfg = config.load_config(self._environment(text), lambda _path: text)
         except config.ConfigError as err:
             return self._refuse(err)
         log.info("%s changed: applying the new rules", self.path)
