@@ -1,7 +1,7 @@
 """Where does the router's per-connection and per-packet time go? Variants of its ruleset.
 
 When the nftables path falls short of plain forwarding, the question is
-which part of the ruleset costs what. ``python -m bench.run --ablation``
+which part of the ruleset costs what. ``python -m bench ablation``
 applies the product's own ruleset with parts removed (per-rule accounting,
 the fib check, the whole forward policy chain) next to the upstream-style
 ruleset and plain forwarding, and measures each the same way as the main

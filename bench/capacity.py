@@ -2,8 +2,8 @@
 
 Run on demand (root, a few minutes a case; not in CI)::
 
-    python -m bench.capacity                      # the default matrix, results in bench/results/
-    python -m bench.capacity --cases goal --seconds 150
+    python -m bench capacity                      # the default matrix, results in bench/results/
+    python -m bench capacity --cases goal --seconds 150
 
 Every case gets a fresh destination port (so no TIME_WAIT of an earlier case is in the
 way), an empty conntrack table and the router configured from scratch. The load comes
@@ -31,19 +31,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from bench import harness, upstream
+from bench import harness, results, upstream
 from bench.workload import DataPath
 from egress_router.core import config, ruleset
 from egress_router.lab import world as labmod
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 DESTINATION = str(labmod.DESTINATIONS4[0].ip)
 LOCAL_PORT = 80  # what the clients dial on the router
 FIRST_SERVER_PORT = 7100
@@ -424,22 +423,21 @@ def render_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=150.0)
     parser.add_argument("--cases", default="all",
                         help="all, goal, or case-name substrings separated by ';'")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="capacity")
+    parser.add_argument("--name", default="capacity", help="results file name")
     parser.add_argument("--realtime", action="store_true",
                         help="run the load generator and servers SCHED_FIFO (chrt -f 10), so "
                         "that other work on the machine does not delay them")
-    args = parser.parse_args(argv)
+
+
+def run_suite(args: argparse.Namespace) -> results.Outcome:
     if args.realtime:
         NICE[:] = REALTIME
     if os.geteuid() != 0:
-        print("python -m bench.capacity: needs root (network namespaces)", file=sys.stderr)
-        return 2
+        raise harness.BenchError("needs root (network namespaces)")
     cases = matrix(args.seconds, args.cases == "goal")
     if args.cases not in ("all", "goal"):
         wanted = [w.strip() for w in args.cases.split(";")]
@@ -468,19 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             labmod.down(prefix)
     doc = {
-        "command": "python -m bench.capacity " + " ".join(argv or sys.argv[1:]),
+        "command": args.command,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "kernel": os.uname().release, "cpus": os.cpu_count(),
         "conntrack_max": Path("/proc/sys/net/netfilter/nf_conntrack_max").read_text().strip(),
         "results": [r for r in bench.results if "error" not in r],
         "errors": [r for r in bench.results if "error" in r],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (args.out / f"{args.name}.md").write_text(render_markdown(doc))
-    print(render_markdown(doc))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return results.Outcome(args.name, doc, render_markdown(doc))

@@ -1,6 +1,6 @@
 """How long the CNI plugin's ADD takes, apart from the configured announcement wait.
 
-Run as root: ``.venv/bin/python -m bench.cni_add [--runs 15] [--executable PATH]``. It builds the
+Run as root: ``.venv/bin/python -m bench cni-add [--runs 15] [--executable PATH]``. It builds the
 lab (``egress_router.lab.world``) with the router pod's eth0 from Debian's bridge plugin, then
 times ADD + DEL of the egress network N times through ``cnirun`` (``egress_router.cni.runtime``,
 which runs the plugin as a runtime does, from the node's namespace), with
@@ -11,16 +11,14 @@ every process it started, from ``getrusage``): on a loaded machine the wall time
 the queue for a core, the CPU time what the plugin costs. A bare ``python3 -c pass`` is timed in
 the same rounds as a yardstick for how slow the machine is at the moment. ``--also NAME=PATH``
 (repeatable) times further plugins in the same rounds, e.g. an older build to compare with.
-Writes ``bench/results/cni_add.json`` and prints the medians.
+Writes ``bench/results/cni_add.json`` (and ``.md``) and prints the medians.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import results, stats
 from egress_router.cni import runtime as cnirun
 from egress_router.lab import world as labmod
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "cni_add.json"
 EXECUTABLE = ROOT / "build" / "cni" / "egress-router-cni"
 CONTAINER_ID = "benchcniadd0"
 CONF: dict[str, Any] = {
@@ -93,13 +91,14 @@ def _time(lab: labmod.Lab, plugin: str, runs: int) -> list[tuple[float, float]]:
     return seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--executable", type=Path, default=EXECUTABLE)
     parser.add_argument("--also", action="append", default=[], metavar="NAME=PATH",
                         help="another plugin to time in the same rounds (repeatable)")
-    args = parser.parse_args()
+
+
+def run_suite(args: argparse.Namespace) -> results.Outcome:
     if not args.executable.is_file():
         raise SystemExit(f"cannot find {args.executable}; run scripts/build-cni.sh first")
     plugins = {
@@ -133,9 +132,9 @@ def main() -> None:
     for name, values in samples.items():
         wall = [w for w, _ in values]
         cpu = [c for _, c in values]
-        report[name] = {"runs": len(values), "wall_median_s": round(statistics.median(wall), 3),
+        report[name] = {"runs": len(values), "wall_median_s": round(stats.median(wall), 3),
                         "wall_min_s": round(min(wall), 3),
-                        "cpu_median_s": round(statistics.median(cpu), 3)}
+                        "cpu_median_s": round(stats.median(cpu), 3)}
     exe, venv = (report[n] for n in list(plugins)[:2])
     report["ratio executable/venv"] = {
         "wall": round(exe["wall_median_s"] / venv["wall_median_s"], 2),
@@ -143,11 +142,7 @@ def main() -> None:
     }
     report["machine"] = {"load_average_1m": round(os.getloadavg()[0], 2), "cores": os.cpu_count()
                          or 0}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    for name, values in report.items():
-        print(f"{name:24} {values}")
+    lines = [f"`{args.command}`", "", "```"]
+    lines += [f"{name:24} {values}" for name, values in report.items()]
+    return results.Outcome("cni_add", report, "\n".join([*lines, "```"]) + "\n")
 
-
-if __name__ == "__main__":
-    main()

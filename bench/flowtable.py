@@ -2,7 +2,7 @@
 
 Run on demand (root, about 4 minutes)::
 
-    python -m bench.flowtable --rounds 3
+    python -m bench flowtable --rounds 3
 
 Side by side, in rounds, in one lab: plain forwarding (routed through the router pod, no
 NAT), the product's ruleset, and the product's ruleset plus a flowtable (software offload:
@@ -19,15 +19,13 @@ import argparse
 import json
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, harness
+from bench import capacity, harness, results, stats
 from bench.workload import DataPath
 from egress_router.core import ruleset
 from egress_router.lab import world as labmod
@@ -65,14 +63,13 @@ def traffic_packets(lab: labmod.Lab, port: int) -> int:
     return int(found.group(1)) if found else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.flowtable", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=capacity.RESULTS)
-    args = parser.parse_args(argv)
+
+
+def run_suite(args: argparse.Namespace) -> results.Outcome:
     if os.geteuid() != 0:
-        print("python -m bench.flowtable: needs root", file=sys.stderr)
-        return 2
+        raise harness.BenchError("needs root (network namespaces)")
 
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -146,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             labmod.down(prefix)
 
     def med(path: str, key: str) -> float:
-        return float(statistics.median(s[key] for s in samples if s["path"] == path))
+        return float(stats.median(s[key] for s in samples if s["path"] == path))
 
     def ratio(path: str, key: str) -> float:
         per_round = [
@@ -154,20 +151,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             / next(s[key] for s in samples if s["path"] == "forward" and s["round"] == r)
             for r in range(args.rounds)
         ]
-        return float(statistics.median(per_round))
+        return float(stats.median(per_round))
 
     summary = {p: {"gbit_s": med(p, "gbit_s"), "rr_per_s": med(p, "rr_per_s"),
                    "gbit_vs_forward": ratio(p, "gbit_s"), "rr_vs_forward": ratio(p, "rr_per_s")}
                for p in ("forward", "product", "flowtable")}
     doc: dict[str, Any] = {
-        "command": "python -m bench.flowtable " + " ".join(argv or sys.argv[1:]),
+        "command": args.command,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "kernel": os.uname().release, "samples": samples,
         "traffic_v4_packets_after_iperf": counters,
         "summary": summary,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "flowtable.json").write_text(json.dumps(doc, indent=1) + "\n")
     lines = [
         "# Flowtable fast path", "", f"Command: `{doc['command']}`", "",
         f"Run of {doc['date']}, kernel {doc['kernel']}, {args.rounds} rounds, {SECONDS} s per "
@@ -180,10 +175,5 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"{s['rr_per_s']:,.0f} | {s['rr_vs_forward']:.2f} |")
     lines += ["", "Per-rule packet counter (`traffic_v4`, tcp . 5201) after each iperf3 run: "
               + json.dumps(counters)]
-    (args.out / "flowtable.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    return results.Outcome("flowtable", doc, "\n".join(lines) + "\n")
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

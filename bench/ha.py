@@ -1,7 +1,7 @@
 """The HA benchmark: how long from a failure of the active replica to the first new connection
 that reaches the destination from the reserved address, through the other replica?
 
-Run it with ``.venv/bin/python -m bench.ha`` (as root; ``--trials N``, default 5 of each
+Run it with ``.venv/bin/python -m bench ha`` (as root; ``--trials N``, default 5 of each
 failure). It builds the two-node lab (``egress_router.lab.ha``), starts both replicas as
 production does (``EGRESS_ROUTER_HA=vrrp``), and for each failure kind (``sigkill``,
 ``delete``, ``linkdown``) fails the active replica N times, alternating which one, measuring
@@ -13,20 +13,18 @@ timing until exactly one holds the address. Results: ``bench/results/ha.json`` a
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import results, stats
 from egress_router.lab import ha as halab
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOALS = {"median": 0.5, "max": 1.0}
 
 
@@ -48,7 +46,7 @@ def run(trials: int) -> dict[str, Any]:
                 times = [r["failover"] for r in rows]
                 out["kinds"][kind] = {
                     "trials": rows,
-                    "median": statistics.median(times),
+                    "median": stats.median(times),
                     "max": max(times),
                     "min": min(times),
                     "switchovers_on_return": sum(r["switchovers_on_return"] for r in rows),
@@ -65,7 +63,7 @@ def run(trials: int) -> dict[str, Any]:
         out["heal"] = {
             "trials": heals,
             "max": max(h["one_holder_after"] for h in heals),
-            "median": statistics.median(h["one_holder_after"] for h in heals),
+            "median": stats.median(h["one_holder_after"] for h in heals),
         }
     return out
 
@@ -109,10 +107,11 @@ def _loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text(encoding="utf-8").split()[:3])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ha")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=5)
-    args = parser.parse_args()
+
+
+def run_suite(args: argparse.Namespace) -> results.Outcome:
     # SIGTERM (a timeout) unwinds like Ctrl-C, so the lab's namespaces are removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     trials = max(1, min(args.trials, 50))
@@ -124,13 +123,5 @@ def main() -> int:
     result["keepalived"] = (version.stderr or version.stdout).split()[1]
     result["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result["host"] = f"{platform.node()} ({platform.release()})"
-    command = f".venv/bin/python -m bench.ha --trials {trials}"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ha.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (RESULTS / "ha.md").write_text(render(result, command), encoding="utf-8")
-    print(render(result, command))
-    return 0
+    return results.Outcome("ha", result, render(result, args.command))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

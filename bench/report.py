@@ -1,7 +1,7 @@
 """Turn a benchmark run (its JSON document) into markdown tables, a README section and a chart.
 
 Rendering works from the saved JSON alone, so a run can be re-rendered
-(``python -m bench.run --render results.json``) and the tables tested without
+(``python -m bench data-path --render results.json``) and the tables tested without
 a lab. Every figure is shown as a ratio against plain forwarding measured in
 the same run, next to its absolute median and min-max over rounds.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from bench import stats
 from bench.workload import RULE_PATHS, DataPath, Figure
 
-README_BEGIN = "<!-- bench:results:begin (written by python -m bench.run --update-readme) -->"
+README_BEGIN = "<!-- bench:results:begin (written by python -m bench data-path --update-readme) -->"
 README_END = "<!-- bench:results:end -->"
 
 _PATH_ORDER = [p.value for p in DataPath]
@@ -268,7 +268,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     settings = doc.get("settings", {})
     parts = [
         "# egress-router data-path benchmark\n",
-        f"Command: `{settings.get('command', 'python -m bench.run')}`\n",
+        f"Command: `{settings.get('command', 'python -m bench data-path')}`\n",
         render_summary(doc),
         "## Is the client the bottleneck?\n",
         render_calibration(doc),

@@ -1,4 +1,4 @@
-"""``python -m bench.run``: the data-path benchmark, one command, results under bench/results/.
+"""``python -m bench data-path``: the data-path benchmark, results under bench/results/.
 
 It builds the lab, then for several rounds measures every (path, rule count,
 figure) in a shuffled order, each against freshly applied rules, and finally
@@ -14,7 +14,6 @@ development run; a full run takes about 15 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -23,7 +22,6 @@ import platform
 import random
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,13 +31,12 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from bench import ablation, baseline, harness, report, stats, upstream, workload
+from bench import ablation, baseline, harness, report, results, stats, upstream, workload
 from bench.workload import DataPath, Figure
 from egress_router.core import config, ruleset
 from egress_router.lab import world as labmod
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 README = REPO / "README.md"
 PREFIX_START = "ertbench"
 POLICY_RC = Path("/usr/sbin/policy-rc.d")
@@ -85,11 +82,8 @@ def _counts(text: str, option: str) -> list[int]:
     return sorted(set(values))
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.run",
-        description="Benchmark the egress router's data path against plain forwarding.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the data-path suites (data-path, ablation, hardening)."""
     parser.add_argument("--quick", action="store_true",
                         help="short development run (2 rounds, 1 and 1000 rules, 1 s each)")
     parser.add_argument("--rounds", type=int, help="rounds over every configuration (full: 4)")
@@ -104,19 +98,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-install", action="store_true",
                         help="do not apt-get install missing tools")
-    parser.add_argument("--out", type=Path,
-                        help="results directory (default bench/results; quick: a temp dir)")
+
+
+def add_data_path_arguments(parser: argparse.ArgumentParser) -> None:
+    add_arguments(parser)
     parser.add_argument("--update-readme", action="store_true",
                         help="replace the summary between the README's benchmark markers")
-    parser.add_argument("--ablation", action="store_true",
-                        help="instead: measure the product's nftables ruleset with parts removed "
-                        "(accounting, fib check, forward chain) against upstream and forwarding")
-    parser.add_argument("--hardening", action="store_true",
-                        help="instead: today's ruleset (bench/baseline.py) against the hardened "
-                        "one, both backends, side by side in the same rounds")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only re-render the report, chart (and README) from a results file")
-    args = parser.parse_args(argv)
+
+
+def _settle(args: argparse.Namespace) -> argparse.Namespace:
+    """The preset's defaults for what was not given; refuses what cannot run."""
     preset = QUICK if args.quick else FULL
     args.rounds = args.rounds or preset.rounds
     args.counts = _counts(args.counts or preset.counts, "--counts")
@@ -127,6 +120,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                        calibration=seconds)
     if args.rounds < 1 or min(vars(args.durations).values()) < 1:
         raise SystemExit("bench: error: cannot run: --rounds and --seconds must be at least 1")
+    if args.quick and args.out is None:
+        args.out = Path(tempfile.gettempdir()) / "egress-router-bench-quick"
     return args
 
 
@@ -259,7 +254,7 @@ def run(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
             "load1": dataclasses.asdict(load_summary) if load_summary else None,
         },
         "settings": {
-            "command": "python -m bench.run " + " ".join(sys.argv[1:]),
+            "command": "python -m bench data-path " + " ".join(sys.argv[1:]),
             "quick": args.quick, "rounds": args.rounds, "counts": args.counts,
             "flow_counts": args.flow_counts, "seed": args.seed,
             "durations_s": dataclasses.asdict(args.durations), "setup_reps": args.setup_reps,
@@ -331,7 +326,7 @@ def run_ablation(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
         "schema": 1, "kind": "ablation",
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "duration_s": (datetime.datetime.now(datetime.UTC) - started).total_seconds(),
-        "settings": {"command": "python -m bench.run " + " ".join(sys.argv[1:]),
+        "settings": {"command": "python -m bench data-path " + " ".join(sys.argv[1:]),
                      "rounds": args.rounds, "seed": args.seed,
                      "durations_s": dataclasses.asdict(args.durations)},
         "variants": {name: ablation.VARIANTS[name][0] for name in texts
@@ -351,14 +346,6 @@ def _apply_iptables(h: harness.Harness, payloads: dict[int, str], what: str) -> 
     h.flush_conntrack()
 
 
-def _spread(values: Sequence[float]) -> tuple[float, float, float, float, float]:
-    """Median, lower and upper quartile, minimum and maximum of ``values``."""
-    ordered = sorted(values)
-    quartiles = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 \
-        else [ordered[0]] * 3
-    return (quartiles[1], quartiles[0], quartiles[2], ordered[0], ordered[-1])
-
-
 def run_hardening(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
     """Today's ruleset against the hardened one, per backend, measured in the same rounds.
 
@@ -369,9 +356,9 @@ def run_hardening(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
     shared machine the rate follows the other tenants' load, the CPU time much less.
     """
     cfg = config.load_config({**harness.ROUTER_ENV, config.ENV_DESTINATION: ABLATION_RULES})
-    nft = {"nftables:today": baseline.render_nftables(cfg),
+    nft = {"nftables:today": baseline.nftables(),
            "nftables:hardened": ruleset.render_nftables(cfg)}
-    ipt = {"iptables:today": {4: baseline.render_iptables(cfg, 4)},
+    ipt = {"iptables:today": {4: baseline.iptables()},
            "iptables:hardened": {f: ruleset.render_iptables(cfg, f) for f in (4, 6)}}
     names = [*nft, *ipt]
     clock.log(f"hardening: {', '.join(names)} x {args.rounds} rounds")
@@ -413,7 +400,7 @@ def run_hardening(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
         "duration_s": (datetime.datetime.now(datetime.UTC) - started).total_seconds(),
         "host": {"nproc": os.cpu_count(), "kernel": platform.release(),
                  "loadavg_start": list(load_start), "loadavg_end": list(harness.loadavg())},
-        "settings": {"command": "python -m bench.run " + " ".join(sys.argv[1:]),
+        "settings": {"command": "python -m bench data-path " + " ".join(sys.argv[1:]),
                      "rounds": args.rounds, "seed": args.seed,
                      "durations_s": dataclasses.asdict(args.durations),
                      "ab": f"{harness.AB_PROCESSES} processes x concurrency "
@@ -427,7 +414,7 @@ HARDENING_TARGET = 0.95  # the hardened path costs at most 5% of today's new-con
 
 
 def _fmt_spread(values: Sequence[float]) -> str:
-    median, q1, q3, low, high = _spread(values)
+    median, q1, q3, low, high = stats.spread(values)
     return f"{median:.3f} (IQR {q1:.3f}-{q3:.3f}, range {low:.3f}-{high:.3f})"
 
 
@@ -447,9 +434,9 @@ def render_hardening(doc: dict[str, Any]) -> str:
                / by[(hard_key, r)]["detail"]["cpu_us_per_conn"]
                for r in rounds if by[(today_key, r)].get("detail", {}).get("cpu_us_per_conn")
                and by[(hard_key, r)].get("detail", {}).get("cpu_us_per_conn")]
-        today = _spread([by[(today_key, r)]["value"] for r in rounds])[0]
-        hardened = _spread([by[(hard_key, r)]["value"] for r in rounds])[0]
-        verdict = "met" if _spread(ratios)[0] >= HARDENING_TARGET else "MISSED"
+        today = stats.spread([by[(today_key, r)]["value"] for r in rounds])[0]
+        hardened = stats.spread([by[(hard_key, r)]["value"] for r in rounds])[0]
+        verdict = "met" if stats.spread(ratios)[0] >= HARDENING_TARGET else "MISSED"
         rows.append(f"| {backend} | {len(rounds)} | {today:,.0f} | {hardened:,.0f} | "
                     f"{_fmt_spread(ratios)} | {_fmt_spread(cpu) if cpu else '-'} | {verdict} |")
     settings = doc.get("settings", {})
@@ -457,7 +444,7 @@ def render_hardening(doc: dict[str, Any]) -> str:
     loads = [s["load1"] for s in doc["samples"] if s.get("load1") is not None]
     load_text = ""
     if loads:
-        median, _q1, _q3, low, high = _spread(loads)
+        median, _q1, _q3, low, high = stats.spread(loads)
         load_text = (f"Load average (1 min) during the samples: median {median:.2f}, "
                      f"{low:.2f}-{high:.2f}")
         if host.get("loadavg_start"):
@@ -491,77 +478,69 @@ def wait_command_exists() -> bool:
     return cp.returncode == 0
 
 
-def write_outputs(doc: dict[str, Any], out: Path, update_readme: bool,
-                  log: Callable[[str], None]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(report.render_markdown(doc), encoding="utf-8")
-    report.plot(doc, out / "conn_rate.png")
-    log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'conn_rate.png'}")
-    if update_readme:
-        text = README.read_text(encoding="utf-8")
-        README.write_text(report.replace_between_markers(text, report.render_summary(doc)),
-                          encoding="utf-8")
-        log(f"updated the benchmark summary in {README}")
+def _extra_outputs(doc: dict[str, Any], update_readme: bool) -> Callable[[Path], list[Path]]:
+    """The chart (and the README's summary) beside results.json and results.md."""
+
+    def write(out: Path) -> list[Path]:
+        report.plot(doc, out / "conn_rate.png")
+        written = [out / "conn_rate.png"]
+        if update_readme:
+            text = README.read_text(encoding="utf-8")
+            README.write_text(report.replace_between_markers(text, report.render_summary(doc)),
+                              encoding="utf-8")
+            written.append(README)
+        return written
+
+    return write
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["wait"]:  # the waiting container's own benchmark (bench/wait.py)
-        from bench import wait  # noqa: PLC0415 (only for this target)
+def _prepare(args: argparse.Namespace, clock: Clock) -> None:
+    """Root, the tools, the nf_tables iptables: refuse to start without them."""
+    problem = labmod.check_host()
+    if problem is not None:
+        raise harness.BenchError(f"cannot run the benchmark: {problem}")
+    ensure_tools(not args.no_install, clock.log)
+    if "nf_tables" not in _version(["iptables", "-V"]):
+        raise harness.BenchError(
+            "cannot run the benchmark: iptables is not the nf_tables variant "
+            "(the router namespace is reset with `nft flush ruleset`)"
+        )
 
-        return wait.main(argv[1:])
-    args = parse_args(argv)
+
+def run_data_path(args: argparse.Namespace) -> results.Outcome:
+    """The main run: every path, rule count and figure against plain forwarding."""
+    args = _settle(args)
     clock = Clock()
     if args.render is not None:
         doc = json.loads(args.render.read_text(encoding="utf-8"))
-        write_outputs(doc, args.out or args.render.parent, args.update_readme, clock.log)
-        return 0
-    problem = labmod.check_host()
-    if problem is not None:
-        print(f"bench: error: cannot run the benchmark: {problem}", file=sys.stderr)
-        return 1
-    ensure_tools(not args.no_install, clock.log)
-    if "nf_tables" not in _version(["iptables", "-V"]):
-        print("bench: error: cannot run the benchmark: iptables is not the nf_tables variant "
-              "(the router namespace is reset with `nft flush ruleset`)", file=sys.stderr)
-        return 1
-    out = args.out or (Path(tempfile.gettempdir()) / "egress-router-bench-quick"
-                       if args.quick else RESULTS)
-    if args.hardening:
-        with harness.terminating_on_signals():
-            doc = run_hardening(args, clock)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "hardening.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        text = render_hardening(doc)
-        (out / "hardening.md").write_text(text, encoding="utf-8")
-        clock.log(f"wrote {out / 'hardening.json'}, {out / 'hardening.md'}")
-        print(text)
-        return 0
-    if args.ablation:
-        with harness.terminating_on_signals():
-            doc = run_ablation(args, clock)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "ablation.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        text = report.render_ablation(doc)
-        (out / "ablation.md").write_text(text, encoding="utf-8")
-        clock.log(f"wrote {out / 'ablation.json'}, {out / 'ablation.md'}")
-        print(text)
-        return 0
-    try:
+        args.out = args.out or args.render.parent
+    else:
+        _prepare(args, clock)
         with harness.terminating_on_signals():
             doc = run(args, clock)
-    except (harness.BenchError, labmod.LabError) as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted; the lab was removed", file=sys.stderr)
-        return 130
-    write_outputs(doc, out, args.update_readme, clock.log)
-    with contextlib.suppress(BrokenPipeError):
-        print(report.render_summary(doc), flush=True)
-    return 0
+    return results.Outcome("results", doc, report.render_markdown(doc),
+                           also=_extra_outputs(doc, args.update_readme))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _suite(
+    args: argparse.Namespace,
+    name: str,
+    measure: Callable[[argparse.Namespace, Clock], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+) -> results.Outcome:
+    args = _settle(args)
+    clock = Clock()
+    _prepare(args, clock)
+    with harness.terminating_on_signals():
+        doc = measure(args, clock)
+    return results.Outcome(name, doc, render(doc))
+
+
+def run_ablation_suite(args: argparse.Namespace) -> results.Outcome:
+    """The product's nftables ruleset with parts removed, against upstream and forwarding."""
+    return _suite(args, "ablation", run_ablation, report.render_ablation)
+
+
+def run_hardening_suite(args: argparse.Namespace) -> results.Outcome:
+    """Today's ruleset (bench/golden/baseline.*) against the hardened one, both backends."""
+    return _suite(args, "hardening", run_hardening, render_hardening)

@@ -1,5 +1,8 @@
 """Statistics of a benchmark run: min/median/max, paired ratios, the issue's targets.
 
+The one module of bench/ that computes statistics (every suite takes its medians and
+quartiles from here).
+
 A shared 2-core machine drifts while a run goes on, so a figure is compared
 with the forwarding baseline measured *in the same round* (a paired ratio),
 and the summary reports the min, median and max over rounds of those ratios
@@ -159,6 +162,20 @@ class Target:
 
 def _median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def median(values: Iterable[float]) -> float:
+    """The median of ``values``; NaN when there are none (a figure that was not measured)."""
+    data = list(values)
+    return float(statistics.median(data)) if data else float("nan")
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, float, float, float]:
+    """Median, lower and upper quartile, minimum and maximum of ``values``."""
+    ordered = sorted(values)
+    quartiles = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 \
+        else [ordered[0]] * 3
+    return (quartiles[1], quartiles[0], quartiles[2], ordered[0], ordered[-1])
 
 
 def evaluate_targets(

@@ -1,4 +1,4 @@
-"""``python -m bench.run wait``: ``egress-router wait`` at 10,000 rules, in the lab.
+"""``python -m bench wait``: ``egress-router wait`` at 10,000 rules, in the lab.
 
 Measures the figures of issue 10 against a router holding 10,000 rules (and
 optionally as many live connections as asked), and writes them to
@@ -35,26 +35,23 @@ picks cases of the full run (one, edits, scrapes, drift, sigterm, standby; the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from bench import results, stats
 from egress_router.lab import world as labmod
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 ROUTER4 = "10.128.0.2"
 RULES = 10_000
 CASES = ("one", "edits", "scrapes", "drift", "sigterm", "standby")
@@ -497,10 +494,6 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def compare_markdown(doc: dict[str, Any]) -> str:
     load = doc["host"]["load"]
     lines = [
@@ -509,17 +502,19 @@ def compare_markdown(doc: dict[str, Any]) -> str:
         f"Host: {doc['host']['cpus']} CPUs, kernel {doc['host']['kernel']}, load average at "
         f"start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, at the end "
         f"{doc['host'].get('load_end', [0.0])[0]:.1f}. Baseline: `{doc['baseline']}`. "
-        f"Medians of {doc['rounds']} alternating round(s). Command: `python -m bench.run wait "
+        f"Medians of {doc['rounds']} alternating round(s). Command: `python -m bench wait "
         f"--only {','.join(doc['only'])} --baseline SRC --rounds {doc['rounds']}`.",
         "",
         "| figure | baseline | this tree | ratio | goal |",
         "|---|---|---|---|---|",
     ]
     if doc["startup_s"]["baseline"]:
-        a, b = _median(doc["startup_s"]["baseline"]), _median(doc["startup_s"]["this tree"])
+        a = stats.median(doc["startup_s"]["baseline"])
+        b = stats.median(doc["startup_s"]["this tree"])
         lines.append(f"| one-rule router ready after start, no DNS (fresh pod) | {a:.2f} s | "
                      f"{b:.2f} s | {b / a:.2f} | < 1 s |")
-        a, b = _median(doc["restart_s"]["baseline"]), _median(doc["restart_s"]["this tree"])
+        a = stats.median(doc["restart_s"]["baseline"])
+        b = stats.median(doc["restart_s"]["this tree"])
         lines.append(f"| the same, restarted in that pod (interfaces in place, as after init) | "
                      f"{a:.2f} s | {b:.2f} s | {b / a:.2f} | < 1 s |")
     runs = doc["edits"]
@@ -529,8 +524,8 @@ def compare_markdown(doc: dict[str, Any]) -> str:
                                     ("applied_and_cut_s", "s wall, cut", "< 2 s")):
                 if key not in first:
                     continue
-                a = _median([run[index][key] for run in runs["baseline"]])
-                b = _median([run[index][key] for run in runs["this tree"]])
+                a = stats.median([run[index][key] for run in runs["baseline"]])
+                b = stats.median([run[index][key] for run in runs["this tree"]])
                 lines.append(f"| edit: {first['edit']} ({unit}) | {a:.2f} | {b:.2f} | "
                              f"{b / a:.2f} | {goal} |")
     return "\n".join(lines) + "\n"
@@ -539,7 +534,7 @@ def compare_markdown(doc: dict[str, Any]) -> str:
 def markdown(doc: dict[str, Any]) -> str:
     host = doc["host"]
     load_end = host.get("load_end", host["load"])
-    command = "python -m bench.run wait" + (
+    command = "python -m bench wait" + (
         f" --cases {','.join(doc['cases'])}" if doc.get("cases") and doc["cases"] != list(CASES)
         else "")
     lines = [
@@ -592,12 +587,10 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run wait", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connections", type=int, default=64_000, metavar="N",
                         help="UDP flows held in the conntrack table during the scrapes "
                         "(at most 64,000: one client address, one source port each)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--only", type=lambda text: set(text.split(",")), default=None,
                         metavar="CASES", help="comma-separated: edits, startup (with --baseline)")
     parser.add_argument("--baseline", type=Path, default=None, metavar="SRC",
@@ -607,31 +600,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated cases to run (default: all of {','.join(CASES)}); "
                         "the 10,000-rule start and the peak RSS are always measured")
     parser.add_argument("--name", default="wait", help="results file name (default: wait)")
-    args = parser.parse_args(argv)
+
+
+def run_suite(args: argparse.Namespace) -> results.Outcome:
+    def refuse(message: str) -> NoReturn:
+        raise SystemExit(f"python -m bench wait: error: {message}")
+
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     if unknown := sorted(set(args.cases) - set(CASES)):
-        parser.error(f"cannot run case(s) {', '.join(unknown)}: choose from {', '.join(CASES)}")
+        refuse(f"cannot run case(s) {', '.join(unknown)}: choose from {', '.join(CASES)}")
     if not 0 <= args.connections <= 64_000:
-        parser.error(f"cannot hold {args.connections} flows: give 0 to 64000")
+        refuse(f"cannot hold {args.connections} flows: give 0 to 64000")
     if args.only is not None or args.baseline is not None:
         if args.baseline is None or not (args.baseline / "egress_router").is_dir():
-            parser.error("cannot compare: give --baseline SRC, a folder holding egress_router")
+            refuse("cannot compare: give --baseline SRC, a folder holding egress_router")
         args.only = args.only or {"edits", "startup"}
         if not args.only <= {"edits", "startup"}:
-            parser.error(f"cannot run {sorted(args.only)}: the cases are edits and startup")
+            refuse(f"cannot run {sorted(args.only)}: the cases are edits and startup")
         doc = compare(args)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "wait-compare.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (args.out / "wait-compare.md").write_text(compare_markdown(doc))
-        print(compare_markdown(doc))
-        return 0
+        return results.Outcome("wait-compare", doc, compare_markdown(doc))
     doc = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(markdown(doc))
-    print(markdown(doc))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return results.Outcome(args.name, doc, markdown(doc))

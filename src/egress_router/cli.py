@@ -26,10 +26,10 @@ from types import FrameType
 import click
 
 from egress_router.core import config, plan, ruleset
-from egress_router.k8s.command import render_command
-from egress_router.kernel import announce, errors, netlink, preflight
+from egress_router.kernel import announce, errors, files, netlink, preflight
 from egress_router.lab.command import lab as lab_group
 from egress_router.operator.command import operator_command
+from egress_router.render import render_command
 from egress_router.router import engine
 
 # rich and the lab (asyncio) are imported by the commands that use them: the
@@ -78,7 +78,7 @@ def _cni_environment(env: Mapping[str, str]) -> dict[str, str]:
 
 def _load(env: Mapping[str, str]) -> config.Config:
     try:
-        return config.load_config(_cni_environment(env))
+        return files.load_config(_cni_environment(env))
     except config.ConfigError as err:
         _fail(str(err), EXIT_CONFIG)
         raise AssertionError("unreachable") from err
@@ -248,11 +248,11 @@ def validate(path: Path | None) -> None:
     console = Console()
     try:
         if config.ENV_SOURCE in env or config.ENV_GATEWAY in env:
-            cfg = config.load_config(env)
+            cfg = files.load_config(env)
             rows = ruleset.describe_rules(cfg)
             title = f"{len(rows)} rules, source {', '.join(str(s.interface) for s in cfg.sources)}"
         else:
-            variable, text = config.read_destination_text(env)
+            variable, text = files.read_destination_text(env)
             destinations = config.parse_destinations(text, variable)
             rows = ruleset.describe_rules(
                 config.Config(sources=(), gateways=(), destinations=destinations)

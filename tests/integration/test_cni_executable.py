@@ -33,7 +33,7 @@ from egress_router.k8s import manifest, render
 from egress_router.lab import world as labmod
 from support.podspec import one, run_args
 
-pytestmark = pytest.mark.privileged
+pytestmark = [pytest.mark.privileged, pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "scripts" / "build-cni.sh"

@@ -21,6 +21,7 @@ import pytest
 
 from egress_router.lab import ha as halab
 from egress_router.lab import processes, world
+from support import http
 
 from .conftest import new_prefix, require_privileged
 
@@ -47,18 +48,10 @@ def client(pair: halab.HaLab) -> Iterator[halab.Client]:
 
 
 def _get(lab: halab.HaLab, replica: str, path: str) -> tuple[int, str]:
-    code = (
-        "import sys, urllib.request, urllib.error\n"
-        "try:\n"
-        f"    r = urllib.request.urlopen('http://{halab.REPLICAS[replica].ip}:"
-        f"{halab.HTTP_PORT}{path}', timeout=5)\n"
-        "    print(r.status); print(r.read().decode(), end='')\n"
-        "except urllib.error.HTTPError as e:\n"
-        "    print(e.code); print(e.read().decode(), end='')\n"
-    )
-    cp = world.run_in(lab.ns("client"), [sys.executable, "-c", code], timeout=20)
-    status, _, body = cp.stdout.partition("\n")
-    return int(status), body
+    answer = http.get(lab.ns("client"), http.url(str(halab.REPLICAS[replica].ip),
+                                                 halab.HTTP_PORT, path))
+    assert answer.status is not None, answer.error
+    return answer.status, answer.body
 
 
 def test_one_holder_and_the_standby_answers_not_ready(pair: halab.HaLab) -> None:
@@ -182,11 +175,8 @@ def test_a_vrid_another_group_uses_is_refused_before_anything_changes(
     halab.standby_ready(pair, standby)
 
 
-def test_a_healed_partition_leaves_exactly_one_holder_within_a_second(
-    pair: halab.HaLab,
-) -> None:
-    took = halab.heal_trial(pair)
-    assert took < 1.0
+def test_a_healed_partition_leaves_exactly_one_holder(pair: halab.HaLab) -> None:
+    halab.heal_trial(pair)  # how long it takes: `python -m bench ha` (bench/results/ha.md)
     holder = halab.holders(pair)
     assert len(holder) == 1
     assert halab.count_switchovers(pair, 1.0, holder[0]) == 0

@@ -13,7 +13,6 @@ container must be the one that puts the data path back after its table was delet
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -24,9 +23,10 @@ import pytest
 from egress_router.core import ruleset
 from egress_router.k8s import manifest, render
 from egress_router.lab import world as labmod
+from support import http
 from support.podspec import one, run_args
 
-pytestmark = pytest.mark.privileged
+pytestmark = [pytest.mark.privileged, pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_USER = "65532:65532"  # the Containerfile's USER
@@ -60,19 +60,7 @@ def removed_afterwards(podman: Any, *names: str) -> Iterator[None]:
 
 def http_status(lab: labmod.Lab, path: str) -> int | None:
     """GET ``path`` on the router's HTTP port from the client pod; the status, None if none."""
-    code = (
-        "import sys, urllib.request, urllib.error\n"
-        "try:\n"
-        "    print(urllib.request.urlopen(sys.argv[1], timeout=2).status)\n"
-        "except urllib.error.HTTPError as err:\n"
-        "    print(err.code)\n"
-        "except OSError:\n"
-        "    print('none')\n"
-    )
-    url = f"http://{ROUTER_IP}:9090{path}"
-    done = labmod.run_in(lab.client, [sys.executable, "-c", code, url], timeout=15)
-    answer = done.stdout.strip()
-    return int(answer) if answer.isdigit() else None
+    return http.get(lab.client, f"http://{ROUTER_IP}:9090{path}", timeout=2).status
 
 
 def proc_status(pid: int) -> dict[str, str]:

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ import pytest
 from egress_router.core import config, plan
 from egress_router.lab import world as labmod
 from egress_router.router import engine
+from support.http import get as http_get
+from support.waiting import eventually
 
 pytestmark = pytest.mark.privileged
 
@@ -78,13 +79,6 @@ def redirects(lab: labmod.Lab) -> str:
             or ("rule" in item and str(item["rule"].get("chain", "")).startswith("spread_"))
             or ("chain" in item and str(item["chain"].get("name", "")).startswith("spread_"))]
     return json.dumps(kept)
-
-
-def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout:g}s"
-        time.sleep(0.2)
 
 
 # ------------------------------------------------------------------ the destination file
@@ -141,12 +135,9 @@ HOSTILE = ["192.168.12.99", "192.168.12.1", "192.168.12.255", "10.128.0.3", "127
 
 
 def http(lab: labmod.Lab, path: str) -> str:
-    code = ("import sys, urllib.request\n"
-            "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\n")
-    done = labmod.run_in(lab.client, [sys.executable, "-c", code,
-                                      f"http://{ROUTER4}:9090{path}"], timeout=20)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    answer = http_get(lab.client, f"http://{ROUTER4}:9090{path}")
+    assert answer.status == 200, answer
+    return answer.body
 
 
 def refused_total(lab: labmod.Lab) -> float | None:

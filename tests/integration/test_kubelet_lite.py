@@ -32,8 +32,9 @@ import pytest
 
 from egress_router.k8s import manifest, render
 from egress_router.lab import world as labmod
+from support import http
 
-pytestmark = pytest.mark.privileged
+pytestmark = [pytest.mark.privileged, pytest.mark.cluster]
 
 LabFactory = Callable[..., labmod.Lab]
 
@@ -167,18 +168,7 @@ def probe(lab: labmod.Lab, container: Mapping[str, Any], kind: str) -> int | Non
     http_get = container[kind]["httpGet"]
     (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == http_get["port"]]
     url = f"http://{ROUTER_POD_IP}:{port}{http_get['path']}"
-    code = (
-        "import urllib.request, urllib.error\n"
-        "try:\n"
-        f"    print(urllib.request.urlopen({url!r}, timeout=2).status)\n"
-        "except urllib.error.HTTPError as err:\n"
-        "    print(err.code)\n"
-        "except OSError:\n"
-        "    print('none')\n"
-    )
-    done = labmod.run_in(lab.node, [sys.executable, "-c", code], timeout=15)
-    answer = done.stdout.strip()
-    return int(answer) if answer.isdigit() else None
+    return http.get(lab.node, url, timeout=2).status
 
 
 @contextlib.contextmanager

@@ -121,10 +121,8 @@ def test_without_fallback_other_ports_are_refused_promptly(lab: labmod.Lab) -> N
     init(lab, {**SEED, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n53 udp 203.0.113.25\n"})
     assert_redirected(lab, "tcp", ROUTER4, 80, expected="203.0.113.25:80", source=SOURCE4)
     for proto in ("tcp", "udp"):
-        started = time.monotonic()
         result = labmod.dial(lab, proto, ROUTER4, 9000, timeout=3.0)
-        assert result.error == "refused", result
-        assert time.monotonic() - started < 2.5  # a refusal, not the 3 s timeout
+        assert result.error == "refused", result  # a refusal (RST / port unreachable), no timeout
     assert not [e for e in labmod.served(lab) if e.get("server") == "203.0.113.27:9000"]
 
 
@@ -247,9 +245,7 @@ def test_ten_thousand_rules_from_a_file(lab: labmod.Lab, tmp_path: Path) -> None
     stages = dict(re.findall(r"DEBUG: (.+?): ([0-9.]+)s$", done.stderr, re.MULTILINE))
     # One nft process: no `nft -c` before the apply (one transaction, checked whole).
     assert "check nftables ruleset" not in stages, stages
-    apply_seconds = float(stages["apply nftables ruleset"])
-    print(f"apply of 10000 rules: {apply_seconds:.3f}s; stages {stages}")
-    assert apply_seconds < 3.0
+    assert "apply nftables ruleset" in stages, stages  # its time: `python -m bench wait`
     table = nft_table(lab.router)
     assert table is not None
     (redirect,) = [i["map"] for i in table if "map" in i]
@@ -292,10 +288,8 @@ def test_legacy_mode_waits_and_exits_on_sigterm(lab: labmod.Lab) -> None:
             time.sleep(0.1)
         time.sleep(0.5)
         assert proc.poll() is None  # still waiting after setup
-        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
-        assert time.monotonic() - started < 1.0
+        assert proc.wait(timeout=5) == 0  # how quickly: measured by `python -m bench wait`
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from egress_router.lab import world as labmod
-from support import security, wire
+from support import http, security, wire
 
 pytestmark = pytest.mark.privileged
 
@@ -168,20 +168,8 @@ def test_a_family_not_configured_has_no_address_on_the_egress_interface(fresh: A
 
 def http_from(world: Any, ns: str, host: str, timeout: float = 2.0) -> str:
     """GET /healthz from ``ns``: the status code, or why there was none."""
-    code = (
-        "import sys, urllib.request, urllib.error\n"
-        "try:\n"
-        "    print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).status)\n"
-        "except urllib.error.HTTPError as err:\n"
-        "    print(err.code)\n"
-        "except OSError as err:\n"
-        "    print(type(err).__name__)\n"
-    )
-    url = f"http://[{host}]:{HTTP_PORT}/healthz" if ":" in host else \
-        f"http://{host}:{HTTP_PORT}/healthz"
-    out = security.run(ns, [sys.executable, "-c", code, url, str(timeout)],
-                       timeout=timeout + 15)
-    return out.strip()
+    answer = http.get(ns, http.url(host, HTTP_PORT, "/healthz"), timeout=timeout)
+    return answer.error if answer.status is None else str(answer.status)
 
 
 def physical_targets(world: Any) -> list[str]:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from egress_router.lab import world as labmod
+from support import http
+from support.waiting import eventually
 
 pytestmark = pytest.mark.privileged
 
@@ -38,20 +38,8 @@ IN_USE = "egress_router_nat_ports_in_use"
 
 
 def scrape(lab: labmod.Lab, path: str = "/metrics") -> tuple[int, str]:
-    code = (
-        "import sys, urllib.request, urllib.error\n"
-        "try:\n"
-        "    r = urllib.request.urlopen(sys.argv[1], timeout=5)\n"
-        "    print(r.status); sys.stdout.write(r.read().decode())\n"
-        "except urllib.error.HTTPError as e:\n"
-        "    print(e.code); sys.stdout.write(e.read().decode())\n"
-    )
-    done = labmod.run_in(lab.client, [sys.executable, "-c", code,
-                                      f"http://{ROUTER4}:9090{path}"], timeout=20)
-    if done.returncode != 0:
-        return 0, done.stderr
-    status, _, body = done.stdout.partition("\n")
-    return int(status), body
+    answer = http.get(lab.client, f"http://{ROUTER4}:9090{path}")
+    return (answer.status, answer.body) if answer.status is not None else (0, answer.error)
 
 
 def in_use(lab: labmod.Lab) -> dict[str, float]:
@@ -63,13 +51,6 @@ def in_use(lab: labmod.Lab) -> dict[str, float]:
             source = line.split('source="', 1)[1].split('"', 1)[0]
             found[source] = float(line.rsplit(" ", 1)[1])
     return found
-
-
-def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout:g}s"
-        time.sleep(0.2)
 
 
 def addresses(lab: labmod.Lab) -> list[str]:

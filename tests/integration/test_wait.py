@@ -17,13 +17,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from egress_router.lab import world as labmod
+from support.http import get as http_get
+from support.waiting import eventually
 
 pytestmark = pytest.mark.privileged
 
@@ -67,19 +69,9 @@ class ConfigMap:
 
 def http(lab: labmod.Lab, path: str) -> tuple[int, str]:
     """GET ``path`` on the router's HTTP port from the client pod (as kubelet/Prometheus)."""
-    code = (
-        "import sys, urllib.request, urllib.error\n"
-        "try:\n"
-        "    r = urllib.request.urlopen(sys.argv[1], timeout=5)\n"
-        "    print(r.status); sys.stdout.write(r.read().decode())\n"
-        "except urllib.error.HTTPError as e:\n"
-        "    print(e.code); sys.stdout.write(e.read().decode())\n"
-    )
-    done = labmod.run_in(lab.client, [sys.executable, "-c", code,
-                                      f"http://{ROUTER4}:9090{path}"], timeout=20)
-    assert done.returncode == 0, done.stderr
-    status, _, body = done.stdout.partition("\n")
-    return int(status), body
+    answer = http_get(lab.client, f"http://{ROUTER4}:9090{path}")
+    assert answer.status is not None, answer.error
+    return answer.status, answer.body
 
 
 def metric(lab: labmod.Lab, sample_name: str, **labels: str) -> float | None:
@@ -93,15 +85,6 @@ def metric(lab: labmod.Lab, sample_name: str, **labels: str) -> float | None:
             if wanted <= set(filter(None, inner.split(","))):
                 return float(value)
     return None
-
-
-def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``check`` until true (bounded); the seconds it took."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout:g}s"
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 class Router:
@@ -241,9 +224,8 @@ def test_drift_is_repaired_counted_and_readiness_follows(
         "link": [["ip", "link", "set", "macvlan0", "down"]],
         "forwarding": [["sysctl", "-qw", "net.ipv4.ip_forward=0"]],
     }
-    figures = {}
+    # How fast (the goal is 1.5 s) is measured by `python -m bench wait`; here: repaired.
     for kind, commands in tampers.items():
-        started = time.monotonic()
         for argv in commands:
             assert labmod.run_in(lab.router, argv).returncode == 0, argv
 
@@ -252,11 +234,6 @@ def test_drift_is_repaired_counted_and_readiness_follows(
             return result.ok and str(result.peer_ip) == SOURCE4
 
         eventually(flows, 10, f"traffic after {kind} drift")
-        figures[kind] = time.monotonic() - started
-    print("drift repaired, traffic flowing again after (s):",
-          ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
-    # The goal (1.5 s) is measured by bench.run wait; here a bound that holds on a busy CI.
-    assert max(figures.values()) < 10, figures
     for kind in ("ruleset", "route", "address", "link", "forwarding"):
         assert (metric(lab, "egress_router_drift_repairs_total", kind=kind) or 0) >= 1, kind
     assert http(lab, "/readyz") == (200, "ok\n")
@@ -319,11 +296,11 @@ def test_dns_named_destinations_follow_the_answer(
         "api.lab.test": {"A": ["203.0.113.26"], "ttl": 1},
         "multi.lab.test": {"A": ["203.0.113.25", "203.0.113.26"], "ttl": 60},
     })
-    took = eventually(
-        lambda: labmod.dial(lab, "tcp", ROUTER4, 80).server == "203.0.113.26:80", 6,
+    # Within the TTL, the loop and one dial: the answer's TTL is followed, not the reconcile.
+    eventually(
+        lambda: labmod.dial(lab, "tcp", ROUTER4, 80).server == "203.0.113.26:80", 1 + 3,
         "new connections follow the new answer",
     )
-    assert took < 1 + 3  # the TTL, the loop and one dial
     seen = [e for e in labmod.served(lab) if e["server"] == "203.0.113.26:80"]
     assert seen[-1]["peer"].startswith(SOURCE4 + ":")
     # The name disappears: reported, and its last good address stays in use.
@@ -356,15 +333,12 @@ def test_one_instance_per_namespace_sighup_announces_sigterm_is_quick_and_status
         ("80", ["203.0.113.25:80"]), ("*", ["203.0.113.27"])
     ]
 
-    started = time.monotonic()
+    # How quickly it stops and the standby takes over is measured by `python -m bench wait`.
     first.proc.send_signal(signal.SIGTERM)
     assert first.proc.wait(timeout=5) == 0
-    assert time.monotonic() - started < 1.0
-    exited = time.monotonic()
     assert "standing by" not in first.stop()
-    second.ready()
     # The standby blocks on the lock (no poll): it takes over as the first one exits.
-    print(f"standby ready {time.monotonic() - exited:.2f}s after the active instance exited")
+    second.ready()
     # SIGHUP: the address is announced again; a stale neighbour entry learns our MAC.
     stale = "02:00:00:00:de:ad"
     labmod.run_in(lab.gw, ["ip", "neigh", "replace", SOURCE4, "lladdr", stale, "dev", "lan0",

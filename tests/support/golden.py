@@ -13,8 +13,7 @@ from egress_router.lab import world as lab
 
 GOLDEN = Path(__file__).resolve().parents[1] / "unit" / "golden"
 SEED_ENV = {k: v for k, v in lab.DEMO_ENV.items() if k != "EGRESS_ROUTER_MODE"}
-# Dual stack, SCTP, a remote port and a fallback: the golden `dual` rulesets (and the
-# bench's baseline of them).
+# Dual stack, SCTP, a remote port and a fallback: the golden `dual` rulesets.
 DUAL_ENV = {
     "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
     "EGRESS_GATEWAY": "192.168.12.1,2001:db8:12::1",

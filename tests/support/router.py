@@ -10,12 +10,8 @@ from pathlib import Path
 from egress_router.core import config, plan
 from egress_router.kernel import announce, conntrack, netlink, nft
 from egress_router.router import engine, metrics, reconciler, resolve
+from support.environments import BASE_ENV
 
-BASE_ENV = {
-    "EGRESS_SOURCE": "192.168.12.99/24",
-    "EGRESS_GATEWAY": "192.168.12.1",
-    "EGRESS_ANNOUNCE_COUNT": "1",
-}
 RULES = "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n"
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from egress_router.core import config, plan, ruleset
+from egress_router.kernel import files
 from egress_router.lab import world as labmod
 from support import wire
 
@@ -174,7 +175,7 @@ class World:
 
     @property
     def cfg(self) -> config.Config:
-        return config.load_config(self.env)
+        return files.load_config(self.env)
 
     def restore(self) -> None:
         """The full setup again (ruleset and interface plan), as a pod restart would."""

@@ -34,9 +34,11 @@ from typing import Any
 from egress_router.cni import errors
 from egress_router.cni.errors import CniError
 from egress_router.core import config, ha
+from egress_router.core.config import cniconf
+from egress_router.kernel import files
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-LATEST_VERSION = SUPPORTED_VERSIONS[-1]
+SUPPORTED_VERSIONS = cniconf.SUPPORTED_VERSIONS
+LATEST_VERSION = cniconf.LATEST_VERSION
 
 ADD = "ADD"
 DEL = "DEL"
@@ -48,10 +50,10 @@ COMMANDS = (ADD, DEL, CHECK, VERSION, STATUS, GC)
 # The first specification version that knows each command.
 SINCE = {ADD: "0.1.0", DEL: "0.1.0", VERSION: "0.1.0", CHECK: "0.4.0", STATUS: "1.1.0", GC: "1.1.0"}
 
-MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
-DEFAULT_MODE = "bridge"  # upstream's default
-MIN_MTU = 68
-MAX_MTU = 65535
+MACVLAN_MODES = cniconf.MACVLAN_MODES
+DEFAULT_MODE = cniconf.DEFAULT_MACVLAN_MODE
+MIN_MTU = cniconf.MIN_MTU
+MAX_MTU = cniconf.MAX_MTU
 
 LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -61,7 +63,7 @@ LOG_LEVELS = {
     "error": logging.ERROR,
     "panic": logging.CRITICAL,
 }
-DEFAULT_LOG_LEVEL = "info"
+DEFAULT_LOG_LEVEL = cniconf.DEFAULT_LOG_LEVEL
 
 VALID_ATTACHMENTS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 UNSUPPORTED_FORMS = {
@@ -358,7 +360,7 @@ def _interval(obj: Mapping[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-HA_FIELDS = ("mode", "vrid")
+HA_FIELDS = cniconf.HA_FIELDS
 
 
 def _ha(obj: Mapping[str, Any], sources: tuple[config.Source, ...]) -> ha.Settings | None:
@@ -372,7 +374,7 @@ def _ha(obj: Mapping[str, Any], sources: tuple[config.Source, ...]) -> ha.Settin
             f"ha.{unknown[0]}", f"is not a field of ha; expected {', '.join(HA_FIELDS)}"
         )
     mode = raw.get("mode")
-    if not isinstance(mode, str) or ha.parse_mode(mode, "ha.mode") is not ha.Mode.VRRP:
+    if not isinstance(mode, str) or ha.parse_mode(mode, "ha.mode") is not ha.HAMode.VRRP:
         raise config.ConfigError(
             "ha.mode", f"invalid value {json.dumps(mode)}; expected \"vrrp\" (leave ha out "
             "for one replica)"
@@ -551,13 +553,6 @@ _REPEATED = (
 )
 
 
-def _rule_lines(destinations: config.Destinations) -> list[str]:
-    lines = [
-        f"{r.port} {r.proto.value} {r.address} {r.remote_port}" for r in destinations.rules
-    ]
-    return lines + [str(f.address) for f in destinations.fallbacks]
-
-
 def router_environment(
     env: Mapping[str, str], read_text: Callable[[str], str] | None = None
 ) -> dict[str, str]:
@@ -584,7 +579,7 @@ def router_environment(
         )
     if read_text is None:
         # The same bounded reader as the destination file: a FIFO or a device never hangs.
-        text = config.read_bounded_file(path, config.ENV_CNI_CONFIG, "the CNI configuration")
+        text = files.read_bounded_file(path, config.ENV_CNI_CONFIG, "the CNI configuration")
     else:
         text = read_text(path)
     ifname = env.get(config.ENV_INTERFACE, config.DEFAULT_EGRESS_INTERFACE)
@@ -597,7 +592,7 @@ def router_environment(
         {
             config.ENV_SOURCE: ",".join(conf.raw["ip"]["addresses"]),
             config.ENV_GATEWAY: ",".join(str(g) for g in conf.gateways),
-            config.ENV_DESTINATION: "\n".join(_rule_lines(conf.destinations)),
+            config.ENV_DESTINATION: "\n".join(conf.destinations.lines()),
             config.ENV_POD_INTERFACE: conf.pod_interface,
             config.ENV_HTTP_PORT: str(conf.http_port),
             config.ENV_ANNOUNCE_COUNT: str(conf.announce_count),
@@ -606,7 +601,7 @@ def router_environment(
         }
     )
     if conf.ha is not None:
-        completed[ha.ENV_HA] = ha.Mode.VRRP.value
+        completed[ha.ENV_HA] = ha.HAMode.VRRP.value
         completed[ha.ENV_VRID] = str(conf.ha.vrid)
     if conf.log_level <= logging.DEBUG and config.ENV_DEBUG not in env:
         completed[config.ENV_DEBUG] = "true"

@@ -32,13 +32,14 @@ from typing import Any
 import yaml
 
 from egress_router.cni import errors
+from egress_router.core.config import cniconf
 
 DEFAULT_CNI_PATH = ("/opt/cni/bin", "/usr/lib/cni")
 NETNS_DIR = "/var/run/netns"
 DEFAULT_CONTAINER_ID = "cnirun"
 DEFAULT_TIMEOUT = 60.0
 # Our console script's name, for configurations whose type is upstream's "egress-router".
-EGRESS_ROUTER_TYPE = "egress-router"
+EGRESS_ROUTER_TYPE = cniconf.CNI_TYPE
 EGRESS_ROUTER_PLUGIN = "egress-router-cni"
 
 

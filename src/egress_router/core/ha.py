@@ -23,30 +23,63 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from egress_router.core import config
+from egress_router.core.config.environment import check_ha_sources as check_sources
+from egress_router.core.config.settings import (
+    ADVERT_INTERVAL,
+    LINK_LOCAL,
+    PRIORITY,
+    HAMode,
+    Settings,
+    parse_mode,
+    parse_settings,
+    parse_vrid,
+)
+from egress_router.core.config.variables import ENV_HA, ENV_VRID
 from egress_router.core.digest import sha256
 
-ENV_HA = "EGRESS_ROUTER_HA"
-ENV_VRID = "EGRESS_HA_VRID"
+# The HA variables and settings are parsed with the rest of the configuration
+# (core/config/settings.py); they are named here too, where the rest of HA is.
+__all__ = [
+    "ADVERT_INTERVAL",
+    "CANDIDATES",
+    "CLASH_WINDOW",
+    "ENV_HA",
+    "ENV_VRID",
+    "INSTANCE",
+    "LINK_LOCAL",
+    "PRIORITY",
+    "VRRP_GROUP4",
+    "VRRP_PROTO",
+    "Advert",
+    "HAMode",
+    "Notice",
+    "Paths",
+    "Role",
+    "Settings",
+    "advert_candidates",
+    "check_sources",
+    "clash",
+    "clash_error",
+    "describe",
+    "keepalived_argv",
+    "parse_advert",
+    "parse_mac",
+    "parse_mode",
+    "parse_notify",
+    "parse_settings",
+    "parse_vrid",
+    "render_keepalived",
+]
 
-ADVERT_INTERVAL = 0.1  # seconds: the standby takes over ~3.5 intervals after the last advert
-PRIORITY = 250  # equal on both (nopreempt: the holder keeps it); high: skew time 0.002 s
 INSTANCE = "egress_router"
 VRRP_PROTO = 112
 VRRP_GROUP4 = ipaddress.IPv4Address("224.0.0.18")
-LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
 CANDIDATES = 8  # link-local addresses tried in turn when a probe finds one taken
 CLASH_WINDOW = 0.35  # seconds of listening for another group's adverts: > 3 of a 0.1 s pair
-
-
-class Mode(enum.Enum):
-    """``EGRESS_ROUTER_HA``: off (one replica, the upstream contract) or VRRP."""
-
-    OFF = "off"
-    VRRP = "vrrp"
 
 
 class Role(enum.Enum):
@@ -66,75 +99,6 @@ _KEEPALIVED_ROLES = {
     "STOP": Role.STOPPED,
     "DELETED": Role.STOPPED,
 }
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The HA settings of a router; None of them per replica."""
-
-    vrid: int
-    advert_interval: float = ADVERT_INTERVAL
-    priority: int = PRIORITY
-
-
-def parse_mode(text: str, variable: str = ENV_HA) -> Mode:
-    value = text.strip().lower()
-    if value in ("", "off", "none", "false", "0"):
-        return Mode.OFF
-    if value == Mode.VRRP.value:
-        return Mode.VRRP
-    raise config.ConfigError(
-        variable, f"unknown value {text!r}; expected 'vrrp' (active/standby) or 'off'"
-    )
-
-
-def parse_vrid(text: str, variable: str = ENV_VRID) -> int:
-    value = text.strip()
-    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= 255:
-        raise config.ConfigError(
-            variable,
-            f"invalid value {text!r}; expected a VRRP router id from 1 to 255, the same on "
-            "both replicas and unused by any other VRRP pair on the egress network",
-        )
-    return int(value)
-
-
-def parse_settings(env: Mapping[str, str]) -> Settings | None:
-    """The HA settings from the environment; None when HA is off (the default)."""
-    mode = parse_mode(env.get(ENV_HA, ""))
-    vrid_text = env.get(ENV_VRID, "")
-    if mode is Mode.OFF:
-        if vrid_text.strip():
-            raise config.ConfigError(
-                ENV_VRID,
-                f"is set but {ENV_HA} is off; set {ENV_HA}=vrrp for an active/standby pair "
-                f"or remove {ENV_VRID}",
-            )
-        return None
-    if not vrid_text.strip():
-        raise config.ConfigError(
-            ENV_VRID,
-            f"is not set; with {ENV_HA}=vrrp set it to a VRRP router id from 1 to 255 that "
-            "no other VRRP pair on the egress network uses",
-        )
-    return Settings(vrid=parse_vrid(vrid_text))
-
-
-def check_sources(cfg: config.Config, variable: str = config.ENV_SOURCE) -> None:
-    """VRRP needs an IPv4 reserved address to elect on; IPv6 ones move along with it."""
-    if cfg.source(4) is None:
-        raise config.ConfigError(
-            variable,
-            f"has no IPv4 address; {ENV_HA}=vrrp elects over IPv4 (VRRPv3 adverts from a "
-            "169.254.0.0/16 address), add the IPv4 reserved address",
-        )
-    for source in cfg.sources:
-        if source.address in LINK_LOCAL:
-            raise config.ConfigError(
-                variable,
-                f"{source.address} is link-local; {ENV_HA}=vrrp uses 169.254.0.0/16 for "
-                "its advertisements",
-            )
 
 
 # ---------------------------------------------------------------------- the advert source

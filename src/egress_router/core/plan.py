@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from egress_router.core import config
+from egress_router.core import config, ha
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -309,7 +309,5 @@ def describe_plan(cfg: config.Config) -> str:
             )
     lines += [a.describe() for a in plan_announcements(cfg)]
     if cfg.ha is not None:
-        from egress_router.core import ha  # noqa: PLC0415 (ha builds on config, like plan)
-
         lines += ha.describe(cfg, cfg.ha)
     return "\n".join(lines) + "\n"

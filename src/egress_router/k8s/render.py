@@ -29,6 +29,7 @@ import kubernetes_validate.utils
 import yaml
 
 from egress_router.core import config, ha
+from egress_router.core.config import cniconf
 from egress_router.k8s import manifest
 
 # The newest Kubernetes release whose schemas the pinned kubernetes-validate ships.
@@ -48,7 +49,7 @@ NAD_KIND = "NetworkAttachmentDefinition"
 # 1.0.0, not 1.1.0: podman 4.3's libcni (Debian 12) rejects a 1.1.0 result; the plugin answers
 # in the version asked, and STATUS/GC (1.1.0) are for runtimes that send their own version.
 CNI_VERSION = "1.0.0"
-CNI_TYPE = manifest.CNI_TYPE  # the plugin's file name in the node's CNI bin directory
+CNI_TYPE = cniconf.CNI_TYPE
 CNI_CONFIG_KEY = "cni.json"  # CNI mode: the NetworkAttachmentDefinition's config, for `wait`
 CNI_CONFIG_PATH = f"{manifest.DESTINATIONS_DIR}/{CNI_CONFIG_KEY}"
 
@@ -143,9 +144,9 @@ def cni_config(spec: manifest.RouterSpec) -> dict[str, Any]:
         "name": spec.name,
         "type": CNI_TYPE,
         "ip": {
-            "addresses": [manifest.source_text(s) for s in spec.sources],
+            "addresses": [s.text for s in spec.sources],
             "gateway": gateways[0] if len(gateways) == 1 else gateways,
-            "destinations": manifest.rule_lines(spec.destinations),
+            "destinations": spec.destinations.lines(),
         },
         "interfaceType": "macvlan",
         "interfaceArgs": args,
@@ -158,7 +159,7 @@ def cni_config(spec: manifest.RouterSpec) -> dict[str, Any]:
         conf["log_level"] = "debug"
     if spec.vrid is not None:
         # ADD sets up all but the reserved address; wait's keepalived adds it on the active.
-        conf["ha"] = {"mode": ha.Mode.VRRP.value, "vrid": spec.vrid}
+        conf["ha"] = {"mode": ha.HAMode.VRRP.value, "vrid": spec.vrid}
     return conf
 
 
@@ -459,8 +460,8 @@ def _check_ha(deployment: Mapping[str, Any], objects: Sequence[Mapping[str, Any]
     for container in pod["containers"]:
         env = _env_of(container)
         # In CNI mode wait reads the pair from the plugin's configuration ("ha").
-        from_cni = config.ENV_CNI_CONFIG in env and cni_ha.get("mode") == ha.Mode.VRRP.value
-        if env.get(ha.ENV_HA) != ha.Mode.VRRP.value and not from_cni:
+        from_cni = config.ENV_CNI_CONFIG in env and cni_ha.get("mode") == ha.HAMode.VRRP.value
+        if env.get(ha.ENV_HA) != ha.HAMode.VRRP.value and not from_cni:
             raise CheckError(
                 f"cannot check {name}: {spec['replicas']} replicas but container "
                 f"{container['name']} does not run EGRESS_ROUTER_HA=vrrp; both would hold "
@@ -568,53 +569,6 @@ NAD_SCHEMA: dict[str, Any] = {
     },
 }
 
-_STRINGS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
-
-# The configuration our plugin (egress_router.cni.netconf) accepts, as we render it.
-CNI_CONFIG_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["cniVersion", "name", "type", "ip", "interfaceType", "interfaceArgs"],
-    "properties": {
-        "cniVersion": {"enum": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]},
-        "name": {"type": "string", "minLength": 1},
-        "type": {"const": CNI_TYPE},
-        "ip": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["addresses", "gateway", "destinations"],
-            "properties": {
-                "addresses": {**_STRINGS, "maxItems": 2},
-                "gateway": {"anyOf": [{"type": "string"}, {**_STRINGS, "maxItems": 2}]},
-                "destinations": _STRINGS,
-            },
-        },
-        "interfaceType": {"const": "macvlan"},
-        "interfaceArgs": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "master": {"type": "string", "minLength": 1, "maxLength": 15},
-                "mode": {"enum": list(manifest.MACVLAN_MODES)},
-                "mtu": {"type": "string", "pattern": "^[0-9]+$"},
-            },
-        },
-        "podInterface": {"type": "string", "minLength": 1, "maxLength": 15},
-        "httpPort": {"type": "integer", "minimum": 0, "maximum": 65535},
-        "log_level": {"enum": ["debug", "verbose", "info", "warning", "error", "panic"]},
-        "ha": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["mode", "vrid"],
-            "properties": {
-                "mode": {"const": ha.Mode.VRRP.value},
-                "vrid": {"type": "integer", "minimum": 1, "maximum": 255},
-            },
-        },
-    },
-}
-
-
 def kubernetes_versions() -> list[str]:
     """The Kubernetes versions whose schemas the installed kubernetes-validate ships."""
     return [kubernetes_validate.utils.major_minor(v)
@@ -634,7 +588,7 @@ def _validate_schema(obj: Mapping[str, Any], version: str) -> None:
             raise CheckError(
                 f"cannot validate {_describe(obj)}: spec.config is not JSON: {err}"
             ) from None
-        _validate_json(CNI_CONFIG_SCHEMA, conf, f"{_describe(obj)} spec.config (CNI)")
+        _validate_json(cniconf.SCHEMA, conf, f"{_describe(obj)} spec.config (CNI)")
         return
     try:
         kubernetes_validate.validate(dict(obj), version, strict=True)

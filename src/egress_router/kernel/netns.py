@@ -45,13 +45,17 @@ _LIBC: list[ctypes.CDLL] = []
 class NetnsError(errors.KernelError):
     """Entering a namespace, or the code run inside it, failed unexpectedly.
 
-    ``details`` carries the child's traceback (for the debug log, never for users).
+    ``details`` carries the child's traceback (for the debug log, never for users); ``kind``
+    is `errors.Kind.TIMED_OUT` when the child gave no answer in time, so that a caller branches
+    on the kind and never on the message's text.
     """
 
     default_kind = errors.Kind.NAMESPACE_FAILED
 
-    def __init__(self, message: str, details: str = "") -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, details: str = "", kind: errors.Kind | None = None
+    ) -> None:
+        super().__init__(message, kind)
         self.details = details
 
 
@@ -194,7 +198,8 @@ def _read_all(fd: int, pid: int, timeout: float, path: str | None) -> bytes:
         if remaining <= 0:
             raise NetnsError(
                 f"cannot run in network namespace {path or '(scratch)'}: no answer within "
-                f"{timeout:g}s, stopped"
+                f"{timeout:g}s, stopped",
+                kind=errors.Kind.TIMED_OUT,
             )
         ready, _, _ = select.select([fd], [], [], remaining)
         if not ready:

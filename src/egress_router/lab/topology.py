@@ -1,9 +1,9 @@
 """The lab's world as data: the address plan, the names of namespaces and links, `Lab`.
 
 Everything the other lab modules (and the tests) agree on before anything runs: which
-addresses the pod network, the physical network and the destinations use (DESIGN.md's test
-address plan), what each namespace and interface is called, where a lab keeps its state, and
-the seed configuration the demo applies.
+addresses the pod network, the physical network and the destinations use (the test address
+plan of docs/architecture.md), what each namespace and interface is called, where a lab keeps
+its state, and the seed configuration the demo applies.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import Any
 from egress_router.core import state
 
 # --------------------------------------------------------------------------- address plan
-# DESIGN.md's test address plan; only ever configured inside the lab's namespaces.
+# The test address plan (docs/architecture.md, "Tests"); only ever configured inside the lab's
+# namespaces.
 
 POD_NET4 = IPv4Network("10.128.0.0/24")
 POD_NET6 = IPv6Network("fd00:128::/64")

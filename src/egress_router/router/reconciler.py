@@ -22,6 +22,7 @@ from egress_router.kernel import (
     announce,
     conntrack,
     errors,
+    files,
     netlink,
     nft,
     observe,
@@ -259,7 +260,7 @@ class Router:
         if self.path is not None:
             self._source = self._stat(self.path)
         text = self._read() if self.path is not None else None
-        cfg = config.load_config(
+        cfg = files.load_config(
             self._environment(text or ""), None if text is None else lambda _path: text
         )
         if text is not None:
@@ -486,7 +487,7 @@ class Router:
                     "only the rules are reloaded: restart the pod for the rest",
                 )
             return fresh.get(config.ENV_DESTINATION, "")
-        _variable, text = config.read_destination_text(self.env)
+        _variable, text = files.read_destination_text(self.env)
         return text
 
     def poll_file(self) -> bool:

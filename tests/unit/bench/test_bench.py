@@ -1,6 +1,6 @@
 """The benchmark's pure parts: workload, upstream-style ruleset, parsers, statistics, reports.
 
-The benchmark itself runs on demand (``python -m bench.run``); these tests
+The benchmark itself runs on demand (``python -m bench data-path``); these tests
 pin down what it computes from tool output, so a figure in the report can be
 trusted without re-running it.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -23,8 +24,11 @@ from bench import (
     baseline,
     capacity,
     flowtable,
+    harness,
     parsers,
     report,
+    results,
+    run,
     stats,
     upstream,
     workload,
@@ -32,7 +36,6 @@ from bench import (
 from bench.workload import DataPath, Figure, Unit
 
 from egress_router.core import config, ruleset
-from support.golden import DUAL_ENV
 
 # ---------------------------------------------------------------- workload
 
@@ -293,7 +296,7 @@ def _doc() -> dict[str, Any]:
         "host": {"nproc": 2, "kernel": "6.1", "loadavg_start": [0.5, 0.4, 0.3],
                  "loadavg_end": [1.5, 1.0, 0.8],
                  "load1": {"min": 0.5, "median": 1.0, "max": 2.0, "n": 15}},
-        "settings": {"quick": False, "rounds": 3, "command": "python -m bench.run"},
+        "settings": {"quick": False, "rounds": 3, "command": "python -m bench data-path"},
         "samples": [dataclasses.asdict(s) for s in samples],
         "stages": [{"path": "nftables", "rules": 10000, "apply_s": 0.41,
                     "stages": {"check nftables ruleset": 0.2, "apply nftables ruleset": 0.21}}],
@@ -428,13 +431,16 @@ def test_ablation_report_names_variants_and_ratios() -> None:
     assert "| plain forwarding (no NAT) | 100 | 1.00 | 90 | 150 | 10.0 | 1.00 |" in text
 
 
-def test_baseline_is_todays_ruleset_before_the_hardening() -> None:
-    """bench/baseline.py renders exactly the rules the hardening replaced (golden from then)."""
-    cfg = config.load_config(DUAL_ENV)
-    golden = Path(__file__).resolve().parents[1] / "golden"  # not regenerated: it is history
-    assert baseline.render_nftables(cfg) == (golden / "baseline-dual.nft").read_text()
-    iptables = "".join(baseline.render_iptables(cfg, family) for family in cfg.families())
-    assert iptables == (golden / "baseline-dual.iptables").read_text()
+def test_the_baseline_golden_describes_the_benchmarks_configuration() -> None:
+    """bench/golden/baseline.* (history, never regenerated) redirect what the hardened ruleset
+    of the same configuration redirects: the pair measures the hardening and nothing else."""
+    cfg = config.load_config({**harness.ROUTER_ENV, config.ENV_DESTINATION: run.ABLATION_RULES})
+    element = re.compile(r"^\s*(tcp|udp|sctp) \. (\d+) : (\S+) \. (\d+),?$", re.M)
+    today = element.findall(baseline.nftables())
+    assert today and today == element.findall(ruleset.render_nftables(cfg))
+    assert "ct state established,related accept" in baseline.nftables()  # before the hardening
+    assert "--to-destination 203.0.113.25:5201" in baseline.iptables()
+    assert baseline.iptables().endswith("COMMIT\n")
 
 
 def test_hardening_report_pairs_the_rulesets_of_the_same_round() -> None:
@@ -481,3 +487,33 @@ def test_capacity_variants_change_one_nat_knob_of_the_products_ruleset() -> None
     fast = flowtable.with_flowtable(text)
     assert "flowtable fastpath {" in fast
     assert fast.index("flow add @fastpath") < fast.index("ct direction original ct status dnat")
+
+
+def test_one_command_runs_every_suite_and_one_writer_writes_its_results(tmp_path: Path) -> None:
+    from bench import __main__ as cli  # noqa: PLC0415
+
+    parser = cli.parser()
+    for name in cli.SUITES:
+        args = parser.parse_args([name, "--out", str(tmp_path)])
+        assert args.suite == name and args.out == tmp_path
+    with pytest.raises(SystemExit):
+        parser.parse_args(["no-such-suite"])
+    outcome = results.Outcome("example", {"samples": [1, 2]}, "# Example\n",
+                              also=lambda out: [out / "extra"])
+    assert results.write(outcome, tmp_path) == [
+        tmp_path / "example.json", tmp_path / "example.md", tmp_path / "extra"
+    ]
+    assert json.loads((tmp_path / "example.json").read_text()) == {"samples": [1, 2]}
+    assert (tmp_path / "example.md").read_text() == "# Example\n"
+
+
+def test_statistics_and_the_results_folder_are_defined_once() -> None:
+    root = Path(__file__).resolve().parents[3] / "bench"
+    for path in root.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if path.name != "stats.py":
+            assert "import statistics" not in text, path.name
+        if path.name != "results.py":
+            assert not re.search(r"^RESULTS\s*=", text, re.M), path.name
+    assert stats.median([3.0, 1.0, 2.0]) == 2.0
+    assert stats.spread([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 2.0, 4.0, 1.0, 5.0)

@@ -9,16 +9,10 @@ from pathlib import Path
 from egress_router import status
 from egress_router.core import config, state
 from egress_router.kernel import conntrack
+from support.environments import BASE_ENV, NAMED_ENV
 
 LISTING = (Path(__file__).parents[1] / "golden" / "kernel-listing.nft").read_text()
-ENV = {
-    "EGRESS_SOURCE": "192.168.12.99/24",
-    "EGRESS_GATEWAY": "192.168.12.1",
-    "EGRESS_DESTINATION": (
-        "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n53 udp 203.0.113.25\n"
-        "443 tcp multi.lab.test\n203.0.113.27\n"
-    ),
-}
+ENV = NAMED_ENV
 
 
 # ----------------------------------------------------------------------------- status
@@ -53,11 +47,6 @@ class _Lister:
     def list_table_text(self, *, stateless: bool = False) -> str:
         return self.text
 
-BASE_ENV = {
-    "EGRESS_SOURCE": "192.168.12.99/24",
-    "EGRESS_GATEWAY": "192.168.12.1",
-    "EGRESS_ANNOUNCE_COUNT": "1",
-}
 
 
 def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

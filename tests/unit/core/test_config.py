@@ -8,6 +8,7 @@ import pytest
 
 from egress_router.core import config
 from egress_router.core.config import ConfigError, Proto
+from egress_router.kernel import files
 
 SEED = """\
 80   tcp 203.0.113.25
@@ -199,7 +200,7 @@ def load(**overrides: str | None) -> config.Config:
             env.pop(key, None)
         else:
             env[key] = value
-    return config.load_config(env)
+    return files.load_config(env)
 
 
 def test_environment_defaults() -> None:
@@ -425,3 +426,25 @@ def test_the_gateway_may_not_be_a_member_of_the_pool() -> None:
         "cannot parse EGRESS_GATEWAY: gateway 192.168.12.1 is the source address itself; "
         "expected the node's gateway"
     )
+
+
+def test_the_model_writes_the_grammar_it_was_read_from() -> None:
+    # One writer (Destinations.lines, Source.text) for the ConfigMap, the Kubernetes objects and
+    # the CNI configuration's environment: what it writes parses back to the same rules, by
+    # address and by name, with the remote port written only where it differs.
+    text = ("# comment\n80 tcp 203.0.113.25 80\n443 tcp api.example.com 8443\n"
+            "8080 sctp 2001:db8:113::1\n53 udp 203.0.113.26 5353\nbackup.example.com\n")
+    parsed = config.parse_destinations(text)
+    assert parsed.lines() == [
+        "80 tcp 203.0.113.25",
+        "443 tcp api.example.com 8443",
+        "8080 sctp 2001:db8:113::1",
+        "53 udp 203.0.113.26 5353",
+        "backup.example.com",
+    ]
+    assert config.parse_destinations("\n".join(parsed.lines())) == parsed
+    sources = config.parse_sources("192.168.12.99/24,192.168.12.100/24,2001:db8:12::99")
+    assert [s.text for s in sources] == [
+        "192.168.12.99/24", "192.168.12.100/24", "2001:db8:12::99"
+    ]
+    assert config.parse_sources(",".join(s.text for s in sources)) == sources

@@ -16,6 +16,7 @@ import pytest
 
 from egress_router.core import config, ruleset
 from egress_router.core.config import ConfigError
+from egress_router.kernel import files
 
 DUAL = {
     "EGRESS_SOURCE": "192.168.12.99/24,2001:db8:12::99/64",
@@ -359,7 +360,7 @@ NOT_REGULAR = ("it is {kind}, not a regular file; point EGRESS_DESTINATION_FILE 
 def load_file(path: Path | str) -> config.Config:
     env = {**DUAL, "EGRESS_DESTINATION_FILE": str(path), "EGRESS_ROUTER_HTTP_PORT": "0"}
     del env["EGRESS_DESTINATION"]
-    return config.load_config(env)
+    return files.load_config(env)
 
 
 def file_refused(path: Path | str) -> str:

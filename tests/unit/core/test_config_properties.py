@@ -6,6 +6,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from egress_router.core import config, ruleset
+from egress_router.kernel import files
 
 TOKENS = st.one_of(
     st.integers(-5, 70000).map(str),
@@ -77,6 +78,8 @@ VALID = {
     config.ENV_DNS_MIN_TTL: "5",
     config.ENV_DNS_MAX_TTL: "300",
     config.ENV_SAMPLE: "30",
+    config.ENV_HA: "vrrp",
+    config.ENV_VRID: "51",
     config.ENV_METRICS_RULES: "1000",
 }
 # Every code point, surrogates included: os.environ holds undecodable bytes as U+DCxx.
@@ -152,7 +155,7 @@ def test_every_variable_is_fuzzed() -> None:
 @given(ENVIRONMENTS)
 def test_any_unicode_in_any_variable_is_a_config_or_a_config_error(env: dict[str, str]) -> None:
     try:
-        cfg = config.load_config(env)
+        cfg = files.load_config(env)
         settings_ = config.parse_wait_settings(env)
     except config.ConfigError as err:
         # A bad line of the destination file is named by the file's path.

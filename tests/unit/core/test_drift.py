@@ -8,15 +8,9 @@ from pathlib import Path
 
 from egress_router.core import config, drift, plan, state
 from support.cni import LISTING, MAC, healthy
+from support.environments import NAMED_ENV
 
-ENV = {
-    "EGRESS_SOURCE": "192.168.12.99/24",
-    "EGRESS_GATEWAY": "192.168.12.1",
-    "EGRESS_DESTINATION": (
-        "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n53 udp 203.0.113.25\n"
-        "443 tcp multi.lab.test\n203.0.113.27\n"
-    ),
-}
+ENV = NAMED_ENV
 
 
 def test_drift_names_what_is_missing() -> None:

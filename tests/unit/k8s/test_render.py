@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from egress_router.cni import netconf
 from egress_router.core import config
+from egress_router.core.config import cniconf
 from egress_router.k8s import manifest, render
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -292,7 +293,7 @@ def test_egressrouter_fields_are_all_honoured() -> None:
     assert (spec.attachment, spec.master, spec.macvlan_mode) == (
         manifest.Attachment.CNI, "ens3", "private"
     )
-    assert manifest.rule_lines(spec.destinations) == [
+    assert spec.destinations.lines() == [
         "80 tcp 203.0.113.25",
         "8080 tcp 203.0.113.26 80",
         "8443 tcp 203.0.113.26 443",
@@ -1035,3 +1036,26 @@ def test_the_egressrouter_ha_annotation_needs_an_ipv4_address() -> None:
         "cannot parse r.yaml: spec.addresses: has no IPv4 address; egress-router/ha-vrid "
         "elects over IPv4 (VRRPv3): add the IPv4 reserved address or remove the annotation"
     )
+
+
+def test_a_cni_attachment_with_a_source_pool_passes_the_check() -> None:
+    # The schema of the plugin's configuration is the plugin's own vocabulary (core/config/
+    # cniconf): a pool of up to MAX_POOL addresses a family. The renderer's copy of the schema
+    # allowed two addresses in all, so --check refused a pool the plugin accepts.
+    text = (
+        "name: egress-1\nattachment: cni\n"
+        "source: [192.168.12.99/24, 192.168.12.100/24, 192.168.12.101/24]\n"
+        "gateway: 192.168.12.1\ndestinations: ['80 tcp 203.0.113.25']\n"
+    )
+    objects = render.render(manifest.load_config_text(text, "r.yaml")).objects
+    conf = json.loads(one(objects, "NetworkAttachmentDefinition")["spec"]["config"])
+    assert len(conf["ip"]["addresses"]) == 3
+    assert len(netconf.parse(conf, "net1").sources) == 3
+    render.check(objects)
+
+
+def test_the_plugin_and_the_schema_share_one_vocabulary() -> None:
+    assert tuple(netconf.LOG_LEVELS) == cniconf.LOG_LEVEL_NAMES
+    props = cniconf.SCHEMA["properties"]
+    assert props["cniVersion"]["enum"] == list(netconf.SUPPORTED_VERSIONS)
+    assert props["interfaceArgs"]["properties"]["mode"]["enum"] == list(netconf.MACVLAN_MODES)

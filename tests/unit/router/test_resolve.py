@@ -9,16 +9,10 @@ import pytest
 
 from egress_router.core import config
 from egress_router.router import resolve
+from support.environments import NAMED_ENV
 from support.router import FakeResolver, Harness
 
-ENV = {
-    "EGRESS_SOURCE": "192.168.12.99/24",
-    "EGRESS_GATEWAY": "192.168.12.1",
-    "EGRESS_DESTINATION": (
-        "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n53 udp 203.0.113.25\n"
-        "443 tcp multi.lab.test\n203.0.113.27\n"
-    ),
-}
+ENV = NAMED_ENV
 
 
 # ----------------------------------------------------------------------------- DNS

@@ -1,8 +1,9 @@
 """``egress-router render``: the Kubernetes objects of one egress router, a command the cli adds.
 
-Kept with the k8s wing: it only reads a config file, calls `manifest` and `render` (imported
-when the command runs: every start of the init container would otherwise pay for the schema
-libraries) and writes YAML. Bad input exits 1 with one line naming the field, as everywhere.
+A command beside ``wait`` and ``status``: it reads a config file (through the kernel edge's
+bounded reader), calls the k8s wing's `manifest` and `render` (imported when the command
+runs: every start of the init container would otherwise pay for the schema libraries) and
+writes YAML. Bad input exits 1 with one line naming the field, as everywhere.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from egress_router.core import config
+from egress_router.kernel import files
 
 EXIT_CONFIG = 1
 
@@ -134,7 +136,7 @@ def render_command(
         # The router's own bounded reader: a FIFO, a device or a huge file is refused with
         # a clear error instead of hanging or filling memory.
         try:
-            text = config.read_bounded_file(str(path), variable, what)
+            text = files.read_bounded_file(str(path), variable, what)
         except config.ConfigError as err:
             _fail(err.cause)
     overrides = manifest.Overrides(image=image, extra_ports=extra_ports, http_port=http_port)
