@@ -3,10 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for cmd in nft:nftables iptables-restore:iptables ip:iproute2 iperf3:iperf3 conntrack:conntrack sysctl:procps keepalived:keepalived; do
+# containerd, runc, gcc (the static pause binary), openssl (certificates): the local cluster.
+for cmd in nft:nftables iptables-restore:iptables ip:iproute2 iperf3:iperf3 conntrack:conntrack sysctl:procps keepalived:keepalived \
+    containerd:containerd runc:runc gcc:gcc openssl:openssl; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd#*:}")
 done
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev)  # the static C library for pause
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to install ${need[*]}" >&2; exit 1; fi
   apt-get update -qq

@@ -26,6 +26,7 @@ import pytest
 
 from egress_router import __version__
 from egress_router.lab import world as labmod
+from support import cluster as clustermod
 
 RUN_PREFIX = "ert"
 REQUIRE_PRIVILEGED_ENV = "EGRESS_ROUTER_REQUIRE_PRIVILEGED"
@@ -283,3 +284,10 @@ def built_image(podman: Podman) -> str:
         _no_image(f"image {image} was built from another source"
                   f" ({IMAGE_SOURCE_LABEL}={built_from})")
     return image
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[clustermod.Cluster]:
+    """The local two-node Kubernetes cluster (scripts/cluster.sh), once per session."""
+    require_privileged()
+    yield from clustermod.started()

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, TextIO
 
-from egress_router.cni import errors, macvlan, netconf, result
+from egress_router.cni import annotation, errors, macvlan, netconf, result
 from egress_router.cni.errors import CniError
 from egress_router.cni.netconf import Environment, NetConf
 from egress_router.core import drift, plan
@@ -342,6 +342,10 @@ def run(
             )
         plugin = Plugin(env, kern or macvlan.RealKernel(), out)
         log.debug("configuration: %s", json.dumps(obj))
+        if annotation.KEY in obj:
+            # Chained after the pod network: OpenShift SDN's assign-macvlan annotation.
+            annotation.handle(env, obj, environ, plugin.kernel, plugin._print)
+            return EXIT_OK
         if env.command == netconf.DEL:
             try:
                 conf: NetConf | None = netconf.parse(obj, env.ifname)
