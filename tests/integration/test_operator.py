@@ -60,7 +60,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    objects = operator_manifest.objects(op.NAMESPACE, cluster.image, cluster.image)
+    image = op.router_image(cluster)
+    objects = operator_manifest.objects(op.NAMESPACE, image, image)
     # Everything but the operator's own Deployment: the tests run the operator as processes.
     cluster.apply(render.to_yaml([o for o in objects if o["kind"] != "Deployment"]))
     if cluster.kubectl("get", "crd", NAD_CRD["metadata"]["name"], check=False).returncode:
@@ -80,6 +81,10 @@ def namespace(env: Env, request: pytest.FixtureRequest) -> Iterator[str]:
     name = "op-" + request.node.name.removeprefix("test_").replace("_", "-")[:40].rstrip("-")
     env.cluster.kubectl("create", "namespace", name)
     yield name
+    # The resource first (a namespace's deletion may remove its objects before it, and the
+    # next test's operator would make them again), then the namespace.
+    env.cluster.kubectl("delete", "egressrouters", "--all", "-n", name, "--timeout=30s",
+                        check=False)
     env.cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
@@ -157,7 +162,7 @@ def offline(env: Env, obj: dict[str, Any], tmp: Path) -> subprocess.CompletedPro
     path.write_text(json.dumps(obj))
     return subprocess.run(
         [str(op.EXECUTABLE), "render", "--from-egressrouter", str(path),
-         "--image", env.cluster.image],
+         "--image", op.router_image(env.cluster)],
         capture_output=True, text=True, timeout=60, check=False,
     )
 

@@ -26,6 +26,14 @@ NAMESPACE = "egress-router-operator"
 ACCOUNT = "egress-router-operator"
 
 
+def router_image(cluster: Any) -> str:
+    """The image the cluster's nodes hold; the default name on a control plane alone."""
+    from egress_router.k8s import manifest  # noqa: PLC0415
+
+    path = cluster.dir / "router-image"
+    return path.read_text().strip() if path.exists() else manifest.DEFAULT_IMAGE
+
+
 def service_account_kubeconfig(cluster: Any, path: Path) -> Path:
     """A kubeconfig for the operator's ServiceAccount (server and CA from the admin's)."""
     admin = yaml.safe_load((cluster.dir / "pki" / "admin.kubeconfig").read_text())
@@ -53,7 +61,7 @@ class Operator:
         cmd = [
             "ip", "netns", "exec", cluster.netns("cp"), str(EXECUTABLE), "operator",
             "--kubeconfig", str(kubeconfig), "--lease-namespace", NAMESPACE,
-            "--identity", identity, "--router-image", cluster.image, *extra,
+            "--identity", identity, "--router-image", router_image(cluster), *extra,
         ]
         self._out = log.open("ab")
         # Its own process group: the test ends exactly this process and what it started.

@@ -268,7 +268,12 @@ class Controller:
         new = conditions.conditions(facts, previous, self.now())
         if conditions.same(previous, new):
             return
-        self.api.patch_status(router, {"conditions": new})
+        try:
+            self.api.patch_status(router, {"conditions": new})
+        except ApiError as err:
+            if err.status == 404:
+                return  # deleted meanwhile: nothing left to report on
+            raise
         old_degraded = conditions.find(previous, conditions.DEGRADED) or {}
         degraded = conditions.find(new, conditions.DEGRADED) or {}
         if degraded.get("status") == "True" and (

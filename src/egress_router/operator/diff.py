@@ -4,10 +4,11 @@ The API server fills in defaults (a container's terminationMessagePath, a Servic
 sessionAffinity, a Deployment's revisionHistoryLimit), so "equal" would see a difference on every
 object and write forever. Instead the desired object must be *contained* in the current one:
 
-- a mapping with structured values: every desired key holds a contained value (a default the
-  server added is not a difference);
-- a mapping of strings (ConfigMap data, labels in a selector, pod annotations): equal, because
-  the server never adds a key there, and a key added by hand must go;
+- a mapping: every desired key holds a contained value (a default the server added is not a
+  difference: a probe's ``scheme: HTTP``, an update strategy's ``rollingUpdate``);
+- a map of user data (``data``, ``labels``, ``annotations``, ``matchLabels``, ``nodeSelector``,
+  a Service's ``selector``): equal, because the server never adds a key there, and a key added
+  by hand must go;
 - a list: the same length, item by item contained (an added port or container is a difference);
 - anything else: equal.
 
@@ -30,8 +31,14 @@ _SKIP = ("apiVersion", "kind", "metadata", "status")
 _ALLOCATED = {"Service": ("clusterIP", "clusterIPs")}
 
 
-def _string_map(value: Mapping[str, Any]) -> bool:
-    return bool(value) and all(isinstance(v, str) for v in value.values())
+# Keys whose value, when it maps strings to strings, is user data the server never adds to.
+_MAPS = frozenset({
+    "data", "binaryData", "labels", "annotations", "matchLabels", "nodeSelector", "selector",
+})
+
+
+def _string_map(key: str, value: Mapping[str, Any]) -> bool:
+    return key in _MAPS and all(isinstance(v, str) for v in value.values())
 
 
 def first_difference(current: object, desired: object, path: str = "") -> str | None:
@@ -39,7 +46,7 @@ def first_difference(current: object, desired: object, path: str = "") -> str | 
     if isinstance(desired, Mapping):
         if not isinstance(current, Mapping):
             return path or "(top level)"
-        if _string_map(desired):
+        if _string_map(path.rsplit(".", 1)[-1], desired):
             return None if dict(current) == dict(desired) else path
         for key, value in desired.items():
             if key not in current:

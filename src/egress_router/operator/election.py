@@ -69,7 +69,7 @@ class Election:
                     self.lead(term)
                 finally:
                     self.leading.clear()
-                if not term.is_set():
+                if not term.is_set() and not stop.is_set():
                     # The controller ended on its own: stop renewing a Lease that guards
                     # nothing (the library stops when this callback raises).
                     raise RuntimeError("the controller stopped while leading")

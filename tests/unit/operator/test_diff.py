@@ -79,3 +79,22 @@ def test_update_body_restores_and_keeps_the_servers() -> None:
     assert body["metadata"]["labels"] == {"a": "1", "someone-else": "x"}
     assert body["status"] == {"loadBalancer": {}}
     assert current["spec"]["ports"][0]["port"] == 81  # not mutated
+
+
+def test_defaults_inside_string_valued_structs_are_no_difference() -> None:
+    # Seen on a real API server: a probe's scheme and an update strategy's rollingUpdate.
+    want = {"spec": {"updateStrategy": {"type": "RollingUpdate"},
+                     "probe": {"httpGet": {"path": "/readyz", "port": "http"}}}}
+    have = {"spec": {"updateStrategy": {"type": "RollingUpdate",
+                                        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
+                     "probe": {"httpGet": {"path": "/readyz", "port": "http",
+                                           "scheme": "HTTP"}}}}
+    assert diff.first_difference(have, want) is None
+    have["spec"]["updateStrategy"]["type"] = "OnDelete"
+    assert diff.first_difference(have, want) == "spec.updateStrategy.type"
+
+
+def test_pod_annotations_compare_whole() -> None:
+    want = {"template": {"metadata": {"annotations": {"a": "1"}}}}
+    have = {"template": {"metadata": {"annotations": {"a": "1", "restartedAt": "now"}}}}
+    assert diff.first_difference(have, want) == "template.metadata.annotations"
