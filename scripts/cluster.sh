@@ -372,6 +372,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
   stream_server_address = "127.0.0.1"
   enable_selinux = false
   disable_apparmor = true
+  # Root here lacks CAP_SYS_RESOURCE, so runc cannot lower a sandbox's oom_score_adj to the
+  # kubelet's -998 ("failed to update /proc/self/oom_score_adj: Permission denied"); never below
+  # containerd's own instead.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
