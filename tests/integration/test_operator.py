@@ -414,3 +414,54 @@ def test_delete_lets_the_garbage_collector_remove_everything(env: Env, namespace
         assert not any(" delete " in w for w in a.writes())  # the garbage collector's work
     finally:
         assert a.stop() == 0
+
+
+def test_the_rendered_operator_deployment_runs_two_replicas_one_writer(
+    env: Env, namespace: str
+) -> None:
+    """`render --operator`'s Deployment in the cluster: its pods, its RBAC, its Lease."""
+    nodes = json.loads(env.cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    if not nodes:
+        pytest.skip("the cluster has no nodes (EGRESS_ROUTER_CLUSTER_CONTROL_PLANE_ONLY)")
+    image = op.router_image(env.cluster)
+    (deployment,) = [o for o in operator_manifest.objects(op.NAMESPACE, image, image)
+                     if o["kind"] == "Deployment"]
+    env.cluster.apply(yaml.safe_dump(deployment))
+    try:
+        env.cluster.wait(f"deployment/{operator_manifest.NAME}", "condition=Available",
+                         timeout=180, namespace=op.NAMESPACE)
+
+        def pods() -> list[str]:
+            out = env.cluster.kubectl(
+                "get", "pods", "-n", op.NAMESPACE, "-l",
+                "app.kubernetes.io/name=egress-router-operator", "-o", "json").stdout
+            return [p["metadata"]["name"] for p in json.loads(out)["items"]
+                    if p["status"].get("phase") == "Running"
+                    and not p["metadata"].get("deletionTimestamp")]
+
+        running = op.wait_for("two operator pods", lambda: len(pods()) == 2 and pods(), 180)
+
+        def holder() -> str:
+            lease = get(env, "lease", operator_manifest.LEASE_NAME, op.NAMESPACE) or {}
+            return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
+        leader = op.wait_for("a pod holding the Lease", lambda: holder() in running and holder(),
+                             60)
+        (standby,) = [p for p in running if p != leader]
+        env.cluster.apply(cr_text(namespace))
+        converged(env, namespace)
+
+        def logs(pod: str) -> str:
+            return env.cluster.kubectl("logs", pod, "-n", op.NAMESPACE, check=False).stdout
+
+        assert ": write: create " in logs(leader)
+        assert ": write: " not in logs(standby)
+        # The leader's pod goes (SIGTERM: it hands the Lease back); the standby takes over.
+        env.cluster.kubectl("delete", "pod", leader, "-n", op.NAMESPACE, "--wait=false")
+        op.wait_for("the standby leading", lambda: holder() == standby, 60)
+        env.cluster.kubectl("delete", "configmap", NAME, "-n", namespace)
+        op.wait_for("the ConfigMap made again", lambda: get(env, "configmap", NAME, namespace), 60)
+        assert ": write: create ConfigMap" in logs(standby)
+    finally:
+        env.cluster.kubectl("delete", "deployment", operator_manifest.NAME, "-n", op.NAMESPACE,
+                            "--timeout=60s", check=False)
