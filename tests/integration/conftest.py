@@ -291,3 +291,57 @@ def cluster() -> Iterator[clustermod.Cluster]:
     """The local two-node Kubernetes cluster (scripts/cluster.sh), once per session."""
     require_privileged()
     yield from clustermod.started()
+
+
+# --------------------------------------------------------------------------- the whole run's guard
+
+
+def _session_view(state: dict[str, object], known_links: set[str]) -> dict[str, object]:
+    """The part of the host's state a whole run compares. Links come and go while a test (or
+    a parallel run on the same machine) creates a veth pair and moves its ends into lab
+    namespaces, so a link that is not the host's own counts only if it carries a global
+    address (a kernel link-local address or route on a transient link is not a change)."""
+
+    def own(text: str) -> bool:
+        device = text.split(maxsplit=1)[0] if text else ""
+        return device in known_links or not any(
+            part.startswith(("fe80:", "ff00:", "ff02:")) for part in text.split()
+        )
+
+    view = {key: value for key, value in state.items() if key != "links"}
+    addresses = state.get("addresses")
+    if isinstance(addresses, list):
+        view["addresses"] = [a for a in addresses if isinstance(a, str) and own(a)]
+    routes = state.get("routes")
+    if isinstance(routes, list):
+        view["routes"] = [
+            r for r in routes
+            if isinstance(r, str)
+            and not any(part.startswith(("fe80:", "ff00:")) for part in r.split())
+        ]
+    return view
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _root_namespace_guard() -> Iterator[None]:
+    """Fail the run if it left an address, route, policy rule, firewall rule or forwarding
+    switch behind in the host's own namespace: no test may change it, and the per-test
+    fixture above only guards the tests that ask for it (as root only)."""
+    if _why_not_privileged() is not None:
+        yield
+        return
+    start = root_namespace_state()
+    links = start.get("links")
+    known = {str(link) for link in links} if isinstance(links, list) else set()
+    before = _session_view(start, known)
+    yield
+    after = _session_view(root_namespace_state(), known)
+    changed = sorted(key for key in before if before[key] != after.get(key))
+    if changed:
+        details = "; ".join(
+            f"{key} before {before[key]}, after {after.get(key)}" for key in changed
+        )
+        pytest.fail(
+            f"the run changed the host's network namespace ({', '.join(changed)}): {details}",
+            pytrace=False,
+        )

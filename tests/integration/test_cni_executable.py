@@ -204,6 +204,7 @@ def ip_json(ns: str, *args: str) -> Any:
     return json.loads(done.stdout or "[]")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_installed_executable_works_on_a_node_without_python_or_nft(
     installed: tuple[Path, bytes], lab: labmod.Lab, tmp_path: Path

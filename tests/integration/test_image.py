@@ -26,7 +26,7 @@ from egress_router.lab import world as labmod
 from support import http
 from support.podspec import one, run_args
 
-pytestmark = [pytest.mark.privileged, pytest.mark.cluster]
+pytestmark = [pytest.mark.privileged, pytest.mark.cluster, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_USER = "65532:65532"  # the Containerfile's USER

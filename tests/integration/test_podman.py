@@ -45,7 +45,7 @@ from egress_router.k8s import manifest, render
 from egress_router.lab import world as labmod
 from support.podspec import one, run_args
 
-pytestmark = [pytest.mark.privileged, pytest.mark.cluster]
+pytestmark = [pytest.mark.privileged, pytest.mark.cluster, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_TYPE = "egress-router"  # the `type` in the network's config, as upstream names it

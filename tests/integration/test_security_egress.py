@@ -201,6 +201,7 @@ def reachable(world: Any) -> dict[str, str]:
     return {target: answer for target, answer in answers.items() if answer.isdigit()}
 
 
+@pytest.mark.slow
 def test_http_endpoint_is_unreachable_from_the_physical_side(
     fresh: Any, routes_to_router: None
 ) -> None:

@@ -138,6 +138,7 @@ def nft_json(lab: labmod.Lab) -> list[dict[str, Any]] | None:
     return items
 
 
+@pytest.mark.slow
 def test_edits_reload_live_keep_streams_cut_removed_rules_and_report_bad_ones(
     lab: labmod.Lab, routers: list[Router], tmp_path: Path
 ) -> None:
@@ -190,6 +191,7 @@ def test_edits_reload_live_keep_streams_cut_removed_rules_and_report_bad_ones(
     assert peer.startswith(SOURCE4 + ":")
 
 
+@pytest.mark.slow
 def test_drift_is_repaired_counted_and_readiness_follows(
     lab: labmod.Lab, routers: list[Router], tmp_path: Path
 ) -> None:

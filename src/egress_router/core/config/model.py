@@ -54,6 +54,11 @@ class Backend(enum.Enum):
     IPTABLES = "iptables"
 
 
+def _rule_text(port: int, proto: Proto, target: str, remote_port: int) -> str:
+    remote = f" {remote_port}" if remote_port != port else ""
+    return f"{port} {proto.value} {target}{remote}"
+
+
 # slots: a configuration may hold 10,000 rules for as long as the router runs.
 @dataclass(frozen=True, slots=True)
 class PortRule:
@@ -73,8 +78,7 @@ class PortRule:
     @property
     def text(self) -> str:
         """The rule as a destination line writes it (the remote port only when it differs)."""
-        remote = f" {self.remote_port}" if self.remote_port != self.port else ""
-        return f"{self.port} {self.proto.value} {self.address}{remote}"
+        return _rule_text(self.port, self.proto, str(self.address), self.remote_port)
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,7 @@ class NamedRule:
     @property
     def text(self) -> str:
         """The rule as a destination line writes it (the remote port only when it differs)."""
-        remote = f" {self.remote_port}" if self.remote_port != self.port else ""
-        return f"{self.port} {self.proto.value} {self.host}{remote}"
+        return _rule_text(self.port, self.proto, self.host, self.remote_port)
 
 
 @dataclass(frozen=True)
