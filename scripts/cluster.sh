@@ -349,7 +349,9 @@ node_files() {
 }
 JSON
   # The CNI plugins' credential (Multus's kubeconfig, and ours for the annotation).
-  cp "$pki/cni.kubeconfig" "$nd/cni/net.d/cni.kubeconfig"
+  # As JSON with the certificates inline (the one-file plugin reads JSON kubeconfigs).
+  "$bin/kubectl" config view --kubeconfig "$pki/cni.kubeconfig" --flatten -o json >"$nd/cni/net.d/cni.kubeconfig"
+  chmod 600 "$nd/cni/net.d/cni.kubeconfig"
   printf 'nameserver 192.168.12.1\n' >"$nd/resolv.conf"
   cat >"$nd/containerd.toml" <<TOML
 version = 2

@@ -287,10 +287,12 @@ def built_image(podman: Podman) -> str:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[clustermod.Cluster]:
-    """The local two-node Kubernetes cluster (scripts/cluster.sh), once per session."""
+def cluster(built_image: str) -> Iterator[clustermod.Cluster]:
+    """The local two-node Kubernetes cluster (scripts/cluster.sh), once per session, its
+    nodes given the image of this very source (the version tag is shared by every checkout
+    on the machine)."""
     require_privileged()
-    yield from clustermod.started()
+    yield from clustermod.started(image=built_image)
 
 
 # --------------------------------------------------------------------------- the whole run's guard

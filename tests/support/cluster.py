@@ -144,10 +144,14 @@ class Cluster:
 # ---------------------------------------------------------------------- life cycle
 
 
-def run_script(name: str, *args: str, timeout: float = 3600.0, owner: int | None = None) -> str:
+def run_script(
+    name: str, *args: str, timeout: float = 3600.0, owner: int | None = None, image: str = ""
+) -> str:
     env = {**os.environ, "EGRESS_ROUTER_CLUSTER": name}
     if owner is not None:
         env["EGRESS_ROUTER_CLUSTER_OWNER"] = str(owner)
+    if image:
+        env["EGRESS_ROUTER_CLUSTER_IMAGE"] = image
     done = subprocess.run(
         ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout,
         check=False,
@@ -161,13 +165,13 @@ def new_name() -> str:
     return "c" + secrets.token_hex(3)[:5]
 
 
-def started(name: str | None = None) -> Iterator[Cluster]:
+def started(name: str | None = None, image: str = "") -> Iterator[Cluster]:
     """A cluster for the duration of the generator (up, yield, down even on failure)."""
     name = name or new_name()
     run_script(name, "sweep")
     start = time.monotonic()
     try:
-        run_script(name, "up", owner=os.getpid())
+        run_script(name, "up", owner=os.getpid(), image=image)
         print(f"cluster {name} up in {time.monotonic() - start:.0f} s")
         yield Cluster(name)
     finally:

@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from egress_router.cni import errors, macvlan, netconf
 from egress_router.cni.errors import CniError
 from egress_router.cni.netconf import Environment
@@ -119,12 +117,38 @@ def _relative(base: Path, value: Any) -> str | None:
     return str(path if path.is_absolute() else base / path)
 
 
+def _parse_kubeconfig(text: str, where: str) -> Any:
+    """JSON (which is YAML too) directly; other YAML through PyYAML where it is installed.
+
+    The one-file executable leaves PyYAML out (every module it holds is unpacked at every
+    call): there a kubeconfig must be JSON, as ``kubectl config view --flatten -o json``
+    writes it.
+    """
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        import yaml  # noqa: PLC0415 (optional: see above)
+    except ImportError:
+        raise CniError(
+            errors.INVALID_CONFIG,
+            f"cannot read {where}: it is not JSON, and this build of the plugin reads YAML "
+            "kubeconfigs only as JSON (kubectl config view --flatten -o json)",
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise CniError(errors.INVALID_CONFIG, f"cannot read {where}: {err}") from None
+
+
 def load_kubeconfig(path: str) -> ApiAccess:
     where = f"{KEY}.kubeconfig {path!r}"
     try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
         raise CniError(errors.INVALID_CONFIG, f"cannot read {where}: {err}") from None
+    doc = _parse_kubeconfig(text, where)
     if not isinstance(doc, dict):
         raise CniError(errors.INVALID_CONFIG, f"cannot read {where}: not a kubeconfig")
     base = Path(path).parent
