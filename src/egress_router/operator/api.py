@@ -120,8 +120,10 @@ class Api:
         *,
         may_write: Callable[[], bool] = lambda: True,
         timeout: float = REQUEST_TIMEOUT,
+        identity: str = "",
     ) -> None:
         self.client = api_client
+        self.identity = identity  # this replica, as its Events name it (reportingInstance)
         self.may_write = may_write
         self.timeout = timeout
         self.writes: collections.Counter[str] = collections.Counter()
@@ -308,6 +310,7 @@ class Api:
             "type": kind,
             "source": {"component": component},
             "reportingComponent": component,
+            "reportingInstance": self.identity,
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,

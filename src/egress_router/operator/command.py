@@ -101,7 +101,7 @@ def operator_command(
     settings = controller.Settings(image=router_image, resync=resync)
     namespace = _namespace(lease_namespace)
     if not leader_elect:
-        kube = api.Api(client.ApiClient())
+        kube = api.Api(client.ApiClient(), identity=me)
         thread = threading.Thread(
             target=controller.Controller(kube, settings).run, args=(stop,), daemon=True
         )
@@ -116,7 +116,7 @@ def operator_command(
             controller.Controller(kube, settings).run(term)
 
         campaign = election.Election(namespace, lease_name, me, lead)
-        kube = api.Api(client.ApiClient(), may_write=campaign.leading.is_set)
+        kube = api.Api(client.ApiClient(), may_write=campaign.leading.is_set, identity=me)
         thread = threading.Thread(target=campaign.run, args=(stop,), daemon=True)
     log.info("%s starting (image %s, resync %.0fs, %s)", me, router_image or "default", resync,
              f"Lease {namespace}/{lease_name}" if leader_elect else "no leader election")
