@@ -344,6 +344,34 @@ def test_rules_change_reaches_the_configmap_and_the_pod_template_stays(
         assert a.stop() == 0
 
 
+def test_ha_annotation_adds_a_pair_and_its_budget_and_removing_it_prunes_the_budget(
+    env: Env, namespace: str
+) -> None:
+    a = env.operator("ha-a")
+    try:
+        op.wait_for("the Lease", a.leading, 40)
+        env.cluster.apply(cr_text(namespace))
+        converged(env, namespace)
+        assert get(env, "poddisruptionbudget", NAME, namespace) is None
+        env.cluster.kubectl("annotate", "egressrouter", NAME, "-n", namespace,
+                            "egress-router/ha-vrid=7")
+        pdb = op.wait_for("the pair's PodDisruptionBudget",
+                          lambda: get(env, "poddisruptionbudget", NAME, namespace), 30)
+        uid = router(env, namespace)["metadata"]["uid"]
+        assert [r["uid"] for r in pdb["metadata"]["ownerReferences"]] == [uid]
+        dep = get(env, "deployment", NAME, namespace)
+        assert dep is not None and dep["spec"]["replicas"] == 2
+        env.cluster.kubectl("annotate", "egressrouter", NAME, "-n", namespace,
+                            "egress-router/ha-vrid-")
+        op.wait_for("the budget pruned",
+                    lambda: get(env, "poddisruptionbudget", NAME, namespace) is None, 30)
+        dep = get(env, "deployment", NAME, namespace)
+        assert dep is not None and dep["spec"]["replicas"] == 1
+        assert any("delete PodDisruptionBudget" in w for w in a.writes())
+    finally:
+        assert a.stop() == 0
+
+
 def test_two_operators_one_writer_and_the_standby_takes_over(
     env: Env, namespace: str
 ) -> None:
