@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import capacity, cni_add, flowtable, ha, harness, results, run, wait
+from bench import capacity, cni_add, flowtable, ha, harness, proxies, results, run, wait
 from egress_router.lab import world as labmod
 
 
@@ -57,6 +57,10 @@ SUITES: dict[str, Suite] = {
     "ha": Suite(
         "active/standby failover and healed partitions (keepalived, two replicas)",
         ha.add_arguments, ha.run_suite,
+    ),
+    "proxies": Suite(
+        "the HTTP and DNS proxy modes against the redirect mode and upstream's configs (~3 min)",
+        proxies.add_arguments, proxies.run_suite,
     ),
     "cni-add": Suite(
         "CNI ADD+DEL time: the one-file executable against the console script",

@@ -22,7 +22,7 @@ image="${EGRESS_ROUTER_IMAGE:-localhost/egress-router:$version}"
 suite="${EGRESS_ROUTER_BASE_SUITE:-bookworm}"
 base_repo="localhost/egress-router-base"
 # What the image needs at run time; the build stage adds python3-venv on its own.
-packages="passwd,python3,nftables,iptables,iproute2,conntrack,keepalived"
+packages="passwd,python3,nftables,iptables,iproute2,conntrack,keepalived,squid,haproxy"
 
 say() { printf 'build-image: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }

@@ -270,6 +270,7 @@ control_plane() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction,PodSecurity \
     --allow-privileged=true --profiling=false --cert-dir "$pki" \
+    --kubelet-preferred-address-types InternalIP \
     --endpoint-reconciler-type lease
   wait_for "etcd" 60 etcd_listens
   wait_for "kube-apiserver" 180 kubectl_cp get --raw /readyz
@@ -315,11 +316,23 @@ make_images() {
     rm -rf "$ctx"
   fi
   podman_ image exists "$ROUTER_IMAGE" || die "image $ROUTER_IMAGE is missing: bash scripts/build-image.sh"
+  # The seed's Pod sets no runAsUser, and OpenShift's egress router image ran as root; ours
+  # runs as 65532, whose privileged init container gets no capabilities. The same image with
+  # root as its default user, for the seed's procedure as written.
+  id=$(podman_ image inspect -f '{{.Id}}' "$ROUTER_IMAGE")
+  ROOT_IMAGE=localhost/egress-router-cluster/router-as-root:${id:0:16}
+  if ! podman_ image exists "$ROOT_IMAGE"; then
+    ctx=$(mktemp -d)
+    printf 'FROM %s\nUSER 0:0\n' "$ROUTER_IMAGE" >"$ctx/Containerfile"
+    podman_ build -q --pull=never -t "$ROOT_IMAGE" -f "$ctx/Containerfile" "$ctx" >/dev/null
+    rm -rf "$ctx"
+  fi
+  echo "$ROOT_IMAGE" >"$dir/router-root-image"
   echo "$PAUSE_IMAGE" >"$dir/pause-image"
   echo "$ROUTER_IMAGE" >"$dir/router-image"
   archives=()
   local image
-  for image in "$PAUSE_IMAGE" "$ROUTER_IMAGE"; do
+  for image in "$PAUSE_IMAGE" "$ROUTER_IMAGE" "$ROOT_IMAGE"; do
     id=$(podman_ image inspect -f '{{.Id}}' "$image")
     if [ ! -s "$cache/$id.tar" ]; then
       podman_ save -q --format docker-archive -o "$cache/$id.tar.tmp$$" "$image" >/dev/null
@@ -352,7 +365,8 @@ JSON
   # As JSON with the certificates inline (the one-file plugin reads JSON kubeconfigs).
   "$bin/kubectl" config view --kubeconfig "$pki/cni.kubeconfig" --flatten -o json >"$nd/cni/net.d/cni.kubeconfig"
   chmod 600 "$nd/cni/net.d/cni.kubeconfig"
-  printf 'nameserver 192.168.12.1\n' >"$nd/resolv.conf"
+  # The cluster DNS address of the plan (no DNS server runs; nothing leaves the namespaces).
+  printf 'nameserver 172.30.0.10\n' >"$nd/resolv.conf"
   cat >"$nd/containerd.toml" <<TOML
 version = 2
 root = "$nd/containerd/root"
@@ -416,6 +430,7 @@ failSwapOn: false
 protectKernelDefaults: true
 resolvConf: $nd/resolv.conf
 clusterDomain: cluster.local
+clusterDNS: [172.30.0.10]
 podLogsDir: $nd/pod-logs
 staticPodPath: ""
 maxPods: 40

@@ -29,6 +29,7 @@ from egress_router.core import config, plan, ruleset
 from egress_router.kernel import announce, errors, files, netlink, preflight
 from egress_router.lab.command import lab as lab_group
 from egress_router.operator.command import operator_command
+from egress_router.proxy import command as proxy_command
 from egress_router.render import render_command
 from egress_router.router import engine
 
@@ -136,6 +137,14 @@ def run_from_environment(env: Mapping[str, str]) -> int:
         _fail(str(err), EXIT_APPLY)
     for stage, seconds in report.stages.items():
         log.debug("%s: %.3fs", stage, seconds)
+    if not cfg.mode.redirects:
+        log.info(
+            "egress router ready for the %s container: %s via %s, nothing redirected",
+            cfg.mode.value,
+            ", ".join(str(s.interface) for s in cfg.sources),
+            ", ".join(str(g) for g in cfg.gateways),
+        )
+        return EXIT_OK
     log.info(
         "egress router ready: %s via %s, %d rules",
         ", ".join(str(s.interface) for s in cfg.sources),
@@ -221,6 +230,9 @@ def cli(ctx: click.Context) -> None:
     exactly like the upstream image.
     """
     if ctx.invoked_subcommand is None:
+        proxy = proxy_command.selected(os.environ)  # upstream's proxy pods: the variable decides
+        if proxy is not None:
+            sys.exit(proxy_command.run(proxy, os.environ))
         sys.exit(run_from_environment(os.environ))
 
 
@@ -393,6 +405,8 @@ def status_command(path: Path | None, as_json: bool) -> None:
 cli.add_command(lab_group, "lab")
 cli.add_command(render_command, "render")
 cli.add_command(operator_command, "operator")
+cli.add_command(proxy_command.http_proxy_command)
+cli.add_command(proxy_command.dns_proxy_command)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Report:
     port_space: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     ha: dict[str, Any] | None = None  # EGRESS_ROUTER_HA=vrrp: the role (see `ha_status`)
+    proxy: dict[str, Any] | None = None  # the proxy modes: the proxy container's readiness
 
     @property
     def matches(self) -> bool:
@@ -57,6 +59,7 @@ class Report:
 
 def _configuration(cfg: config.Config) -> dict[str, Any]:
     return {
+        "mode": cfg.mode.value if not cfg.mode.redirects else "redirect",
         "sources": [str(s.interface) for s in cfg.sources],
         "gateways": [str(g) for g in cfg.gateways],
         "pod_interface": cfg.pod_interface,
@@ -119,6 +122,7 @@ def collect(
     read_links: Callable[[], state.Snapshot] = observe.read_snapshot,
     tracker: conntrack.Conntrack | None = None,
     read_ha: Callable[[config.Config], dict[str, Any] | None] | None = None,
+    ask_proxy: Callable[[int], str] | None = None,
 ) -> Report:
     """Read the kernel and compare it with ``cfg``."""
     read_ha = read_ha or _read_ha
@@ -142,9 +146,13 @@ def collect(
         state, rules, found = {"present": None}, [], [str(err)]
     state["backend"] = cfg.backend.value
     ha_state, ha_problems = ha_status(cfg, read_ha)
+    proxy = proxy_status(cfg, ask_proxy)
+    warnings = capacity.warnings(cfg, sample)
+    if proxy is not None and proxy["ready"] is False:
+        warnings.append(f"the {cfg.mode.value} container is not ready: {proxy['detail']}")
     return Report(
         _configuration(cfg), interfaces, state, rules, problems + found + ha_problems,
-        port_space_rows(sample), capacity.warnings(cfg, sample), ha_state,
+        port_space_rows(sample), warnings, ha_state, proxy,
     )
 
 
@@ -187,7 +195,38 @@ def to_json(report: Report) -> str:
     }
     if report.ha is not None:
         data["ha"] = report.ha
+    if report.proxy is not None:
+        data["proxy"] = report.proxy
     return json.dumps(data, indent=2)
+
+
+def proxy_status(
+    cfg: config.Config, ask: Callable[[int], str] | None = None
+) -> dict[str, Any] | None:
+    """The proxy modes: what the proxy container's ``/readyz`` (same pod, same port) says."""
+    if cfg.mode.redirects:
+        return None
+    if not cfg.http_port:
+        return {"mode": cfg.mode.value, "ready": None, "detail": "no HTTP port to ask"}
+    try:
+        answer = (ask or _ask_readyz)(cfg.http_port)
+    except OSError as err:
+        return {"mode": cfg.mode.value, "ready": False,
+                "detail": f"the proxy does not answer on port {cfg.http_port}: {err}"}
+    head, _, body = answer.partition("\r\n\r\n")
+    ready = head.split(" ", 2)[1:2] == ["200"]
+    return {"mode": cfg.mode.value, "ready": ready, "detail": body.strip()}
+
+
+def _ask_readyz(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > 65536:
+                break
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _number(value: int | None) -> str:
@@ -260,6 +299,11 @@ def show(report: Report, console: Console) -> None:
         ):
             role.add_row(name, str(value))
         console.print(role)
+    if report.proxy is not None:
+        ready = report.proxy["ready"]
+        shown = "[green]ready[/]" if ready else ("-" if ready is None else "[red]not ready[/]")
+        console.print(f"[bold]{report.proxy['mode']} container[/]: {shown} "
+                      f"({report.proxy['detail']})", highlight=False)
     for problem in report.problems:
         console.print(f"[red]problem:[/] {problem}", highlight=False)
 

@@ -286,15 +286,6 @@ def built_image(podman: Podman) -> str:
     return image
 
 
-@pytest.fixture(scope="session")
-def cluster(built_image: str) -> Iterator[clustermod.Cluster]:
-    """The local two-node Kubernetes cluster (scripts/cluster.sh), once per session, its
-    nodes given the image of this very source (the version tag is shared by every checkout
-    on the machine)."""
-    require_privileged()
-    yield from clustermod.started(image=built_image)
-
-
 # --------------------------------------------------------------------------- the whole run's guard
 
 
@@ -347,3 +338,12 @@ def _root_namespace_guard() -> Iterator[None]:
             f"the run changed the host's network namespace ({', '.join(changed)}): {details}",
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="session")
+def cluster(built_image: str) -> Iterator[clustermod.Cluster]:
+    """The local two-node Kubernetes cluster (scripts/cluster.sh), once per session, its
+    nodes given the image of this very source (the version tag is shared by every checkout
+    on the machine)."""
+    require_privileged()
+    yield from clustermod.started(image=built_image)

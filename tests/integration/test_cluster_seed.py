@@ -26,7 +26,12 @@ import yaml
 
 from support import cluster as clustermod
 
-pytestmark = [pytest.mark.privileged, pytest.mark.cluster, pytest.mark.timeout(1800)]
+pytestmark = [
+    pytest.mark.privileged,
+    pytest.mark.cluster,
+    pytest.mark.slow,
+    pytest.mark.timeout(1800),
+]
 
 HERE = Path(__file__).parent / "cluster"
 REPO = Path(__file__).resolve().parents[2]
@@ -123,7 +128,7 @@ def seed(cluster: clustermod.Cluster) -> clustermod.Cluster:
     manifest = (
         (HERE / "seed-pod.yaml")
         .read_text()
-        .replace("__ROUTER_IMAGE__", cluster.image)
+        .replace("__ROUTER_IMAGE__", cluster.root_image)
         .replace("__POD_IMAGE__", cluster.pause_image)
     )
     cluster.apply(manifest)

@@ -569,3 +569,29 @@ def test_sigterm_during_add_rolls_back(pods: Pods) -> None:
     assert "Traceback" not in stdout + stderr
     assert pod_state(pods.lab.router) == pod_before
     assert node_links(pods.lab) == node_before
+
+
+def test_add_in_dns_proxy_mode_sets_up_the_network_for_the_proxy_container(pods: Pods) -> None:
+    conf = {**UPSTREAM_CONF, "mode": "dns-proxy",
+            "ip": {"addresses": ["192.168.12.99/24"], "gateway": "192.168.12.1"}}
+    pods.add(conf)
+    assert "dnat" not in ruleset(pods.lab.router).replace("ct status dnat", "")
+    # Nothing redirected: a former rule's port is refused... by nobody listening.
+    assert not labmod.dial(pods.lab, "tcp", ROUTER4, 80, timeout=2).ok
+    proxy = labmod.spawn_router(
+        pods.lab, {"EGRESS_DNS_PROXY_DESTINATION": "5000 203.0.113.25 80\n"}
+    )
+    try:
+        deadline = time.monotonic() + 20
+        result = labmod.dial(pods.lab, "tcp", ROUTER4, 5000, timeout=2)
+        while not result.ok and time.monotonic() < deadline:
+            assert proxy.poll() is None, proxy.communicate()[1]
+            time.sleep(0.3)
+            result = labmod.dial(pods.lab, "tcp", ROUTER4, 5000, timeout=2)
+        assert result.ok and result.server == "203.0.113.25:80", result
+        assert str(result.peer_ip) == SOURCE4
+        # The physical side reaches no proxy port through the reserved address.
+        assert not labmod.dial(pods.lab, "tcp", SOURCE4, 5000, ns=pods.lab.gw, timeout=2).ok
+    finally:
+        proxy.terminate()
+        proxy.communicate(timeout=15)

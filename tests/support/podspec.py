@@ -40,6 +40,10 @@ def run_args(
     pod_volumes = {v["name"]: v for v in pod.get("volumes", [])}
     for mount in container.get("volumeMounts", []):
         volume = pod_volumes[mount["name"]]
+        if "emptyDir" in volume:
+            # A kubelet's emptyDir (medium Memory): a tmpfs the container's user may write.
+            args += ["--tmpfs", f"{mount['mountPath']}:rw,mode=1777"]
+            continue
         if "configMap" in volume:
             source = volumes[volume["configMap"]["name"]]
         else:

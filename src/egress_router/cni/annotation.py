@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyroute2.iproute import IPRoute
+
 from egress_router.cni import errors, macvlan, netconf
 from egress_router.cni.errors import CniError
 from egress_router.cni.netconf import Environment
@@ -256,8 +258,6 @@ def annotation_of(pod: Mapping[str, Any]) -> str | None:
 
 
 def _rename_up(temp: str) -> dict[str, Any]:
-    from pyroute2 import IPRoute  # noqa: PLC0415 (in the pod's namespace, forked)
-
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname=temp)[0]
         ipr.link("set", index=index, ifname=IFNAME)
@@ -267,8 +267,6 @@ def _rename_up(temp: str) -> dict[str, Any]:
 
 
 def _delete_in_pod() -> bool:
-    from pyroute2 import IPRoute  # noqa: PLC0415
-
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=IFNAME)
         if not found:
@@ -278,8 +276,6 @@ def _delete_in_pod() -> bool:
 
 
 def _exists_in_pod() -> bool:
-    from pyroute2 import IPRoute  # noqa: PLC0415
-
     with IPRoute() as ipr:
         return bool(ipr.link_lookup(ifname=IFNAME))
 

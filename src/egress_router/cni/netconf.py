@@ -17,7 +17,9 @@ port, accepted on the pod interface; default 9090, 0 for none),
 ``log_level``, ``log_file``, ``announceCount``, ``announceInterval`` and
 ``ha`` (``{"mode": "vrrp", "vrid": 51}``: one replica of an active/standby
 pair; ADD then sets up everything but the reserved address, which the
-``wait`` container's keepalived adds on the active replica only). Addresses, gateways and
+``wait`` container's keepalived adds on the active replica only) and ``mode``
+(``"http-proxy"`` or ``"dns-proxy"``: upstream's proxy pods, whose ADD sets up the network
+only, as their init container would, and takes no ``ip.destinations``). Addresses, gateways and
 destinations go through the same parsers as the ``EGRESS_*`` variables (one
 grammar, one set of messages); a list entry is a "line" in messages.
 """
@@ -124,6 +126,8 @@ class NetConf:
     dns: dict[str, Any] | None = None
     ha: ha.Settings | None = None  # "ha": an active/standby pair; the address is keepalived's
     prev_result: dict[str, Any] | None = None
+    # "mode": "http-proxy"/"dns-proxy" (ours): set up the network for a proxy pod, no redirect.
+    mode: config.Mode = config.Mode.INIT
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def router_config(self, ifname: str) -> config.Config:
@@ -132,7 +136,7 @@ class NetConf:
             self.sources,
             self.gateways,
             self.destinations,
-            mode=config.Mode.INIT,
+            mode=self.mode,
             backend=config.Backend.NFTABLES,
             pod_interface=self.pod_interface,
             egress_interface=ifname,
@@ -360,6 +364,24 @@ def _interval(obj: Mapping[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
+PROXY_MODES = tuple(config.Mode(m) for m in cniconf.PROXY_MODES)
+
+
+def _router_mode(obj: Mapping[str, Any]) -> config.Mode:
+    """``"mode"`` (ours, optional): a proxy pod's network set-up instead of the redirect."""
+    if "mode" not in obj:
+        return config.Mode.INIT
+    value = obj["mode"]
+    for mode in PROXY_MODES:
+        if value == mode.value:
+            return mode
+    raise config.ConfigError(
+        "mode", f"unknown mode {json.dumps(value)[:100]}; expected "
+        f"{' or '.join(json.dumps(m.value) for m in PROXY_MODES)} (a proxy pod), or no mode "
+        "(the redirect)",
+    )
+
+
 HA_FIELDS = cniconf.HA_FIELDS
 
 
@@ -440,7 +462,16 @@ def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
         gateways = config.parse_gateways(
             ",".join(_strings(ip["gateway"], "ip.gateway", allow_string=True)), "ip.gateway"
         )
-        if not ip.get("destinations"):
+        mode = _router_mode(obj)
+        if not mode.redirects:
+            if ip.get("destinations"):
+                raise config.ConfigError(
+                    "ip.destinations",
+                    f"is set, but mode {mode.value} redirects nothing (the pod's proxy "
+                    "container decides where traffic goes); remove it, or remove mode",
+                )
+            ip = {**ip, "destinations": []}
+        elif not ip.get("destinations"):
             raise config.ConfigError(
                 "ip.destinations",
                 f"is missing; expected a list of rules: {config.RULE_SYNTAX}",
@@ -449,7 +480,7 @@ def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
         _one_line(entries, "ip.destinations")
         destinations = config.parse_destinations(
             "\n".join(entries), "ip.destinations", host_prefix=True
-        )
+        ) if entries else config.Destinations(rules=())
         if destinations.hosts():
             raise CniError(
                 errors.UNSUPPORTED_FIELD,
@@ -507,6 +538,7 @@ def parse(obj: Mapping[str, Any], ifname: str = "") -> NetConf:
         dns=dns,
         ha=ha_settings,
         prev_result=prev_result,
+        mode=mode,
         raw=dict(obj),
     )
 
@@ -600,6 +632,9 @@ def router_environment(
             config.ENV_BACKEND: config.Backend.NFTABLES.value,  # what the plugin programs
         }
     )
+    if not conf.mode.redirects:  # a proxy pod: the network only (status reads it so)
+        del completed[config.ENV_DESTINATION]
+        completed[config.ENV_MODE] = conf.mode.value
     if conf.ha is not None:
         completed[ha.ENV_HA] = ha.HAMode.VRRP.value
         completed[ha.ENV_VRID] = str(conf.ha.vrid)

@@ -28,7 +28,9 @@ Shape of the nftables data path (per-packet cost independent of rule count):
 * ``input`` (filter): the HTTP port only from the pod interface (and
   loopback); a port with no rule and no fallback is refused at once (TCP
   reset, ICMP port unreachable) instead of timing out; from the egress side
-  only replies of the router's own connections (and ICMP) get in.
+  only replies of the router's own connections (and ICMP) get in. In the
+  proxy modes (``http-proxy``, ``dns-proxy``) nothing is redirected and the
+  pod side reaches the pod's own listeners (the proxy) instead; the rest holds.
 * ``source_guard`` (filter, postrouting, after SNAT): the last resort. Nothing
   leaves the egress interface with a source other than a reserved address
   (IPv6 neighbour discovery and MLD from link-local or unspecified sources
@@ -224,6 +226,8 @@ def _set_lines(name: str, keys: list[Key], what: str) -> list[str]:
 def _prerouting_rules(
     cfg: config.Config, families: list[int], groups: dict[int, dict[Key, list[Target]]]
 ) -> list[str]:
+    if not cfg.mode.redirects:
+        return []  # the proxy modes: no DNAT at all, the chain stays empty
     rules = [
         f'iifname != "{cfg.pod_interface}" return',
         "fib daddr type != local return",
@@ -449,10 +453,16 @@ def _nft_input(cfg: config.Config) -> list[str]:
             'counter drop comment "HTTP only from the pod side"'
         )
         lines.append(f'\t\tiifname "{pod}" tcp dport {cfg.http_port} accept')
+    if cfg.mode.redirects:
+        lines += [
+            f'\t\tiifname "{pod}" ct state new meta l4proto tcp reject with tcp reset',
+            f'\t\tiifname "{pod}" ct state new meta l4proto {{ udp, sctp }} '
+            "reject with icmpx type port-unreachable",
+        ]
+    else:
+        # The proxy modes: the pod's own listeners (the proxy's ports) answer the pod side.
+        lines.append(f'\t\tiifname "{pod}" accept comment "the proxy listens on the pod side"')
     lines += [
-        f'\t\tiifname "{pod}" ct state new meta l4proto tcp reject with tcp reset',
-        f'\t\tiifname "{pod}" ct state new meta l4proto {{ udp, sctp }} '
-        "reject with icmpx type port-unreachable",
         # From the physical side only replies of the router's own connections reach a
         # socket: a forged original-direction packet of any flow does not.
         f'\t\tiifname "{egress}" meta l4proto {{ {L4_PROTOS} }} ct direction reply accept',
@@ -780,11 +790,14 @@ def render_iptables(
             f"-A {IPT_INPUT} -i lo -p tcp --dport {cfg.http_port} -j ACCEPT",
             f"-A {IPT_INPUT} -p tcp --dport {cfg.http_port} -j DROP",
         ]
-    filt += [
-        f"-A {IPT_INPUT} -i {pod} -p tcp {new} -j REJECT --reject-with tcp-reset",
-        f"-A {IPT_INPUT} -i {pod} -p udp {new} -j REJECT --reject-with {unreachable}",
-        f"-A {IPT_INPUT} -i {pod} -p sctp {new} -j REJECT --reject-with {unreachable}",
-    ]
+    if cfg.mode.redirects:
+        filt += [
+            f"-A {IPT_INPUT} -i {pod} -p tcp {new} -j REJECT --reject-with tcp-reset",
+            f"-A {IPT_INPUT} -i {pod} -p udp {new} -j REJECT --reject-with {unreachable}",
+            f"-A {IPT_INPUT} -i {pod} -p sctp {new} -j REJECT --reject-with {unreachable}",
+        ]
+    else:  # the proxy modes: the proxy's ports answer the pod side
+        filt.append(f"-A {IPT_INPUT} -i {pod} -j ACCEPT")
     if source is not None:
         filt += [
             f"-A {IPT_INPUT} -i {egress} -p {p.value} -m conntrack --ctdir REPLY -j ACCEPT"

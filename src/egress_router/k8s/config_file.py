@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from egress_router.core import config
+from egress_router.core import config, proxy_dns, proxy_http
 from egress_router.core.config import cniconf
 from egress_router.k8s.fields import (
     Fields,
@@ -37,8 +38,13 @@ from egress_router.k8s.yaml_input import (
 CONFIG_FIELDS = (
     "name", "namespace", "source", "gateway", "destinations", "extraPorts", "attachment",
     "image", "imagePullPolicy", "nodeSelector", "resources", "backend", "podInterface",
-    "httpPort", "debug", "ha", "vrid",
+    "httpPort", "debug", "ha", "vrid", "mode",
 )
+# `mode`: redirect (the default: init + wait) or one of upstream's proxy pods, whose main
+# container is the proxy and whose `destinations` are the proxy's lines in its own grammar.
+REDIRECT = "redirect"
+PROXY_MODES = {"http-proxy": config.Mode.HTTP_PROXY, "dns-proxy": config.Mode.DNS_PROXY}
+MODES = (REDIRECT, *PROXY_MODES)
 _ANNOTATION_FIELDS = ("type", "macvlan")
 _CNI_FIELDS = ("type", "master", "mode", "mtu", "interface", "binDir")
 _BIN_DIR = re.compile(r"^(/[A-Za-z0-9._+-]+)+/?$")
@@ -61,11 +67,18 @@ def _address_list(fields: Fields, doc: Mapping[str, Any], key: str, example: str
     return value
 
 
-def _destination_lines(fields: Fields, doc: Mapping[str, Any], http_field: str) -> Lines:
+def _destination_lines(
+    fields: Fields, doc: Mapping[str, Any], http_field: str, proxy: config.Mode | None = None
+) -> Lines:
     value = doc.get("destinations")
     renames = {config.ENV_HTTP_PORT: http_field}
+    syntax = {
+        None: config.RULE_SYNTAX,
+        config.Mode.HTTP_PROXY: proxy_http.SYNTAX,
+        config.Mode.DNS_PROXY: proxy_dns.SYNTAX,
+    }[proxy]
     if value is None:
-        raise fields.error("destinations", f"is not set; expected lines of {config.RULE_SYNTAX}")
+        raise fields.error("destinations", f"is not set; expected lines of {syntax}")
     if isinstance(value, str):
         text = value if value.endswith("\n") else value + "\n"
         return Lines(fields, "destinations", text, None, renames)
@@ -196,8 +209,10 @@ def load_config_text(text: str, source: str, overrides: Overrides | None = None)
     gateways = config.parse_gateways(
         _address_list(fields, doc, "gateway", "192.168.12.1"), fields.name("gateway")
     )
-    lines = _destination_lines(fields, doc, http_field)
-    destinations = lines.parse()
+    mode = fields.choice(fields.string(doc, "mode", REDIRECT) or REDIRECT, MODES, "mode")
+    proxy = PROXY_MODES.get(mode)
+    lines = _destination_lines(fields, doc, http_field, proxy)
+    destinations = lines.parse() if proxy is None else config.Destinations(rules=())
     check_families(
         lines, sources, gateways, destinations, source_field="source", gateway_field="gateway"
     )
@@ -253,5 +268,40 @@ def load_config_text(text: str, source: str, overrides: Overrides | None = None)
             "remove backend, or use attachment annotation",
             spec.backend.value,
         )
+    if proxy is not None:
+        spec = _proxy_spec(fields, doc, spec, lines, proxy, http_field=http_field)
     finish(fields, spec, interface_field="attachment.interface", http_field=http_field)
     return spec
+
+
+def _proxy_spec(
+    fields: Fields, doc: Mapping[str, Any], spec: RouterSpec, lines: Lines,
+    proxy: config.Mode, *, http_field: str,
+) -> RouterSpec:
+    """A proxy pod: its lines parsed by the proxy's grammar, what it cannot have refused."""
+    mode = f"mode {proxy.value}"
+    for field, why in (
+        ("extraPorts", "the proxy's ports are the Service's ports"),
+        ("ha", "one proxy pod holds the address (no VRRP pair yet)"),
+    ):
+        if field in doc and doc[field] not in (None, False, []):
+            raise fields.error(field, f"is not used with {mode}: {why}; remove it")
+    try:
+        if proxy is config.Mode.HTTP_PROXY:
+            proxy_http.parse_rules(lines.text, lines.base)
+            ports: tuple[int, ...] = (proxy_http.DEFAULT_PORT,)
+            if spec.http_port == proxy_http.DEFAULT_PORT:
+                raise fields.error(
+                    http_field, f"is the HTTP proxy's port {proxy_http.DEFAULT_PORT}; choose "
+                    "another port for the probes and metrics", spec.http_port,
+                )
+        else:
+            reserved = {spec.http_port: f"the router's HTTP port ({http_field})"} \
+                if spec.http_port else {}
+            forwards = proxy_dns.parse_forwards(lines.text, lines.base, reserved=reserved)
+            ports = tuple(f.port for f in forwards)
+    except config.ConfigError as err:
+        if err.variable == fields.name(http_field):
+            raise
+        raise lines.relabel(err) from None
+    return dataclasses.replace(spec, proxy=proxy, proxy_ports=ports)

@@ -309,7 +309,7 @@ def finish(fields: Fields, spec: RouterSpec, *, interface_field: str, http_field
             spec.egress_interface,
         )
     env = dict(spec.environment())
-    env[config.ENV_MODE] = config.Mode.INIT.value
+    env[config.ENV_MODE] = (spec.proxy or config.Mode.INIT).value
 
     def read(path: str) -> str:
         del path

@@ -28,7 +28,7 @@ import kubernetes_validate
 import kubernetes_validate.utils
 import yaml
 
-from egress_router.core import config, ha
+from egress_router.core import config, ha, proxy_dns, proxy_http
 from egress_router.core.config import cniconf
 from egress_router.k8s import manifest
 
@@ -67,6 +67,13 @@ HTTP_PORT_NAME = "http"
 READY_PATH = "/readyz"
 HEALTH_PATH = "/healthz"
 WAIT_ARGS = ("wait",)
+TMP_VOLUME = "tmp"  # the proxies' generated configuration (the root filesystem is read-only)
+PROXY_USER = 65532  # the image's user: the proxy containers need no privilege at all
+PROXY_FILE_VARIABLES = {
+    config.Mode.HTTP_PROXY: proxy_http.ENV_DESTINATION_FILE,
+    config.Mode.DNS_PROXY: proxy_dns.ENV_DESTINATION_FILE,
+}
+UNPRIVILEGED_PORTS_SYSCTL = "net.ipv4.ip_unprivileged_port_start"
 # What `egress-router wait` needs; NET_RAW for the address announcements. With ha: true
 # keepalived needs the same two (addresses; VRRP's raw sockets and gratuitous ARP).
 MAIN_CAPABILITIES = ("NET_ADMIN", "NET_RAW")
@@ -113,7 +120,16 @@ def port_name(port: int, proto: config.Proto) -> str:
 
 
 def service_ports(spec: manifest.RouterSpec) -> list[dict[str, Any]]:
-    """One named port per rule and protocol (both families share it), then the extra ports."""
+    """One named port per rule and protocol (both families share it), then the extra ports.
+
+    A proxy pod: the proxy's ports (8080; each forwarded port of the DNS proxy), TCP.
+    """
+    if spec.proxy is not None:
+        return [
+            {"name": port_name(port, config.Proto.TCP), "protocol": "TCP", "port": port,
+             "targetPort": port}
+            for port in spec.proxy_ports
+        ]
     keys: list[tuple[int, config.Proto]] = []
     for rule in manifest.port_rules(spec.destinations):
         if (rule.port, rule.proto) not in keys:
@@ -139,15 +155,17 @@ def cni_config(spec: manifest.RouterSpec) -> dict[str, Any]:
     if spec.mtu is not None:
         args["mtu"] = str(spec.mtu)
     gateways = [str(g) for g in spec.gateways]
+    ip: dict[str, Any] = {
+        "addresses": [s.text for s in spec.sources],
+        "gateway": gateways[0] if len(gateways) == 1 else gateways,
+    }
+    if spec.proxy is None:
+        ip["destinations"] = spec.destinations.lines()
     conf: dict[str, Any] = {
         "cniVersion": CNI_VERSION,
         "name": spec.name,
         "type": CNI_TYPE,
-        "ip": {
-            "addresses": [s.text for s in spec.sources],
-            "gateway": gateways[0] if len(gateways) == 1 else gateways,
-            "destinations": spec.destinations.lines(),
-        },
+        "ip": ip,
         "interfaceType": "macvlan",
         "interfaceArgs": args,
     }
@@ -157,6 +175,8 @@ def cni_config(spec: manifest.RouterSpec) -> dict[str, Any]:
         conf["httpPort"] = spec.http_port
     if spec.debug:
         conf["log_level"] = "debug"
+    if spec.proxy is not None:
+        conf["mode"] = spec.proxy.value  # ADD: the network set-up only, as the init container
     if spec.vrid is not None:
         # ADD sets up all but the reserved address; wait's keepalived adds it on the active.
         conf["ha"] = {"mode": ha.HAMode.VRRP.value, "vrid": spec.vrid}
@@ -170,7 +190,8 @@ def cni_config_text(spec: manifest.RouterSpec) -> str:
 
 def _config_map(spec: manifest.RouterSpec) -> dict[str, Any]:
     # CNI mode: `wait` reads the plugin's own configuration, so the two cannot disagree.
-    if spec.attachment is manifest.Attachment.CNI:
+    # A proxy pod has no `wait`: its proxy reads its rules, whatever the attachment.
+    if spec.attachment is manifest.Attachment.CNI and spec.proxy is None:
         data = {CNI_CONFIG_KEY: cni_config_text(spec)}
     else:
         data = {manifest.DESTINATIONS_KEY: spec.destination_text}
@@ -246,8 +267,9 @@ def _installer(spec: manifest.RouterSpec) -> dict[str, Any]:
 def _service(spec: manifest.RouterSpec) -> dict[str, Any]:
     dest = spec.destinations
     families = {r.family for r in dest.rules} | {f.family for f in dest.fallbacks}
-    if dest.named or dest.named_fallbacks:
-        # A DNS name is resolved in every family the router has a source for.
+    if dest.named or dest.named_fallbacks or spec.proxy is not None:
+        # A DNS name is resolved in every family the router has a source for (and a proxy
+        # reaches every family it has a source for).
         families |= {s.family for s in spec.sources}
     return {
         "apiVersion": "v1",
@@ -290,7 +312,9 @@ def _init_container(spec: manifest.RouterSpec) -> dict[str, Any]:
     return {
         "name": INIT_CONTAINER,
         **_container_common(spec),
-        "env": _env([*spec.environment(), (config.ENV_MODE, config.Mode.INIT.value)]),
+        "env": _env(
+            [*spec.environment(), (config.ENV_MODE, (spec.proxy or config.Mode.INIT).value)]
+        ),
         "securityContext": {"privileged": True, "runAsUser": 0, "runAsNonRoot": False},
         "volumeMounts": _mounts(),
         **_resources(spec),
@@ -308,7 +332,53 @@ def _main_environment(spec: manifest.RouterSpec) -> list[tuple[str, str]]:
     return spec.environment()
 
 
+def _probes(container: dict[str, Any], port: int) -> None:
+    container["ports"].append({"name": HTTP_PORT_NAME, "containerPort": port, "protocol": "TCP"})
+    container["readinessProbe"] = {
+        "httpGet": {"path": READY_PATH, "port": HTTP_PORT_NAME},
+        "periodSeconds": 5,
+    }
+    container["livenessProbe"] = {
+        "httpGet": {"path": HEALTH_PATH, "port": HTTP_PORT_NAME},
+        "periodSeconds": 10,
+        "failureThreshold": 3,
+    }
+
+
+def _proxy_container(spec: manifest.RouterSpec) -> dict[str, Any]:
+    """Upstream's proxy pods' main container, from our image: unprivileged, the rules mounted."""
+    assert spec.proxy is not None
+    container: dict[str, Any] = {
+        "name": MAIN_CONTAINER,
+        **_container_common(spec),
+        "args": [spec.proxy.value],
+        "env": _env([
+            (PROXY_FILE_VARIABLES[spec.proxy], manifest.DESTINATIONS_PATH),
+            (config.ENV_HTTP_PORT, str(spec.http_port)),
+        ]),
+        "ports": [
+            {"name": port_name(port, config.Proto.TCP), "containerPort": port, "protocol": "TCP"}
+            for port in spec.proxy_ports
+        ],
+    }
+    if spec.http_port:
+        _probes(container, spec.http_port)
+    container["securityContext"] = {
+        "runAsUser": PROXY_USER,
+        "runAsGroup": PROXY_USER,
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    container["volumeMounts"] = [*_mounts(), {"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    container.update(_resources(spec))
+    return container
+
+
 def _main_container(spec: manifest.RouterSpec) -> dict[str, Any]:
+    if spec.proxy is not None:
+        return _proxy_container(spec)
     container: dict[str, Any] = {
         "name": MAIN_CONTAINER,
         **_container_common(spec),
@@ -409,6 +479,15 @@ def _deployment(spec: manifest.RouterSpec, config_sha: str) -> dict[str, Any]:
         pod["initContainers"] = [_init_container(spec)]
     pod["containers"] = [_main_container(spec)]
     pod["volumes"] = [{"name": VOLUME, "configMap": {"name": spec.name}}]
+    if spec.proxy is not None:
+        pod["volumes"].append({"name": TMP_VOLUME, "emptyDir": {"medium": "Memory"}})
+        low = min(spec.proxy_ports)
+        if low < 1024:
+            # A non-root proxy binds a port below 1024 only if the pod's network namespace
+            # allows it: a safe sysctl, namespaced to the pod (no capability needed).
+            pod["securityContext"] = {
+                "sysctls": [{"name": UNPRIVILEGED_PORTS_SYSCTL, "value": str(low)}]
+            }
     strategy: dict[str, Any] = {"type": "Recreate"}  # one pod may hold the address at a time
     if spec.ha:
         pod["volumes"].append({"name": RUN_VOLUME, "emptyDir": {"medium": "Memory"}})
@@ -634,6 +713,11 @@ def _check_router(objects: Sequence[Mapping[str, Any]]) -> None:
     config_map = _one(objects, "ConfigMap")
     service = _one(objects, "Service")
     deployment = _one(objects, "Deployment")
+    main = deployment["spec"]["template"]["spec"]["containers"][0]
+    proxy = next((m for m in PROXY_FILE_VARIABLES if main.get("args") == [m.value]), None)
+    if proxy is not None:
+        _check_proxy(proxy, objects, config_map, service, deployment)
+        return
     name = _describe(service)
     data = config_map["data"]
     cni_text = data.get(CNI_CONFIG_KEY)
@@ -699,11 +783,66 @@ def _check_router(objects: Sequence[Mapping[str, Any]]) -> None:
         _check_installer(objects, json.loads(nad["spec"]["config"])["type"])
 
 
+def _check_proxy(
+    proxy: config.Mode,
+    objects: Sequence[Mapping[str, Any]],
+    config_map: Mapping[str, Any],
+    service: Mapping[str, Any],
+    deployment: Mapping[str, Any],
+) -> None:
+    """A proxy pod: the rules parse, the Service has exactly the proxy's ports, the init
+    container sets up the network in the same mode and redirects nothing, the proxy reads the
+    mounted ConfigMap and holds no privilege."""
+    text = config_map["data"].get(manifest.DESTINATIONS_KEY, "")
+    variable = f"{_describe(config_map)} {manifest.DESTINATIONS_KEY}"
+    try:
+        if proxy is config.Mode.HTTP_PROXY:
+            proxy_http.parse_rules(text, variable)
+            wanted = {proxy_http.DEFAULT_PORT}
+        else:
+            wanted = {f.port for f in proxy_dns.parse_forwards(text, variable)}
+    except config.ConfigError as err:
+        raise CheckError(str(err)) from None
+    name = _describe(service)
+    ports = {(p["port"], p["protocol"].lower(), p["targetPort"]) for p in service["spec"]["ports"]}
+    if ports != {(p, "tcp", p) for p in wanted}:
+        raise CheckError(
+            f"cannot check {name}: its ports {sorted(ports)} are not the {proxy.value}'s "
+            f"ports {sorted(wanted)} (TCP, same target port)"
+        )
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for init in pod.get("initContainers", []):
+        env = _env_of(init)
+        if env.get(config.ENV_MODE) != proxy.value or config.ENV_DESTINATION_FILE in env:
+            raise CheckError(
+                f"cannot check {_describe(deployment)}: init container {init['name']} does not "
+                f"run {config.ENV_MODE}={proxy.value} alone (the network set-up, no redirect)"
+            )
+    main = pod["containers"][0]
+    _check_reads_config_map(deployment, main, volumes, config_map, PROXY_FILE_VARIABLES[proxy])
+    for nad in (o for o in objects if o.get("kind") == NAD_KIND):
+        conf = json.loads(nad["spec"]["config"])
+        if conf.get("mode") != proxy.value or conf.get("ip", {}).get("destinations"):
+            raise CheckError(
+                f"cannot check {_describe(nad)}: its config does not set up the network only "
+                f"(\"mode\": \"{proxy.value}\", no ip.destinations) for the {proxy.value} pod"
+            )
+        _check_installer(objects, conf["type"])
+    context = main.get("securityContext", {})
+    if not context.get("runAsNonRoot") or context.get("capabilities", {}).get("add"):
+        raise CheckError(
+            f"cannot check {_describe(deployment)}: the {proxy.value} container must run as "
+            "non-root without added capabilities"
+        )
+
+
 def _check_reads_config_map(
     deployment: Mapping[str, Any],
     container: Mapping[str, Any],
     volumes: Mapping[str, Any],
     config_map: Mapping[str, Any],
+    file_variable: str = config.ENV_DESTINATION_FILE,
 ) -> None:
     """The container reads its configuration from the ConfigMap, and only from there."""
     env = _env_of(container)
@@ -717,7 +856,7 @@ def _check_reads_config_map(
                 f"{', '.join(repeated)} besides {config.ENV_CNI_CONFIG}"
             )
     else:
-        variable, key = config.ENV_DESTINATION_FILE, manifest.DESTINATIONS_KEY
+        variable, key = file_variable, manifest.DESTINATIONS_KEY
     path = env.get(variable, "")
     mounted = [
         m for m in container.get("volumeMounts", [])

@@ -87,6 +87,8 @@ class RouterSpec:
     resources: Mapping[str, Mapping[str, str | int]] | None = None
     debug: bool = False
     vrid: int | None = None  # ha: true: two replicas, keepalived's VRRP pair with this VRID
+    proxy: config.Mode | None = None  # mode http-proxy/dns-proxy (None: redirect)
+    proxy_ports: tuple[int, ...] = ()  # the proxy's TCP ports (the Service's ports)
 
     @property
     def ha(self) -> bool:
@@ -106,6 +108,9 @@ class RouterSpec:
             (config.ENV_DESTINATION_FILE, DESTINATIONS_PATH),
             (config.ENV_HTTP_PORT, str(self.http_port)),
         ]
+        if self.proxy is not None:
+            # The init container of a proxy pod sets up the network only (upstream's too).
+            env = [e for e in env if e[0] != config.ENV_DESTINATION_FILE]
         if self.backend is not config.Backend.NFTABLES:
             env.append((config.ENV_BACKEND, self.backend.value))
         if self.pod_interface != config.DEFAULT_POD_INTERFACE:

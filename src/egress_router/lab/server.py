@@ -20,9 +20,11 @@ exchange, flushed and written before the reply is sent, so a client holding a
 reply can read the entry at once.
 
 TCP: the server reads one line (5 s at most) and answers with one JSON line,
-then closes. If that first line is ``STREAM``, it answers the JSON line and
-then echoes every further line until the client closes (or stays idle for
-``--stream-idle`` seconds), which gives tests a long-lived connection.
+then closes; when that line is an HTTP request line, it reads the headers and wraps the JSON
+line in an HTTP/1.1 200 answer (for curl and the HTTP proxy). If that first line is
+``STREAM``, it answers the JSON line and then echoes every further line until the client
+closes (or stays idle for ``--stream-idle`` seconds), which gives tests a long-lived
+connection.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import functools
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -172,6 +175,26 @@ async def _read_line(reader: asyncio.StreamReader, timeout: float) -> tuple[byte
     return line, rest
 
 
+_HTTP_REQUEST = re.compile(r"[A-Z]{3,10} \S+ HTTP/1\.[01]\r?")
+
+
+async def _skip_headers(reader: asyncio.StreamReader, rest: bytes) -> None:
+    """Read an HTTP request's headers up to the blank line (bounded in size and time)."""
+    buf = b"\n" + rest.replace(b"\r\n", b"\n")
+    deadline = time.monotonic() + LINE_TIMEOUT
+    while b"\n\n" not in buf and len(buf) < MAX_LINE:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            chunk = await asyncio.wait_for(reader.read(4096), remaining)
+        except (TimeoutError, ConnectionError):
+            return
+        if not chunk:
+            return
+        buf += chunk.replace(b"\r\n", b"\n")
+
+
 class Server:
     """All endpoints of one ``serve`` process."""
 
@@ -230,9 +253,19 @@ class Server:
         line, rest = await _read_line(reader, LINE_TIMEOUT)
         data = _decode(line)
         event = _reply("tcp", server_text, peer, data)
+        http = _HTTP_REQUEST.fullmatch(data) is not None
+        if http:
+            await _skip_headers(reader, rest)
         # Log before replying: once a client holds the reply, the log has it.
         self._log.write(event)
-        writer.write((json.dumps(event) + "\n").encode())
+        body = (json.dumps(event) + "\n").encode()
+        if http:
+            # An HTTP request (a proxy's, or curl's) gets an HTTP answer with the same body.
+            body = (
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode() + body
+        writer.write(body)
         await writer.drain()
         if data != STREAM_HELLO:
             return

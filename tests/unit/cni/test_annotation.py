@@ -100,3 +100,28 @@ def test_an_annotated_pod_whose_namespace_is_gone_fails_with_a_cni_error(
     )
     assert code == 1
     assert "does not exist" in answer["msg"]
+
+
+def test_a_json_kubeconfig_with_inline_certificates_is_read(tmp_path: Path) -> None:
+    doc = {
+        "current-context": "c",
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+        "clusters": [
+            {
+                "name": "k",
+                "cluster": {
+                    "server": "https://172.31.0.2:6443",
+                    "certificate-authority-data": "Q0E=",
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": "u",
+                "user": {"client-certificate-data": "Q0VSVA==", "client-key-data": "S0VZ"},
+            }
+        ],
+    }
+    (tmp_path / "kc").write_text(json.dumps(doc))
+    access = annotation.load_kubeconfig(str(tmp_path / "kc"))
+    assert (access.ca_data, access.cert_data, access.key_data) == (b"CA", b"CERT", b"KEY")

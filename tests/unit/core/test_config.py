@@ -335,7 +335,13 @@ BAD_ENV: list[tuple[dict[str, str | None], str]] = [
     (
         {"EGRESS_ROUTER_MODE": "daemon"},
         "cannot parse EGRESS_ROUTER_MODE: unknown value 'daemon'; expected one of 'init', "
-        "'legacy', 'unit-test'",
+        "'legacy', 'unit-test', 'http-proxy', 'dns-proxy'",
+    ),
+    (
+        {"EGRESS_ROUTER_MODE": "http-proxy"},
+        "cannot parse EGRESS_DESTINATION: is set, but EGRESS_ROUTER_MODE=http-proxy redirects "
+        "nothing (its pod's proxy container decides where traffic goes); remove it, or use the "
+        "mode init or legacy to redirect",
     ),
     (
         {"EGRESS_ROUTER_BACKEND": "ipfw"},

@@ -105,7 +105,9 @@ def error_of(text: str, loader: Any = manifest.load_config_text) -> str:
 # --------------------------------------------------------------------------- golden
 
 
-@pytest.mark.parametrize("name", ["seed", "cni", "egressrouter", "dual", "ha", "ha-cni"])
+@pytest.mark.parametrize(
+    "name", ["seed", "cni", "egressrouter", "dual", "ha", "ha-cni", "http-proxy", "dns-proxy"]
+)
 def test_golden_manifests(name: str) -> None:
     check_golden(f"{name}.yaml", render.to_yaml(render.render(load(name)).objects))
 
@@ -554,7 +556,7 @@ def test_a_change_wait_cannot_reload_rolls_the_pod_and_nothing_else_does() -> No
             "cannot parse r.yaml: destination: unknown field; did you mean destinations? expected "
             "one of name, namespace, source, gateway, destinations, extraPorts, attachment, image, "
             "imagePullPolicy, nodeSelector, resources, backend, podInterface, httpPort, debug, "
-            "ha, vrid",
+            "ha, vrid, mode",
         ),
         (
             BASE + "destinations: ['80 tcp 203.0.113.25'\n",
@@ -1059,3 +1061,71 @@ def test_the_plugin_and_the_schema_share_one_vocabulary() -> None:
     props = cniconf.SCHEMA["properties"]
     assert props["cniVersion"]["enum"] == list(netconf.SUPPORTED_VERSIONS)
     assert props["interfaceArgs"]["properties"]["mode"]["enum"] == list(netconf.MACVLAN_MODES)
+
+
+# --------------------------------------------------------------------------- proxy pods
+
+
+@pytest.mark.parametrize("name", ["http-proxy", "dns-proxy"])
+def test_proxy_pods_validate_and_keep_their_invariants(name: str) -> None:
+    objects = render.render(load(name)).objects
+    assert [o["kind"] for o in objects] == ["ConfigMap", "Service", "Deployment"]
+    render.check(objects)
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    init_env = {e["name"]: e["value"] for e in init["env"]}
+    assert init_env["EGRESS_ROUTER_MODE"] == name
+    assert "EGRESS_DESTINATION_FILE" not in init_env
+    # The init container's environment is accepted by the router's own parser as is.
+    config.load_config(init_env)
+    (main,) = pod["containers"]
+    assert main["args"] == [name]
+    assert main["securityContext"]["runAsNonRoot"] is True
+    assert main["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_dns_proxy_ports_are_the_service_and_low_ports_get_the_sysctl() -> None:
+    objects = render.render(load("dns-proxy")).objects
+    ports = [(p["port"], p["targetPort"]) for p in one(objects, "Service")["spec"]["ports"]]
+    assert ports == [(80, 80), (8443, 8443), (5432, 5432)]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["sysctls"] == [
+        {"name": "net.ipv4.ip_unprivileged_port_start", "value": "80"}
+    ]
+
+
+def test_check_refuses_a_proxy_service_without_the_proxy_port() -> None:
+    objects = render.render(load("http-proxy")).objects
+    one(objects, "Service")["spec"]["ports"][0]["port"] = 3128
+    with pytest.raises(render.CheckError, match="are not the http-proxy's ports"):
+        render.check(objects)
+
+
+def test_check_refuses_a_privileged_proxy_container() -> None:
+    objects = render.render(load("http-proxy")).objects
+    main = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    main["securityContext"]["capabilities"]["add"] = ["NET_ADMIN"]
+    with pytest.raises(render.CheckError, match="must run as non-root"):
+        render.check(objects)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("mode: http-proxy\ndestinations: [intranet]\n",
+         "cannot parse r.yaml: destinations[0] 'intranet': 'intranet' is a single-label name"),
+        ("mode: dns-proxy\ndestinations: [80 203.0.113.25, 80 203.0.113.26]\n",
+         "cannot parse r.yaml: destinations[1] '80 203.0.113.26': port 80 is already forwarded "
+         "by destinations[0]"),
+        ("mode: dns-proxy\ndestinations: [9090 203.0.113.25]\n",
+         "cannot parse r.yaml: destinations[0] '9090 203.0.113.25': port 9090 is the router's "
+         "HTTP port (httpPort)"),
+        ("mode: http-proxy\nhttpPort: 8080\ndestinations: ['*']\n",
+         "cannot parse r.yaml: httpPort '8080': is the HTTP proxy's port 8080"),
+        ("mode: http-proxy\nextraPorts: [9000/tcp]\ndestinations: ['*']\n",
+         "cannot parse r.yaml: extraPorts"),
+        ("mode: socks\ndestinations: ['*']\n", "cannot parse r.yaml: mode"),
+    ],
+)
+def test_proxy_config_errors_name_the_field(extra: str, message: str) -> None:
+    assert error_of(BASE + extra).startswith(message)

@@ -29,6 +29,8 @@ DEFAULT_LOG_LEVEL = "info"
 HA_FIELDS = ("mode", "vrid")
 MAX_ADDRESSES = 2 * MAX_POOL  # ip.addresses: a pool of up to MAX_POOL a family
 MAX_GATEWAYS = 2  # one a family
+# "mode" (ours): a proxy pod's network set-up, as its init container's EGRESS_ROUTER_MODE.
+PROXY_MODES = ("http-proxy", "dns-proxy")
 
 _STRINGS: dict[str, Any] = {"type": "array", "items": {"type": "string"}, "minItems": 1}
 _IFNAME: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": IFNAME_MAX_BYTES}
@@ -39,6 +41,10 @@ SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["cniVersion", "name", "type", "ip", "interfaceType", "interfaceArgs"],
+    # The redirect (no mode) needs its rules; a proxy pod's set-up (a mode) takes none.
+    "if": {"not": {"required": ["mode"]}},
+    "then": {"properties": {"ip": {"required": ["destinations"]}}},
+    "else": {"properties": {"ip": {"not": {"required": ["destinations"]}}}},
     "properties": {
         "cniVersion": {"enum": list(SUPPORTED_VERSIONS)},
         "name": {"type": "string", "minLength": 1},
@@ -46,7 +52,7 @@ SCHEMA: dict[str, Any] = {
         "ip": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["addresses", "gateway", "destinations"],
+            "required": ["addresses", "gateway"],  # and destinations, unless "mode" is set
             "properties": {
                 "addresses": {**_STRINGS, "maxItems": MAX_ADDRESSES},
                 "gateway": {
@@ -65,6 +71,7 @@ SCHEMA: dict[str, Any] = {
                 "mtu": {"type": "string", "pattern": "^[0-9]+$"},
             },
         },
+        "mode": {"enum": list(PROXY_MODES)},
         "podInterface": _IFNAME,
         "httpPort": {"type": "integer", "minimum": 0, "maximum": 65535},
         "log_level": {"enum": list(LOG_LEVEL_NAMES)},

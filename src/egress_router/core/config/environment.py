@@ -147,8 +147,11 @@ def load_config(
     if ENV_GATEWAY not in env:
         raise ConfigError(ENV_GATEWAY, "is not set; set it to the gateway's address")
     gateways = parse_gateways(env[ENV_GATEWAY])
-    variable, text = read_destination_text(env, read_text)
-    destinations = parse_destinations(text, variable)
+    if mode.redirects:
+        variable, text = read_destination_text(env, read_text)
+        destinations = parse_destinations(text, variable)
+    else:
+        variable, text, destinations = _no_destinations(env, mode)
     check_families(sources, gateways, destinations, destination_variable=variable)
     check_destinations(sources, gateways, destinations, variable, text)
     check_http_port(destinations, http_port, variable, text)
@@ -174,6 +177,19 @@ def load_config(
     if ha_settings is not None:
         check_ha_sources(cfg)
     return cfg
+
+
+def _no_destinations(env: Mapping[str, str], mode: Mode) -> tuple[str, str, Destinations]:
+    """The proxy modes redirect nothing: an EGRESS_DESTINATION there is a mistake, said so."""
+    for name in (ENV_DESTINATION, ENV_DESTINATION_FILE):
+        if strip_space(env.get(name, "")):
+            raise ConfigError(
+                name,
+                f"is set, but EGRESS_ROUTER_MODE={mode.value} redirects nothing (its pod's "
+                "proxy container decides where traffic goes); remove it, or use the mode "
+                "init or legacy to redirect",
+            )
+    return ENV_DESTINATION, "", Destinations(rules=())
 
 
 def parse_http_port(text: str, variable: str = ENV_HTTP_PORT) -> int:

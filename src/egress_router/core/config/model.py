@@ -45,6 +45,15 @@ class Mode(enum.Enum):
     INIT = "init"
     LEGACY = "legacy"
     UNIT_TEST = "unit-test"
+    # Upstream's proxy pods: the network set-up only (address, routes, announcements,
+    # sysctls, the one-way door) and no redirect; the main container is the proxy.
+    HTTP_PROXY = "http-proxy"
+    DNS_PROXY = "dns-proxy"
+
+    @property
+    def redirects(self) -> bool:
+        """Whether the router redirects (reads EGRESS_DESTINATION); not in the proxy modes."""
+        return self not in (Mode.HTTP_PROXY, Mode.DNS_PROXY)
 
 
 class Backend(enum.Enum):
