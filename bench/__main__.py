@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import capacity, cni_add, flowtable, ha, harness, proxies, results, run, wait
+from bench import breaks, capacity, cni_add, flowtable, ha, harness, proxies, results, run, wait
 from egress_router.lab import world as labmod
 
 
@@ -45,6 +45,10 @@ SUITES: dict[str, Suite] = {
     "wait": Suite(
         "the waiting container at 10,000 rules: edits, drift, scrapes, start, SIGTERM",
         wait.add_arguments, wait.run_suite,
+    ),
+    "breaks": Suite(
+        "issue 18's figures against another checkout: drift windows, drifts in a row, a flood",
+        breaks.add_arguments, breaks.run_suite,
     ),
     "capacity": Suite(
         "connections to one destination through the source-address pool",

@@ -117,10 +117,6 @@ def run_from_environment(env: Mapping[str, str]) -> int:
     stop = _Stop()
     stop.install()
     firewall = engine.make_firewall(cfg.backend)
-    other = (
-        config.Backend.IPTABLES if cfg.backend is config.Backend.NFTABLES
-        else config.Backend.NFTABLES
-    )
     log.debug("configuration: %s", cfg)
     log.debug("ruleset:\n%s", firewall.render(cfg))
     try:
@@ -130,7 +126,7 @@ def run_from_environment(env: Mapping[str, str]) -> int:
             firewall,
             announce.SocketAnnouncer(),
             sleep=stop.sleep,
-            stale=engine.make_firewall(other),
+            stale=engine.stale_firewall(cfg.backend),
             probe=preflight.SystemProbe(),
         )
     except engine.ApplyError as err:

@@ -156,6 +156,9 @@ def collect(
     )
 
 
+FOREIGN_REPORTED = 60.0  # seconds a foreign VRRP speaker's last advert is a problem for
+
+
 def ha_status(
     cfg: config.Config, read: Callable[[config.Config], dict[str, Any] | None]
 ) -> tuple[dict[str, Any] | None, list[str]]:
@@ -170,6 +173,13 @@ def ha_status(
     problems = []
     if reported.get("role") == "active" and not reported.get("holds_address", True):
         problems.append("HA role is active but the reserved address is not on the interface")
+    foreign = reported.get("foreign_speaker")
+    if foreign and time.time() - float(foreign.get("last_seen", 0)) <= FOREIGN_REPORTED:
+        problems.append(
+            f"a foreign VRRP speaker on VRID {reported.get('vrid')}: {foreign.get('reason')} "
+            f"(last seen {time.time() - float(foreign['last_seen']):.0f}s ago); VRRP has no "
+            "authentication: it can keep both replicas from holding the reserved address"
+        )
     return reported, problems
 
 
@@ -293,6 +303,8 @@ def show(report: Report, console: Console) -> None:
             ("holds the reserved address", report.ha.get("holds_address")),
             ("advert source", report.ha.get("advert_source")),
             ("peer seen", peer.get("address", "none")),
+            ("foreign VRRP speaker", (report.ha.get("foreign_speaker") or {}).get(
+                "address", "none")),
             ("transitions", report.ha.get("transitions")),
             ("last transition", "-" if last is None else time.strftime(
                 "%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(last)))),

@@ -16,7 +16,8 @@ process owns the router for as long as the pod lives:
   desired state (our table as it was right after the last apply, links,
   addresses, routes, forwarding) and repairs what drifted, counting each repair;
 * it re-resolves DNS-named destinations when their TTL runs out;
-* it serves ``/healthz``, ``/readyz`` and ``/metrics`` on ``EGRESS_ROUTER_HTTP_PORT``;
+* it serves ``/healthz``, ``/readyz`` and ``/metrics`` on ``EGRESS_ROUTER_HTTP_PORT``
+  (`router.http`: one event loop, a deadline per request, bounded connections);
 * it stops within a second on SIGTERM and leaves the rules in place.
 
 One process per network namespace: the lock is an abstract Unix socket,
@@ -32,8 +33,8 @@ timers, so drift is repaired about as soon as it happens; the periodic
 comparison stays as the safety net. SIGTERM unwinds whatever the main thread
 is doing (an apply, a cut, announcements: each leaves the kernel consistent,
 nft transactions being atomic) and the process exits 0 at once. Probes and
-scrapes are served by their own threads from the last known state, never
-waiting for the main thread's work.
+scrapes are served by the endpoint's own two threads from the last known state,
+never waiting for the main thread's work.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import os
 import select
 import signal
 import socket
-import socketserver
 import struct
 import sys
 import threading
@@ -55,7 +55,7 @@ from types import FrameType
 
 from egress_router.core import config
 from egress_router.kernel import events
-from egress_router.router import metrics
+from egress_router.router import http, metrics
 from egress_router.router.reconciler import Edges, Router, real_edges
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 LOCK_NAME = b"\0egress-router-wait"
 WAIT_SLICE = 0.5  # the loop's longest sleep: a safety net should a signal miss the wait
 SETTLE = 0.05  # after a kernel change event, let the burst (one `ip` command's) finish
+# A kernel change whose repair is held back this long is checked, and /readyz says 503
+# if it broke the data path (issue 18: ready while broken for 12 s).
+BROKEN_AFTER = 1.0
 HEALTH_GRACE = 30.0  # /healthz fails when the loop has not turned for this long (+ intervals)
 # How long the main thread keeps the GIL while an HTTP thread waits for it (CPython's
 # default: 5 ms). A probe's answer needs the GIL a handful of times (accept, read, write).
@@ -83,134 +86,25 @@ class Stopping(BaseException):  # like KeyboardInterrupt: not an error
 # ---------------------------------------------------------------------- HTTP
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    router: Router
-    registry: metrics.Metrics
-    heartbeat: Callable[[], float]
-    stale_after: float
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:
-            # One socket for both families: kubelet probes and scrapes come over either.
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        # No socket.getfqdn() (which http.server's bind calls): a reverse lookup that
-        # takes ~10 s on a host without DNS, all before the first probe is answered.
-        socketserver.TCPServer.server_bind(self)
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        # A probe or scraper that hangs up early is no error of ours: no traceback for it.
-        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
-            log.debug("http: %s went away", client_address)
-            return
-        super().handle_error(request, client_address)  # type: ignore[arg-type]
-
-
-HTTP_LINE = 8192  # longest request or header line read
-HTTP_HEADERS = 64  # most header lines read (their content is not needed)
-HTTP_TIMEOUT = 10.0  # a client that sends nothing for this long is dropped
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            500: "Internal Server Error", 503: "Service Unavailable"}
-
-
-class _Handler(socketserver.StreamRequestHandler):
-    """Just enough HTTP/1.0 for probes and scrapes: GET (or HEAD), one request a connection.
-
-    Not http.server: it imports http.client and with it ssl, ~5 MiB of the
-    40 MiB budget for code never run here. Probes are answered from the last
-    known state (`Router.readiness`, the heartbeat), never from the kernel and
-    under no lock the main thread's work holds; the answer goes out in one write.
-    """
-
-    server: _Server
-    timeout = HTTP_TIMEOUT
-    head_only = False
-
-    def handle(self) -> None:
-        request = self.rfile.readline(HTTP_LINE + 1)
-        for _ in range(HTTP_HEADERS):
-            header = self.rfile.readline(HTTP_LINE + 1)
-            if header in (b"\r\n", b"\n", b""):
-                break
-        words = request.split()
-        if len(words) != 3 or len(request) > HTTP_LINE or not words[2].startswith(b"HTTP/"):
-            self._text(400, "bad request: expected GET <path> HTTP/1.x\n")
-            return
-        method, target = words[0], words[1].decode("latin-1")
-        if method not in (b"GET", b"HEAD"):
-            self._text(405, "only GET and HEAD are served\n")
-            return
-        self.head_only = method == b"HEAD"
-        path = target.split("?", 1)[0]
-        if path == "/healthz":
-            age = time.monotonic() - self.server.heartbeat()
-            if age > self.server.stale_after:
-                self._text(500, f"main loop has not run for {age:.0f}s\n")
-            else:
-                self._text(200, "ok\n")
-        elif path == "/readyz":
-            ready, why = self.server.router.readiness()
-            self._text(200 if ready else 503, f"{why}\n")
-        elif path == "/metrics":
-            self.wfile.write(self._head(200, metrics.CONTENT_TYPE))
-            if not self.head_only:
-                self.server.router.write_rule_metrics(
-                    lambda text: self.wfile.write(text.encode())
-                )
-        else:
-            self._text(404, "not found: try /healthz, /readyz or /metrics\n")
-
-    @staticmethod
-    def _head(code: int, content_type: str, length: int | None = None) -> bytes:
-        lines = [f"HTTP/1.0 {code} {_REASONS[code]}", "Server: egress-router",
-                 f"Content-Type: {content_type}", "Connection: close"]
-        if length is not None:
-            lines.append(f"Content-Length: {length}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-    def _text(self, code: int, body: str) -> None:
-        data = body.encode()
-        head = self._head(code, "text/plain; charset=utf-8", len(data))
-        self.wfile.write(head if self.head_only else head + data)
-
-
 def serve_http(
-    port: int, router: Router, registry: metrics.Metrics, heartbeat: Callable[[], float],
-    stale_after: float,
-) -> _Server:
-    """Start the HTTP server in a thread (all addresses, both families when possible)."""
-    server: _Server | None = None
-    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
-        _Server.address_family = family
-        try:
-            server = _Server((host, port), _Handler)
-            break
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise WaitError(
-                    f"cannot serve HTTP on port {port}: it is in use; set "
-                    f"{config.ENV_HTTP_PORT} to a free port (0 turns the server off)"
-                ) from None
-            if family == socket.AF_INET:
-                raise WaitError(f"cannot serve HTTP on port {port}: {err}") from None
-    assert server is not None
-    server.router = router
-    server.registry = registry
-    server.heartbeat = heartbeat
-    server.stale_after = stale_after
-    thread = threading.Thread(target=_serve, args=(server,), name="http", daemon=True)
-    thread.start()
+    port: int, router: Router, heartbeat: Callable[[], float], stale_after: float,
+) -> http.Server:
+    """Start the HTTP endpoint (`router.http`): probes from the last known state, scrapes."""
+
+    def health() -> tuple[bool, str]:
+        age = time.monotonic() - heartbeat()
+        if age > stale_after:
+            return False, f"main loop has not run for {age:.0f}s"
+        return True, "ok"
+
+    try:
+        server = http.Server(port, http.Handlers(health, router.readiness,
+                                                 router.write_rule_metrics))
+    except http.HttpError as err:
+        raise WaitError(f"{err}; set {config.ENV_HTTP_PORT} to a free port (0 turns the "
+                        "server off)") from None
+    server.start()
     return server
-
-
-def _serve(server: _Server) -> None:
-    # The kernel hands a process-directed signal to any thread that does not block
-    # it; Python only runs handlers in the main thread, and only wakes it if the
-    # signal landed there. Blocked here (and inherited by the request threads),
-    # SIGTERM always interrupts the main loop's wait at once.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    server.serve_forever(poll_interval=0.1)
 
 
 # ---------------------------------------------------------------------- lock and signals
@@ -288,6 +182,10 @@ class Signals:
         self.hup = False
         self.changed: float | None = None
 
+    def forget(self) -> None:
+        """Forget the kernel events seen so far (the start-up's own changes)."""
+        self.changed = None
+
     def kernel_changed(self) -> None:
         if self.changed is None:
             self.changed = time.monotonic()
@@ -311,15 +209,6 @@ class Signals:
 
     def _hup(self, signum: int, frame: FrameType | None) -> None:
         self.hup = True  # seen within WAIT_SLICE (no `wake.set()`: see `_stop`)
-
-    def sleep(self, seconds: float) -> None:
-        """An interruptible sleep (announcement spacing): ends at once when stopping."""
-        if not self.stopping:
-            end = time.monotonic() + seconds
-            while not self.stopping and (left := end - time.monotonic()) > 0:
-                self.wake.wait(min(left, WAIT_SLICE))
-                if self.hup or self.stopping:
-                    break
 
 
 class StopDeadline:
@@ -370,6 +259,7 @@ def _loop(
     next_watch = now + settings.watch
     next_reconcile = now + settings.reconcile
     last_event_check = 0.0
+    verified: float | None = None  # the pending event a held-back check was made for
     generation = router.generation
     while not signals.stopping:
         now = time.monotonic()
@@ -385,24 +275,34 @@ def _loop(
             router.poll_file()
             next_watch = time.monotonic() + settings.watch
         router.refresh_dns()
+        router.announce_due()
         changed = signals.changed
         event_due = (
             None if changed is None else max(changed + SETTLE, last_event_check + router.backoff)
         )
         if (event_due is not None and now >= event_due) or now >= next_reconcile:
             signals.changed = None
+            verified = None
             router.reconcile()
             last_event_check = time.monotonic()
             next_reconcile = last_event_check + settings.reconcile
             continue  # our own repairs are kernel changes too: look at the clock again
-        if event_due is None:
-            router.settle(background=True)  # idle work (a second or two at 10,000 rules)
         deadlines = [next_watch, next_reconcile]
-        if event_due is not None:
+        if event_due is not None and changed is not None:
+            # The repair is held back (the backoff): after BROKEN_AFTER, check without
+            # repairing, so that /readyz says 503 while the data path is known broken.
+            if verified != changed:
+                if now >= changed + BROKEN_AFTER:
+                    verified = changed
+                    router.verify()
+                    continue
+                deadlines.append(changed + BROKEN_AFTER)
             deadlines.append(event_due)
-        due = router.next_dns()
-        if due is not None:
-            deadlines.append(due)
+        else:
+            router.settle(background=True)  # idle work (a second or two at 10,000 rules)
+        for due in (router.next_dns(), router.next_announcement()):
+            if due is not None:
+                deadlines.append(due)
         timeout = max(0.0, min(deadlines) - time.monotonic())
         signals.wake.wait(min(timeout, WAIT_SLICE))
         signals.wake.clear()
@@ -473,20 +373,19 @@ def run(
         registry = metrics.Metrics()
         router = Router(
             env, settings, kernel or real_edges(_backend(env), settings), registry,
-            sleep=signals.sleep, reread=reread,
+            reread=reread,
         )
         router.load()  # parsed once, here: 10,000 rules are worth not parsing twice
         beat = [time.monotonic()]
         if http_port:
             server = serve_http(
-                http_port, router, registry, lambda: beat[0],
+                http_port, router, lambda: beat[0],
                 HEALTH_GRACE + settings.reconcile + settings.watch,
             )
         if kernel is None:
             watcher = events.Watcher(signals.kernel_changed)
             watcher.start()
-        router.start()
-        signals.changed = None  # our own start-up changes
+        router.start(on_ready=signals.forget)  # events after that are drift to repair
         _freeze(signals)
         _loop(router, settings, signals, beat)
     except Stopping:
@@ -498,7 +397,6 @@ def run(
         if watcher is not None:
             watcher.stop()
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.close()
         lock.release()
     return 0

@@ -76,7 +76,7 @@ class Harness:
             full_env = reread()  # CNI mode: the environment completed from the plugin's file
         settings = config.parse_wait_settings(full_env)
         self.router = reconciler.Router(
-            full_env, settings, kernel, self.registry, sleep=lambda s: None, clock=self.clock,
+            full_env, settings, kernel, self.registry, clock=self.clock,
             wall=lambda: 1_700_000_000.0, reread=reread,
         )
 

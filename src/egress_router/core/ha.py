@@ -297,6 +297,26 @@ def clash(advert: Advert, settings: Settings, cfg: config.Config) -> str | None:
     return None
 
 
+def foreign(advert: Advert, settings: Settings) -> str | None:
+    """Why ``advert`` cannot come from the other replica of the pair (None: it may).
+
+    For an advert of our VRID and our addresses (`clash` found nothing): both
+    replicas advertise from a 169.254.0.0/16 address at the pair's priority, so
+    another source or priority is a foreign VRRP speaker. VRRP has no
+    authentication: one at a higher priority silences the pair (every replica
+    yields to it and none holds the reserved address), as ARP spoofing would.
+    """
+    if advert.vrid != settings.vrid:
+        return None
+    if advert.source not in LINK_LOCAL:
+        return (f"{advert.source} advertises VRID {advert.vrid} at priority {advert.priority} "
+                "from outside the pair's 169.254.0.0/16")
+    if advert.priority != settings.priority:
+        return (f"{advert.source} advertises VRID {advert.vrid} at priority {advert.priority}, "
+                f"not the pair's {settings.priority}")
+    return None
+
+
 def clash_error(reason: str, vrid: int, variable: str = ENV_VRID) -> config.ConfigError:
     return config.ConfigError(
         variable,

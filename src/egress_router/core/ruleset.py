@@ -453,6 +453,7 @@ def _nft_input(cfg: config.Config) -> list[str]:
             'counter drop comment "HTTP only from the pod side"'
         )
         lines.append(f'\t\tiifname "{pod}" tcp dport {cfg.http_port} accept')
+    lines += _nft_ha_input(cfg)
     if cfg.mode.redirects:
         lines += [
             f'\t\tiifname "{pod}" ct state new meta l4proto tcp reject with tcp reset',
@@ -470,6 +471,28 @@ def _nft_input(cfg: config.Config) -> list[str]:
         "\t}",
     ]
     return lines
+
+
+def _nft_ha_input(cfg: config.Config) -> list[str]:
+    """HA: VRRP adverts for the pair's VRID only from its link-local range at its priority.
+
+    Both replicas advertise from a 169.254.0.0/16 address at the pair's priority; VRRP
+    has no authentication, and a host of the egress L2 advertising the VRID from its own
+    address, or outbidding the pair (priority 255), would keep every replica from holding
+    the address. Dropped here, keepalived never hears them; the pair's own watch reads
+    adverts before the firewall (a packet socket), so they are still counted and named.
+    Other VRIDs pass: other groups' business, and the VRID check's.
+    """
+    if cfg.ha is None:
+        return []
+    egress = cfg.egress_interface
+    vrrp = f'iifname "{egress}" ip protocol vrrp @th,8,8 {cfg.ha.vrid}'
+    return [
+        f"\t\t{vrrp} ip saddr != {ha.LINK_LOCAL} counter drop "
+        'comment "VRRP for our VRID from outside the pair\'s 169.254.0.0/16: dropped"',
+        f"\t\t{vrrp} @th,16,8 != {cfg.ha.priority} counter drop "
+        'comment "VRRP for our VRID at another priority than the pair\'s: dropped"',
+    ]
 
 
 def _nft_antispoof(cfg: config.Config) -> list[str]:
@@ -813,6 +836,15 @@ def render_iptables(
                 f"-A {IPT_OUTPUT} -o {egress} -s {ha.LINK_LOCAL} -d {ha.VRRP_GROUP4} -p 112 "
                 "-j RETURN"
             )
+            # Adverts for the pair's VRID only from its link-local range at its priority:
+            # see `_nft_ha_input` (u32: the VRRP header's second and third byte).
+            vrid = f'"0>>22&0x3C@0>>16&0xFF={cfg.ha.vrid}"'
+            filt += [
+                f"-A {IPT_INPUT} -i {egress} -p 112 ! -s {ha.LINK_LOCAL} -m u32 --u32 {vrid} "
+                "-j DROP",
+                f"-A {IPT_INPUT} -i {egress} -p 112 -m u32 --u32 {vrid} -m u32 ! --u32 "
+                f'"0>>22&0x3C@0>>8&0xFF={cfg.ha.priority}" -j DROP',
+            ]
         if family == 6:
             # ICMPv6 from link-local or unspecified sources never leaves the link.
             filt += [

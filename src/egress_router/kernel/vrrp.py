@@ -425,8 +425,32 @@ def set_link_down(ifname: str) -> None:
     _ip("link", "set", "dev", ifname, "down")
 
 
+# Classic BPF for a packet socket of SOCK_DGRAM (data at the IP header): IP protocol 112
+# only, so that the traffic the router forwards is never copied to this process.
+SO_ATTACH_FILTER = 26
+_VRRP_ONLY = (
+    (0x30, 0, 0, 9),  # ldb [9]: the IP header's protocol
+    (0x15, 0, 1, ha.VRRP_PROTO),  # jeq #112
+    (0x06, 0, 0, 0xFFFF),  # ret: the packet
+    (0x06, 0, 0, 0),  # ret: nothing
+)
+
+
+def _attach_vrrp_filter(sock: socket.socket) -> None:
+    program = b"".join(struct.pack("HBBI", *insn) for insn in _VRRP_ONLY)
+    buffer = ctypes.create_string_buffer(program)
+    fprog = struct.pack("HL", len(_VRRP_ONLY), ctypes.addressof(buffer))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
 class AdvertListener:
-    """A raw socket that hands every VRRP advert seen on ``ifname`` to a callback."""
+    """A packet socket that hands every VRRP advert seen on ``ifname`` to a callback.
+
+    A packet socket sees the adverts before the firewall does: those the ruleset
+    drops (a foreign speaker on the pair's VRID) are still counted and named. A
+    BPF filter passes IP protocol 112 only; the Ethernet group is joined so that
+    a macvlan passes the frames up.
+    """
 
     def __init__(self, ifname: str, on_advert: Callable[[ha.Advert], None]) -> None:
         self.ifname = ifname
@@ -436,14 +460,16 @@ class AdvertListener:
         self._sock: socket.socket | None = None
 
     def open(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, ha.VRRP_PROTO)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+        except OSError as err:
+            raise VrrpError(f"cannot watch VRRP adverts on {self.ifname}: {err}") from None
+        try:
+            _attach_vrrp_filter(sock)
+            sock.bind((self.ifname, ETH_P_IP))
             index = socket.if_nametoindex(self.ifname)
-            # Multicast is only delivered for groups joined on the interface; keepalived
-            # joins too, but the clash check listens before it runs.
-            mreqn = ha.VRRP_GROUP4.packed + b"\0" * 4 + struct.pack("@i", index)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            mreq = struct.pack("@iHH8s", index, PACKET_MR_MULTICAST, 6, VRRP_MAC4)
+            sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
         except OSError as err:
             sock.close()
             raise VrrpError(f"cannot watch VRRP adverts on {self.ifname}: {err}") from None
@@ -458,12 +484,14 @@ class AdvertListener:
                 ready, _, _ = select.select([self._sock], [], [], 0.2)
                 if not ready:
                     continue
-                packet = self._sock.recv(2048)
+                packet, address = self._sock.recvfrom(2048)
             except OSError as err:
                 if err.errno != errno.EINTR:
                     log.warning("cannot read VRRP adverts: %s", err)
                     return
                 continue
+            if address[2] == PACKET_OUTGOING:
+                continue  # our own adverts
             advert = ha.parse_advert(packet)
             if advert is not None:
                 self.on_advert(advert)

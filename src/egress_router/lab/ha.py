@@ -250,6 +250,52 @@ def up(prefix: str, attachment: str = "annotation", dual: bool = False) -> HaLab
     return lab
 
 
+# A host on the egress L2 (the gateway's namespace) that speaks VRRPv3 for the pair's VRID and
+# reserved address from its own address: argv = source, vrid, priority, rate, seconds.
+FOREIGN_SPEAKER = r"""
+import socket, struct, sys, time
+source, vrid, priority = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rate, seconds, address = float(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+group = "224.0.0.18"
+def checksum(data):
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+body = struct.pack("!BBBBH", 0x31, vrid, priority, 1, 100) + b"\0\0" + socket.inet_aton(address)
+pseudo = socket.inet_aton(source) + socket.inet_aton(group) + struct.pack("!BBH", 0, 112, len(body))
+body = body[:6] + struct.pack("!H", checksum(pseudo + body)) + body[8:]
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+sock.bind((source, 0))
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(source))
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+sent, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    sock.sendto(body, (group, 0)); sent += 1
+    time.sleep(1 / rate)
+print(sent, flush=True)
+"""
+
+
+def foreign_speaker(lab: HaLab, seconds: float = 5.0, priority: int = 255,
+                    rate: float = 20.0, source: str = GATEWAY) -> subprocess.Popen[str]:
+    """Start a foreign VRRP speaker on the pair's VRID from the gateway (it prints the count).
+
+    ``source`` must be an address of the gateway's ``lan0`` (`gateway_address`).
+    """
+    argv = [sys.executable, "-c", FOREIGN_SPEAKER, source, str(VRID), str(priority),
+            str(rate), str(seconds), RESERVED]
+    return subprocess.Popen(["ip", "netns", "exec", lab.ns("gw"), *argv],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def gateway_address(lab: HaLab, address: str, add: bool) -> None:
+    """Add (or delete) an address on the gateway's L2 interface (a foreign speaker's source)."""
+    _ip(lab.ns("gw"), "address", "add" if add else "del", address, "dev", "lan0")
+
+
 def down(prefix: str) -> None:
     """Stop everything the lab started and delete its namespaces; idempotent."""
     lab = HaLab(prefix)

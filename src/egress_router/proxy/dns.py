@@ -90,7 +90,10 @@ class DnsProxy:
         )
         for result in ("ok", "invalid"):
             self.reloads.labels(result=result)
-        self.registry.register(self.write_stats, f"{PREFIX}_stats")
+        self.registry.collector(
+            "the DNS proxy's HAProxy", [f"{PREFIX}_connections_total", f"{PREFIX}_servers"],
+            self.write_stats,
+        )
 
     def reserved(self) -> dict[int, str]:
         if not self.http_port:
@@ -126,20 +129,13 @@ class DnsProxy:
             maxconn=proxy_dns.maxconn_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
         )
 
-    def write_stats(self) -> str:
+    def write_stats(self, out: metrics.Writer) -> None:
+        """HAProxy's counters per forward (a collector of the registry)."""
         rows = stats(self.sock)
         by_backend: dict[str, proxy_dns.Forward] = {
             proxy_dns.backend_name(f): f for f in self.forwards
         }
-        conns = [
-            f"# HELP {PREFIX}_connections_total Connections accepted per forwarded port.\n",
-            f"# TYPE {PREFIX}_connections_total counter\n",
-        ]
-        up = [
-            f"# HELP {PREFIX}_servers Addresses a forward has now, by state (up, down, maint: "
-            "a template slot without an address).\n",
-            f"# TYPE {PREFIX}_servers gauge\n",
-        ]
+        conns: list[str] = []
         states: dict[tuple[str, str, str], int] = {}
         for row in rows:
             name = row.get("pxname", "")
@@ -156,12 +152,16 @@ class DnsProxy:
                 state = "up" if state == "no" else state
                 key = (str(forward.port), forward.target, state)
                 states[key] = states.get(key, 0) + 1
-        for (port, target, state), count in sorted(states.items()):
-            up.append(
-                f'{PREFIX}_servers{{port="{port}",target="{target}",state="{state}"}} '
-                f"{metrics.format_value(float(count))}\n"
-            )
-        return "".join(conns + up)
+        out.family(f"{PREFIX}_connections_total", "counter",
+                   "Connections accepted per forwarded port.")
+        out("".join(conns))
+        out.family(f"{PREFIX}_servers", "gauge", "Addresses a forward has now, by state (up, "
+                   "down, maint: a template slot without an address).")
+        out("".join(
+            f'{PREFIX}_servers{{port="{port}",target="{target}",state="{state}"}} '
+            f"{metrics.format_value(float(count))}\n"
+            for (port, target, state), count in sorted(states.items())
+        ))
 
     def reload(self, child: supervise.Child, text: str) -> None:
         try:

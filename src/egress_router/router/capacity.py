@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from egress_router.core import config
 from egress_router.kernel import conntrack
+from egress_router.router import metrics
 
 PORTS_PER_SOURCE = 65535 - 1024 + 1  # the NAT keeps client ports >= 1024 at >= 1024
 WARN_RATIO = 0.8
@@ -139,62 +140,53 @@ KERNEL_COUNTERS = (
 )
 
 
-def write_metrics(
-    write: Callable[[str], object], sample: Sample | None, stats: conntrack.Stats | None
-) -> None:
+SAMPLE_FAMILIES = (
+    (f"{PREFIX}_nat_ports_in_use", "gauge",
+     "Source ports of one source address taken by tracked connections to one destination "
+     f"(TIME_WAIT included), for the {TOP_DESTINATIONS} busiest destinations at the last "
+     "conntrack sample."),
+    (f"{PREFIX}_nat_ports_capacity", "gauge",
+     "Source ports the NAT can use per source address and destination."),
+    (f"{PREFIX}_conntrack_sample_timestamp_seconds", "gauge",
+     "When the conntrack table was last sampled (Unix time)."),
+    (f"{PREFIX}_conntrack_sample_duration_seconds", "gauge", "How long the last sample took."),
+    (f"{PREFIX}_conntrack_sample_truncated", "gauge",
+     f"1 when the last sample stopped at {MAX_ENTRIES:,} entries."),
+)
+LIMIT_FAMILY = (f"{PREFIX}_conntrack_entries_limit", "gauge", "The kernel's nf_conntrack_max.")
+# Every family `write_metrics` may write (the registry takes each name once). The entries
+# themselves (nf_conntrack_count) are the registry's own gauge, egress_router_conntrack_entries.
+FAMILIES = tuple(
+    [f"{PREFIX}_{suffix}" for suffix, _kind, _text, _column in KERNEL_COUNTERS]
+    + [LIMIT_FAMILY[0]] + [name for name, _kind, _text in SAMPLE_FAMILIES]
+)
+
+
+def write_metrics(out: metrics.Writer, sample: Sample | None,
+                  stats: conntrack.Stats | None) -> None:
     """The port-space and NAT-failure families in the text format (bounded cardinality)."""
-    lines: list[str] = []
     if stats is not None:
         for suffix, kind, text, column in KERNEL_COUNTERS:
-            lines += [f"# HELP {PREFIX}_{suffix} {text}", f"# TYPE {PREFIX}_{suffix} {kind}",
-                      f"{PREFIX}_{suffix} {stats.counters.get(column, 0)}"]
-        lines += [
-            f"# HELP {PREFIX}_conntrack_entries Connections tracked in the router's namespace.",
-            f"# TYPE {PREFIX}_conntrack_entries gauge",
-            f"{PREFIX}_conntrack_entries {stats.entries}",
-        ]
+            out.family(f"{PREFIX}_{suffix}", kind, text)
+            out(f"{PREFIX}_{suffix} {stats.counters.get(column, 0)}\n")
         if stats.maximum is not None:
-            lines += [
-                f"# HELP {PREFIX}_conntrack_entries_limit The kernel's nf_conntrack_max.",
-                f"# TYPE {PREFIX}_conntrack_entries_limit gauge",
-                f"{PREFIX}_conntrack_entries_limit {stats.maximum}",
-            ]
-    if sample is not None:
-        name = f"{PREFIX}_nat_ports_in_use"
-        lines += [
-            f"# HELP {name} Source ports of one source address taken by tracked connections to "
-            f"one destination (TIME_WAIT included), for the {TOP_DESTINATIONS} busiest "
-            "destinations at the last conntrack sample.",
-            f"# TYPE {name} gauge",
-        ]
-        lines += [
-            f"{name}{{{_labels(d, s)}}} {n}"
-            for d, by_source in sample.ports.items() for s, n in by_source.items()
-        ]
-        cap = f"{PREFIX}_nat_ports_capacity"
-        lines += [
-            f"# HELP {cap} Source ports the NAT can use per source address and destination.",
-            f"# TYPE {cap} gauge",
-        ]
-        lines += [
-            f"{cap}{{{_labels(d, s)}}} {PORTS_PER_SOURCE}"
-            for d, by_source in sample.ports.items() for s in by_source
-        ]
-        lines += [
-            f"# HELP {PREFIX}_conntrack_sample_timestamp_seconds When the conntrack table was "
-            "last sampled (Unix time).",
-            f"# TYPE {PREFIX}_conntrack_sample_timestamp_seconds gauge",
-            f"{PREFIX}_conntrack_sample_timestamp_seconds {sample.taken:.3f}",
-            f"# HELP {PREFIX}_conntrack_sample_duration_seconds How long the last sample took.",
-            f"# TYPE {PREFIX}_conntrack_sample_duration_seconds gauge",
-            f"{PREFIX}_conntrack_sample_duration_seconds {sample.seconds:.3f}",
-            f"# HELP {PREFIX}_conntrack_sample_truncated 1 when the last sample stopped at "
-            f"{MAX_ENTRIES:,} entries.",
-            f"# TYPE {PREFIX}_conntrack_sample_truncated gauge",
-            f"{PREFIX}_conntrack_sample_truncated {int(sample.truncated)}",
-        ]
-    if lines:
-        write("\n".join(lines) + "\n")
+            out.family(*LIMIT_FAMILY)
+            out(f"{LIMIT_FAMILY[0]} {stats.maximum}\n")
+    if sample is None:
+        return
+    (in_use, *_), (cap, *_), (taken, *_), (took, *_), (truncated, *_) = SAMPLE_FAMILIES
+    out.family(*SAMPLE_FAMILIES[0])
+    out("".join(f"{in_use}{{{_labels(d, s)}}} {n}\n"
+                for d, by_source in sample.ports.items() for s, n in by_source.items()))
+    out.family(*SAMPLE_FAMILIES[1])
+    out("".join(f"{cap}{{{_labels(d, s)}}} {PORTS_PER_SOURCE}\n"
+                for d, by_source in sample.ports.items() for s in by_source))
+    out.family(*SAMPLE_FAMILIES[2])
+    out(f"{taken} {sample.taken:.3f}\n")
+    out.family(*SAMPLE_FAMILIES[3])
+    out(f"{took} {sample.seconds:.3f}\n")
+    out.family(*SAMPLE_FAMILIES[4])
+    out(f"{truncated} {int(sample.truncated)}\n")
 
 
 class Sampler:

@@ -148,6 +148,13 @@ def make_firewall(backend: config.Backend) -> Firewall:
     return NftablesFirewall(nft.NftCommand())
 
 
+def stale_firewall(backend: config.Backend) -> Firewall:
+    """The other backend, whose rules a setup with ``backend`` removes (a switch of backend)."""
+    other = (config.Backend.IPTABLES if backend is config.Backend.NFTABLES
+             else config.Backend.NFTABLES)
+    return make_firewall(other)
+
+
 @dataclass
 class Timings:
     """Seconds spent in each stage of a setup, in order (for logs and benchmarks)."""
@@ -325,26 +332,38 @@ def announce_all(
     sleep: Callable[[float], object] = time.sleep,
 ) -> None:
     """Send every announcement ``count`` times, ``interval`` apart; failures only warn."""
+    number = 0
+    while announce_round(cfg, links, announcer, number):
+        sleep(cfg.announce_interval)
+        number += 1
+
+
+def announce_round(
+    cfg: config.Config, links: netlink.Netlink, announcer: announce.Announcer, number: int
+) -> bool:
+    """Send round ``number`` (from 0) of the announcements; True if another round follows.
+
+    The waiting process schedules the rounds in its loop (`Router.announce`), so that
+    kernel change events are acted on between them; ``init`` sleeps (`announce_all`).
+    """
     steps = plan.plan_announcements(cfg)
     if not steps:
-        return
+        return False
     try:
         index, mac = links.link_info(cfg.egress_interface)
     except errors.KernelError as err:
         log.warning("cannot announce the reserved address: %s", err)
-        return
+        return False
     rounds = max(step.count for step in steps)
-    for number in range(rounds):
-        for step in steps:
-            if number >= step.count:
-                continue
-            try:
-                announcer.send(step.ifname, index, mac, step.address)
-                log.debug("%s (%d/%d)", step.describe(), number + 1, step.count)
-            except errors.KernelError as err:
-                log.warning("%s", err)
-        if number + 1 < rounds:
-            sleep(cfg.announce_interval)
+    for step in steps:
+        if number >= step.count:
+            continue
+        try:
+            announcer.send(step.ifname, index, mac, step.address)
+            log.debug("%s (%d/%d)", step.describe(), number + 1, step.count)
+        except errors.KernelError as err:
+            log.warning("%s", err)
+    return number + 1 < rounds
 
 
 def render_iptables(cfg: config.Config) -> str:

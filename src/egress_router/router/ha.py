@@ -53,6 +53,13 @@ class HaMetrics:
                                "this VRID.", registry=registry)
         self.restarts = Counter(f"{PREFIX}_keepalived_restarts", "keepalived found dead and "
                                 "started again.", registry=registry)
+        self.foreign_adverts = Counter(
+            f"{PREFIX}_foreign_adverts", "Adverts for this VRID from a VRRP speaker that is not "
+            "the pair (another source or priority): VRRP has no authentication, and one that "
+            "outbids the pair keeps every replica from holding the address.", registry=registry)
+        self.foreign_seen = Gauge(
+            f"{PREFIX}_foreign_last_seen_timestamp_seconds", "When an advert of a foreign VRRP "
+            "speaker on this VRID was last seen (Unix time; 0: never).", registry=registry)
         for role in ha.Role:
             self.role.labels(role=role.value).set(1 if role is ha.Role.STARTING else 0)
             self.transitions.labels(role=role.value)
@@ -64,6 +71,23 @@ class Peer:
     seen: float  # monotonic
     seen_wall: float
     priority: int
+
+
+@dataclass
+class Foreign:
+    """The last foreign VRRP speaker seen on the pair's VRID."""
+
+    reason: str
+    address: str
+    priority: int
+    seen: float  # monotonic
+    seen_wall: float
+
+
+FOREIGN_RECENT = 3.0  # seconds a foreign speaker's last advert is reported for (30 intervals)
+# A second link-local speaker at the pair's priority is foreign when the peer was heard this
+# recently (the peer's adverts stop when it becomes a standby; a new pod has a new address).
+PEER_RECENT = 1.0
 
 
 @dataclass
@@ -91,6 +115,8 @@ class Pair:
     last_transition: float | None = None  # Unix time
     peer: Peer | None = None
     clash: str | None = None
+    foreign: Foreign | None = None
+    _foreign_logged: set[str] = field(default_factory=set)
     advert_source: ipaddress.IPv4Interface | None = None
     started: bool = False
     _listener: vrrp.AdvertListener | None = None
@@ -202,6 +228,16 @@ class Pair:
             return
         if advert.vrid != self.settings.vrid:
             return
+        why = ha.foreign(advert, self.settings)
+        peer = self.peer
+        if why is None and peer is not None and peer.address != str(advert.source) and (
+            self.clock() - peer.seen < PEER_RECENT
+        ):
+            why = (f"{advert.source} advertises VRID {advert.vrid} next to the peer "
+                   f"{peer.address}: a third speaker")
+        if why is not None:
+            self._foreign(advert, why)
+            return
         now = self.wall()
         new = self.peer is None or self.peer.address != str(advert.source)
         self.peer = Peer(str(advert.source), self.clock(), now, advert.priority)
@@ -209,6 +245,27 @@ class Pair:
         if new or now - self._saved_at >= 1.0:  # adverts come ten times a second
             self._saved_at = now
             self.save(self.status())
+
+    def _foreign(self, advert: ha.Advert, why: str) -> None:
+        now = self.wall()
+        source = str(advert.source)
+        self.foreign = Foreign(why, source, advert.priority, self.clock(), now)
+        self.metrics.foreign_adverts.inc()
+        self.metrics.foreign_seen.set(now)
+        if source not in self._foreign_logged:  # one line per speaker, not 20 a second
+            self._foreign_logged.add(source)
+            log.error("a foreign VRRP speaker on VRID %d: %s; VRRP has no authentication, so "
+                      "a speaker that outbids the pair keeps both replicas from holding the "
+                      "reserved address (find the host on the egress network)",
+                      self.settings.vrid, why)
+            self.save(self.status())
+
+    def foreign_now(self) -> Foreign | None:
+        """The foreign speaker if one was heard within `FOREIGN_RECENT` seconds."""
+        found = self.foreign
+        if found is None or self.clock() - found.seen > FOREIGN_RECENT:
+            return None
+        return found
 
     def readiness(self, *, check_kernel: bool = True) -> tuple[bool, str] | None:
         """None when the role lets the data path's readiness decide; else (False, why).
@@ -227,6 +284,9 @@ class Pair:
                 return False, f"active but {', '.join(missing)} is not on the interface"
             return None
         if role is ha.Role.STANDBY:
+            found = self.foreign_now()
+            if found is not None:
+                return False, f"standby; a foreign VRRP speaker: {found.reason}"
             return False, "standby"
         if role is ha.Role.FAULT:
             return False, f"fault: keepalived cannot take part on {self.cfg.egress_interface} " \
@@ -283,6 +343,12 @@ class Pair:
                 "priority": peer.priority,
             },
             "vrid_clash": self.clash,
+            "foreign_speaker": None if self.foreign is None else {
+                "address": self.foreign.address,
+                "priority": self.foreign.priority,
+                "last_seen": self.foreign.seen_wall,
+                "reason": self.foreign.reason,
+            },
         }
 
 

@@ -33,6 +33,7 @@ import os
 import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 from egress_router.core import config, ruleset
 from egress_router.core.listing import Counters, counter_key
@@ -198,33 +199,100 @@ class Gauge(_Family):
         child.set(child.value + amount)
 
 
+class Writer:
+    """What a collector writes through: only the families it registered, each once a scrape.
+
+    ``family`` writes a family's HELP and TYPE lines; calling the writer passes sample
+    lines on. A family the collector did not register, or one written twice in one
+    scrape, is refused: a strict reader (promtool, Prometheus itself) drops a whole
+    scrape that has a family twice.
+    """
+
+    def __init__(self, out: Callable[[str], object], owner: str, names: frozenset[str],
+                 written: set[str]) -> None:
+        self._out = out
+        self._owner = owner
+        self._names = names
+        self._written = written
+
+    def family(self, name: str, kind: str, documentation: str) -> None:
+        if name not in self._names:
+            raise ValueError(f"{self._owner} writes the family {name}, which it did not register")
+        if name in self._written:
+            raise ValueError(f"the family {name} is written twice in one scrape")
+        self._written.add(name)
+        self._out(f"# HELP {name} {_escape_help(documentation)}\n# TYPE {name} {kind}\n")
+
+    def __call__(self, text: str) -> None:
+        self._out(text)
+
+
+@dataclass(frozen=True)
+class Collector:
+    """A writer of families computed at scrape time (process, rule series, capacity)."""
+
+    owner: str
+    names: frozenset[str]
+    write: Callable[[Writer], None]
+
+
 class Registry:
-    """The families of one process, written in registration order."""
+    """Every family of one process, written in registration order: the only writer of a scrape.
+
+    Families (counters, gauges) and collectors (functions that write families computed
+    at scrape time) both register here under the names they write, and a name is
+    taken once: a second family of the same name is refused when it registers, not
+    found later by a strict scraper.
+    """
 
     def __init__(self) -> None:
-        self._families: list[_Family | Callable[[], str]] = []
+        self._entries: list[_Family | Collector] = []
         self._names: set[str] = set()
         self._lock = threading.Lock()
 
-    def register(self, family: _Family | Callable[[], str], name: str | None = None) -> None:
-        """Add a family (or a function writing families' text, named ``name``)."""
-        name = name if name is not None else getattr(family, "name", "")
-        with self._lock:
+    def _take(self, names: Iterable[str]) -> None:
+        for name in names:
             if name in self._names:
                 raise ValueError(f"cannot register {name} twice")
-            self._names.add(name)
-            self._families.append(family)
+        self._names.update(names)
+
+    def register(self, family: _Family) -> None:
+        """Add a family (its name as written: a counter ``x`` is ``x_total``)."""
+        with self._lock:
+            self._take([family.name + family.suffix])
+            self._entries.append(family)
+
+    def collector(
+        self, owner: str, names: Iterable[str], write: Callable[[Writer], None]
+    ) -> None:
+        """Add a collector that writes the families ``names`` (and no other) at scrape time."""
+        taken = frozenset(names)
+        with self._lock:
+            self._take(sorted(taken))
+            self._entries.append(Collector(owner, taken, write))
 
     def families(self) -> Iterator[_Family]:
         with self._lock:
-            found = list(self._families)
+            found = list(self._entries)
         yield from (f for f in found if isinstance(f, _Family))
+
+    def write(self, out: Callable[[str], object]) -> None:
+        """Every family in the text format (version 0.0.4), handed to ``out`` piece by piece."""
+        with self._lock:
+            found = list(self._entries)
+        written: set[str] = set()
+        for entry in found:
+            if isinstance(entry, _Family):
+                written.add(entry.name + entry.suffix)
+                out(entry.text())
+            else:
+                entry.write(Writer(out, entry.owner, entry.names, written))
 
     def generate(self) -> bytes:
         """Every family in the text format (version 0.0.4)."""
-        with self._lock:
-            found = list(self._families)
-        return "".join(f.text() if isinstance(f, _Family) else f() for f in found).encode()
+        parts: list[str] = []
+        self.write(parts.append)
+        return "".join(parts).encode()
 
     def get_sample_value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
         """The value of one sample (``x_total`` for a counter ``x``); None if there is none."""
@@ -239,8 +307,23 @@ class Registry:
 CollectorRegistry = Registry  # the name router/ha (and its tests) know from prometheus-client
 
 
-def process_metrics(prefix: str, proc: str = "/proc/self") -> Callable[[], str]:
-    """A writer of the standard process families (Prometheus' client guidelines), from /proc."""
+PROCESS_FAMILIES = (
+    ("virtual_memory_bytes", "gauge", "Virtual memory size in bytes."),
+    ("resident_memory_bytes", "gauge", "Resident memory size in bytes."),
+    ("start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds."),
+    ("cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds."),
+    ("open_fds", "gauge", "Number of open file descriptors."),
+    ("max_fds", "gauge", "Maximum number of open file descriptors."),
+)
+
+
+def process_families(prefix: str) -> list[str]:
+    """The names `process_metrics` writes."""
+    return [f"{prefix}_process_{name}" for name, _kind, _help in PROCESS_FAMILIES]
+
+
+def process_metrics(prefix: str, proc: str = "/proc/self") -> Callable[[Writer], None]:
+    """A collector of the standard process families (Prometheus' client guidelines), from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
     page = os.sysconf("SC_PAGE_SIZE")
 
@@ -253,7 +336,7 @@ def process_metrics(prefix: str, proc: str = "/proc/self") -> Callable[[], str]:
 
     started: list[float] = []
 
-    def text() -> str:
+    def write(out: Writer) -> None:
         try:
             with open(f"{proc}/stat", encoding="ascii") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
@@ -264,29 +347,25 @@ def process_metrics(prefix: str, proc: str = "/proc/self") -> Callable[[], str]:
                     if line.startswith("Max open files"):
                         max_fds = float(line.split()[3])
         except OSError:
-            return ""  # no /proc: no process families (as prometheus-client does)
+            return  # no /proc: no process families (as prometheus-client does)
         if not started:
             started.append(boot_time() + int(fields[19]) / ticks)
-        values = (
-            ("virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
-             float(fields[20])),
-            ("resident_memory_bytes", "gauge", "Resident memory size in bytes.",
-             float(int(fields[21]) * page)),
-            ("start_time_seconds", "gauge",
-             "Start time of the process since unix epoch in seconds.", started[0]),
-            ("cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
-             (int(fields[11]) + int(fields[12])) / ticks),
-            ("open_fds", "gauge", "Number of open file descriptors.", float(fds)),
-        )
-        out = [f"# HELP {prefix}_process_{n} {h}\n# TYPE {prefix}_process_{n} {k}\n"
-               f"{prefix}_process_{n} {format_value(v)}\n" for n, k, h, v in values]
-        if max_fds is not None:
-            name = f"{prefix}_process_max_fds"
-            out.append(f"# HELP {name} Maximum number of open file descriptors.\n"
-                       f"# TYPE {name} gauge\n{name} {format_value(max_fds)}\n")
-        return "".join(out)
+        values = {
+            "virtual_memory_bytes": float(fields[20]),
+            "resident_memory_bytes": float(int(fields[21]) * page),
+            "start_time_seconds": started[0],
+            "cpu_seconds_total": (int(fields[11]) + int(fields[12])) / ticks,
+            "open_fds": float(fds),
+            "max_fds": max_fds,
+        }
+        for name, kind, documentation in PROCESS_FAMILIES:
+            value = values[name]
+            if value is None:
+                continue
+            out.family(f"{prefix}_process_{name}", kind, documentation)
+            out(f"{prefix}_process_{name} {format_value(value)}\n")
 
-    return text
+    return write
 
 
 class Metrics:
@@ -295,7 +374,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = Registry()
         registry = self.registry
-        registry.register(process_metrics(PREFIX), f"{PREFIX}_process")
+        registry.collector("process", process_families(PREFIX), process_metrics(PREFIX))
         self.applies = Counter(
             f"{PREFIX}_applies", "Rule applies by result: ok, invalid (configuration refused, "
             "running rules kept) or failed (the kernel refused, running rules kept).",
@@ -389,7 +468,7 @@ def _escape(value: str) -> str:
 
 
 def write_rule_metrics(
-    write: Callable[[str], object],
+    write: Writer,
     cfg: config.Config,
     counters: Counters,
     active: Mapping[tuple[int, str, int], int],
@@ -402,7 +481,7 @@ def write_rule_metrics(
     held whole. A rule missing from the kernel's sets reports zero.
     """
     for index, (name, kind, help_text) in enumerate(RULE_FAMILIES):
-        write(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        write.family(name, kind, help_text)
         lines: list[str] = []
         named_done: set[tuple[int, int]] = set()
         for rule in cfg.destinations.rules:

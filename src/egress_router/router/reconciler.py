@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from egress_router.core import config, digest, drift, listing, plan
+from egress_router.core import config, drift, plan
 from egress_router.kernel import (
     announce,
     conntrack,
@@ -31,7 +29,16 @@ from egress_router.kernel import (
     vrrp,
 )
 from egress_router.kernel.memory import HEAP
-from egress_router.router import capacity, engine, metrics, resolve
+from egress_router.router import (
+    capacity,
+    destfile,
+    engine,
+    fingerprint,
+    metrics,
+    pacing,
+    resolve,
+    scrape,
+)
 from egress_router.router import ha as ha_role
 
 log = logging.getLogger(__name__)
@@ -73,11 +80,6 @@ class Edges:
 
 def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
     """The kernel of the current network namespace."""
-    other = (
-        config.Backend.IPTABLES
-        if backend is config.Backend.NFTABLES
-        else config.Backend.NFTABLES
-    )
     links = observe.CheckedNetlink()
     counters: Callable[[], Iterable[str]] | None = None
     if backend is config.Backend.NFTABLES:
@@ -93,7 +95,7 @@ def real_edges(backend: config.Backend, settings: config.WaitSettings) -> Edges:
         conntrack=conntrack.CtNetlink(),
         resolver=resolve.DnsResolver(min_ttl=settings.dns_min_ttl, max_ttl=settings.dns_max_ttl),
         counters=counters,
-        stale=engine.make_firewall(other),
+        stale=engine.stale_firewall(backend),
         generation=nft.generation,
         prepare=links.prepare,
         stats=conntrack.read_stats,
@@ -131,10 +133,6 @@ class _Pending:
             self.links.apply(step)
 
 
-SETTLE_AFTER = 2.0  # seconds after an apply before its fingerprint is taken (in the background)
-BACKOFF_WINDOW = 30.0  # seconds over which repairs are counted
-BACKOFF_AFTER = 10  # reconciles that repaired something (in the window) before slowing down
-BACKOFF_FIRST = 0.5  # the first delay, doubled with every further repairing reconcile
 
 
 def _kind(step: plan.Step) -> str:
@@ -203,77 +201,71 @@ class Router:
         kernel: Edges,
         registry: metrics.Metrics,
         *,
-        sleep: Callable[[float], object] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         reread: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.env = dict(env)
-        # CNI mode: the environment completed afresh from the plugin's configuration file
-        # (EGRESS_ROUTER_CNI_CONFIG, the mounted ConfigMap): its rules are reloaded like a
-        # destination file's; any other change needs a new pod (the Deployment rolls it).
-        self._reread = reread
         self.settings = settings
         self.kernel = kernel
         self.metrics = registry
-        self._sleep = sleep
         self._clock = clock
         self._wall = wall
         self._lock = threading.RLock()
         self.dns = resolve.Cache(kernel.resolver, retry=settings.dns_min_ttl, clock=clock)
         self.parsed: config.Config | None = None  # the configuration, names unresolved
         self.applied: config.Config | None = None  # what the kernel got, names resolved
-        self.expected: str | None = None  # fingerprint of our rules right after that apply
-        self._verified: int | None = None  # nftables generation at which they last matched
-        self._settling: threading.Thread | None = None  # `settle` in the background
-        self._applied_at = float("-inf")  # when the last apply was made (clock)
+        self.rules = fingerprint.OurRules(kernel, self._lock, clock)  # still ours?
         self.problems: list[str] = ["not started"]
         # What /readyz answers: the last check's verdict, so that a probe never waits on
         # the kernel or on the lock (an apply of 10,000 rules holds it for a second).
         self.ready: tuple[bool, str] = (False, "rules not applied yet")
-        self._repaired: deque[float] = deque()  # when reconciles repaired something
-        self.backoff = 0.0  # how long event-driven reconciles wait now (0: none)
+        self.pacer = pacing.Pacer(settings.reconcile, clock)  # repairs slowed while fought
         self._pod_routes: PodRoutes = ()
-        self._source: tuple[int, int, int, int] | None = None
-        self._digest: str | None = None
+        # EGRESS_DESTINATION_FILE, polled; in CNI mode (``reread``: the environment completed
+        # afresh from the plugin's configuration, the mounted ConfigMap) that file instead, its
+        # rules reloaded the same way (any other change needs a new pod: the Deployment rolls it).
+        self.file = destfile.DestinationFile(lambda: self.env, reread)
+        self._cni = reread is not None
         self.generation = 0
         # live connections and the NAT's port space: one conntrack pass per interval
         self.sampler = capacity.Sampler(settings.sample, clock=clock)
         self.ha: ha_role.Pair | None = None  # EGRESS_ROUTER_HA=vrrp
+        self._announce_round = 0
+        self._announce_next: float | None = None  # when the next round is due (None: none)
+        self.scrape = scrape.Scrape(registry, kernel, lambda: self.applied,
+                                    settings.metrics_rules, self.sampler)
 
     # ------------------------------------------------------------------ start
 
     @property
     def path(self) -> str | None:
-        if self._reread is not None:
-            return self.env.get(config.ENV_CNI_CONFIG, "").strip() or None
-        return self.env.get(config.ENV_DESTINATION_FILE, "").strip() or None
+        return self.file.path
 
-    def _environment(self, text: str) -> dict[str, str]:
+    def _environment(self, text: str | None) -> dict[str, str]:
         """The environment to load ``text`` (the rules just read) with."""
-        if self._reread is None:
+        if not self._cni or text is None:
             return self.env
         return {**self.env, config.ENV_DESTINATION: text}
 
     def load(self) -> config.Config:
         """Read and validate the configuration; `config.ConfigError` when it is bad."""
-        if self.path is not None:
-            self._source = self._stat(self.path)
-        text = self._read() if self.path is not None else None
+        text = self.file.first()
         cfg = files.load_config(
-            self._environment(text or ""), None if text is None else lambda _path: text
+            self._environment(text), None if text is None else lambda _path: text
         )
-        if text is not None:
-            self._digest = digest.sha256_hex(text.encode())
         self.parsed = cfg
         self.metrics.names(cfg.destinations.hosts())
         return cfg
 
-    def start(self) -> None:
+    def start(self, on_ready: Callable[[], object] = lambda: None) -> None:
         """Apply the loaded configuration (as ``init`` would) and announce.
 
-        Raises `engine.ApplyError` when the kernel refuses: the container then
-        exits and is restarted.
+        ``on_ready`` is called once the start-up's own changes are made, just
+        before readiness is announced: the loop forgets the kernel events they
+        caused there, and every later event (a drift in the very first second)
+        is acted on. Raises `engine.ApplyError` when the kernel refuses: the
+        container then exits and is restarted.
         """
         cfg = self.parsed if self.parsed is not None else self.load()
         self._refresh_names(cfg, force=True)
@@ -312,6 +304,7 @@ class Router:
                 announce=False,
             )
             self._applied(desired)
+            on_ready()
             self.problems = []
             self.metrics.ready.set(1)
             self.ready = (True, "ok")
@@ -378,10 +371,9 @@ class Router:
                     raise engine.ApplyError(str(err)) from None
         return desired
 
-    def _applied(self, desired: config.Config) -> None:
+    def _applied(self, desired: config.Config, before: int | None = None) -> None:
         self.applied = desired
-        self._applied_at = self._clock()
-        self._remember_rules()
+        self.rules.remember(before, applied=True)
         self.generation += 1
         self.metrics.generation.set(self.generation)
         self.metrics.last_apply.set(self._wall())
@@ -389,123 +381,25 @@ class Router:
         self.metrics.applies.labels(result="ok").inc()
         HEAP.release()
 
-    def _remember_rules(self) -> None:
-        """Note that our rules are those just committed.
-
-        Listing 10,000 rules back (the fingerprint) takes a second, so it is
-        deferred to `settle`, idle work of the loop; until then the nftables
-        generation says whether anything was committed after ours.
-        """
-        generation = self.kernel.generation()
-        if generation is None:  # no generation to go by: fingerprint now
-            self.expected = self.kernel.firewall.fingerprint()
-            self._verified = None
-            return
-        self.expected = None
-        self._verified = generation
-
     def settle(self, *, background: bool = False) -> bool:
-        """Take the fingerprint the last apply deferred, if it is still due; True if taken.
+        """Take the fingerprint the last apply deferred (`fingerprint.OurRules.settle`)."""
+        return self.rules.settle(background=background)
 
-        ``background`` (the loop): list the table in a thread of its own, not
-        holding the lock, and keep the fingerprint only if no commit came in the
-        meantime. At 10,000 rules the listing takes nft one to two seconds, which
-        an edit arriving right after the last one would otherwise wait for; and
-        only `SETTLE_AFTER` seconds after the last apply, so that it does not
-        compete for the CPU with edits that come in a row. Returns False at once.
-        """
-        if self.expected is not None or self._verified is None:
-            return False
-        if background:
-            if self._clock() - self._applied_at < SETTLE_AFTER:
-                return False
-            if self._settling is None or not self._settling.is_alive():
-                self._settling = threading.Thread(
-                    target=self._settle_from, args=(self._verified,), name="settle", daemon=True
-                )
-                self._settling.start()
-            return False
-        with self._lock:
-            before = self.kernel.generation()
-            if before != self._verified:
-                return False  # a commit came first: `_rules_match` re-applies to be sure
-            fingerprint = self.kernel.firewall.fingerprint()
-            if self.kernel.generation() == before:
-                self.expected = fingerprint
-        HEAP.release()
-        return True
-
-    def _settle_from(self, token: int) -> None:
-        capacity.become_idle_work()  # the fingerprint's nft too
-        try:
-            if self.kernel.generation() != token:
-                return
-            fingerprint = self.kernel.firewall.fingerprint()
-        except errors.KernelError as err:
-            log.debug("cannot take the fingerprint of our rules: %s", err)
-            return
-        with self._lock:
-            # Still the apply it was taken for, and nothing committed while nft listed it.
-            if self.expected is None and self._verified == token == self.kernel.generation():
-                self.expected = fingerprint
-        del fingerprint
-        HEAP.release()
-
-    def _rules_match(self) -> bool:
-        """Whether our rules in the kernel are still those of the last apply."""
-        generation = self.kernel.generation()
-        if generation is not None and generation == self._verified:
-            return True  # no nftables commit at all since they last matched
-        if self.expected is None:
-            return False  # committed over before we could take their fingerprint
-        matches = self.kernel.firewall.fingerprint() == self.expected
-        self._verified = generation if matches else None
-        return matches
+    @property
+    def expected(self) -> str | None:
+        """The fingerprint of our rules right after the last apply (None: not taken yet)."""
+        return self.rules.expected
 
     # ------------------------------------------------------------------ the destination file
 
-    @staticmethod
-    def _stat(path: str) -> tuple[int, int, int, int] | None:
-        try:
-            st = os.stat(path)  # follows the ConfigMap's ..data symlink
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def _read(self) -> str:
-        assert self.path is not None
-        if self._reread is not None:
-            fresh = self._reread()
-            changed = sorted(
-                name for name in set(fresh) | set(self.env)
-                if name != config.ENV_DESTINATION and fresh.get(name) != self.env.get(name)
-            )
-            if changed:
-                raise config.ConfigError(
-                    config.ENV_CNI_CONFIG,
-                    f"{self.path} changed more than the rules ({', '.join(changed)}); "
-                    "only the rules are reloaded: restart the pod for the rest",
-                )
-            return fresh.get(config.ENV_DESTINATION, "")
-        _variable, text = files.read_destination_text(self.env)
-        return text
-
     def poll_file(self) -> bool:
         """Apply the destination file if it changed; True if new rules were applied."""
-        if self.path is None:
-            return False
-        source = self._stat(self.path)
-        if source == self._source:
-            return False
-        self._source = source
         try:
-            text = self._read()
+            text = self.file.changed()
         except config.ConfigError as err:
             return self._refuse(err)
-        text_digest = digest.sha256_hex(text.encode())
-        if text_digest == self._digest:
+        if text is None:
             return False
-        self._digest = text_digest
         try:
             cfg = config.load_config(self._environment(text), lambda _path: text)
         except config.ConfigError as err:
@@ -543,22 +437,24 @@ class Router:
                 log.info("no change to the rules")
                 return False
             try:
-                self._transaction(old, desired)
+                before = self._transaction(old, desired)
             except errors.KernelError as err:
                 log.error("cannot apply the new rules: %s; the running rules stay", err)
                 self.metrics.applies.labels(result="failed").inc()
                 return False
-            self._applied(desired)
+            self._applied(desired, before)
         if edited and old is not None and self.parsed is not None:
             self._cut_removed(old, self.parsed)
         return True
 
-    def _transaction(self, old: config.Config | None, desired: config.Config) -> None:
+    def _transaction(self, old: config.Config | None, desired: config.Config) -> int | None:
+        """Commit ``desired``; the generation read right before it (`OurRules.remember`)."""
         firewall = self.kernel.firewall
-        if old is not None and self._rules_match():
+        if old is not None and self.rules.match():
             try:
+                before = self.rules.generation_before()
                 if firewall.update(old, desired):
-                    return
+                    return before
             except errors.KernelError as err:
                 log.warning("cannot update the rules in place (%s); replacing them whole", err)
         elif old is not None:
@@ -569,7 +465,9 @@ class Router:
         # No `nft -c` first: an nft apply is one transaction, which the kernel checks
         # whole before it commits any of it (a refused one leaves the running rules),
         # and at 10,000 rules a check costs as much as the apply.
+        before = self.rules.generation_before()
         firewall.apply(desired)
+        return before
 
     def _cut_removed(self, old: config.Config, new_parsed: config.Config) -> None:
         """Delete the conntrack entries of rules (and fallbacks) the edit took away, in one pass."""
@@ -633,7 +531,7 @@ class Router:
                 return ["no rules applied yet"]
             firewall = self.kernel.firewall
             try:
-                matches = self._rules_match()
+                matches = self.rules.match()
             except errors.KernelError as err:
                 matches = False
                 log.warning("cannot read our rules back: %s", err)
@@ -643,8 +541,9 @@ class Router:
                 try:
                     # No `nft -c` first: this very ruleset went in before, and the apply is
                     # one transaction anyway (at 10,000 rules the check costs as much again).
+                    before = self.rules.generation_before()
                     firewall.apply(desired)
-                    self._remember_rules()
+                    self.rules.remember(before)
                     self.metrics.repairs.labels(kind="ruleset").inc()
                     repaired += 1
                 except errors.KernelError as err:
@@ -706,33 +605,48 @@ class Router:
             return set()
         return set(steps)
 
+    @property
+    def backoff(self) -> float:
+        """How long event-driven reconciles wait now (0: none; `pacing`)."""
+        return self.pacer.backoff
+
     def _pace(self, repaired: int) -> None:
-        """Slow event-driven reconciles down while something keeps undoing our repairs."""
-        now = self._clock()
-        if repaired:
-            self._repaired.append(now)
-        while self._repaired and self._repaired[0] < now - BACKOFF_WINDOW:
-            self._repaired.popleft()
-        excess = len(self._repaired) - BACKOFF_AFTER
-        backoff = (
-            min(self.settings.reconcile, BACKOFF_FIRST * 2 ** (excess - 1)) if excess > 0 else 0.0
-        )
-        if backoff and backoff != self.backoff:
-            log.warning(
-                "%d repairs in the last %gs: something keeps changing the router's kernel "
-                "state; repairing at most every %gs until it stops (find what fights the router)",
-                len(self._repaired), BACKOFF_WINDOW, backoff,
-            )
-        elif self.backoff and not backoff:
-            log.info("the kernel state has stayed put: repairs follow changes at once again")
-        self.backoff = backoff
-        self.metrics.backoff.set(backoff)
+        self.metrics.backoff.set(self.pacer.note(repaired))
+
+    def _fight(self) -> str:
+        return self.pacer.fight()
 
     def _fighting(self) -> str:
-        if not self.backoff:
-            return ""
-        return (f"ok, but {len(self._repaired)} repairs in {BACKOFF_WINDOW:g}s: something keeps "
-                f"changing the kernel state (repairs slowed to every {self.backoff:g}s)")
+        return f"ok, but {self._fight()}" if self.backoff else ""
+
+    def verify(self) -> bool:
+        """Check (not repair) the kernel while repairs are held back; False if it is broken.
+
+        A kernel change whose repair the backoff postpones may leave the data path
+        broken for seconds: once that is known, `readiness` says so (503 with the
+        reason), so that a Service drops the endpoint and the HA pair can move;
+        the repair sets it back.
+        """
+        try:
+            with self._lock:
+                if self.applied is None:
+                    return False
+                try:
+                    broken = [] if self.rules.match() else [
+                        "our rules in the kernel differ from the applied ones"]
+                    broken += [reason for _step, reason in self.kernel.drift(self.applied)]
+                except errors.KernelError as err:
+                    broken = [f"cannot read the kernel's state: {err}"]
+                if not broken:
+                    return True
+                why = "; ".join(broken)
+                pending = self._fight() or "the repair is pending"
+                log.warning("drift: %s; not repaired yet: %s", why, pending)
+                self.metrics.ready.set(0)
+                self.ready = (False, f"{why}; not repaired yet: {pending}")
+                return False
+        finally:
+            HEAP.release()
 
     def readiness(self) -> tuple[bool, str]:
         """Whether the kernel held the desired state at the last check (no kernel access)."""
@@ -754,7 +668,7 @@ class Router:
             if self.ha is not None and (gate := self.ha.readiness()) is not None:
                 return gate  # the standby's data path is ready, but the Service must skip it
             try:
-                if not self._rules_match():
+                if not self.rules.match():
                     return False, "our rules in the kernel differ from the applied ones"
                 drifted = self.kernel.drift(self.applied)
             except errors.KernelError as err:
@@ -773,47 +687,37 @@ class Router:
     # ------------------------------------------------------------------ announcements
 
     def announce(self) -> None:
-        """Announce the reserved address(es) again (SIGHUP, and after an address repair)."""
+        """Announce the reserved address(es) again (SIGHUP, and after an address repair).
+
+        The first round goes out now; the loop sends the others when they are due
+        (`announce_due`), so that it acts on kernel change events between them.
+        """
         cfg = self.applied
         if cfg is None:
             return
         log.info("announcing %s", ", ".join(str(s.address) for s in cfg.sources))
-        engine.announce_all(cfg, self.kernel.links, self.kernel.announcer, sleep=self._sleep)
         self.metrics.announcements.inc()
+        self._announce_round = 0
+        self._announce_next = self._clock()
+        self.announce_due()
+
+    def next_announcement(self) -> float | None:
+        """When the next round of announcements is due (None: none)."""
+        return self._announce_next
+
+    def announce_due(self) -> None:
+        """Send the next round of announcements if it is due."""
+        cfg = self.applied
+        if cfg is None or self._announce_next is None or self._clock() < self._announce_next:
+            return
+        more = engine.announce_round(
+            cfg, self.kernel.links, self.kernel.announcer, self._announce_round
+        )
+        self._announce_round += 1
+        self._announce_next = self._clock() + cfg.announce_interval if more else None
 
     # ------------------------------------------------------------------ metrics
 
-    def _flows(self, cfg: config.Config) -> Iterator[conntrack.Flow]:
-        for family in cfg.families():
-            yield from self.kernel.conntrack.flows(family)
-
     def write_rule_metrics(self, write: Callable[[str], object]) -> None:
-        """The aggregate gauges read now, then the per-rule families while they are enabled.
-
-        Cheap at any size: the conntrack count is one read; the rule counters
-        (one ``nft`` listing) only while the ruleset is within the series limit.
-        """
-        cfg = self.applied
-        self.metrics.conntrack_entries.set(self.kernel.conntrack.count() or 0)
-        enabled = (
-            cfg is not None
-            and self.kernel.counters is not None
-            and 0 < len(cfg.destinations.rules) <= self.settings.metrics_rules
-        )
-        self.metrics.rule_series.set(1 if enabled else 0)
-        write(self.metrics.generate().decode())
-        if cfg is None:
-            return
-        sample = self.sampler.latest(cfg, lambda: self._flows(cfg))
-        if enabled and self.kernel.counters is not None:
-            try:
-                counters: listing.Counters = listing.read_counters(self.kernel.counters())
-            except errors.KernelError as err:
-                log.warning("cannot read rule counters: %s", err)
-                counters = {}
-            active = sample.active if sample is not None else {}
-            metrics.write_rule_metrics(write, cfg, counters, active)
-            del counters, active
-        capacity.write_metrics(write, sample, self.kernel.stats())
-        del sample
-        HEAP.release()
+        """The whole scrape (`scrape.Scrape.write`)."""
+        self.scrape.write(write)

@@ -1,71 +1,18 @@
-"""The wait process shell: its HTTP endpoints, the namespace lock, refusing a bad configuration."""
+"""The wait process shell: the namespace lock, refusing a bad configuration."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from egress_router import wait
-from support.router import BASE_ENV, Harness
-
-
-def test_http_endpoints(harness: Harness) -> None:
-    server = _FakeServer(harness)
-    assert _get(server, "/healthz") == (200, "ok\n")
-    assert _get(server, "/readyz") == (200, "ok\n")
-    harness.runner.applied.append("tampered")
-    harness.router.reconcile()
-    harness.runner.fail = "Error: injected"
-    harness.runner.applied.append("tampered again")
-    harness.router.reconcile()
-    status, body = _get(server, "/readyz")
-    assert status == 503 and body.startswith("ruleset: "), body
-    status, body = _get(server, "/metrics")
-    assert status == 200
-    assert "egress_router_applies_total{result=\"ok\"} 1.0" in body
-    assert "# TYPE egress_router_rule_connections_total counter" in body
-    assert _get(server, "/nope")[0] == 404
-    server.beat = -1000.0
-    assert _get(server, "/healthz")[0] == 500
-
-
-class _FakeServer:
-    """Enough of `wait._Server` for the handler, without a listening socket."""
-
-    def __init__(self, harness: Harness) -> None:
-        self.router = harness.router
-        self.registry = harness.registry
-        self.beat = 1e18
-        self.stale_after = 60.0
-
-    def heartbeat(self) -> float:
-        return min(self.beat, time.monotonic())
-
-
-def _get(server: _FakeServer, path: str) -> tuple[int, str]:
-    # A socket pair stands in for a TCP connection: no network involved.
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        ours.sendall(f"GET {path} HTTP/1.0\r\nHost: router\r\n\r\n".encode())
-        handler = threading.Thread(
-            target=wait._Handler, args=(theirs, ("pod", 0), server), daemon=True
-        )
-        handler.start()
-        handler.join(10)
-        theirs.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := ours.recv(65536):
-            data += chunk
-    head, _, body = data.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body
+from support.router import BASE_ENV
 
 
 def test_one_lock_per_network_namespace() -> None:
@@ -108,23 +55,6 @@ def test_wait_refuses_a_bad_configuration_before_touching_anything(tmp_path: Pat
         "egress-router: error: cannot parse EGRESS_ROUTER_WATCH_SECONDS: invalid value '-1'; "
         "expected seconds from 0.1 to 60\n"
     )
-
-
-def test_a_client_that_hangs_up_early_leaves_no_traceback(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    server = object.__new__(wait._Server)  # handle_error needs no socket
-    cases: list[tuple[Exception, bool]] = [
-        (BrokenPipeError(32, "Broken pipe"), False),
-        (ConnectionResetError(104, "Connection reset by peer"), False),
-        (ValueError("a real bug"), True),  # the control: other errors are still shown
-    ]
-    for error, shown in cases:
-        try:
-            raise error
-        except Exception:
-            server.handle_error(None, ("pod", 0))
-        assert ("Traceback" in capsys.readouterr().err) is shown, error
 
 
 # A main thread the stop signal cannot unwind (unarmed, as inside a finalizer, busy for 4 s).

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from egress_router.core import config
 from egress_router.kernel import conntrack
-from egress_router.router import capacity
+from egress_router.router import capacity, metrics
 
 CFG = config.load_config({
     "EGRESS_SOURCE": "192.168.12.99/24,192.168.12.100/24",
@@ -57,17 +57,17 @@ def test_metrics_pair_use_with_capacity_and_carry_the_kernels_failures() -> None
     sample = capacity.take_sample(CFG, flows(2, 0), clock=lambda: 5.0)
     stats = conntrack.Stats({"insert_failed": 7, "drop": 9, "early_drop": 0}, 12, 262144)
     out: list[str] = []
-    capacity.write_metrics(out.append, sample, stats)
+    capacity.write_metrics(metrics.Writer(out.append, "test", frozenset(capacity.FAMILIES),
+                                          set()), sample, stats)
     lines = [line for line in "".join(out).splitlines() if not line.startswith("#")]
     labels = 'family="ipv4",protocol="tcp",source="192.168.12.{}",destination="203.0.113.25",'
-    assert lines[:5] == [
+    assert lines[:4] == [
         "egress_router_conntrack_insert_failed_total 7",
         "egress_router_conntrack_drop_total 9",
         "egress_router_conntrack_early_drop_total 0",
-        "egress_router_conntrack_entries 12",
         "egress_router_conntrack_entries_limit 262144",
     ]
-    assert lines[5:9] == [
+    assert lines[4:8] == [
         f'egress_router_nat_ports_in_use{{{labels.format(99)}port="80"}} 2',
         f'egress_router_nat_ports_in_use{{{labels.format(100)}port="80"}} 0',
         f'egress_router_nat_ports_capacity{{{labels.format(99)}port="80"}} 64512',

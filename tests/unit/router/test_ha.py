@@ -161,7 +161,7 @@ def _router(pairs: list[ha_role.Pair],
         drift=lambda cfg: [], pair=factory,
     )
     return reconciler.Router(ENV, config.parse_wait_settings({}), kernel, metrics.Metrics(),
-                             sleep=lambda s: None)
+                             clock=hooks.pop("clock", time.monotonic))
 
 
 def test_router_standby_has_the_data_path_but_answers_not_ready() -> None:
@@ -248,12 +248,17 @@ def test_the_peer_is_no_clash_and_an_up_link_is_left_alone() -> None:
 
 def test_router_without_ha_has_no_pair() -> None:
     pairs: list[ha_role.Pair] = []
-    router = _router(pairs)
+    now = [100.0]
+    router = _router(pairs, clock=lambda: now[0])
     router.env = {k: v for k, v in ENV.items() if "HA" not in k}
     router.start()
     assert pairs == [] and router.ha is None
     assert router.readiness() == (True, "ok")
     sent = router.kernel.announcer.sent  # type: ignore[attr-defined]
+    assert sent == [("macvlan0", "192.168.12.99")]  # the first round; the loop sends the rest
+    while (due := router.next_announcement()) is not None:
+        now[0] = due
+        router.announce_due()
     assert sent == [("macvlan0", "192.168.12.99")] * config.DEFAULT_ANNOUNCE_COUNT
 
 
@@ -264,3 +269,57 @@ def test_repeated_notices_are_not_transitions(line: str) -> None:
     driver.notify(line)
     driver.notify(line)
     assert pair.transitions == 1
+
+
+FOREIGN = ha.Advert(ipaddress.IPv4Address("192.168.12.66"), 3, 51, 255, 0.05, OURS)
+
+
+def test_a_foreign_vrrp_speaker_is_counted_logged_once_and_named_by_the_standby(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue 18, item 7: a host on the L2 advertising the pair's VRID and addresses at
+    # priority 255 from its own address silenced the pair, and only keepalived said so.
+    registry = CollectorRegistry()
+    pair, driver, kernel = _pair(registry)
+    pair.start()
+    driver.notify('INSTANCE "egress_router" BACKUP 250')
+    for _ in range(3):
+        pair._advert(PEER)  # the control: the other replica is no foreign speaker
+    assert pair.foreign is None and pair.readiness() == (False, "standby")
+    assert registry.get_sample_value("egress_router_ha_foreign_adverts_total") == 0
+    for _ in range(20):
+        pair._advert(FOREIGN)
+    assert registry.get_sample_value("egress_router_ha_foreign_adverts_total") == 20
+    assert registry.get_sample_value(
+        "egress_router_ha_foreign_last_seen_timestamp_seconds") == 1_700_000_000.0
+    reason = ("192.168.12.66 advertises VRID 51 at priority 255 from outside the pair's "
+              "169.254.0.0/16")
+    assert pair.readiness() == (False, f"standby; a foreign VRRP speaker: {reason}")
+    logged = [r.getMessage() for r in caplog.records if "foreign VRRP speaker" in r.getMessage()]
+    assert len(logged) == 1 and reason in logged[0], logged
+    assert pair.status()["foreign_speaker"] == {
+        "address": "192.168.12.66", "priority": 255, "last_seen": 1_700_000_000.0,
+        "reason": reason}
+    assert kernel.saved[-1]["foreign_speaker"]["address"] == "192.168.12.66"
+    assert pair.peer is not None and pair.peer.address == "169.254.1.2"  # not taken for it
+    # Long after the last foreign advert, the standby is just a standby again.
+    for _ in range(int(ha_role.FOREIGN_RECENT) + 2):
+        pair.clock()
+    assert pair.readiness() == (False, "standby")
+    pair.stop()
+
+
+def test_a_speaker_at_another_priority_or_next_to_the_peer_is_foreign() -> None:
+    pair, _driver, _kernel = _pair()
+    pair.start()
+    low = ha.Advert(ipaddress.IPv4Address("169.254.9.9"), 3, 51, 100, 0.1, OURS)
+    pair._advert(low)
+    assert pair.foreign is not None and "priority 100, not the pair's 250" in pair.foreign.reason
+    pair.foreign = None
+    pair._advert(PEER)
+    third = ha.Advert(ipaddress.IPv4Address("169.254.7.7"), 3, 51, 250, 0.1, OURS)
+    # The test clock advances a second a call: the peer was just heard.
+    pair.clock = lambda: pair.peer.seen if pair.peer else 0.0  # type: ignore[assignment]
+    pair._advert(third)
+    assert pair.foreign is not None and "next to the peer 169.254.1.2" in pair.foreign.reason
+    pair.stop()

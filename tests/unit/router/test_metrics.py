@@ -99,8 +99,35 @@ def test_a_counter_refuses_to_go_down_or_to_lose_its_labels() -> None:
         counter.labels(other="a")
     with pytest.raises(ValueError, match="without its labels"):
         counter.inc()
-    with pytest.raises(ValueError, match="cannot register x_events twice"):
+    with pytest.raises(ValueError, match="cannot register x_events_total twice"):
         metrics.Counter("x_events", "Again.", registry=registry)
+
+
+def test_the_registry_owns_every_family_name_once() -> None:
+    # A family or a collector's family of a name already taken is refused when it registers;
+    # a collector that writes a family it did not register, or one twice, fails the scrape.
+    registry = metrics.Registry()
+    metrics.Gauge("x_entries", "A gauge.", registry=registry)
+    with pytest.raises(ValueError, match="cannot register x_entries twice"):
+        registry.collector("capacity", ["x_entries", "x_limit"], lambda out: None)
+    registry.collector("events", ["x_events_total"], lambda out: None)
+    with pytest.raises(ValueError, match="cannot register x_events_total twice"):
+        metrics.Counter("x_events", "A counter.", registry=registry)  # written x_events_total
+    registry = metrics.Registry()
+
+    def sneaky(out: metrics.Writer) -> None:
+        out.family("x_limit", "gauge", "Declared.")
+        out("x_limit 1\n")
+        out.family("x_other", "gauge", "Not declared.")
+
+    registry.collector("sneaky", ["x_limit"], sneaky)
+    with pytest.raises(ValueError, match="sneaky writes the family x_other, which it did not"):
+        registry.generate()
+    registry = metrics.Registry()
+    registry.collector("twice", ["x_limit"], lambda out: [out.family("x_limit", "gauge", "h")
+                                                          for _ in range(2)] and None)
+    with pytest.raises(ValueError, match="x_limit is written twice in one scrape"):
+        registry.generate()
 
 
 def test_the_waiting_process_loads_neither_prometheus_client_nor_openssl() -> None:

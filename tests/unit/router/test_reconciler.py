@@ -9,10 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.core import config, plan, ruleset
 from egress_router.kernel import conntrack
-from egress_router.router import reconciler, resolve
+from egress_router.router import fingerprint, pacing, resolve
 from support.router import FakeResolver, Harness
 
 
@@ -303,27 +304,65 @@ def test_the_fingerprint_is_taken_when_idle_and_a_commit_before_it_means_reapply
     assert len(h.runner.applied) == applied + 1
 
 
+def test_a_commit_between_our_repair_and_the_generation_read_is_not_taken_for_ours(
+    tmp_path: Path,
+) -> None:
+    # Found by the fight of issue 18, item 3: the table deleted right after a repair's
+    # commit and before the router read the generation back. The router took that
+    # generation (which counts the deletion) for its own rules: /readyz said ok and no
+    # check ever re-applied them. A generation that moved by more than our one commit is
+    # not trusted.
+    h = Harness(tmp_path)
+    generation = [1]
+    run = h.runner.run
+    deleted_after = [False]
+
+    def committing(script: str, *, check_only: bool = False) -> None:
+        run(script, check_only=check_only)
+        generation[0] += 0 if check_only else 1
+        if deleted_after[0]:  # someone's deletion lands before our read
+            deleted_after[0] = False
+            generation[0] += 1
+            h.runner.applied.append("table deleted")
+
+    h.runner.run = committing  # type: ignore[method-assign]
+    h.router.kernel.generation = lambda: generation[0]
+    h.router.start()
+    generation[0] += 1  # the table deleted: a kernel event, then a check
+    h.runner.applied.append("table deleted")
+    deleted_after[0] = True
+    assert h.router.reconcile() == []
+    applied = len(h.runner.applied)
+    # The next check (the deletion's own event) does not trust the generation: re-applied.
+    assert h.router.reconcile() == []
+    assert len(h.runner.applied) == applied + 1
+    assert h.runner.applied[-1] != "table deleted"
+    # The control: a repair nobody interleaved with is trusted (nothing applied again).
+    assert h.router.reconcile() == []
+    assert len(h.runner.applied) == applied + 1
+
+
 def test_a_fight_over_the_kernel_state_backs_off_and_is_reported(harness: Harness) -> None:
     cfg = harness.router.applied
     assert cfg is not None
     default = next(s for s in plan.plan_interfaces(cfg) if isinstance(s, plan.SetRoute))
     harness.drifted = [(default, "no default route")]
-    for _ in range(reconciler.BACKOFF_AFTER):
+    for _ in range(pacing.BACKOFF_AFTER):
         harness.clock.now += 0.5
         assert harness.router.reconcile() == []
     assert harness.router.backoff == 0
     harness.clock.now += 0.5
     harness.router.reconcile()
-    assert harness.router.backoff == reconciler.BACKOFF_FIRST
+    assert harness.router.backoff == pacing.BACKOFF_FIRST
     harness.clock.now += 0.5
     harness.router.reconcile()
-    assert harness.router.backoff == 2 * reconciler.BACKOFF_FIRST
-    assert harness.value("egress_router_drift_backoff_seconds") == 2 * reconciler.BACKOFF_FIRST
+    assert harness.router.backoff == 2 * pacing.BACKOFF_FIRST
+    assert harness.value("egress_router_drift_backoff_seconds") == 2 * pacing.BACKOFF_FIRST
     ready, why = harness.router.readiness()
     assert ready and "something keeps changing the kernel state" in why
     # It stops fighting: once the window has passed, repairs follow changes at once again.
     harness.drifted = []
-    harness.clock.now += reconciler.BACKOFF_WINDOW + 1
+    harness.clock.now += pacing.BACKOFF_WINDOW + 1
     harness.router.reconcile()
     assert harness.router.backoff == 0
     assert harness.router.readiness() == (True, "ok")
@@ -368,20 +407,26 @@ def test_the_loop_takes_the_fingerprint_in_the_background_and_drops_a_stale_one(
         assert release.wait(5)
         return list_text(stateless=stateless)
 
+    run = h.runner.run
+
+    def committing(script: str, *, check_only: bool = False) -> None:
+        run(script, check_only=check_only)
+        generation[0] += 0 if check_only else 1  # each commit bumps it, as the kernel does
+
+    h.runner.run = committing  # type: ignore[method-assign]
     h.runner.list_table_text = slow_listing  # type: ignore[method-assign]
     h.router.kernel.generation = lambda: generation[0]
     h.router.start()
     assert h.router.settle(background=True) is False
-    assert h.router._settling is None  # not right after an apply: edits may come in a row
-    h.clock.now += reconciler.SETTLE_AFTER
+    assert h.router.rules._settling is None  # not right after an apply: edits may come in a row
+    h.clock.now += fingerprint.SETTLE_AFTER
     # While nft lists the table, an edit is applied (not held up by the listing) ...
     assert h.router.settle(background=True) is False
     assert listed.wait(5)
     h.edit("80 tcp 203.0.113.25\n")
-    generation[0] += 1
-    assert h.router.poll_file() is True
-    h.clock.now += reconciler.SETTLE_AFTER
-    thread = h.router._settling
+    assert h.router.poll_file() is True  # its commit moves the generation
+    h.clock.now += fingerprint.SETTLE_AFTER
+    thread = h.router.rules._settling
     assert thread is not None
     release.set()
     thread.join(5)
@@ -389,7 +434,7 @@ def test_the_loop_takes_the_fingerprint_in_the_background_and_drops_a_stale_one(
     assert h.router.expected is None
     listed.clear()
     assert h.router.settle(background=True) is False
-    h.router._settling.join(5)  # type: ignore[union-attr]
+    h.router.rules._settling.join(5)  # type: ignore[union-attr]
     assert h.router.expected is not None
     assert h.router.settle(background=True) is False  # taken: nothing more to do
 
@@ -404,3 +449,29 @@ def test_the_start_applies_only_the_steps_prepare_left_undone(tmp_path: Path) ->
     assert prepared and len(prepared[0]) > 1
     assert h.links.applied == [plan.EnableForwarding(4)]
     assert h.router.readiness() == (True, "ok")
+
+
+def _family_names(text: str) -> list[str]:
+    """Every family's name as its HELP line gives it, in order (duplicates kept)."""
+    return [line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")]
+
+
+def test_the_whole_scrape_has_each_family_once_with_conntrack_figures(harness: Harness) -> None:
+    # A router with every writer active: the registry's families, the per-rule series, the
+    # conntrack sample and the kernel's conntrack statistics (issue 18, item 1: the entries
+    # gauge was written by the registry and again by the capacity writer).
+    harness.router.kernel.stats = lambda: conntrack.Stats({"insert_failed": 1}, 2, 262144)
+    harness.tracker.table = [
+        conntrack.Flow(4, "tcp", 80, ipaddress.ip_address("203.0.113.25"), 80, True),
+    ]
+    harness.router.write_rule_metrics(lambda _text: None)
+    assert harness.router.sampler.wait(5)
+    out: list[str] = []
+    harness.router.write_rule_metrics(out.append)
+    text = "".join(out)
+    names = _family_names(text)
+    assert "egress_router_conntrack_entries" in names
+    assert "egress_router_nat_ports_in_use" in names
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+    parsed = [f.name for f in text_string_to_metric_families(text)]
+    assert len(parsed) == len(set(parsed)) == len(names)
