@@ -26,6 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.lab import world as labmod
+from support.flood import READYZ_WATCH, SLOW_FLOOD, threads
 from support.http import get as http_get
 from support.waiting import eventually
 
@@ -267,19 +268,6 @@ def test_drift_is_repaired_counted_and_readiness_follows(
 
 
 # Polls /readyz from the client pod for argv[2] seconds, one line of JSON per answer.
-READYZ_WATCH = (
-    "import json, sys, time, urllib.request, urllib.error\n"
-    "end = time.monotonic() + float(sys.argv[2])\n"
-    "while time.monotonic() < end:\n"
-    "    try:\n"
-    "        r = urllib.request.urlopen(sys.argv[1], timeout=2); c, b = r.status, r.read()\n"
-    "    except urllib.error.HTTPError as e:\n"
-    "        c, b = e.code, e.read()\n"
-    "    except OSError as e:\n"
-    "        c, b = 0, str(e).encode()\n"
-    "    print(json.dumps([time.monotonic(), c, b.decode()]), flush=True)\n"
-    "    time.sleep(0.1)\n"
-)
 
 
 def test_a_drift_right_after_the_first_200_is_repaired_on_the_kernels_event(
@@ -379,41 +367,6 @@ def test_readyz_says_503_with_the_reason_while_the_data_path_stays_broken(
 # From the client pod: argv[2] slow connections to argv[1]:9090, each sending its request one
 # byte a second, for argv[3] seconds; prints how many were open at most and how many the
 # server closed.
-SLOW_FLOOD = """
-import json, resource, socket, sys, time
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-host, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-request = b"GET /metrics HTTP/1.0\\r\\nHost: router\\r\\n\\r\\n"
-conns, closed, peak, end = [], 0, 0, time.monotonic() + seconds
-while time.monotonic() < end:
-    while len(conns) < count and time.monotonic() < end:
-        s = socket.socket(); s.setblocking(False)
-        try:
-            s.connect_ex((host, 9090))
-        except OSError:
-            s.close(); break
-        conns.append([s, 0])
-    peak = max(peak, len(conns))
-    alive = []
-    for s, sent in conns:
-        try:
-            s.send(request[sent:sent + 1]); alive.append([s, sent + 1])
-        except (BlockingIOError, InterruptedError):
-            alive.append([s, sent])
-        except OSError:
-            s.close(); closed += 1
-    conns = alive
-    time.sleep(1.0)
-print(json.dumps({"peak": peak, "closed_by_server": closed}), flush=True)
-"""
-
-
-def _threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise AssertionError("no Threads line")
 
 
 def test_a_flood_of_slow_connections_from_a_pod_cannot_exhaust_the_endpoint(
@@ -429,7 +382,7 @@ def test_a_flood_of_slow_connections_from_a_pod_cannot_exhaust_the_endpoint(
     router.ready()
     assert http(lab, "/metrics")[0] == 200  # every thread the router ever runs is running
     time.sleep(0.5)
-    calm = _threads(router.proc.pid)
+    calm = threads(router.proc.pid)
     flood = subprocess.Popen(["ip", "netns", "exec", lab.client, sys.executable, "-c",
                               SLOW_FLOOD, ROUTER4, "1500", "12"],
                              stdout=subprocess.PIPE, text=True)
@@ -440,7 +393,7 @@ def test_a_flood_of_slow_connections_from_a_pod_cannot_exhaust_the_endpoint(
         time.sleep(2)
         most = calm
         for _ in range(16):
-            most = max(most, _threads(router.proc.pid))
+            most = max(most, threads(router.proc.pid))
             time.sleep(0.5)
         assert labmod.dial(lab, "tcp", ROUTER4, 80, timeout=2).ok  # the data path, meanwhile
         probes, _ = watch.communicate(timeout=30)

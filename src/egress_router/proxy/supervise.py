@@ -11,7 +11,6 @@ running rules stay.
 
 from __future__ import annotations
 
-import http.server
 import logging
 import os
 import signal
@@ -24,7 +23,7 @@ from types import FrameType
 
 from egress_router.core import config
 from egress_router.kernel import files
-from egress_router.router import metrics
+from egress_router.router import http, metrics
 
 log = logging.getLogger("egress_router.proxy")
 
@@ -127,69 +126,25 @@ class Status:
         return True, f"ready: the proxy accepts connections on port {self.port}"
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "egress-router"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        status = self.server.status
-        path = self.path.split("?", 1)[0]
-        if path == "/healthz":
-            ok = status.child_alive()
-            self._send(200 if ok else 500, "ok\n" if ok else "the proxy is not running\n")
-        elif path == "/readyz":
-            ready, why = status.ready()
-            self._send(200 if ready else 503, why + "\n")
-        elif path == "/metrics":
-            self._send(200, status.registry.generate().decode(), metrics.CONTENT_TYPE)
-        else:
-            self._send(404, "not found: try /healthz, /readyz or /metrics\n")
-
-    def _send(self, code: int, body: str, content_type: str = "text/plain; charset=utf-8") -> None:
-        data = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("http: " + format, *args)
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    status: Status
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        # No getfqdn(): a reverse lookup before the first probe is answered.
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(self.server_address)
-        self.server_name, self.server_port = "egress-router", self.server_address[1]
-
-
-def serve_http(port: int, status: Status) -> _Server | None:
-    """Serve the probes and the metrics on ``port`` (0: not at all), in a thread."""
+def serve_http(port: int, status: Status) -> http.Server | None:
+    """Serve the probes and the metrics on ``port`` (0: not at all) with the waiting
+    container's endpoint (`router.http`): one event loop, a deadline for the whole request,
+    bounded connections, overlapping scrapes sharing one collection — the port is open on
+    the pod side, so any pod may flood it, here as there."""
     if port == 0:
         return None
-    server: _Server | None = None
-    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
-        _Server.address_family = family
-        try:
-            server = _Server((host, port), _Handler)
-            break
-        except OSError as err:
-            if family == socket.AF_INET:
-                raise ProxyError(
-                    f"cannot serve HTTP on port {port}: {err.strerror or err}; set "
-                    f"{config.ENV_HTTP_PORT} to a free port (0 turns the server off)"
-                ) from None
-    assert server is not None
-    server.status = status
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+
+    def health() -> tuple[bool, str]:
+        ok = status.child_alive()
+        return ok, "ok" if ok else "the proxy is not running"
+
+    try:
+        server = http.Server(port, http.Handlers(health, status.ready, status.registry.write))
+    except http.HttpError as err:
+        raise ProxyError(
+            f"{err}; set {config.ENV_HTTP_PORT} to a free port (0 turns the server off)"
+        ) from None
+    server.start()
     return server
 
 
