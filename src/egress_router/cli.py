@@ -28,6 +28,7 @@ import click
 from egress_router.core import config, plan, ruleset
 from egress_router.kernel import announce, errors, files, netlink, preflight
 from egress_router.lab.command import lab as lab_group
+from egress_router.operator.command import operator_command
 from egress_router.proxy import command as proxy_command
 from egress_router.render import render_command
 from egress_router.router import engine
@@ -198,8 +199,15 @@ def _run_wait(env: Mapping[str, str]) -> int:
     """Run the waiting container (``wait``, ``legacy`` mode); map failures to exit codes."""
     from egress_router import wait as wait_module  # noqa: PLC0415 (init needs none of it)
 
+    reread = None
+    if env.get(config.ENV_CNI_CONFIG, "").strip():
+        from egress_router.cni import netconf  # noqa: PLC0415 (only in CNI mode)
+
+        def reread() -> dict[str, str]:
+            return netconf.router_environment(env)
+
     try:
-        return wait_module.run(_cni_environment(env))
+        return wait_module.run(_cni_environment(env), reread=reread)
     except config.ConfigError as err:
         _fail(str(err), EXIT_CONFIG)
     except (engine.ApplyError, wait_module.WaitError) as err:
@@ -392,6 +400,7 @@ def status_command(path: Path | None, as_json: bool) -> None:
 
 cli.add_command(lab_group, "lab")
 cli.add_command(render_command, "render")
+cli.add_command(operator_command, "operator")
 cli.add_command(proxy_command.http_proxy_command)
 cli.add_command(proxy_command.dns_proxy_command)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -51,6 +51,17 @@ _INPUT = click.Path(dir_okay=False, exists=True, allow_dash=True, path_type=Path
     help="Read an OpenShift EgressRouter (network.operator.openshift.io/v1) instead.",
 )
 @click.option(
+    "--operator",
+    is_flag=True,
+    help="Render the operator instead: the EgressRouter CRD (upstream's schema), its "
+    "Namespace, ServiceAccount, RBAC and Deployment (two replicas, one active).",
+)
+@click.option(
+    "--namespace",
+    default=None,
+    help="With --operator: the operator's namespace (default egress-router-operator).",
+)
+@click.option(
     "--output-dir",
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
@@ -86,6 +97,8 @@ def render_command(
     *,
     config_file: Path | None,
     egressrouter: Path | None,
+    operator: bool,
+    namespace: str | None,
     output_dir: Path | None,
     check: bool,
     kubernetes_version: str | None,
@@ -103,6 +116,14 @@ def render_command(
     from egress_router.k8s import manifest  # noqa: PLC0415
     from egress_router.k8s import render as render_module  # noqa: PLC0415
 
+    if operator:
+        if config_file is not None or egressrouter is not None or extra_ports or check:
+            raise click.UsageError("--operator takes no config file, --from-egressrouter, "
+                                   "--extra-port or --check")
+        _write(_operator_objects(namespace, image), output_dir, render_module)
+        return
+    if namespace is not None:
+        raise click.UsageError("--namespace goes with --operator")
     if (config_file is None) == (egressrouter is None):
         raise click.UsageError("give either a config file or --from-egressrouter FILE")
     path = config_file or egressrouter
@@ -138,13 +159,29 @@ def render_command(
             _fail(str(err))
         for line in checked:
             click.echo(f"egress-router: checked {line}", err=True)
+    _write(list(result.objects), output_dir, render_module)
+
+
+def _operator_objects(namespace: str | None, image: str | None) -> list[dict[str, Any]]:
+    from egress_router.k8s import manifest, operator_manifest  # noqa: PLC0415
+
+    if image is not None and (not image.strip() or any(c.isspace() for c in image)):
+        _fail(f"cannot parse --image {image!r}: expected an image reference without spaces")
+    chosen = image or manifest.DEFAULT_IMAGE
+    ns = namespace or operator_manifest.DEFAULT_NAMESPACE
+    if not operator_manifest.valid_namespace(ns):
+        _fail(f"cannot parse --namespace {ns!r}: expected a DNS label (a-z, 0-9, '-')")
+    return operator_manifest.objects(ns, chosen, router_image=image)
+
+
+def _write(objects: list[dict[str, Any]], output_dir: Path | None, render_module: Any) -> None:
     if output_dir is None:
-        click.echo(render_module.to_yaml(result.objects), nl=False)
+        click.echo(render_module.to_yaml(objects), nl=False)
         return
-    names = render_module.file_names(result.objects)
+    names = render_module.file_names(objects)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        for name, obj in zip(names, result.objects, strict=True):
+        for name, obj in zip(names, objects, strict=True):
             (output_dir / name).write_text(render_module.to_yaml([obj]), encoding="utf-8")
     except OSError as err:
         _fail(f"cannot write {output_dir}: {err.strerror or err}; check the path")

@@ -336,7 +336,11 @@ def _backend(env: Mapping[str, str]) -> config.Backend:
         return config.Backend.NFTABLES  # Router.load reports the bad value
 
 
-def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
+def run(
+    env: Mapping[str, str],
+    kernel: Edges | None = None,
+    reread: Callable[[], Mapping[str, str]] | None = None,
+) -> int:
     """Take the lock, apply, serve and watch until SIGTERM; the exit code (0).
 
     Raises `config.ConfigError` (exit 1) for a bad configuration and
@@ -367,7 +371,10 @@ def run(env: Mapping[str, str], kernel: Edges | None = None) -> int:
             lock.wait()
             log.info("the other instance exited; taking over")
         registry = metrics.Metrics()
-        router = Router(env, settings, kernel or real_edges(_backend(env), settings), registry)
+        router = Router(
+            env, settings, kernel or real_edges(_backend(env), settings), registry,
+            reread=reread,
+        )
         router.load()  # parsed once, here: 10,000 rules are worth not parsing twice
         beat = [time.monotonic()]
         if http_port:

@@ -50,6 +50,7 @@ class Harness:
         drift: Callable[[config.Config], list[tuple[plan.Step, str]]] | None = None,
         resolver: FakeResolver | None = None,
         env: dict[str, str] | None = None,
+        reread: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self.file = tmp / "destinations"
         self.file.write_text(text)
@@ -71,10 +72,12 @@ class Harness:
             counters=self.runner.table_lines,
         )
         full_env = {**BASE_ENV, "EGRESS_DESTINATION_FILE": str(self.file), **(env or {})}
+        if reread is not None:
+            full_env = reread()  # CNI mode: the environment completed from the plugin's file
         settings = config.parse_wait_settings(full_env)
         self.router = reconciler.Router(
             full_env, settings, kernel, self.registry, clock=self.clock,
-            wall=lambda: 1_700_000_000.0,
+            wall=lambda: 1_700_000_000.0, reread=reread,
         )
 
     def tamper(self) -> None:

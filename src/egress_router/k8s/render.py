@@ -422,13 +422,37 @@ def _main_container(spec: manifest.RouterSpec) -> dict[str, Any]:
     return container
 
 
+def _without_rules(text: str) -> object:
+    """A CNI configuration less its rules (``ip.destinations``): what `wait` cannot reload."""
+    try:
+        conf = json.loads(text)
+        conf["ip"].pop("destinations", None)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return text
+    return conf
+
+
 def checksum(objects: Iterable[Mapping[str, Any]]) -> str:
-    """SHA-256 of what the pod reads but its template does not show: ConfigMap data, CNI config."""
-    content = [
-        obj.get("data") if obj["kind"] == "ConfigMap" else obj.get("spec")
-        for obj in objects
-        if obj["kind"] in ("ConfigMap", NAD_KIND)
-    ]
+    """SHA-256 of what the pod reads at start but cannot reload: a change of it rolls the pod.
+
+    The rules are left out: `wait` reloads them from the mounted ConfigMap in place (the
+    destination file, or the CNI configuration's ``ip.destinations``), so a rules change keeps
+    the pod and its connections; everything else in the ConfigMap and the
+    NetworkAttachmentDefinition (addresses, gateway, macvlan, HA) gives a new pod.
+    """
+    content: list[object] = []
+    for obj in objects:
+        if obj["kind"] == "ConfigMap":
+            data = dict(obj.get("data") or {})
+            data.pop(manifest.DESTINATIONS_KEY, None)
+            if CNI_CONFIG_KEY in data:
+                data[CNI_CONFIG_KEY] = _without_rules(data[CNI_CONFIG_KEY])
+            content.append(data)
+        elif obj["kind"] == NAD_KIND:
+            spec = dict(obj.get("spec") or {})
+            if "config" in spec:
+                spec["config"] = _without_rules(spec["config"])
+            content.append(spec)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

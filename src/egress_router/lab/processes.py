@@ -48,7 +48,9 @@ def _base_env() -> dict[str, str]:
     for extra in ("/usr/local/sbin", "/usr/sbin", "/sbin"):
         if extra not in path.split(":"):
             path = f"{path}:{extra}"
-    return {"PATH": path, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    # The directory that holds the package (src/, or site-packages), not the package itself:
+    # on sys.path that would make egress_router/operator shadow the standard library's.
+    return {"PATH": path, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 def _netns_exec(ns: str, argv: Sequence[str]) -> list[str]:

@@ -21,14 +21,22 @@ Source = tuple[int, int, int, int]  # device, inode, size, modification time
 class DestinationFile:
     """The destination file of the environment ``env()`` gives (none: rules in the environment)."""
 
-    def __init__(self, env: Callable[[], Mapping[str, str]]) -> None:
+    def __init__(
+        self,
+        env: Callable[[], Mapping[str, str]],
+        reread: Callable[[], Mapping[str, str]] | None = None,
+    ) -> None:
         self._env = env
+        # CNI mode: the file is the plugin's configuration (EGRESS_ROUTER_CNI_CONFIG) and
+        # ``reread`` completes the environment from it afresh; only its rules may change.
+        self._reread = reread
         self._source: Source | None = None
         self._digest: str | None = None
 
     @property
     def path(self) -> str | None:
-        return self._env().get(config.ENV_DESTINATION_FILE, "").strip() or None
+        variable = config.ENV_DESTINATION_FILE if self._reread is None else config.ENV_CNI_CONFIG
+        return self._env().get(variable, "").strip() or None
 
     @staticmethod
     def _stat(path: str) -> Source | None:
@@ -39,6 +47,19 @@ class DestinationFile:
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _read(self) -> str:
+        if self._reread is not None:
+            env, fresh = self._env(), self._reread()
+            changed = sorted(
+                name for name in set(fresh) | set(env)
+                if name != config.ENV_DESTINATION and fresh.get(name) != env.get(name)
+            )
+            if changed:
+                raise config.ConfigError(
+                    config.ENV_CNI_CONFIG,
+                    f"{self.path} changed more than the rules ({', '.join(changed)}); "
+                    "only the rules are reloaded: restart the pod for the rest",
+                )
+            return fresh.get(config.ENV_DESTINATION, "")
         _variable, text = files.read_destination_text(self._env())
         return text
 

@@ -203,6 +203,7 @@ class Router:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        reread: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.env = dict(env)
         self.settings = settings
@@ -221,7 +222,11 @@ class Router:
         self.ready: tuple[bool, str] = (False, "rules not applied yet")
         self.pacer = pacing.Pacer(settings.reconcile, clock)  # repairs slowed while fought
         self._pod_routes: PodRoutes = ()
-        self.file = destfile.DestinationFile(lambda: self.env)  # EGRESS_DESTINATION_FILE, polled
+        # EGRESS_DESTINATION_FILE, polled; in CNI mode (``reread``: the environment completed
+        # afresh from the plugin's configuration, the mounted ConfigMap) that file instead, its
+        # rules reloaded the same way (any other change needs a new pod: the Deployment rolls it).
+        self.file = destfile.DestinationFile(lambda: self.env, reread)
+        self._cni = reread is not None
         self.generation = 0
         # live connections and the NAT's port space: one conntrack pass per interval
         self.sampler = capacity.Sampler(settings.sample, clock=clock)
@@ -237,10 +242,18 @@ class Router:
     def path(self) -> str | None:
         return self.file.path
 
+    def _environment(self, text: str | None) -> dict[str, str]:
+        """The environment to load ``text`` (the rules just read) with."""
+        if not self._cni or text is None:
+            return self.env
+        return {**self.env, config.ENV_DESTINATION: text}
+
     def load(self) -> config.Config:
         """Read and validate the configuration; `config.ConfigError` when it is bad."""
         text = self.file.first()
-        cfg = files.load_config(self.env, None if text is None else lambda _path: text)
+        cfg = files.load_config(
+            self._environment(text), None if text is None else lambda _path: text
+        )
         self.parsed = cfg
         self.metrics.names(cfg.destinations.hosts())
         return cfg
@@ -388,7 +401,7 @@ class Router:
         if text is None:
             return False
         try:
-            cfg = config.load_config(self.env, lambda _path: text)
+            cfg = config.load_config(self._environment(text), lambda _path: text)
         except config.ConfigError as err:
             return self._refuse(err)
         log.info("%s changed: applying the new rules", self.path)
