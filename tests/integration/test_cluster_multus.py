@@ -6,8 +6,8 @@ egress-router plugin on both nodes, and the rendered NetworkAttachmentDefinition
 ConfigMap, Deployment and Service are applied with kubectl. Clients on both
 nodes reach every rule through the Service from the reserved source, as the
 destination server logs it; deleting the pod leaves nothing on the node.
-(Live reload by a changed ConfigMap is not here: the kubelet swaps the file in,
-but the running router did not pick it up in this shape — see the report.)
+A changed configuration applied with kubectl reaches the running router through the
+kubelet's swap of the mounted file (live reload, no new pod).
 """
 
 from __future__ import annotations
@@ -87,6 +87,17 @@ def use_multus(cluster: clustermod.Cluster) -> None:
         )  # fmt: skip
 
 
+def stop_multus(cluster: clustermod.Cluster) -> None:
+    """Undo `use_multus`: the pod network alone is each node's network again."""
+    for node in clustermod.NODES:
+        (cluster.dir / node / "cni" / "net.d" / "00-multus.conf").unlink(missing_ok=True)
+    for node in clustermod.NODES:
+        clustermod.wait_until(
+            f"Multus is no longer {node}'s network",
+            lambda node=node: not _multus_answers(cluster, node), timeout=90, interval=1,
+        )  # fmt: skip
+
+
 def _multus_answers(cluster: clustermod.Cluster, node: str) -> bool:
     name = f"multus-probe-{node}"
     cluster.apply(clustermod.client_pod(name, node, cluster.image))
@@ -154,6 +165,11 @@ def multus(cluster: clustermod.Cluster) -> Iterator[clustermod.Cluster]:
             timeout=60, interval=1,
         )  # fmt: skip
     yield cluster
+    # The cluster is the session's: the next module (the seed's procedure) gets the plain
+    # pod network back, and no router of ours holds the reserved address any more.
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=true", "--timeout=120s",
+                    check=False)
+    stop_multus(cluster)
 
 
 def _router_pod(cluster: clustermod.Cluster) -> dict[str, Any]:
@@ -196,6 +212,37 @@ def test_clients_reach_every_rule_through_the_service_from_the_reserved_source(
         answer, logged = _dial(multus, node, proto, port)
         assert answer.get("server") == lands, (proto, port, answer, _diagnose(multus))
         assert logged == [clustermod.SOURCE], (proto, port, logged)
+
+
+def test_a_changed_configmap_reaches_the_running_router_without_a_new_pod(
+    multus: clustermod.Cluster,
+) -> None:
+    # kubectl apply of the re-rendered objects: the ConfigMap (the kubelet swaps the mounted
+    # file in) and the Service (its new port); the pod stays. 8080 goes, 8443 comes, 80 stays.
+    before = _router_pod(multus)
+    pod_ip = before["status"]["podIP"]
+    changed = {**CONFIG, "destinations": [
+        "80 tcp 203.0.113.25", "8443 tcp 203.0.113.26 443", "203.0.113.27"]}
+    docs = render({**changed, "image": multus.image})
+    multus.apply(yaml.safe_dump_all(d for d in docs if d["kind"] in ("ConfigMap", "Service")))
+
+    def new_rule_works() -> bool:
+        return _dial(multus, "n2", "tcp", 8443)[0].get("server") == "203.0.113.26:443"
+
+    clustermod.wait_until("the new rule reaches the router", new_rule_works,
+                          timeout=120, interval=2)
+    answer, logged = _dial(multus, "n2", "tcp", 8443)
+    assert logged == [clustermod.SOURCE], (answer, logged)
+    assert _dial(multus, "n1", "tcp", 80)[0].get("server") == "203.0.113.25:80"
+    # The removed rule, dialled at the pod itself (the Service no longer has the port): the
+    # fallback takes it now, and nothing listens at 203.0.113.27:8080.
+    marker = f"removed-{secrets.token_hex(4)}"
+    gone = multus.dial_from("mclient-n2", "tcp", pod_ip, 8080, marker, namespace=NAMESPACE)
+    assert gone.get("server") != "203.0.113.26:80", gone
+    after = _router_pod(multus)
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]  # the same pod, reloaded
+    assert after["status"]["containerStatuses"][0]["restartCount"] == \
+        before["status"]["containerStatuses"][0]["restartCount"]
 
 
 def test_deleting_the_router_pod_leaves_nothing_on_the_node(multus: clustermod.Cluster) -> None:
