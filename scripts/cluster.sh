@@ -321,23 +321,11 @@ make_images() {
     rm -rf "$ctx"
   fi
   podman_ image exists "$ROUTER_IMAGE" || die "image $ROUTER_IMAGE is missing: bash scripts/build-image.sh"
-  # The seed's Pod sets no runAsUser, and OpenShift's egress router image ran as root; ours
-  # runs as 65532, whose privileged init container gets no capabilities. The same image with
-  # root as its default user, for the seed's procedure as written.
-  id=$(podman_ image inspect -f '{{.Id}}' "$ROUTER_IMAGE")
-  ROOT_IMAGE=localhost/egress-router-cluster/router-as-root:${id:0:16}
-  if ! podman_ image exists "$ROOT_IMAGE"; then
-    ctx=$(mktemp -d)
-    printf 'FROM %s\nUSER 0:0\n' "$ROUTER_IMAGE" >"$ctx/Containerfile"
-    podman_ build -q --pull=never -t "$ROOT_IMAGE" -f "$ctx/Containerfile" "$ctx" >/dev/null
-    rm -rf "$ctx"
-  fi
-  echo "$ROOT_IMAGE" >"$dir/router-root-image"
   echo "$PAUSE_IMAGE" >"$dir/pause-image"
   echo "$ROUTER_IMAGE" >"$dir/router-image"
   archives=()
   local image
-  for image in "$PAUSE_IMAGE" "$ROUTER_IMAGE" "$ROOT_IMAGE"; do
+  for image in "$PAUSE_IMAGE" "$ROUTER_IMAGE"; do
     id=$(podman_ image inspect -f '{{.Id}}' "$image")
     if [ ! -s "$cache/$id.tar" ]; then
       podman_ save -q --format docker-archive -o "$cache/$id.tar.tmp$$" "$image" >/dev/null

@@ -70,7 +70,7 @@ def seed(cluster: clustermod.Cluster) -> Iterator[clustermod.Cluster]:
     manifest = (
         (HERE / "seed-pod.yaml")
         .read_text()
-        .replace("__ROUTER_IMAGE__", cluster.root_image)
+        .replace("__ROUTER_IMAGE__", cluster.image)
         .replace("__POD_IMAGE__", cluster.pause_image)
     )
     cluster.apply(manifest)

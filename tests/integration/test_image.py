@@ -29,7 +29,7 @@ from support.podspec import one, run_args
 pytestmark = [pytest.mark.privileged, pytest.mark.cluster, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE_USER = "65532:65532"  # the Containerfile's USER
+IMAGE_USER = "65532:65532"  # the image's unprivileged user (the Containerfile makes it)
 ROUTER_IP = str(labmod.ROUTER_POD4.ip)
 SOURCE = str(labmod.EGRESS_SOURCE4)
 # CapEff of a process holding exactly CAP_NET_ADMIN (12) and CAP_NET_RAW (13).

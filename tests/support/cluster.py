@@ -54,11 +54,6 @@ class Cluster:
         return (self.dir / "router-image").read_text().strip()
 
     @property
-    def root_image(self) -> str:
-        """The project's image with root as its default user (the seed's Pod sets none)."""
-        return (self.dir / "router-root-image").read_text().strip()
-
-    @property
     def pause_image(self) -> str:
         return (self.dir / "pause-image").read_text().strip()
 

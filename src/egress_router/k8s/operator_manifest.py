@@ -238,7 +238,8 @@ def objects(namespace: str = DEFAULT_NAMESPACE, image: str = manifest.DEFAULT_IM
                       "limits": {"memory": "256Mi"}},
         # It only talks to the API: no capability, no writable root, not root.
         "securityContext": {
-            "runAsNonRoot": True, "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+            "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },

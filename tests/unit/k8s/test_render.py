@@ -814,7 +814,7 @@ def containerfile() -> list[tuple[str, str]]:
     ]
 
 
-def test_image_entry_point_is_the_console_script_and_runs_as_non_root() -> None:
+def test_image_entry_point_is_the_console_script_and_runs_as_root_like_upstreams() -> None:
     instructions = containerfile()
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     (entrypoint,) = [json.loads(a) for i, a in instructions if i == "ENTRYPOINT"]
@@ -830,8 +830,12 @@ def test_image_entry_point_is_the_console_script_and_runs_as_non_root() -> None:
     # The installer DaemonSet's --source: the one-file plugin the cni stage built.
     copies = [a.split() for i, a in instructions if i == "COPY"]
     assert ["--from=cni", "/cni/egress-router-cni", manifest.CNI_EXECUTABLE] in copies
-    (user,) = [a for i, a in instructions if i == "USER"]
-    assert user.split(":")[0] not in ("0", "root")
+    # Root by default, as OpenShift's image: the seed's Pod sets no runAsUser, and a
+    # privileged container of a non-root user gets no capabilities. The unprivileged user
+    # the rendered proxies and operator run as (runAsUser 65532) is made in the image.
+    assert [a for i, a in instructions if i == "USER"] == []
+    runs_text = " ".join(a for i, a in instructions if i == "RUN")
+    assert "--uid 65532" in runs_text
     runs = " ".join(a for i, a in instructions if i == "RUN")
     # iproute2: the waiting process reads links and routes with `ip -j`; conntrack: it cuts
     # the connections of removed rules.
@@ -1129,3 +1133,35 @@ def test_check_refuses_a_privileged_proxy_container() -> None:
 )
 def test_proxy_config_errors_name_the_field(extra: str, message: str) -> None:
     assert error_of(BASE + extra).startswith(message)
+
+
+def _pod_specs(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    specs = []
+    for obj in objects:
+        spec = obj.get("spec", {})
+        if obj["kind"] == "Pod":
+            specs.append(spec)
+        elif "template" in spec:
+            specs.append(spec["template"]["spec"])
+    return specs
+
+
+@pytest.mark.parametrize("name", ["seed", "cni", "egressrouter", "http-proxy", "dns-proxy",
+                                  "ha", "ha-cni", "operator"])
+def test_every_rendered_container_says_who_runs_it(name: str) -> None:
+    # The image runs as root by default (upstream's manifests set no runAsUser), so every
+    # container we render states its user: none may inherit root by accident.
+    from egress_router.k8s import operator_manifest  # noqa: PLC0415
+
+    objects = (operator_manifest.objects() if name == "operator"
+               else render.render(load(name)).objects)
+    specs = _pod_specs(objects)
+    assert specs
+    for spec in specs:
+        pod_user = spec.get("securityContext", {}).get("runAsUser")
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            user = container.get("securityContext", {}).get("runAsUser", pod_user)
+            assert isinstance(user, int), (name, container["name"])
+            if user == 0:
+                assert container["name"] in ("setup", "egress-router", "install-cni",
+                                             "egress-router-setup", "wait"), container["name"]
