@@ -22,7 +22,7 @@ import pytest
 
 from egress_router.lab import ha as halab
 from egress_router.lab import processes, world
-from support import http
+from support import httpget as http
 
 from .conftest import new_prefix, require_privileged
 

@@ -23,7 +23,7 @@ import pytest
 from egress_router.core import ruleset
 from egress_router.k8s import manifest, render
 from egress_router.lab import world as labmod
-from support import http
+from support import httpget as http
 from support.podspec import one, run_args
 
 pytestmark = [pytest.mark.privileged, pytest.mark.cluster, pytest.mark.slow]

@@ -25,7 +25,7 @@ import pytest
 from egress_router.core import config, plan
 from egress_router.lab import world as labmod
 from egress_router.router import engine
-from support.http import get as http_get
+from support.httpget import get as http_get
 from support.waiting import eventually
 
 pytestmark = pytest.mark.privileged

@@ -32,7 +32,7 @@ import pytest
 
 from egress_router.k8s import manifest, render
 from egress_router.lab import world as labmod
-from support import http
+from support import httpget as http
 
 pytestmark = [pytest.mark.privileged, pytest.mark.cluster]
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from egress_router.k8s import operator_manifest, render
-from support import operator as op
+from support import controller as op
 
 pytestmark = pytest.mark.privileged
 

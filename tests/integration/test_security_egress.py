@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from egress_router.lab import world as labmod
-from support import http, security, wire
+from support import httpget as http
+from support import security, wire
 
 pytestmark = pytest.mark.privileged
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from egress_router.lab import world as labmod
-from support import http
+from support import httpget as http
 from support.waiting import eventually
 
 pytestmark = pytest.mark.privileged

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.lab import world as labmod
 from support.flood import READYZ_WATCH, SLOW_FLOOD, threads
-from support.http import get as http_get
+from support.httpget import get as http_get
 from support.waiting import eventually
 
 pytestmark = pytest.mark.privileged
