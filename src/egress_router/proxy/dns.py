@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -201,23 +200,11 @@ class DnsProxy:
             log.info("port %d -> %s (line %d)", forward.port, forward.endpoint, forward.line)
         child = supervise.Child([self.haproxy, "-W", "-db", "-f", str(self.conf)], "haproxy")
         status = supervise.Status(child.alive, forwards[0].port, self.registry)
-        supervise.serve_http(self.http_port, status)
-        path = config.strip_space(self.env.get(proxy_dns.ENV_DESTINATION_FILE, ""))
-        if path:
-            interval = float(self.env.get(config.ENV_WATCH, "") or 1.0)
-            watcher = supervise.Watcher(
-                path, proxy_dns.ENV_DESTINATION_FILE, interval,
-                lambda text: self.reload(child, text),
-            )
-            watcher.last = watcher.read()
-            threading.Thread(
-                target=watcher.loop, args=(stop.event,), name="watch", daemon=True
-            ).start()
-        try:
-            return supervise.supervise(child, stop)
-        finally:
-            child.stop()
-            shutil.rmtree(self.dir, ignore_errors=True)
+        return supervise.serve_and_supervise(
+            child, stop, status, http_port=self.http_port, env=self.env,
+            file_variable=proxy_dns.ENV_DESTINATION_FILE,
+            reload=lambda text: self.reload(child, text), directory=self.dir,
+        )
 
 
 def run(env: Mapping[str, str]) -> int:

@@ -143,23 +143,11 @@ class HttpProxy:
         child = supervise.Child([squid, "-N", "-f", str(self.conf)], "squid")
         threading.Thread(target=self.read_logs, name="access-log", daemon=True).start()
         status = supervise.Status(child.alive, self.port, self.registry)
-        supervise.serve_http(self.http_port, status)
-        path = config.strip_space(self.env.get(proxy_http.ENV_DESTINATION_FILE, ""))
-        if path:
-            interval = float(self.env.get(config.ENV_WATCH, "") or 1.0)
-            watcher = supervise.Watcher(
-                path, proxy_http.ENV_DESTINATION_FILE, interval,
-                lambda text: self.reload(child, text),
-            )
-            watcher.last = watcher.read()
-            threading.Thread(
-                target=watcher.loop, args=(stop.event,), name="watch", daemon=True
-            ).start()
-        try:
-            return supervise.supervise(child, stop)
-        finally:
-            child.stop()
-            shutil.rmtree(self.dir, ignore_errors=True)
+        return supervise.serve_and_supervise(
+            child, stop, status, http_port=self.http_port, env=self.env,
+            file_variable=proxy_http.ENV_DESTINATION_FILE,
+            reload=lambda text: self.reload(child, text), directory=self.dir,
+        )
 
 
 def run(env: Mapping[str, str]) -> int:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -172,6 +173,29 @@ def supervise(child: Child, stop: Stop, poll: float = 0.2) -> int:
     code = child.stop()
     log.info("%s stopped (status %s)", child.name, code)
     return 0
+
+
+def serve_and_supervise(
+    child: Child, stop: Stop, status: Status, *, http_port: int, env: Mapping[str, str],
+    file_variable: str, reload: Callable[[str], None], directory: Path,
+) -> int:
+    """The proxy container's life once its proxy runs: the HTTP endpoint, the rules file
+    watched (when ``file_variable`` names one) and reloaded, the child supervised until
+    SIGTERM; the child stopped and ``directory`` removed however it ends."""
+    serve_http(http_port, status)
+    path = config.strip_space(env.get(file_variable, ""))
+    if path:
+        interval = float(env.get(config.ENV_WATCH, "") or 1.0)
+        watcher = Watcher(path, file_variable, interval, reload)
+        watcher.last = watcher.read()
+        threading.Thread(
+            target=watcher.loop, args=(stop.event,), name="watch", daemon=True
+        ).start()
+    try:
+        return supervise(child, stop)
+    finally:
+        child.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def workdir(prefix: str) -> Path:
