@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.lab import world as labmod
-from support.flood import READYZ_WATCH, SLOW_FLOOD, threads
+from support.flood import flood
 
 from .conftest import new_prefix, require_privileged
 
@@ -454,32 +453,14 @@ def test_a_flood_of_slow_connections_cannot_exhaust_the_proxy_pods_endpoint(
     lab = http_world.lab
     pid = http_world.proc.pid
     assert status_of(curl(lab, f"http://{ROUTER}:9090/metrics")) == "200"
-    time.sleep(0.5)
-    calm = threads(pid)
-    flood = subprocess.Popen(["ip", "netns", "exec", lab.client, sys.executable, "-c",
-                              SLOW_FLOOD, ROUTER, "1000", "10"],
-                             stdout=subprocess.PIPE, text=True)
-    watch = subprocess.Popen(
-        ["ip", "netns", "exec", lab.client, sys.executable, "-c", READYZ_WATCH,
-         f"http://{ROUTER}:9090/readyz", "8"], stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(2)
-        most = calm
-        for _ in range(12):
-            most = max(most, threads(pid))
-            time.sleep(0.5)
+    def proxy_serves() -> None:
         assert status_of(curl(lab, "-x", PROXY, "http://203.0.113.25/")) == "200"
-        probes, _ = watch.communicate(timeout=30)
-        flooded, _ = flood.communicate(timeout=60)
-    finally:
-        for proc in (flood, watch):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    codes = [code for _at, code, _body in (json.loads(line) for line in probes.splitlines())]
-    figures = json.loads(flooded)
-    print(f"threads {calm} calm, at most {most} in the flood {figures}; /readyz {codes}")
-    assert figures["peak"] >= 500  # the flood was real
-    assert figures["closed_by_server"] >= 200  # deadlines and evictions let them go
-    assert codes and codes == [200] * len(codes)
-    assert most <= calm + 1, (calm, most)
+
+    done = flood(lab.client, ROUTER, pid, connections=1000, seconds=10, watch_seconds=8,
+                 samples=12, during=proxy_serves)
+    print(f"threads {done.calm} calm, at most {done.most} in the flood {done.figures}; "
+          f"/readyz {done.codes}")
+    assert done.figures["peak"] >= 500  # the flood was real
+    assert done.figures["closed_by_server"] >= 200  # deadlines and evictions let them go
+    assert done.codes and done.codes == [200] * len(done.codes)
+    assert done.most <= done.calm + 1, (done.calm, done.most)

@@ -26,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.lab import world as labmod
-from support.flood import READYZ_WATCH, SLOW_FLOOD, threads
+from support.flood import READYZ_WATCH, flood
 from support.httpget import get as http_get
 from support.waiting import eventually
 
@@ -381,37 +381,17 @@ def test_a_flood_of_slow_connections_from_a_pod_cannot_exhaust_the_endpoint(
     routers.append(router)
     router.ready()
     assert http(lab, "/metrics")[0] == 200  # every thread the router ever runs is running
-    time.sleep(0.5)
-    calm = threads(router.proc.pid)
-    flood = subprocess.Popen(["ip", "netns", "exec", lab.client, sys.executable, "-c",
-                              SLOW_FLOOD, ROUTER4, "1500", "12"],
-                             stdout=subprocess.PIPE, text=True)
-    watch = subprocess.Popen(
-        ["ip", "netns", "exec", lab.client, sys.executable, "-c", READYZ_WATCH,
-         f"http://{ROUTER4}:9090/readyz", "10"], stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(2)
-        most = calm
-        for _ in range(16):
-            most = max(most, threads(router.proc.pid))
-            time.sleep(0.5)
-        assert labmod.dial(lab, "tcp", ROUTER4, 80, timeout=2).ok  # the data path, meanwhile
-        probes, _ = watch.communicate(timeout=30)
-        flooded, _ = flood.communicate(timeout=60)
-    finally:
-        for proc in (flood, watch):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    answers = [json.loads(line) for line in probes.splitlines()]
-    figures = json.loads(flooded)
-    print(f"threads {calm} calm, at most {most} in the flood {figures}; "
-          f"/readyz answers {[code for _at, code, _body in answers].count(200)} of "
-          f"{len(answers)} 200")
-    assert figures["peak"] >= 1000  # the flood was real: the kernel took its connections
-    assert figures["closed_by_server"] >= 500  # deadlines and evictions let them go
-    assert answers and [code for _at, code, _body in answers] == [200] * len(answers)
-    assert most <= calm + 1, (calm, most)
+    def data_path_works() -> None:
+        assert labmod.dial(lab, "tcp", ROUTER4, 80, timeout=2).ok
+
+    done = flood(lab.client, ROUTER4, router.proc.pid, connections=1500, seconds=12,
+                 watch_seconds=10, samples=16, during=data_path_works)
+    print(f"threads {done.calm} calm, at most {done.most} in the flood {done.figures}; "
+          f"/readyz answers {done.codes.count(200)} of {len(done.codes)} 200")
+    assert done.figures["peak"] >= 1000  # the flood was real: the kernel took its connections
+    assert done.figures["closed_by_server"] >= 500  # deadlines and evictions let them go
+    assert done.codes and done.codes == [200] * len(done.codes)
+    assert done.most <= done.calm + 1, (done.calm, done.most)
     assert http(lab, "/readyz") == (200, "ok\n")
 
 

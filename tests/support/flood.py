@@ -7,6 +7,12 @@ with these programs, run in a lab namespace by ``python -c``.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 # argv: URL, seconds. Prints one JSON line per probe: [monotonic time, status, body].
@@ -61,3 +67,45 @@ def threads(pid: int) -> int:
         if line.startswith("Threads:"):
             return int(line.split()[1])
     raise AssertionError("no Threads line")
+
+
+@dataclass
+class Flooded:
+    """What a flood did: the endpoint process's threads before and at most during it, the
+    /readyz status codes seen meanwhile, and the flood's own figures."""
+
+    calm: int
+    most: int
+    codes: list[int]
+    figures: dict[str, int]
+
+
+def flood(ns: str, host: str, pid: int, *, connections: int, seconds: float,
+          watch_seconds: float, samples: int, during: Callable[[], None]) -> Flooded:
+    """Flood ``host``:9090 from namespace ``ns`` with slow connections while /readyz is
+    watched and the threads of ``pid`` sampled (``samples`` times, 0.5 s apart); ``during``
+    runs in the flood (the data path's check). Every program started is ended."""
+    time.sleep(0.5)
+    calm = threads(pid)
+    slow = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SLOW_FLOOD,
+                             host, str(connections), f"{seconds:g}"],
+                            stdout=subprocess.PIPE, text=True)
+    watch = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", READYZ_WATCH,
+                              f"http://{host}:9090/readyz", f"{watch_seconds:g}"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        most = calm
+        for _ in range(samples):
+            most = max(most, threads(pid))
+            time.sleep(0.5)
+        during()
+        probes, _ = watch.communicate(timeout=30)
+        flooded, _ = slow.communicate(timeout=60)
+    finally:
+        for proc in (slow, watch):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    codes = [code for _at, code, _body in (json.loads(line) for line in probes.splitlines())]
+    return Flooded(calm, most, codes, json.loads(flooded))
